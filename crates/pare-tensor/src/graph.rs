@@ -1,0 +1,1015 @@
+//! The autograd tape: an arena of nodes rebuilt every step.
+//!
+//! Nodes are pushed in evaluation order, which is a topological order, so [`Graph::backward`]
+//! walks them in reverse with one `match` over [`Op`]. Gradients come back in a fresh
+//! [`Grads`] keyed by parameter name: there is nothing to zero between steps. A node whose
+//! inputs need no gradient is a constant, and backward skips it.
+
+use crate::kernels::conv::{Padding, Window, col2im, im2col};
+use crate::kernels::gemm::{matmul, matmul_into};
+use crate::kernels::pool::{max_pool, max_pool_backward};
+use crate::nn::Param;
+use ndarray::{Array2, ArrayD, ArrayView2, Axis, Ix2, Ix4, IxDyn, Zip};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static NEXT_GRAPH: AtomicU32 = AtomicU32::new(1);
+
+/// A value in a [`Graph`]: a cheap copyable handle (node index plus the graph's tag).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Var {
+    index: u32,
+    graph: u32,
+}
+
+/// An activation fused into a conv or dense node, so the bias add and the activation cost no
+/// extra pass over memory and no extra node.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Activation {
+    /// Identity.
+    #[default]
+    Linear,
+    /// max(x, 0).
+    Relu,
+    /// Leaky ReLU with the given negative slope.
+    LeakyRelu(f32),
+}
+
+impl Activation {
+    /// Applies the activation in place.
+    fn apply_inplace(self, y: &mut ArrayD<f32>) {
+        match self {
+            Activation::Linear => {}
+            Activation::Relu => y.mapv_inplace(|v| v.max(0.0)),
+            Activation::LeakyRelu(a) => y.mapv_inplace(|v| if v > 0.0 { v } else { a * v }),
+        }
+    }
+
+    /// Multiplies `g` by the activation's derivative, read off the output `y` (valid because
+    /// every supported activation keeps the sign of its input for slopes >= 0).
+    fn backprop_inplace(self, g: &mut ArrayD<f32>, y: &ArrayD<f32>) {
+        match self {
+            Activation::Linear => {}
+            Activation::Relu => Zip::from(g).and(y).for_each(|g, &y| {
+                if y <= 0.0 {
+                    *g = 0.0
+                }
+            }),
+            Activation::LeakyRelu(a) => Zip::from(g).and(y).for_each(|g, &y| {
+                if y <= 0.0 {
+                    *g *= a
+                }
+            }),
+        }
+    }
+
+    /// True when the derivative can be read off the output (see `backprop_inplace`).
+    pub fn fusable(self) -> bool {
+        match self {
+            Activation::LeakyRelu(a) => a > 0.0 && a.is_finite(),
+            _ => true,
+        }
+    }
+}
+
+/// Fake-quantization settings of a [`Graph::fake_quant`] node: per tensor (one scale) or per
+/// channel along the last axis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FakeQuantSpec {
+    /// Scales, one per tensor or one per channel of the last axis.
+    pub scale: Vec<f32>,
+    /// Zero points, as many as scales.
+    pub zero_point: Vec<i32>,
+    /// Smallest integer level (e.g. -128, or -127 for symmetric weights).
+    pub qmin: i32,
+    /// Largest integer level (e.g. 127).
+    pub qmax: i32,
+}
+
+/// The operation that produced a node, with what its backward pass needs.
+#[derive(Debug)]
+pub enum Op {
+    /// Data that needs no gradient.
+    Constant,
+    /// A trainable parameter, by name.
+    Param(String),
+    /// `a · b` on 2-D values.
+    MatMul(Var, Var),
+    /// `act(x · kernel + bias)` on 2-D `x`, in one node.
+    Dense {
+        /// Input `[b, in]`.
+        x: Var,
+        /// Kernel `[in, out]`.
+        kernel: Var,
+        /// Optional bias `[out]`.
+        bias: Option<Var>,
+        /// Fused activation.
+        act: Activation,
+    },
+    /// NHWC convolution by im2col + GEMM, with optional bias and fused activation; keeps the
+    /// patch matrix for the kernel gradient.
+    Conv2d {
+        /// Input `[n, h, w, c]`.
+        x: Var,
+        /// Kernel `[kh, kw, c, out]`.
+        kernel: Var,
+        /// Optional bias `[out]`.
+        bias: Option<Var>,
+        /// Fused activation.
+        act: Activation,
+        /// Window geometry.
+        win: Window,
+        /// im2col of the input.
+        patches: Array2<f32>,
+    },
+    /// NHWC max-pool.
+    MaxPool {
+        /// Input.
+        x: Var,
+        /// Window geometry.
+        win: Window,
+    },
+    /// Adds a bias vector along the last axis.
+    AddBias(Var, Var),
+    /// max(x, 0).
+    Relu(Var),
+    /// x if x > 0 else alpha·x.
+    LeakyRelu(Var, f32),
+    /// Same data, new shape.
+    Reshape(Var),
+    /// Softmax over the last axis.
+    Softmax(Var),
+    /// Log-softmax over the last axis.
+    LogSoftmax(Var),
+    /// Mean sparse softmax cross-entropy of logits `[b, classes]`; keeps the softmax.
+    SoftmaxCrossEntropy {
+        /// Logits.
+        logits: Var,
+        /// Class index per row.
+        labels: Vec<usize>,
+        /// softmax(logits).
+        probs: Array2<f32>,
+    },
+    /// Batch mean of KL(p ‖ q) from log-probabilities `[b, classes]`.
+    KlDiv {
+        /// log p (the target distribution).
+        log_p: Var,
+        /// log q.
+        log_q: Var,
+    },
+    /// Mean of all elements.
+    Mean(Var),
+    /// Sum of all elements.
+    Sum(Var),
+    /// Element-wise a + b.
+    Add(Var, Var),
+    /// Element-wise a - b.
+    Sub(Var, Var),
+    /// Element-wise a · b.
+    Mul(Var, Var),
+    /// c · x.
+    Scale(Var, f32),
+    /// x · mask with a constant 0/1 mask (pruning): masked weights get no gradient.
+    MaskMul(Var, ArrayD<f32>),
+    /// Quantize-dequantize with a straight-through gradient inside the representable range.
+    FakeQuant(Var, FakeQuantSpec),
+}
+
+struct Node {
+    op: Op,
+    value: ArrayD<f32>,
+    needs_grad: bool,
+}
+
+/// A hook that rewrites a parameter as it enters the graph (a pruning mask, a fake-quant).
+pub type ParamHook = Box<dyn Fn(&mut Graph, &str, Var) -> Var + Send + Sync>;
+
+/// The tape. Build one per step, run the forward pass through its methods, call
+/// [`Graph::backward`] once on the loss.
+pub struct Graph {
+    tag: u32,
+    nodes: Vec<Node>,
+    params: HashMap<String, Var>,
+    masks: HashMap<String, ArrayD<f32>>,
+    hooks: Vec<ParamHook>,
+    training: bool,
+}
+
+impl Default for Graph {
+    fn default() -> Self {
+        Graph::new()
+    }
+}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Graph")
+            .field("nodes", &self.nodes.len())
+            .finish()
+    }
+}
+
+/// Gradients of a loss with respect to each parameter that took part, by name.
+#[derive(Debug, Default, Clone)]
+pub struct Grads(HashMap<String, ArrayD<f32>>);
+
+impl Grads {
+    /// Gradient of the parameter called `name`, if it took part in the loss.
+    pub fn get(&self, name: &str) -> Option<&ArrayD<f32>> {
+        self.0.get(name)
+    }
+    /// Iterates over (name, gradient).
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &ArrayD<f32>)> {
+        self.0.iter()
+    }
+    /// Number of parameters with a gradient.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// True when no parameter received a gradient.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn same_shape(op: &str, a: &ArrayD<f32>, b: &ArrayD<f32>) {
+    assert!(
+        a.shape() == b.shape(),
+        "{op}: shapes differ: {:?} vs {:?}",
+        a.shape(),
+        b.shape()
+    );
+}
+
+fn softmax_rows(x: ArrayView2<'_, f32>) -> Array2<f32> {
+    let mut out = x.to_owned();
+    for mut row in out.rows_mut() {
+        let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        row.mapv_inplace(|v| (v - max).exp());
+        let sum = row.sum();
+        row /= sum;
+    }
+    out
+}
+
+fn as_rows(x: &ArrayD<f32>) -> ArrayView2<'_, f32> {
+    let last = *x.shape().last().expect("softmax: scalar input");
+    x.view()
+        .into_shape_with_order((x.len() / last.max(1), last))
+        .expect("contiguous rows")
+}
+
+impl Graph {
+    /// An empty training graph.
+    pub fn new() -> Graph {
+        Graph {
+            tag: NEXT_GRAPH.fetch_add(1, Ordering::Relaxed),
+            nodes: Vec::new(),
+            params: HashMap::new(),
+            masks: HashMap::new(),
+            hooks: Vec::new(),
+            training: true,
+        }
+    }
+
+    /// An inference graph: parameters enter as constants, so nothing is kept for backward.
+    pub fn inference() -> Graph {
+        Graph {
+            training: false,
+            ..Graph::new()
+        }
+    }
+
+    /// True for a training graph.
+    pub fn is_training(&self) -> bool {
+        self.training
+    }
+
+    /// Number of nodes recorded so far.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True before anything is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Multiplies the parameter `name` by `mask` wherever it enters this graph (pruning).
+    pub fn set_mask(&mut self, name: &str, mask: ArrayD<f32>) {
+        self.masks.insert(name.to_string(), mask);
+    }
+
+    /// Adds a hook run on every parameter as it enters the graph, after any mask.
+    pub fn add_param_hook(&mut self, hook: ParamHook) {
+        self.hooks.push(hook);
+    }
+
+    fn check(&self, v: Var) -> usize {
+        assert_eq!(v.graph, self.tag, "Var from another graph used in this one");
+        v.index as usize
+    }
+
+    fn needs(&self, v: Var) -> bool {
+        self.nodes[self.check(v)].needs_grad
+    }
+
+    fn push(&mut self, op: Op, value: ArrayD<f32>, inputs: &[Var]) -> Var {
+        let needs_grad = match op {
+            Op::Param(_) => true,
+            Op::Constant => false,
+            _ => inputs.iter().any(|&v| self.needs(v)),
+        };
+        // A node whose inputs are constant is itself a constant: drop what backward would need.
+        let op = if needs_grad || matches!(op, Op::Param(_)) {
+            op
+        } else {
+            Op::Constant
+        };
+        self.nodes.push(Node {
+            op,
+            value,
+            needs_grad,
+        });
+        Var {
+            index: (self.nodes.len() - 1) as u32,
+            graph: self.tag,
+        }
+    }
+
+    /// The value of a node.
+    pub fn value(&self, v: Var) -> &ArrayD<f32> {
+        &self.nodes[self.check(v)].value
+    }
+
+    /// Shape of a node's value.
+    pub fn shape(&self, v: Var) -> &[usize] {
+        self.value(v).shape()
+    }
+
+    /// Records data that needs no gradient (inputs, labels, a frozen teacher's outputs).
+    pub fn constant(&mut self, value: ArrayD<f32>) -> Var {
+        self.push(Op::Constant, value, &[])
+    }
+
+    /// Records a parameter. Recording the same name twice returns the same node. On an
+    /// inference graph the parameter is a constant. Masks and hooks are applied here.
+    pub fn param(&mut self, p: &Param) -> Var {
+        if let Some(&v) = self.params.get(&p.name) {
+            return v;
+        }
+        let mut v = if self.training {
+            self.push(Op::Param(p.name.clone()), p.value.clone(), &[])
+        } else {
+            self.constant(p.value.clone())
+        };
+        if let Some(mask) = self.masks.get(&p.name).cloned() {
+            v = self.mask_mul(v, mask);
+        }
+        if !self.hooks.is_empty() {
+            let hooks = std::mem::take(&mut self.hooks);
+            for hook in &hooks {
+                v = hook(self, &p.name, v);
+            }
+            self.hooks = hooks;
+        }
+        self.params.insert(p.name.clone(), v);
+        v
+    }
+
+    /// Matrix product of 2-D values.
+    ///
+    /// # Panics
+    /// If either is not 2-D or the inner dimensions differ.
+    pub fn matmul(&mut self, a: Var, b: Var) -> Var {
+        let (av, bv) = (self.value(a), self.value(b));
+        let (a2, b2) = (
+            av.view()
+                .into_dimensionality::<Ix2>()
+                .expect("matmul: lhs must be 2-D"),
+            bv.view()
+                .into_dimensionality::<Ix2>()
+                .expect("matmul: rhs must be 2-D"),
+        );
+        assert_eq!(
+            a2.ncols(),
+            b2.nrows(),
+            "matmul: {:?} · {:?}",
+            a2.shape(),
+            b2.shape()
+        );
+        let out = matmul(a2, b2).into_dyn();
+        self.push(Op::MatMul(a, b), out, &[a, b])
+    }
+
+    /// NHWC convolution of `x [n, h, w, c]` with `kernel [kh, kw, c, out]`.
+    ///
+    /// # Panics
+    /// If the ranks or channel counts disagree, or a `valid` window does not fit.
+    pub fn conv2d(&mut self, x: Var, kernel: Var, strides: [usize; 2], padding: Padding) -> Var {
+        self.conv2d_fused(x, kernel, None, strides, padding, Activation::Linear)
+    }
+
+    /// `act(conv2d(x, kernel) + bias)` as one node.
+    ///
+    /// # Panics
+    /// As [`Graph::conv2d`]; also if the bias length differs from the kernel's output
+    /// channels or the activation is not [`Activation::fusable`].
+    pub fn conv2d_fused(
+        &mut self,
+        x: Var,
+        kernel: Var,
+        bias: Option<Var>,
+        strides: [usize; 2],
+        padding: Padding,
+        act: Activation,
+    ) -> Var {
+        assert!(act.fusable(), "conv2d: activation {act:?} cannot be fused");
+        let (xv, kv) = (self.value(x), self.value(kernel));
+        let xs: [usize; 4] = xv.shape().try_into().expect("conv2d: input must be NHWC");
+        let ks: [usize; 4] = kv
+            .shape()
+            .try_into()
+            .expect("conv2d: kernel must be [kh, kw, in, out]");
+        assert_eq!(
+            xs[3], ks[2],
+            "conv2d: input {xs:?} vs kernel {ks:?}: channels differ"
+        );
+        let win = Window::new(xs, [ks[0], ks[1]], strides, padding)
+            .unwrap_or_else(|| panic!("conv2d: window {ks:?} does not fit input {xs:?}"));
+        let x4 = xv
+            .view()
+            .into_dimensionality::<Ix4>()
+            .expect("rank checked");
+        let patches = im2col(x4, &win);
+        let k2 = kv
+            .view()
+            .into_shape_with_order((win.patch_len(), ks[3]))
+            .expect("contiguous");
+        let mut y = matmul(patches.view(), k2).into_dyn();
+        self.bias_act_inplace("conv2d", &mut y, bias, act);
+        let y = y
+            .into_shape_with_order(IxDyn(&[win.n, win.oh, win.ow, ks[3]]))
+            .expect("shape");
+        let keep = self.training && self.needs(kernel);
+        let op = Op::Conv2d {
+            x,
+            kernel,
+            bias,
+            act,
+            win,
+            patches: if keep { patches } else { Array2::zeros((0, 0)) },
+        };
+        let mut inputs = vec![x, kernel];
+        inputs.extend(bias);
+        self.push(op, y, &inputs)
+    }
+
+    /// `act(x · kernel + bias)` for `x [b, in]`, `kernel [in, out]`, as one node.
+    ///
+    /// # Panics
+    /// If the shapes do not chain or the activation is not [`Activation::fusable`].
+    pub fn dense(&mut self, x: Var, kernel: Var, bias: Option<Var>, act: Activation) -> Var {
+        assert!(act.fusable(), "dense: activation {act:?} cannot be fused");
+        let (xv, kv) = (self.value(x), self.value(kernel));
+        let (x2, k2) = (
+            xv.view()
+                .into_dimensionality::<Ix2>()
+                .expect("dense: input must be [b, in]"),
+            kv.view()
+                .into_dimensionality::<Ix2>()
+                .expect("dense: kernel must be [in, out]"),
+        );
+        assert_eq!(
+            x2.ncols(),
+            k2.nrows(),
+            "dense: x {:?} · kernel {:?}",
+            x2.shape(),
+            k2.shape()
+        );
+        let mut y = matmul(x2, k2).into_dyn();
+        self.bias_act_inplace("dense", &mut y, bias, act);
+        let mut inputs = vec![x, kernel];
+        inputs.extend(bias);
+        self.push(
+            Op::Dense {
+                x,
+                kernel,
+                bias,
+                act,
+            },
+            y,
+            &inputs,
+        )
+    }
+
+    fn bias_act_inplace(&self, op: &str, y: &mut ArrayD<f32>, bias: Option<Var>, act: Activation) {
+        if let Some(b) = bias {
+            let bv = self.value(b);
+            assert!(
+                bv.ndim() == 1 && y.shape().last() == Some(&bv.len()),
+                "{op}: output {:?} + bias {:?}",
+                y.shape(),
+                bv.shape()
+            );
+            *y += bv;
+        }
+        act.apply_inplace(y);
+    }
+
+    /// NHWC max-pool.
+    ///
+    /// # Panics
+    /// If `x` is not 4-D or a `valid` window does not fit.
+    pub fn max_pool(
+        &mut self,
+        x: Var,
+        pool: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+    ) -> Var {
+        let xv = self.value(x);
+        let xs: [usize; 4] = xv.shape().try_into().expect("max_pool: input must be NHWC");
+        let win = Window::new(xs, pool, strides, padding)
+            .unwrap_or_else(|| panic!("max_pool: window {pool:?} does not fit input {xs:?}"));
+        let y = max_pool(xv.view().into_dimensionality::<Ix4>().expect("rank"), &win);
+        self.push(Op::MaxPool { x, win }, y.into_dyn(), &[x])
+    }
+
+    /// `x + bias`, the bias broadcast along the last axis.
+    ///
+    /// # Panics
+    /// If the bias is not 1-D with the length of `x`'s last axis.
+    pub fn add_bias(&mut self, x: Var, bias: Var) -> Var {
+        let (xv, bv) = (self.value(x), self.value(bias));
+        assert!(
+            bv.ndim() == 1 && xv.shape().last() == Some(&bv.len()),
+            "add_bias: x {:?} + bias {:?}",
+            xv.shape(),
+            bv.shape()
+        );
+        let mut y = xv.clone();
+        y += bv;
+        self.push(Op::AddBias(x, bias), y, &[x, bias])
+    }
+
+    /// max(x, 0).
+    pub fn relu(&mut self, x: Var) -> Var {
+        let y = self.value(x).mapv(|v| v.max(0.0));
+        self.push(Op::Relu(x), y, &[x])
+    }
+
+    /// Leaky ReLU with slope `alpha` below zero (Keras' default alpha is 0.3; the teacher
+    /// uses 0.2).
+    pub fn leaky_relu(&mut self, x: Var, alpha: f32) -> Var {
+        let y = self.value(x).mapv(|v| if v > 0.0 { v } else { alpha * v });
+        self.push(Op::LeakyRelu(x, alpha), y, &[x])
+    }
+
+    /// Same data in a new shape.
+    ///
+    /// # Panics
+    /// If the element counts differ.
+    pub fn reshape(&mut self, x: Var, shape: &[usize]) -> Var {
+        let xv = self.value(x);
+        let y = xv
+            .as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(IxDyn(shape))
+            .unwrap_or_else(|_| panic!("reshape: {:?} to {shape:?}", xv.shape()));
+        self.push(Op::Reshape(x), y, &[x])
+    }
+
+    /// Softmax over the last axis.
+    pub fn softmax(&mut self, x: Var) -> Var {
+        let xv = self.value(x);
+        let y = softmax_rows(as_rows(xv))
+            .into_shape_with_order(xv.raw_dim())
+            .expect("shape");
+        self.push(Op::Softmax(x), y, &[x])
+    }
+
+    /// Log-softmax over the last axis, computed as `x - max - log Σ exp(x - max)` so it stays
+    /// finite for large logits.
+    pub fn log_softmax(&mut self, x: Var) -> Var {
+        let xv = self.value(x);
+        let mut y = as_rows(xv).to_owned();
+        for mut row in y.rows_mut() {
+            let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+            row.mapv_inplace(|v| v - lse);
+        }
+        let y = y.into_shape_with_order(xv.raw_dim()).expect("shape");
+        self.push(Op::LogSoftmax(x), y, &[x])
+    }
+
+    /// Mean over the batch of `-log softmax(logits)[label]` (Keras'
+    /// `SparseCategoricalCrossentropy(from_logits=True)`), via a stable log-sum-exp.
+    ///
+    /// # Panics
+    /// If `logits` is not `[b, classes]`, the label count is not `b`, or a label is out of
+    /// range (check user labels before: [`crate::train`] does).
+    pub fn softmax_cross_entropy(&mut self, logits: Var, labels: &[usize]) -> Var {
+        let lv = self.value(logits);
+        let l2 = lv
+            .view()
+            .into_dimensionality::<Ix2>()
+            .expect("softmax_cross_entropy: [b, classes]");
+        assert_eq!(
+            l2.nrows(),
+            labels.len(),
+            "softmax_cross_entropy: {:?} vs {} labels",
+            l2.shape(),
+            labels.len()
+        );
+        let mut loss = 0f64;
+        for (row, &y) in l2.rows().into_iter().zip(labels) {
+            assert!(
+                y < row.len(),
+                "softmax_cross_entropy: label {y} for {} classes",
+                row.len()
+            );
+            let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+            loss += (lse - row[y]) as f64;
+        }
+        let probs = softmax_rows(l2);
+        let value = ArrayD::from_elem(IxDyn(&[]), (loss / labels.len().max(1) as f64) as f32);
+        let op = Op::SoftmaxCrossEntropy {
+            logits,
+            labels: labels.to_vec(),
+            probs,
+        };
+        self.push(op, value, &[logits])
+    }
+
+    /// Batch mean of KL(p ‖ q) = Σ p (log p − log q), from log-probabilities (Keras'
+    /// `KLDivergence` with its default sum-over-batch-size reduction).
+    pub fn kl_div(&mut self, log_p: Var, log_q: Var) -> Var {
+        let (lp, lq) = (self.value(log_p), self.value(log_q));
+        same_shape("kl_div", lp, lq);
+        let rows = as_rows(lp).nrows().max(1);
+        let total: f64 = Zip::from(lp)
+            .and(lq)
+            .fold(0f64, |acc, &a, &b| acc + (a.exp() * (a - b)) as f64);
+        let value = ArrayD::from_elem(IxDyn(&[]), (total / rows as f64) as f32);
+        self.push(Op::KlDiv { log_p, log_q }, value, &[log_p, log_q])
+    }
+
+    /// Mean of all elements (a scalar).
+    pub fn mean(&mut self, x: Var) -> Var {
+        let xv = self.value(x);
+        let m = xv.iter().map(|&v| v as f64).sum::<f64>() / xv.len().max(1) as f64;
+        self.push(Op::Mean(x), ArrayD::from_elem(IxDyn(&[]), m as f32), &[x])
+    }
+
+    /// Sum of all elements (a scalar).
+    pub fn sum(&mut self, x: Var) -> Var {
+        let s = self.value(x).iter().map(|&v| v as f64).sum::<f64>();
+        self.push(Op::Sum(x), ArrayD::from_elem(IxDyn(&[]), s as f32), &[x])
+    }
+
+    /// Element-wise a + b (same shapes).
+    pub fn add(&mut self, a: Var, b: Var) -> Var {
+        let (av, bv) = (self.value(a), self.value(b));
+        same_shape("add", av, bv);
+        let y = av + bv;
+        self.push(Op::Add(a, b), y, &[a, b])
+    }
+
+    /// Element-wise a − b (same shapes).
+    pub fn sub(&mut self, a: Var, b: Var) -> Var {
+        let (av, bv) = (self.value(a), self.value(b));
+        same_shape("sub", av, bv);
+        let y = av - bv;
+        self.push(Op::Sub(a, b), y, &[a, b])
+    }
+
+    /// Element-wise a · b (same shapes).
+    pub fn mul(&mut self, a: Var, b: Var) -> Var {
+        let (av, bv) = (self.value(a), self.value(b));
+        same_shape("mul", av, bv);
+        let y = av * bv;
+        self.push(Op::Mul(a, b), y, &[a, b])
+    }
+
+    /// c · x.
+    pub fn scale(&mut self, x: Var, c: f32) -> Var {
+        let y = self.value(x) * c;
+        self.push(Op::Scale(x, c), y, &[x])
+    }
+
+    /// x · mask, the mask a constant (pruning).
+    pub fn mask_mul(&mut self, x: Var, mask: ArrayD<f32>) -> Var {
+        let xv = self.value(x);
+        same_shape("mask_mul", xv, &mask);
+        let y = xv * &mask;
+        self.push(Op::MaskMul(x, mask), y, &[x])
+    }
+
+    /// Simulated quantization: `(clamp(round(x / s) + z, qmin, qmax) − z) · s`, rounding half
+    /// away from zero as TFLite does. The gradient passes straight through where `x` maps
+    /// inside `[qmin, qmax]` and is zero outside (TensorFlow's `FakeQuantWithMinMaxVars`).
+    ///
+    /// # Panics
+    /// If the spec is per channel and its length differs from the last axis.
+    pub fn fake_quant(&mut self, x: Var, spec: FakeQuantSpec) -> Var {
+        let xv = self.value(x);
+        let channels = spec.scale.len();
+        let last = xv.shape().last().copied().unwrap_or(1);
+        assert!(
+            channels == 1 || channels == last,
+            "fake_quant: {channels} scales for shape {:?}",
+            xv.shape()
+        );
+        assert_eq!(
+            channels,
+            spec.zero_point.len(),
+            "fake_quant: scales vs zero points"
+        );
+        let mut y = xv.clone();
+        let per = channels > 1;
+        for (i, v) in y.iter_mut().enumerate() {
+            let c = if per { i % last } else { 0 };
+            let (s, z) = (spec.scale[c], spec.zero_point[c]);
+            let q = ((*v / s).round() as i64 + z as i64).clamp(spec.qmin as i64, spec.qmax as i64);
+            *v = (q - z as i64) as f32 * s;
+        }
+        self.push(Op::FakeQuant(x, spec), y, &[x])
+    }
+
+    /// Gradients of the scalar `loss` with respect to every parameter that took part.
+    ///
+    /// # Panics
+    /// If `loss` is not a scalar.
+    pub fn backward(&self, loss: Var) -> Grads {
+        let li = self.check(loss);
+        assert!(
+            self.nodes[li].value.len() == 1,
+            "backward: loss must be a scalar, got {:?}",
+            self.nodes[li].value.shape()
+        );
+        let mut grads: Vec<Option<ArrayD<f32>>> = (0..self.nodes.len()).map(|_| None).collect();
+        grads[li] = Some(ArrayD::ones(self.nodes[li].value.raw_dim()));
+        let mut out = Grads::default();
+        for i in (0..=li).rev() {
+            let Some(g) = grads[i].take() else { continue };
+            let node = &self.nodes[i];
+            if !node.needs_grad {
+                continue;
+            }
+            self.backward_node(node, g, &mut grads, &mut out);
+        }
+        out
+    }
+
+    fn acc(&self, grads: &mut [Option<ArrayD<f32>>], v: Var, g: ArrayD<f32>) {
+        let i = v.index as usize;
+        if !self.nodes[i].needs_grad {
+            return;
+        }
+        match &mut grads[i] {
+            Some(existing) => *existing += &g,
+            slot => *slot = Some(g),
+        }
+    }
+
+    fn backward_node(
+        &self,
+        node: &Node,
+        g: ArrayD<f32>,
+        grads: &mut [Option<ArrayD<f32>>],
+        out: &mut Grads,
+    ) {
+        let val = |v: Var| &self.nodes[v.index as usize].value;
+        let needs = |v: Var| self.nodes[v.index as usize].needs_grad;
+        match &node.op {
+            Op::Constant => {}
+            Op::Param(name) => match out.0.get_mut(name) {
+                Some(e) => *e += &g,
+                None => {
+                    out.0.insert(name.clone(), g);
+                }
+            },
+            Op::MatMul(a, b) => {
+                let g2 = g.view().into_dimensionality::<Ix2>().expect("matmul grad");
+                if needs(*a) {
+                    let bv = val(*b).view().into_dimensionality::<Ix2>().expect("2-D");
+                    self.acc(grads, *a, matmul(g2, bv.t()).into_dyn());
+                }
+                if needs(*b) {
+                    let av = val(*a).view().into_dimensionality::<Ix2>().expect("2-D");
+                    self.acc(grads, *b, matmul(av.t(), g2).into_dyn());
+                }
+            }
+            Op::Dense {
+                x,
+                kernel,
+                bias,
+                act,
+            } => {
+                let mut g = g;
+                act.backprop_inplace(&mut g, &node.value);
+                let g2 = g.view().into_dimensionality::<Ix2>().expect("dense grad");
+                if let Some(b) = bias.filter(|b| needs(*b)) {
+                    self.acc(grads, b, g2.sum_axis(Axis(0)).into_dyn());
+                }
+                if needs(*x) {
+                    let kv = val(*kernel)
+                        .view()
+                        .into_dimensionality::<Ix2>()
+                        .expect("2-D");
+                    self.acc(grads, *x, matmul(g2, kv.t()).into_dyn());
+                }
+                if needs(*kernel) {
+                    let xv = val(*x).view().into_dimensionality::<Ix2>().expect("2-D");
+                    self.acc(grads, *kernel, matmul(xv.t(), g2).into_dyn());
+                }
+            }
+            Op::Conv2d {
+                x,
+                kernel,
+                bias,
+                act,
+                win,
+                patches,
+            } => {
+                let mut g = g;
+                act.backprop_inplace(&mut g, &node.value);
+                let kv = val(*kernel);
+                let oc = kv.shape()[3];
+                let g2 = g
+                    .view()
+                    .into_shape_with_order((win.rows(), oc))
+                    .expect("conv2d grad");
+                if let Some(b) = bias.filter(|b| needs(*b)) {
+                    self.acc(grads, b, g2.sum_axis(Axis(0)).into_dyn());
+                }
+                if needs(*kernel) {
+                    let mut gk = Array2::zeros((win.patch_len(), oc));
+                    matmul_into(patches.t(), g2, gk.view_mut(), false);
+                    let gk = gk
+                        .into_shape_with_order(kv.raw_dim())
+                        .expect("kernel shape");
+                    self.acc(grads, *kernel, gk);
+                }
+                if needs(*x) {
+                    let k2 = kv
+                        .view()
+                        .into_shape_with_order((win.patch_len(), oc))
+                        .expect("2-D");
+                    let gp = matmul(g2, k2.t());
+                    self.acc(grads, *x, col2im(gp.view(), win).into_dyn());
+                }
+            }
+            Op::MaxPool { x, win } => {
+                fn four(a: &ArrayD<f32>) -> ndarray::ArrayView4<'_, f32> {
+                    a.view()
+                        .into_dimensionality::<Ix4>()
+                        .expect("max_pool: NHWC")
+                }
+                let gx = max_pool_backward(four(val(*x)), four(&node.value), four(&g), win);
+                self.acc(grads, *x, gx.into_dyn());
+            }
+            Op::AddBias(x, b) => {
+                if needs(*b) {
+                    let rows = as_rows(&g);
+                    self.acc(grads, *b, rows.sum_axis(Axis(0)).into_dyn());
+                }
+                self.acc(grads, *x, g);
+            }
+            Op::Relu(x) => {
+                let mut g = g;
+                Zip::from(&mut g).and(&node.value).for_each(|g, &y| {
+                    if y <= 0.0 {
+                        *g = 0.0
+                    }
+                });
+                self.acc(grads, *x, g);
+            }
+            Op::LeakyRelu(x, alpha) => {
+                let mut g = g;
+                Zip::from(&mut g).and(val(*x)).for_each(|g, &v| {
+                    if v <= 0.0 {
+                        *g *= alpha
+                    }
+                });
+                self.acc(grads, *x, g);
+            }
+            Op::Reshape(x) => {
+                let g = g
+                    .into_shape_with_order(val(*x).raw_dim())
+                    .expect("reshape grad");
+                self.acc(grads, *x, g);
+            }
+            Op::Softmax(x) => {
+                // dx = y ⊙ (g − Σ g·y)
+                let y = as_rows(&node.value);
+                let mut gx = as_rows(&g).to_owned();
+                for (mut gr, yr) in gx.rows_mut().into_iter().zip(y.rows()) {
+                    let dot = gr.dot(&yr);
+                    Zip::from(&mut gr)
+                        .and(&yr)
+                        .for_each(|g, &y| *g = y * (*g - dot));
+                }
+                self.acc(
+                    grads,
+                    *x,
+                    gx.into_shape_with_order(node.value.raw_dim())
+                        .expect("shape"),
+                );
+            }
+            Op::LogSoftmax(x) => {
+                // dx = g − softmax · Σ g
+                let y = as_rows(&node.value);
+                let mut gx = as_rows(&g).to_owned();
+                for (mut gr, yr) in gx.rows_mut().into_iter().zip(y.rows()) {
+                    let s = gr.sum();
+                    Zip::from(&mut gr)
+                        .and(&yr)
+                        .for_each(|g, &y| *g -= y.exp() * s);
+                }
+                self.acc(
+                    grads,
+                    *x,
+                    gx.into_shape_with_order(node.value.raw_dim())
+                        .expect("shape"),
+                );
+            }
+            Op::SoftmaxCrossEntropy {
+                logits,
+                labels,
+                probs,
+            } => {
+                let scale = g.iter().next().copied().unwrap_or(0.0) / labels.len().max(1) as f32;
+                let mut gx = probs.clone();
+                for (mut row, &y) in gx.rows_mut().into_iter().zip(labels) {
+                    row[y] -= 1.0;
+                    row *= scale;
+                }
+                self.acc(grads, *logits, gx.into_dyn());
+            }
+            Op::KlDiv { log_p, log_q } => {
+                let s = g.iter().next().copied().unwrap_or(0.0)
+                    / as_rows(val(*log_p)).nrows().max(1) as f32;
+                let (lp, lq) = (val(*log_p), val(*log_q));
+                if needs(*log_q) {
+                    self.acc(grads, *log_q, lp.mapv(|a| -s * a.exp()));
+                }
+                if needs(*log_p) {
+                    let mut gp = lp.clone();
+                    Zip::from(&mut gp)
+                        .and(lq)
+                        .for_each(|a, &b| *a = s * a.exp() * (*a - b + 1.0));
+                    self.acc(grads, *log_p, gp);
+                }
+            }
+            Op::Mean(x) => {
+                let xv = val(*x);
+                let s = g.iter().next().copied().unwrap_or(0.0) / xv.len().max(1) as f32;
+                self.acc(grads, *x, ArrayD::from_elem(xv.raw_dim(), s));
+            }
+            Op::Sum(x) => {
+                let s = g.iter().next().copied().unwrap_or(0.0);
+                self.acc(grads, *x, ArrayD::from_elem(val(*x).raw_dim(), s));
+            }
+            Op::Add(a, b) => {
+                if needs(*b) {
+                    self.acc(grads, *b, g.clone());
+                }
+                self.acc(grads, *a, g);
+            }
+            Op::Sub(a, b) => {
+                if needs(*b) {
+                    self.acc(grads, *b, -&g);
+                }
+                self.acc(grads, *a, g);
+            }
+            Op::Mul(a, b) => {
+                if needs(*a) {
+                    self.acc(grads, *a, &g * val(*b));
+                }
+                if needs(*b) {
+                    self.acc(grads, *b, &g * val(*a));
+                }
+            }
+            Op::Scale(x, c) => self.acc(grads, *x, g * *c),
+            Op::MaskMul(x, mask) => self.acc(grads, *x, g * mask),
+            Op::FakeQuant(x, spec) => {
+                let xv = val(*x);
+                let last = xv.shape().last().copied().unwrap_or(1);
+                let per = spec.scale.len() > 1;
+                let mut g = g;
+                for (i, (gv, &v)) in g.iter_mut().zip(xv.iter()).enumerate() {
+                    let c = if per { i % last } else { 0 };
+                    let (s, z) = (spec.scale[c], spec.zero_point[c] as f32);
+                    let (lo, hi) = ((spec.qmin as f32 - z) * s, (spec.qmax as f32 - z) * s);
+                    if v < lo || v > hi {
+                        *gv = 0.0;
+                    }
+                }
+                self.acc(grads, *x, g);
+            }
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Numeric kernels shared by training and inference: plain functions over ndarray views.
+
+pub mod conv;
+pub mod gemm;
+pub mod pool;

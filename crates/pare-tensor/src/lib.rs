@@ -1,0 +1,50 @@
+//! pare-tensor: a small, fast CPU tensor/autograd core for training and compressing CNNs.
+//!
+//! - [`Graph`] / [`Var`]: an arena tape rebuilt every step; [`Graph::backward`] returns fresh
+//!   [`Grads`] keyed by parameter name. Ops: matmul, conv2d (im2col + GEMM, `valid`/`same`,
+//!   strides), max-pool, add-bias, relu, leaky-relu, reshape, softmax, log-softmax, sparse
+//!   softmax cross-entropy, KL divergence, mean/sum, element-wise arithmetic, mask-multiply
+//!   (pruning) and fake-quant (quantization-aware training).
+//! - [`nn`]: `Dense`, `Conv2d`, `MaxPool2d`, `Flatten`, `Reshape`, `ReLU`, `LeakyReLU` and
+//!   [`Sequential`], with Keras' layouts (NHWC, kernels `[kh, kw, in, out]` and `[in, out]`) and
+//!   initialisation (Glorot-uniform kernels, zero biases).
+//! - [`optim`]: `Adam` and `Sgd` with Keras' rules and defaults.
+//! - [`train`]: `fit` / `evaluate` / `predict` with callbacks and replaceable objectives.
+//! - [`checkpoint`]: parameters to and from safetensors files.
+//!
+//! ```
+//! use pare_tensor::{models, optim::{Adam, AdamConfig}, train::{evaluate, Fit, FitConfig}};
+//! use ndarray::Array4;
+//!
+//! // Two blank "images" labelled 0 and 1, fitted for a few steps.
+//! let mut model = models::small_cnn(0);
+//! let mut x = Array4::<f32>::zeros((2, 28, 28, 1));
+//! x[[1, 14, 14, 0]] = 1.0;
+//! let y = [0usize, 1];
+//! let mut adam = Adam::new(AdamConfig { learning_rate: 0.01, ..Default::default() })?;
+//! let cfg = FitConfig { epochs: 20, batch_size: 2, verbose: false, ..Default::default() };
+//! let history = Fit::new(cfg).run(&mut model, &mut adam, x.view().into_dyn(), &y)?;
+//! assert!(history.epochs.last().unwrap().loss < history.epochs[0].loss);
+//! let eval = evaluate(&model, x.view().into_dyn(), &y, 32)?;
+//! assert_eq!(eval.accuracy, 1.0);
+//! # Ok::<(), pare_tensor::TensorError>(())
+//! ```
+
+pub mod checkpoint;
+mod error;
+pub mod gradcheck;
+mod graph;
+pub mod io;
+pub mod kernels;
+pub mod models;
+pub mod nn;
+pub mod optim;
+pub mod train;
+
+#[cfg(test)]
+mod graph_tests;
+
+pub use error::{Result, TensorError};
+pub use graph::{Activation, FakeQuantSpec, Grads, Graph, Op, ParamHook, Var};
+pub use kernels::conv::Padding;
+pub use nn::{Layer, Module, Param, Sequential};

@@ -1,0 +1,675 @@
+//! Layers with named parameters, Keras' initialisation, and `Sequential`.
+
+use crate::error::{Result, TensorError};
+pub use crate::graph::Activation;
+use crate::graph::{Graph, Var};
+use crate::kernels::conv::{Padding, Window};
+use ndarray::{ArrayD, IxDyn};
+use rand::Rng;
+use rand_distr::{Distribution, Uniform};
+
+/// A named trainable tensor. Names are `layer.kernel` / `layer.bias`, so pruning, quantization
+/// and checkpoints find parameters by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param {
+    /// Unique name, e.g. `conv2d.kernel`.
+    pub name: String,
+    /// Current value.
+    pub value: ArrayD<f32>,
+}
+
+impl Param {
+    /// A parameter called `name` holding `value`.
+    pub fn new(name: impl Into<String>, value: ArrayD<f32>) -> Param {
+        Param {
+            name: name.into(),
+            value,
+        }
+    }
+}
+
+/// Glorot (Xavier) uniform initialisation, Keras' default for kernels:
+/// `U(-l, l)` with `l = sqrt(6 / (fan_in + fan_out))`, where for a conv kernel
+/// `[kh, kw, in, out]` the fans are `kh·kw·in` and `kh·kw·out`.
+pub fn glorot_uniform<R: Rng + ?Sized>(shape: &[usize], rng: &mut R) -> ArrayD<f32> {
+    let receptive: usize = shape[..shape.len().saturating_sub(2)].iter().product();
+    let (fan_in, fan_out) = match shape.len() {
+        0 => (1, 1),
+        1 => (shape[0], shape[0]),
+        n => (shape[n - 2] * receptive, shape[n - 1] * receptive),
+    };
+    let limit = (6.0 / (fan_in + fan_out).max(1) as f64).sqrt() as f32;
+    let dist = Uniform::new_inclusive(-limit, limit).expect("finite limit");
+    ArrayD::from_shape_simple_fn(IxDyn(shape), || dist.sample(rng))
+}
+
+/// A network building block.
+pub trait Module: Send + Sync {
+    /// Layer name (prefix of its parameter names).
+    fn name(&self) -> &str;
+    /// Records the forward pass of a batch in `g`.
+    fn forward(&self, g: &mut Graph, x: Var) -> Var;
+    /// Output shape for an input shape, both without the batch dimension; an error when the
+    /// input does not fit.
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>>;
+    /// The layer's parameters (none by default).
+    fn params(&self) -> Vec<&Param> {
+        Vec::new()
+    }
+    /// The layer's parameters, mutably.
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        Vec::new()
+    }
+}
+
+fn shape_err(layer: &str, expected: Vec<usize>, found: &[usize]) -> TensorError {
+    TensorError::InputShape {
+        layer: layer.to_string(),
+        expected,
+        found: found.to_vec(),
+    }
+}
+
+/// Fully connected layer: `y = act(x · kernel + bias)`, kernel `[in, out]`.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    /// Layer name.
+    pub name: String,
+    /// `[in, out]`.
+    pub kernel: Param,
+    /// `[out]`.
+    pub bias: Param,
+    /// Fused activation.
+    pub activation: Activation,
+}
+
+impl Dense {
+    /// Glorot-uniform kernel, zero bias, no activation.
+    pub fn new<R: Rng + ?Sized>(name: &str, inputs: usize, units: usize, rng: &mut R) -> Dense {
+        Dense {
+            name: name.to_string(),
+            kernel: Param::new(
+                format!("{name}.kernel"),
+                glorot_uniform(&[inputs, units], rng),
+            ),
+            bias: Param::new(format!("{name}.bias"), ArrayD::zeros(IxDyn(&[units]))),
+            activation: Activation::Linear,
+        }
+    }
+    /// Sets the fused activation.
+    pub fn activation(mut self, a: Activation) -> Dense {
+        self.activation = a;
+        self
+    }
+    /// Input features.
+    pub fn inputs(&self) -> usize {
+        self.kernel.value.shape()[0]
+    }
+    /// Output units.
+    pub fn units(&self) -> usize {
+        self.kernel.value.shape()[1]
+    }
+}
+
+impl Dense {
+    /// Forward pass with `act` in place of the layer's own activation (used to fuse a
+    /// following activation layer).
+    pub fn forward_fused(&self, g: &mut Graph, x: Var, act: Activation) -> Var {
+        let k = g.param(&self.kernel);
+        let b = g.param(&self.bias);
+        if act.fusable() {
+            return g.dense(x, k, Some(b), act);
+        }
+        let y = g.dense(x, k, Some(b), Activation::Linear);
+        apply_unfused(g, y, act)
+    }
+}
+
+fn apply_unfused(g: &mut Graph, y: Var, act: Activation) -> Var {
+    match act {
+        Activation::Linear => y,
+        Activation::Relu => g.relu(y),
+        Activation::LeakyRelu(a) => g.leaky_relu(y, a),
+    }
+}
+
+impl Module for Dense {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn forward(&self, g: &mut Graph, x: Var) -> Var {
+        self.forward_fused(g, x, self.activation)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        if input != [self.inputs()] {
+            return Err(shape_err(&self.name, vec![self.inputs()], input));
+        }
+        Ok(vec![self.units()])
+    }
+    fn params(&self) -> Vec<&Param> {
+        vec![&self.kernel, &self.bias]
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        vec![&mut self.kernel, &mut self.bias]
+    }
+}
+
+/// 2-D convolution over NHWC input, kernel `[kh, kw, in, out]`, TensorFlow padding.
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    /// Layer name.
+    pub name: String,
+    /// `[kh, kw, in, out]`.
+    pub kernel: Param,
+    /// `[out]`.
+    pub bias: Param,
+    /// `[sh, sw]`.
+    pub strides: [usize; 2],
+    /// Padding mode.
+    pub padding: Padding,
+    /// Fused activation.
+    pub activation: Activation,
+}
+
+impl Conv2d {
+    /// Glorot-uniform kernel, zero bias, stride 1, `valid` padding, no activation.
+    pub fn new<R: Rng + ?Sized>(
+        name: &str,
+        in_channels: usize,
+        filters: usize,
+        kernel_size: [usize; 2],
+        rng: &mut R,
+    ) -> Conv2d {
+        let shape = [kernel_size[0], kernel_size[1], in_channels, filters];
+        Conv2d {
+            name: name.to_string(),
+            kernel: Param::new(format!("{name}.kernel"), glorot_uniform(&shape, rng)),
+            bias: Param::new(format!("{name}.bias"), ArrayD::zeros(IxDyn(&[filters]))),
+            strides: [1, 1],
+            padding: Padding::Valid,
+            activation: Activation::Linear,
+        }
+    }
+    /// Sets both strides.
+    pub fn strides(mut self, s: usize) -> Conv2d {
+        self.strides = [s, s];
+        self
+    }
+    /// Sets the padding.
+    pub fn padding(mut self, p: Padding) -> Conv2d {
+        self.padding = p;
+        self
+    }
+    /// Sets the fused activation.
+    pub fn activation(mut self, a: Activation) -> Conv2d {
+        self.activation = a;
+        self
+    }
+    /// `[kh, kw, in, out]`.
+    pub fn kernel_shape(&self) -> [usize; 4] {
+        let s = self.kernel.value.shape();
+        [s[0], s[1], s[2], s[3]]
+    }
+}
+
+impl Conv2d {
+    /// Forward pass with `act` in place of the layer's own activation (used to fuse a
+    /// following activation layer).
+    pub fn forward_fused(&self, g: &mut Graph, x: Var, act: Activation) -> Var {
+        let k = g.param(&self.kernel);
+        let b = g.param(&self.bias);
+        if act.fusable() {
+            return g.conv2d_fused(x, k, Some(b), self.strides, self.padding, act);
+        }
+        let y = g.conv2d_fused(
+            x,
+            k,
+            Some(b),
+            self.strides,
+            self.padding,
+            Activation::Linear,
+        );
+        apply_unfused(g, y, act)
+    }
+}
+
+impl Module for Conv2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn forward(&self, g: &mut Graph, x: Var) -> Var {
+        self.forward_fused(g, x, self.activation)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let [kh, kw, cin, cout] = self.kernel_shape();
+        let bad = || shape_err(&self.name, vec![0, 0, cin], input);
+        let &[h, w, c] = input else { return Err(bad()) };
+        if c != cin {
+            return Err(bad());
+        }
+        let win =
+            Window::new([1, h, w, c], [kh, kw], self.strides, self.padding).ok_or_else(bad)?;
+        Ok(vec![win.oh, win.ow, cout])
+    }
+    fn params(&self) -> Vec<&Param> {
+        vec![&self.kernel, &self.bias]
+    }
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        vec![&mut self.kernel, &mut self.bias]
+    }
+}
+
+/// Max pooling over NHWC input.
+#[derive(Debug, Clone)]
+pub struct MaxPool2d {
+    /// Layer name.
+    pub name: String,
+    /// Window `[ph, pw]`.
+    pub pool: [usize; 2],
+    /// Strides; Keras defaults them to the pool size.
+    pub strides: [usize; 2],
+    /// Padding mode.
+    pub padding: Padding,
+}
+
+impl MaxPool2d {
+    /// Square pool with strides equal to the pool size and `valid` padding (Keras' defaults).
+    pub fn new(name: &str, pool: usize) -> MaxPool2d {
+        MaxPool2d {
+            name: name.into(),
+            pool: [pool, pool],
+            strides: [pool, pool],
+            padding: Padding::Valid,
+        }
+    }
+    /// Sets both strides.
+    pub fn strides(mut self, s: usize) -> MaxPool2d {
+        self.strides = [s, s];
+        self
+    }
+    /// Sets the padding.
+    pub fn padding(mut self, p: Padding) -> MaxPool2d {
+        self.padding = p;
+        self
+    }
+}
+
+impl Module for MaxPool2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn forward(&self, g: &mut Graph, x: Var) -> Var {
+        g.max_pool(x, self.pool, self.strides, self.padding)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let bad = || shape_err(&self.name, vec![0, 0, 0], input);
+        let &[h, w, c] = input else { return Err(bad()) };
+        let win =
+            Window::new([1, h, w, c], self.pool, self.strides, self.padding).ok_or_else(bad)?;
+        Ok(vec![win.oh, win.ow, c])
+    }
+}
+
+/// Flattens everything but the batch dimension.
+#[derive(Debug, Clone)]
+pub struct Flatten {
+    /// Layer name.
+    pub name: String,
+}
+
+impl Flatten {
+    /// A flatten layer.
+    pub fn new(name: &str) -> Flatten {
+        Flatten { name: name.into() }
+    }
+}
+
+impl Module for Flatten {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn forward(&self, g: &mut Graph, x: Var) -> Var {
+        let s = g.shape(x);
+        let n = s[0];
+        let rest = s[1..].iter().product();
+        g.reshape(x, &[n, rest])
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(vec![input.iter().product()])
+    }
+}
+
+/// Reshapes every example to a fixed shape (batch dimension kept).
+#[derive(Debug, Clone)]
+pub struct Reshape {
+    /// Layer name.
+    pub name: String,
+    /// Target shape without the batch dimension.
+    pub shape: Vec<usize>,
+}
+
+impl Reshape {
+    /// Reshape to `shape` (batch dimension excluded).
+    pub fn new(name: &str, shape: &[usize]) -> Reshape {
+        Reshape {
+            name: name.into(),
+            shape: shape.to_vec(),
+        }
+    }
+}
+
+impl Module for Reshape {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn forward(&self, g: &mut Graph, x: Var) -> Var {
+        let n = g.shape(x)[0];
+        let mut s = vec![n];
+        s.extend_from_slice(&self.shape);
+        g.reshape(x, &s)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        if input.iter().product::<usize>() != self.shape.iter().product::<usize>() {
+            return Err(shape_err(&self.name, self.shape.clone(), input));
+        }
+        Ok(self.shape.clone())
+    }
+}
+
+/// Stand-alone ReLU layer.
+#[derive(Debug, Clone)]
+pub struct ReLU {
+    /// Layer name.
+    pub name: String,
+}
+
+impl ReLU {
+    /// A ReLU layer.
+    pub fn new(name: &str) -> ReLU {
+        ReLU { name: name.into() }
+    }
+}
+
+impl Module for ReLU {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn forward(&self, g: &mut Graph, x: Var) -> Var {
+        g.relu(x)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+}
+
+/// Stand-alone leaky ReLU layer.
+#[derive(Debug, Clone)]
+pub struct LeakyReLU {
+    /// Layer name.
+    pub name: String,
+    /// Slope below zero.
+    pub alpha: f32,
+}
+
+impl LeakyReLU {
+    /// A leaky ReLU with slope `alpha`.
+    pub fn new(name: &str, alpha: f32) -> LeakyReLU {
+        LeakyReLU {
+            name: name.into(),
+            alpha,
+        }
+    }
+}
+
+impl Module for LeakyReLU {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn forward(&self, g: &mut Graph, x: Var) -> Var {
+        g.leaky_relu(x, self.alpha)
+    }
+    fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+}
+
+/// One layer of a [`Sequential`]: the built-in kinds by value, so converters (int8, structured
+/// pruning) can inspect them, plus any user module.
+#[non_exhaustive]
+pub enum Layer {
+    /// Fully connected.
+    Dense(Dense),
+    /// Convolution.
+    Conv2d(Conv2d),
+    /// Max pooling.
+    MaxPool2d(MaxPool2d),
+    /// Flatten.
+    Flatten(Flatten),
+    /// Reshape.
+    Reshape(Reshape),
+    /// ReLU.
+    ReLU(ReLU),
+    /// Leaky ReLU.
+    LeakyReLU(LeakyReLU),
+    /// Anything else implementing [`Module`].
+    Custom(Box<dyn Module>),
+}
+
+impl std::fmt::Debug for Layer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Layer({})", self.module().name())
+    }
+}
+
+impl Clone for Layer {
+    /// # Panics
+    /// On a `Custom` layer, which has no general way to clone.
+    fn clone(&self) -> Self {
+        match self {
+            Layer::Dense(l) => Layer::Dense(l.clone()),
+            Layer::Conv2d(l) => Layer::Conv2d(l.clone()),
+            Layer::MaxPool2d(l) => Layer::MaxPool2d(l.clone()),
+            Layer::Flatten(l) => Layer::Flatten(l.clone()),
+            Layer::Reshape(l) => Layer::Reshape(l.clone()),
+            Layer::ReLU(l) => Layer::ReLU(l.clone()),
+            Layer::LeakyReLU(l) => Layer::LeakyReLU(l.clone()),
+            Layer::Custom(m) => panic!("Layer::clone: custom layer {} cannot be cloned", m.name()),
+        }
+    }
+}
+
+impl Layer {
+    /// The layer as a [`Module`].
+    pub fn module(&self) -> &dyn Module {
+        match self {
+            Layer::Dense(l) => l,
+            Layer::Conv2d(l) => l,
+            Layer::MaxPool2d(l) => l,
+            Layer::Flatten(l) => l,
+            Layer::Reshape(l) => l,
+            Layer::ReLU(l) => l,
+            Layer::LeakyReLU(l) => l,
+            Layer::Custom(m) => m.as_ref(),
+        }
+    }
+    /// The layer as a mutable [`Module`].
+    pub fn module_mut(&mut self) -> &mut dyn Module {
+        match self {
+            Layer::Dense(l) => l,
+            Layer::Conv2d(l) => l,
+            Layer::MaxPool2d(l) => l,
+            Layer::Flatten(l) => l,
+            Layer::Reshape(l) => l,
+            Layer::ReLU(l) => l,
+            Layer::LeakyReLU(l) => l,
+            Layer::Custom(m) => m.as_mut(),
+        }
+    }
+}
+
+macro_rules! into_layer {
+    ($($t:ident),*) => {$(
+        impl From<$t> for Layer {
+            fn from(l: $t) -> Layer {
+                Layer::$t(l)
+            }
+        }
+    )*};
+}
+into_layer!(Dense, Conv2d, MaxPool2d, Flatten, Reshape, ReLU, LeakyReLU);
+
+/// A stack of layers applied in order, with a fixed per-example input shape.
+#[derive(Debug, Clone)]
+pub struct Sequential {
+    /// Input shape without the batch dimension, e.g. `[28, 28, 1]`.
+    pub input_shape: Vec<usize>,
+    /// The layers.
+    pub layers: Vec<Layer>,
+}
+
+impl Sequential {
+    /// An empty model taking examples of `input_shape` (batch dimension excluded).
+    pub fn new(input_shape: &[usize]) -> Sequential {
+        Sequential {
+            input_shape: input_shape.to_vec(),
+            layers: Vec::new(),
+        }
+    }
+
+    /// Appends a layer.
+    pub fn push(mut self, layer: impl Into<Layer>) -> Sequential {
+        self.layers.push(layer.into());
+        self
+    }
+
+    /// Appends a user-defined module.
+    pub fn push_module(mut self, m: Box<dyn Module>) -> Sequential {
+        self.layers.push(Layer::Custom(m));
+        self
+    }
+
+    /// Checks that the layers chain from the input shape; returns the per-example output shape.
+    pub fn output_shape(&self) -> Result<Vec<usize>> {
+        let mut s = self.input_shape.clone();
+        for l in &self.layers {
+            s = l.module().output_shape(&s)?;
+        }
+        Ok(s)
+    }
+
+    /// Checks a batch's shape (`[n, input_shape...]`) before it enters the graph.
+    pub fn check_input(&self, shape: &[usize]) -> Result<()> {
+        if shape.len() != self.input_shape.len() + 1 || shape[1..] != self.input_shape[..] {
+            return Err(TensorError::InputShape {
+                layer: "model input".into(),
+                expected: self.input_shape.clone(),
+                found: shape.get(1..).unwrap_or(&[]).to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Forward pass through every layer.
+    pub fn forward(&self, g: &mut Graph, x: Var) -> Var {
+        self.forward_with_taps(g, x, &[]).0
+    }
+
+    /// Forward pass that also returns the output of each layer named in `taps` (for feature
+    /// distillation), in the order of `taps`.
+    ///
+    /// A linear `Conv2d` or `Dense` directly followed by a `ReLU` or `LeakyReLU` layer runs as
+    /// one fused node (same values, one pass over memory less), unless the first is tapped.
+    pub fn forward_with_taps(
+        &self,
+        g: &mut Graph,
+        x: Var,
+        taps: &[&str],
+    ) -> (Var, Vec<Option<Var>>) {
+        let mut found = vec![None; taps.len()];
+        let mut x = x;
+        let mut i = 0;
+        while i < self.layers.len() {
+            let layer = &self.layers[i];
+            let next_act = match self.layers.get(i + 1) {
+                Some(Layer::ReLU(_)) => Some(Activation::Relu),
+                Some(Layer::LeakyReLU(l)) => Some(Activation::LeakyRelu(l.alpha)),
+                _ => None,
+            };
+            let tapped = taps.contains(&layer.module().name());
+            let fused = match (layer, next_act) {
+                (Layer::Conv2d(c), Some(a))
+                    if c.activation == Activation::Linear && a.fusable() && !tapped =>
+                {
+                    Some(c.forward_fused(g, x, a))
+                }
+                (Layer::Dense(d), Some(a))
+                    if d.activation == Activation::Linear && a.fusable() && !tapped =>
+                {
+                    Some(d.forward_fused(g, x, a))
+                }
+                _ => None,
+            };
+            let consumed = match fused {
+                Some(y) => {
+                    x = y;
+                    2
+                }
+                None => {
+                    x = layer.module().forward(g, x);
+                    1
+                }
+            };
+            for l in &self.layers[i..i + consumed] {
+                if let Some(t) = taps.iter().position(|t| *t == l.module().name()) {
+                    found[t] = Some(x);
+                }
+            }
+            i += consumed;
+        }
+        (x, found)
+    }
+
+    /// All parameters, in layer order.
+    pub fn params(&self) -> Vec<&Param> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.module().params())
+            .collect()
+    }
+
+    /// All parameters mutably, in layer order.
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| l.module_mut().params_mut())
+            .collect()
+    }
+
+    /// A parameter by name.
+    pub fn param(&self, name: &str) -> Option<&Param> {
+        self.params().into_iter().find(|p| p.name == name)
+    }
+
+    /// A parameter by name, mutably.
+    pub fn param_mut(&mut self, name: &str) -> Option<&mut Param> {
+        self.params_mut().into_iter().find(|p| p.name == name)
+    }
+
+    /// Total number of parameters (scalars).
+    pub fn num_params(&self) -> usize {
+        self.params().iter().map(|p| p.value.len()).sum()
+    }
+
+    /// Names and shapes of all parameters.
+    pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.params()
+            .iter()
+            .map(|p| (p.name.clone(), p.value.shape().to_vec()))
+            .collect()
+    }
+
+    /// A layer by name.
+    pub fn layer(&self, name: &str) -> Option<&Layer> {
+        self.layers.iter().find(|l| l.module().name() == name)
+    }
+}

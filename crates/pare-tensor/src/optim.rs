@@ -1,0 +1,273 @@
+//! Optimizers with Keras' update rules and defaults.
+
+use crate::error::{Result, TensorError};
+use crate::graph::Grads;
+use crate::nn::Param;
+use ndarray::{ArrayD, Zip};
+use std::collections::HashMap;
+
+/// Updates parameters from their gradients, one step at a time.
+pub trait Optimizer {
+    /// Applies one update to every parameter that has a gradient in `grads`.
+    fn step(&mut self, params: Vec<&mut Param>, grads: &Grads);
+    /// Number of steps taken so far.
+    fn iterations(&self) -> u64;
+}
+
+fn hp(name: &'static str, value: f32, ok: bool, reason: &'static str) -> Result<()> {
+    if ok && value.is_finite() {
+        Ok(())
+    } else {
+        Err(TensorError::BadHyperParameter {
+            name,
+            value: value.to_string(),
+            reason,
+        })
+    }
+}
+
+/// Adam's hyper-parameters; `Default` is Keras': lr 1e-3, β 0.9 / 0.999, ε 1e-7.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    /// Learning rate.
+    pub learning_rate: f32,
+    /// Decay of the first moment.
+    pub beta_1: f32,
+    /// Decay of the second moment.
+    pub beta_2: f32,
+    /// Added to the denominator (Keras' ε, applied as in Keras: outside the bias correction).
+    pub epsilon: f32,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            learning_rate: 1e-3,
+            beta_1: 0.9,
+            beta_2: 0.999,
+            epsilon: 1e-7,
+        }
+    }
+}
+
+impl AdamConfig {
+    /// Checks every field's range.
+    pub fn validate(&self) -> Result<()> {
+        hp(
+            "learning_rate",
+            self.learning_rate,
+            self.learning_rate > 0.0,
+            "must be > 0",
+        )?;
+        hp(
+            "beta_1",
+            self.beta_1,
+            (0.0..1.0).contains(&self.beta_1),
+            "must be in [0, 1)",
+        )?;
+        hp(
+            "beta_2",
+            self.beta_2,
+            (0.0..1.0).contains(&self.beta_2),
+            "must be in [0, 1)",
+        )?;
+        hp("epsilon", self.epsilon, self.epsilon >= 0.0, "must be >= 0")
+    }
+}
+
+/// Adam as Keras implements it:
+/// `m ← β1 m + (1 − β1) g`, `v ← β2 v + (1 − β2) g²`,
+/// `w ← w − lr · sqrt(1 − β2^t) / (1 − β1^t) · m / (sqrt(v) + ε)`.
+#[derive(Debug, Clone)]
+pub struct Adam {
+    cfg: AdamConfig,
+    t: u64,
+    state: HashMap<String, (ArrayD<f32>, ArrayD<f32>)>,
+}
+
+impl Adam {
+    /// An Adam optimizer; an error if the configuration is out of range.
+    pub fn new(cfg: AdamConfig) -> Result<Adam> {
+        cfg.validate()?;
+        Ok(Adam {
+            cfg,
+            t: 0,
+            state: HashMap::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AdamConfig {
+        &self.cfg
+    }
+}
+
+impl Optimizer for Adam {
+    fn step(&mut self, params: Vec<&mut Param>, grads: &Grads) {
+        self.t += 1;
+        let c = self.cfg;
+        let t = self.t as i32;
+        let alpha = c.learning_rate * (1.0 - c.beta_2.powi(t)).sqrt() / (1.0 - c.beta_1.powi(t));
+        for p in params {
+            let Some(g) = grads.get(&p.name) else {
+                continue;
+            };
+            let (m, v) = self.state.entry(p.name.clone()).or_insert_with(|| {
+                (
+                    ArrayD::zeros(p.value.raw_dim()),
+                    ArrayD::zeros(p.value.raw_dim()),
+                )
+            });
+            Zip::from(&mut p.value)
+                .and(m)
+                .and(v)
+                .and(g)
+                .par_for_each(|w, m, v, &g| {
+                    *m += (1.0 - c.beta_1) * (g - *m);
+                    *v += (1.0 - c.beta_2) * (g * g - *v);
+                    *w -= alpha * *m / (v.sqrt() + c.epsilon);
+                });
+        }
+    }
+    fn iterations(&self) -> u64 {
+        self.t
+    }
+}
+
+/// SGD with momentum as Keras does it: `u ← μ u − lr g`, `w ← w + u` (or `w ← w + μ u − lr g`
+/// with Nesterov).
+#[derive(Debug, Clone)]
+pub struct Sgd {
+    learning_rate: f32,
+    momentum: f32,
+    nesterov: bool,
+    t: u64,
+    velocity: HashMap<String, ArrayD<f32>>,
+}
+
+impl Sgd {
+    /// An SGD optimizer; learning rate > 0, momentum in [0, 1).
+    pub fn new(learning_rate: f32, momentum: f32, nesterov: bool) -> Result<Sgd> {
+        hp(
+            "learning_rate",
+            learning_rate,
+            learning_rate > 0.0,
+            "must be > 0",
+        )?;
+        hp(
+            "momentum",
+            momentum,
+            (0.0..1.0).contains(&momentum),
+            "must be in [0, 1)",
+        )?;
+        Ok(Sgd {
+            learning_rate,
+            momentum,
+            nesterov,
+            t: 0,
+            velocity: HashMap::new(),
+        })
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, params: Vec<&mut Param>, grads: &Grads) {
+        self.t += 1;
+        let (lr, mu, nesterov) = (self.learning_rate, self.momentum, self.nesterov);
+        for p in params {
+            let Some(g) = grads.get(&p.name) else {
+                continue;
+            };
+            let u = self
+                .velocity
+                .entry(p.name.clone())
+                .or_insert_with(|| ArrayD::zeros(p.value.raw_dim()));
+            Zip::from(&mut p.value).and(u).and(g).for_each(|w, u, &g| {
+                *u = mu * *u - lr * g;
+                *w += if nesterov { mu * *u - lr * g } else { *u };
+            });
+        }
+    }
+    fn iterations(&self) -> u64 {
+        self.t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::Graph;
+    use approx::assert_abs_diff_eq;
+    use ndarray::arr1;
+
+    fn grads_for(p: &Param, g: &[f32]) -> Grads {
+        // Build the gradient through the graph: loss = Σ g_i · w_i has gradient g.
+        let mut graph = Graph::new();
+        let w = graph.param(p);
+        let c = graph.constant(arr1(g).into_dyn());
+        let prod = graph.mul(w, c);
+        let loss = graph.sum(prod);
+        graph.backward(loss)
+    }
+
+    #[test]
+    fn adam_matches_the_keras_formula_by_hand() {
+        // Worked by hand from Keras' Adam.update_step with lr 0.1, β1 0.9, β2 0.999, ε 1e-7.
+        // Step 1, g = 0.5: m = 0.05, v = 0.00025, alpha = 0.1·sqrt(0.001)/0.1 = 0.0316228;
+        // w = 1 − 0.0316228 · 0.05 / (0.0158114 + 1e-7) = 1 − 0.0999994 = 0.9000006.
+        // Step 2, g = 0.5: m = 0.095, v = 0.00049975, alpha = 0.1·sqrt(0.001999)/0.19 = 0.0235317;
+        // w = 0.9000006 − 0.0235317 · 0.095 / (0.0223551 + 1e-7) = 0.8000010.
+        let mut p = Param::new("w", arr1(&[1.0f32]).into_dyn());
+        let mut adam = Adam::new(AdamConfig {
+            learning_rate: 0.1,
+            ..Default::default()
+        })
+        .unwrap();
+        let g = grads_for(&p, &[0.5]);
+        adam.step(vec![&mut p], &g);
+        assert_abs_diff_eq!(p.value[[0]], 0.900_000_6, epsilon = 2e-6);
+        adam.step(vec![&mut p], &g);
+        assert_abs_diff_eq!(p.value[[0]], 0.800_001, epsilon = 2e-6);
+        assert_eq!(adam.iterations(), 2);
+    }
+
+    #[test]
+    fn adam_rejects_bad_hyper_parameters() {
+        for cfg in [
+            AdamConfig {
+                learning_rate: 0.0,
+                ..Default::default()
+            },
+            AdamConfig {
+                beta_1: 1.0,
+                ..Default::default()
+            },
+            AdamConfig {
+                beta_2: -0.1,
+                ..Default::default()
+            },
+            AdamConfig {
+                epsilon: f32::NAN,
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                Adam::new(cfg),
+                Err(TensorError::BadHyperParameter { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn sgd_momentum_by_hand() {
+        // lr 0.1, μ 0.9, g = 1 each step: u1 = −0.1, w1 = 0.9; u2 = −0.19, w2 = 0.71.
+        let mut p = Param::new("w", arr1(&[1.0f32]).into_dyn());
+        let mut sgd = Sgd::new(0.1, 0.9, false).unwrap();
+        let g = grads_for(&p, &[1.0]);
+        sgd.step(vec![&mut p], &g);
+        assert_abs_diff_eq!(p.value[[0]], 0.9, epsilon = 1e-6);
+        sgd.step(vec![&mut p], &g);
+        assert_abs_diff_eq!(p.value[[0]], 0.71, epsilon = 1e-6);
+        assert!(Sgd::new(0.1, 1.0, false).is_err());
+    }
+}

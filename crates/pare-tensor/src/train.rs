@@ -1,0 +1,700 @@
+//! A Keras-like `fit` / `evaluate` / `predict` loop.
+//!
+//! Two extension points make pruning and distillation plug in without forking the loop: an
+//! [`Objective`] builds each step's forward pass and loss (distillation swaps the loss, feature
+//! distillation taps intermediate layers), and [`Callback`]s run at batch and epoch boundaries
+//! (pruning updates its masks there and puts them into the step's graph).
+
+use crate::error::{Result, TensorError};
+use crate::graph::{Graph, Var};
+use crate::nn::{Param, Sequential};
+use crate::optim::Optimizer;
+use indicatif::{ProgressBar, ProgressStyle};
+use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, IxDyn};
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use std::time::Instant;
+
+/// Settings of a training run; `Default` matches Keras' `fit` (batch 32, shuffled, one epoch).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitConfig {
+    /// Passes over the training data.
+    pub epochs: usize,
+    /// Examples per step; the last batch of an epoch may be smaller.
+    pub batch_size: usize,
+    /// Reshuffle the training data every epoch.
+    pub shuffle: bool,
+    /// Seed of the shuffle.
+    pub seed: u64,
+    /// Fraction of the data held out for validation, taken from the end as Keras does (0 for
+    /// none).
+    pub validation_split: f32,
+    /// Show a progress bar per epoch.
+    pub verbose: bool,
+}
+
+impl Default for FitConfig {
+    fn default() -> Self {
+        FitConfig {
+            epochs: 1,
+            batch_size: 32,
+            shuffle: true,
+            seed: 0,
+            validation_split: 0.0,
+            verbose: true,
+        }
+    }
+}
+
+impl FitConfig {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, value: String, reason| {
+            Err(TensorError::BadHyperParameter {
+                name,
+                value,
+                reason,
+            })
+        };
+        if self.batch_size == 0 {
+            return bad("batch_size", "0".into(), "must be >= 1");
+        }
+        if !(0.0..1.0).contains(&self.validation_split) {
+            return bad(
+                "validation_split",
+                self.validation_split.to_string(),
+                "must be in [0, 1)",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One epoch's figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochLog {
+    /// Epoch index, from 0.
+    pub epoch: usize,
+    /// Mean training loss over the epoch.
+    pub loss: f32,
+    /// Training accuracy over the epoch.
+    pub accuracy: f32,
+    /// Validation loss, when there is validation data.
+    pub val_loss: Option<f32>,
+    /// Validation accuracy, when there is validation data.
+    pub val_accuracy: Option<f32>,
+    /// Wall-clock seconds of the training steps (validation excluded).
+    pub seconds: f64,
+    /// Training examples per second.
+    pub examples_per_second: f64,
+}
+
+/// What `fit` returns: one log per epoch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct History {
+    /// Per-epoch figures.
+    pub epochs: Vec<EpochLog>,
+}
+
+/// The data of one training step.
+#[derive(Debug)]
+pub struct Batch<'a> {
+    /// Inputs `[b, ...]`.
+    pub x: &'a ArrayD<f32>,
+    /// Class labels.
+    pub labels: &'a [usize],
+    /// Positions of these examples in the training data given to `fit` (a cache of teacher
+    /// outputs looks them up by these).
+    pub indices: &'a [usize],
+    /// Epoch index.
+    pub epoch: usize,
+    /// Global step (the optimizer's iteration count before this step).
+    pub step: u64,
+}
+
+/// Vars of a step: the scalar loss and the logits (for the accuracy).
+#[derive(Debug, Clone, Copy)]
+pub struct StepVars {
+    /// Scalar loss to minimise.
+    pub loss: Var,
+    /// Model outputs `[b, classes]`.
+    pub logits: Var,
+}
+
+/// Builds one training step's forward pass and loss.
+pub trait Objective {
+    /// Runs the model on `x` in `g` and returns the loss and logits.
+    fn step(
+        &mut self,
+        g: &mut Graph,
+        model: &Sequential,
+        x: Var,
+        batch: &Batch<'_>,
+    ) -> Result<StepVars>;
+    /// Extra trainable parameters owned by the objective (e.g. a hint projection).
+    fn params_mut(&mut self) -> Vec<&mut Param> {
+        Vec::new()
+    }
+}
+
+/// Sparse softmax cross-entropy from logits: Keras'
+/// `SparseCategoricalCrossentropy(from_logits=True)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CrossEntropy;
+
+impl Objective for CrossEntropy {
+    fn step(
+        &mut self,
+        g: &mut Graph,
+        model: &Sequential,
+        x: Var,
+        batch: &Batch<'_>,
+    ) -> Result<StepVars> {
+        let logits = model.forward(g, x);
+        let loss = g.softmax_cross_entropy(logits, batch.labels);
+        Ok(StepVars { loss, logits })
+    }
+}
+
+/// Hooks at the boundaries of training. Every method defaults to doing nothing.
+pub trait Callback {
+    /// Before the first step.
+    fn on_train_begin(&mut self, model: &mut Sequential) -> Result<()> {
+        let _ = model;
+        Ok(())
+    }
+    /// Before a step's forward pass; may put masks or hooks into the step's graph.
+    fn on_batch_begin(
+        &mut self,
+        step: u64,
+        model: &mut Sequential,
+        graph: &mut Graph,
+    ) -> Result<()> {
+        let _ = (step, model, graph);
+        Ok(())
+    }
+    /// After the optimizer's update of this step.
+    fn on_batch_end(&mut self, step: u64, model: &mut Sequential) -> Result<()> {
+        let _ = (step, model);
+        Ok(())
+    }
+    /// After an epoch (and its validation).
+    fn on_epoch_end(&mut self, log: &EpochLog, model: &mut Sequential) -> Result<()> {
+        let _ = (log, model);
+        Ok(())
+    }
+    /// After the last epoch.
+    fn on_train_end(&mut self, model: &mut Sequential) -> Result<()> {
+        let _ = model;
+        Ok(())
+    }
+}
+
+/// Result of [`evaluate`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Mean cross-entropy.
+    pub loss: f32,
+    /// Fraction of correct arg-max predictions.
+    pub accuracy: f32,
+}
+
+fn check_data(model: &Sequential, x: &ArrayViewD<'_, f32>, y: Option<&[usize]>) -> Result<()> {
+    model.check_input(x.shape())?;
+    let classes = *model.output_shape()?.last().unwrap_or(&0);
+    if let Some(y) = y {
+        if y.len() != x.shape()[0] {
+            return Err(TensorError::LengthMismatch {
+                what: "data",
+                images: x.shape()[0],
+                labels: y.len(),
+            });
+        }
+        if let Some((index, &label)) = y.iter().enumerate().find(|(_, l)| **l >= classes) {
+            return Err(TensorError::LabelOutOfRange {
+                index,
+                label,
+                classes,
+            });
+        }
+    }
+    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+        return Err(TensorError::NonFinite {
+            what: "input data".into(),
+            index,
+        });
+    }
+    Ok(())
+}
+
+/// Copies the examples at `idx` into one contiguous batch.
+pub fn gather(x: &ArrayViewD<'_, f32>, idx: &[usize]) -> ArrayD<f32> {
+    let per: usize = x.shape()[1..].iter().product();
+    let mut shape = x.shape().to_vec();
+    shape[0] = idx.len();
+    let mut out = Vec::with_capacity(idx.len() * per);
+    match x.as_slice() {
+        Some(s) => idx
+            .iter()
+            .for_each(|&i| out.extend_from_slice(&s[i * per..(i + 1) * per])),
+        None => idx
+            .iter()
+            .for_each(|&i| out.extend(x.index_axis(Axis(0), i).iter().copied())),
+    }
+    ArrayD::from_shape_vec(IxDyn(&shape), out).expect("gather: shape matches")
+}
+
+/// Number of rows whose arg-max equals the label.
+pub fn count_correct(logits: &ArrayD<f32>, labels: &[usize]) -> usize {
+    let l2 = logits
+        .view()
+        .into_dimensionality::<Ix2>()
+        .expect("logits are [b, classes]");
+    l2.rows()
+        .into_iter()
+        .zip(labels)
+        .filter(|(row, y)| argmax(row.as_slice().unwrap_or(&row.to_vec())) == **y)
+        .count()
+}
+
+/// Index of the largest value (the first one on ties, as NumPy's argmax).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Trains a model: `Fit::new(cfg).callback(&mut c).run(&mut model, &mut opt, x, y)`.
+pub struct Fit<'a> {
+    cfg: FitConfig,
+    validation: Option<(ArrayViewD<'a, f32>, &'a [usize])>,
+    objective: Option<&'a mut dyn Objective>,
+    callbacks: Vec<&'a mut dyn Callback>,
+}
+
+impl<'a> Fit<'a> {
+    /// A training run with these settings, cross-entropy loss and no callbacks.
+    pub fn new(cfg: FitConfig) -> Fit<'a> {
+        Fit {
+            cfg,
+            validation: None,
+            objective: None,
+            callbacks: Vec::new(),
+        }
+    }
+    /// Explicit validation data (takes precedence over `validation_split`).
+    pub fn validation_data(mut self, x: ArrayViewD<'a, f32>, y: &'a [usize]) -> Fit<'a> {
+        self.validation = Some((x, y));
+        self
+    }
+    /// Replaces the loss (and the forward pass) of every step.
+    pub fn objective(mut self, o: &'a mut dyn Objective) -> Fit<'a> {
+        self.objective = Some(o);
+        self
+    }
+    /// Adds a callback.
+    pub fn callback(mut self, c: &'a mut dyn Callback) -> Fit<'a> {
+        self.callbacks.push(c);
+        self
+    }
+
+    /// Runs the training and returns the history.
+    pub fn run(
+        mut self,
+        model: &mut Sequential,
+        opt: &mut dyn Optimizer,
+        x: ArrayViewD<'_, f32>,
+        y: &[usize],
+    ) -> Result<History> {
+        let cfg = self.cfg.clone();
+        cfg.validate()?;
+        check_data(model, &x, Some(y))?;
+        let x = x.as_standard_layout();
+        let n = x.shape()[0];
+        let (n_train, split_val) = if self.validation.is_none() && cfg.validation_split > 0.0 {
+            let at = (n as f64 * (1.0 - cfg.validation_split as f64)) as usize;
+            (at, Some(at))
+        } else {
+            (n, None)
+        };
+        if n_train == 0 {
+            return Err(TensorError::Empty("training data"));
+        }
+        if let Some((vx, vy)) = &self.validation {
+            check_data(model, vx, Some(vy))?;
+        }
+        let mut default_obj = CrossEntropy;
+        let objective: &mut dyn Objective = match self.objective.take() {
+            Some(o) => o,
+            None => &mut default_obj,
+        };
+        for c in self.callbacks.iter_mut() {
+            c.on_train_begin(model)?;
+        }
+        let mut history = History::default();
+        let mut order: Vec<usize> = (0..n_train).collect();
+        let steps = n_train.div_ceil(cfg.batch_size);
+        for epoch in 0..cfg.epochs {
+            if cfg.shuffle {
+                let mut rng = StdRng::seed_from_u64(
+                    cfg.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                );
+                order = (0..n_train).collect();
+                order.shuffle(&mut rng);
+            }
+            let bar = if cfg.verbose {
+                ProgressBar::new(steps as u64)
+            } else {
+                ProgressBar::hidden()
+            };
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {elapsed_precise}<{eta_precise} {msg}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+            let start = Instant::now();
+            let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+            for (bi, idx) in order.chunks(cfg.batch_size).enumerate() {
+                let step = opt.iterations();
+                let xb = gather(&x.view(), idx);
+                let labels: Vec<usize> = idx.iter().map(|&i| y[i]).collect();
+                let mut g = Graph::new();
+                for c in self.callbacks.iter_mut() {
+                    c.on_batch_begin(step, model, &mut g)?;
+                }
+                let xv = g.constant(xb.clone());
+                let batch = Batch {
+                    x: &xb,
+                    labels: &labels,
+                    indices: idx,
+                    epoch,
+                    step,
+                };
+                let vars = objective.step(&mut g, model, xv, &batch)?;
+                let loss = g
+                    .value(vars.loss)
+                    .iter()
+                    .next()
+                    .copied()
+                    .unwrap_or(f32::NAN);
+                if !loss.is_finite() {
+                    bar.abandon();
+                    return Err(TensorError::Diverged { loss, step });
+                }
+                correct += count_correct(g.value(vars.logits), &labels);
+                let grads = g.backward(vars.loss);
+                drop(g);
+                let mut params = model.params_mut();
+                params.extend(objective.params_mut());
+                opt.step(params, &grads);
+                for c in self.callbacks.iter_mut() {
+                    c.on_batch_end(step, model)?;
+                }
+                loss_sum += loss as f64 * idx.len() as f64;
+                seen += idx.len();
+                bar.inc(1);
+                if bi % 25 == 0 || bi + 1 == steps {
+                    bar.set_message(format!(
+                        "loss {:.4} acc {:.4}",
+                        loss_sum / seen as f64,
+                        correct as f64 / seen as f64
+                    ));
+                }
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            bar.finish();
+            let (val_loss, val_accuracy) = match (&self.validation, split_val) {
+                (Some((vx, vy)), _) => {
+                    let e = evaluate(model, vx.view(), vy, 256)?;
+                    (Some(e.loss), Some(e.accuracy))
+                }
+                (None, Some(at)) => {
+                    let vx = x.slice_axis(Axis(0), (at..).into());
+                    let e = evaluate(model, vx, &y[at..], 256)?;
+                    (Some(e.loss), Some(e.accuracy))
+                }
+                _ => (None, None),
+            };
+            let log = EpochLog {
+                epoch,
+                loss: (loss_sum / seen.max(1) as f64) as f32,
+                accuracy: correct as f32 / seen.max(1) as f32,
+                val_loss,
+                val_accuracy,
+                seconds,
+                examples_per_second: seen as f64 / seconds.max(1e-9),
+            };
+            if cfg.verbose {
+                let val = match (val_loss, val_accuracy) {
+                    (Some(l), Some(a)) => format!(" val_loss {l:.4} val_acc {a:.4}"),
+                    _ => String::new(),
+                };
+                eprintln!(
+                    "epoch {}/{}: loss {:.4} acc {:.4}{val} ({:.1} s, {:.0} ex/s)",
+                    epoch + 1,
+                    cfg.epochs,
+                    log.loss,
+                    log.accuracy,
+                    seconds,
+                    log.examples_per_second
+                );
+            }
+            for c in self.callbacks.iter_mut() {
+                c.on_epoch_end(&log, model)?;
+            }
+            history.epochs.push(log);
+        }
+        for c in self.callbacks.iter_mut() {
+            c.on_train_end(model)?;
+        }
+        Ok(history)
+    }
+}
+
+/// Logits of every example, computed in batches on an inference graph.
+pub fn predict(
+    model: &Sequential,
+    x: ArrayViewD<'_, f32>,
+    batch_size: usize,
+) -> Result<Array2<f32>> {
+    if batch_size == 0 {
+        return Err(TensorError::BadHyperParameter {
+            name: "batch_size",
+            value: "0".into(),
+            reason: "must be >= 1",
+        });
+    }
+    check_data(model, &x, None)?;
+    let x = x.as_standard_layout();
+    let n = x.shape()[0];
+    let classes: usize = model.output_shape()?.iter().product();
+    let mut out = Array2::zeros((n, classes));
+    for start in (0..n).step_by(batch_size) {
+        let end = (start + batch_size).min(n);
+        let mut g = Graph::inference();
+        let xv = g.constant(x.slice_axis(Axis(0), (start..end).into()).to_owned());
+        let y = model.forward(&mut g, xv);
+        let y = g
+            .value(y)
+            .view()
+            .into_shape_with_order((end - start, classes))
+            .expect("logits shape");
+        out.slice_mut(ndarray::s![start..end, ..]).assign(&y);
+    }
+    Ok(out)
+}
+
+/// Mean cross-entropy and accuracy over a labelled data set.
+pub fn evaluate(
+    model: &Sequential,
+    x: ArrayViewD<'_, f32>,
+    y: &[usize],
+    batch_size: usize,
+) -> Result<Evaluation> {
+    check_data(model, &x, Some(y))?;
+    if y.is_empty() {
+        return Err(TensorError::Empty("evaluation data"));
+    }
+    let logits = predict(model, x, batch_size)?;
+    let mut loss = 0f64;
+    let mut correct = 0;
+    for (row, &label) in logits.rows().into_iter().zip(y) {
+        let max = row.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+        loss += (lse - row[label]) as f64;
+        let r = row.to_vec();
+        if argmax(&r) == label {
+            correct += 1;
+        }
+    }
+    Ok(Evaluation {
+        loss: (loss / y.len() as f64) as f32,
+        accuracy: correct as f32 / y.len() as f32,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::small_cnn;
+    use crate::optim::{Adam, AdamConfig};
+    use ndarray::Array4;
+    use rand::Rng;
+
+    /// Two classes a tiny CNN can separate: a bright top half vs a bright bottom half, plus noise.
+    fn toy_data(n: usize, seed: u64) -> (ArrayD<f32>, Vec<usize>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut x = Array4::<f32>::zeros((n, 28, 28, 1));
+        let mut y = Vec::new();
+        for i in 0..n {
+            let label = i % 2;
+            for r in 0..28 {
+                for c in 0..28 {
+                    let on = (r < 14) == (label == 0);
+                    x[[i, r, c, 0]] = if on { 0.8 } else { 0.0 } + rng.random_range(0.0..0.2);
+                }
+            }
+            y.push(label);
+        }
+        (x.into_dyn(), y)
+    }
+
+    fn train_once(seed: u64) -> (Sequential, History) {
+        let (x, y) = toy_data(96, 1);
+        let mut model = small_cnn(seed);
+        let mut adam = Adam::new(AdamConfig::default()).unwrap();
+        let cfg = FitConfig {
+            epochs: 2,
+            batch_size: 16,
+            seed,
+            verbose: false,
+            ..Default::default()
+        };
+        let h = Fit::new(cfg)
+            .run(&mut model, &mut adam, x.view(), &y)
+            .unwrap();
+        (model, h)
+    }
+
+    #[test]
+    fn same_seed_same_thread_count_gives_bit_identical_weights() {
+        let (a, ha) = train_once(5);
+        let (b, hb) = train_once(5);
+        assert_eq!(a.params(), b.params());
+        assert_eq!(ha.epochs[1].loss, hb.epochs[1].loss);
+        let (c, _) = train_once(6);
+        assert_ne!(a.params(), c.params());
+    }
+
+    #[test]
+    fn learns_a_separable_toy_problem_and_reports_validation() {
+        let (x, y) = toy_data(200, 2);
+        let mut model = small_cnn(0);
+        let mut adam = Adam::new(AdamConfig::default()).unwrap();
+        let cfg = FitConfig {
+            epochs: 3,
+            batch_size: 20,
+            validation_split: 0.2,
+            verbose: false,
+            ..Default::default()
+        };
+        let h = Fit::new(cfg)
+            .run(&mut model, &mut adam, x.view(), &y)
+            .unwrap();
+        let last = h.epochs.last().unwrap();
+        assert!(last.val_accuracy.unwrap() > 0.95, "{last:?}");
+        assert_eq!(adam.iterations(), 3 * 8); // 160 training examples / 20
+    }
+
+    #[test]
+    fn bad_user_input_is_an_error() {
+        let (x, y) = toy_data(8, 3);
+        let mut model = small_cnn(0);
+        let mut adam = Adam::new(AdamConfig::default()).unwrap();
+        let quiet = FitConfig {
+            verbose: false,
+            ..Default::default()
+        };
+        let fit = |m: &mut Sequential,
+                   a: &mut Adam,
+                   x: ArrayViewD<'_, f32>,
+                   y: &[usize],
+                   c: FitConfig| { Fit::new(c).run(m, a, x, y) };
+        let wrong = ArrayD::<f32>::zeros(IxDyn(&[8, 28, 27, 1]));
+        assert!(matches!(
+            fit(&mut model, &mut adam, wrong.view(), &y, quiet.clone()),
+            Err(TensorError::InputShape { .. })
+        ));
+        assert!(matches!(
+            fit(&mut model, &mut adam, x.view(), &y[..7], quiet.clone()),
+            Err(TensorError::LengthMismatch { .. })
+        ));
+        let mut bad = y.clone();
+        bad[3] = 10;
+        assert!(matches!(
+            fit(&mut model, &mut adam, x.view(), &bad, quiet.clone()),
+            Err(TensorError::LabelOutOfRange { index: 3, .. })
+        ));
+        let mut nan = x.clone();
+        nan[[2, 3, 4, 0]] = f32::NAN;
+        assert!(matches!(
+            fit(&mut model, &mut adam, nan.view(), &y, quiet.clone()),
+            Err(TensorError::NonFinite { .. })
+        ));
+        let zero_batch = FitConfig {
+            batch_size: 0,
+            ..quiet.clone()
+        };
+        assert!(matches!(
+            fit(&mut model, &mut adam, x.view(), &y, zero_batch),
+            Err(TensorError::BadHyperParameter { .. })
+        ));
+        let split = FitConfig {
+            validation_split: 1.0,
+            ..quiet
+        };
+        assert!(matches!(
+            fit(&mut model, &mut adam, x.view(), &y, split),
+            Err(TensorError::BadHyperParameter { .. })
+        ));
+        assert!(matches!(
+            predict(&model, x.view(), 0),
+            Err(TensorError::BadHyperParameter { .. })
+        ));
+    }
+
+    #[test]
+    fn callbacks_see_every_step_in_order() {
+        #[derive(Default)]
+        struct Log(Vec<String>);
+        impl Callback for Log {
+            fn on_train_begin(&mut self, _: &mut Sequential) -> Result<()> {
+                self.0.push("begin".into());
+                Ok(())
+            }
+            fn on_batch_begin(
+                &mut self,
+                step: u64,
+                _: &mut Sequential,
+                _: &mut Graph,
+            ) -> Result<()> {
+                self.0.push(format!("b{step}"));
+                Ok(())
+            }
+            fn on_batch_end(&mut self, step: u64, _: &mut Sequential) -> Result<()> {
+                self.0.push(format!("e{step}"));
+                Ok(())
+            }
+            fn on_epoch_end(&mut self, log: &EpochLog, _: &mut Sequential) -> Result<()> {
+                self.0.push(format!("epoch{}", log.epoch));
+                Ok(())
+            }
+        }
+        let (x, y) = toy_data(6, 4);
+        let mut model = small_cnn(0);
+        let mut adam = Adam::new(AdamConfig::default()).unwrap();
+        let mut log = Log::default();
+        let cfg = FitConfig {
+            epochs: 2,
+            batch_size: 4,
+            verbose: false,
+            ..Default::default()
+        };
+        Fit::new(cfg)
+            .callback(&mut log)
+            .run(&mut model, &mut adam, x.view(), &y)
+            .unwrap();
+        assert_eq!(
+            log.0,
+            [
+                "begin", "b0", "e0", "b1", "e1", "epoch0", "b2", "e2", "b3", "e3", "epoch1"
+            ]
+        );
+    }
+}

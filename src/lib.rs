@@ -1,0 +1,15 @@
+//! pare: model compression in Rust — int8 quantization, magnitude pruning and knowledge
+//! distillation on a small tensor/autograd core. This umbrella crate re-exports the crates:
+//!
+//! - [`tensor`]: tensors, autograd, layers, optimizers, the training loop;
+//! - [`mnist`]: IDX reader and MNIST / Fashion-MNIST data sets;
+//! - [`distill`]: knowledge distillation.
+//!
+//! ```
+//! let model = pare::tensor::models::small_cnn(0);
+//! assert_eq!(model.num_params(), 20_410);
+//! ```
+
+pub use pare_distill as distill;
+pub use pare_mnist as mnist;
+pub use pare_tensor as tensor;

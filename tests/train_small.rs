@@ -1,0 +1,38 @@
+//! The small CNN learns MNIST: 6,000 training images, one epoch, > 90 % on the test set.
+
+mod common;
+
+use pare::tensor::models::small_cnn;
+use pare::tensor::optim::{Adam, AdamConfig};
+use pare::tensor::train::{Fit, FitConfig, evaluate};
+
+#[test]
+fn small_cnn_beats_90_percent_after_one_epoch_on_6000_images() {
+    let Some(data) = common::mnist() else { return };
+    let train = data.train().take(6000);
+    let (x, y) = (train.images().view().into_dyn(), train.labels_usize());
+    let mut model = small_cnn(0);
+    let mut adam = Adam::new(AdamConfig::default()).unwrap();
+    let cfg = FitConfig {
+        epochs: 1,
+        batch_size: 32,
+        seed: 0,
+        verbose: false,
+        ..Default::default()
+    };
+    let h = Fit::new(cfg).run(&mut model, &mut adam, x, &y).unwrap();
+    let test = data.test();
+    let eval = evaluate(
+        &model,
+        test.images().view().into_dyn(),
+        &test.labels_usize(),
+        256,
+    )
+    .unwrap();
+    assert!(
+        eval.accuracy > 0.90,
+        "test accuracy {} after {:?}",
+        eval.accuracy,
+        h.epochs[0]
+    );
+}
