@@ -5,6 +5,7 @@
 //! [`Grads`] keyed by parameter name: there is nothing to zero between steps. A node whose
 //! inputs need no gradient is a constant, and backward skips it.
 
+use crate::kernels::buffers;
 use crate::kernels::conv::{Padding, Window, col2im, im2col};
 use crate::kernels::gemm::{matmul, matmul_into};
 use crate::kernels::pool::{max_pool, max_pool_backward};
@@ -201,6 +202,18 @@ impl Default for Graph {
     }
 }
 
+impl Drop for Graph {
+    /// Hands the step's large buffers back to the pool for the next step.
+    fn drop(&mut self) {
+        for node in self.nodes.drain(..) {
+            crate::kernels::buffers::give_array(node.value);
+            if let Op::Conv2d { patches, .. } = node.op {
+                crate::kernels::buffers::give_array(patches);
+            }
+        }
+    }
+}
+
 impl std::fmt::Debug for Graph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Graph")
@@ -212,6 +225,15 @@ impl std::fmt::Debug for Graph {
 /// Gradients of a loss with respect to each parameter that took part, by name.
 #[derive(Debug, Default, Clone)]
 pub struct Grads(HashMap<String, ArrayD<f32>>);
+
+impl Drop for Grads {
+    /// Hands the gradient buffers back to the pool for the next step.
+    fn drop(&mut self) {
+        for (_, g) in self.0.drain() {
+            buffers::give_array(g);
+        }
+    }
+}
 
 impl Grads {
     /// Gradient of the parameter called `name`, if it took part in the loss.
@@ -229,6 +251,30 @@ impl Grads {
     /// True when no parameter received a gradient.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// `Σ wᵢ · gradsᵢ`, summed in the given order (so the result is reproducible).
+    pub fn weighted_sum(parts: impl IntoIterator<Item = (Grads, f32)>) -> Grads {
+        let mut out: HashMap<String, ArrayD<f32>> = HashMap::new();
+        for (mut g, w) in parts {
+            for (name, mut v) in g.0.drain() {
+                match out.get_mut(&name) {
+                    Some(acc) => acc.scaled_add(w, &v),
+                    None => {
+                        if w != 1.0 {
+                            v.mapv_inplace(|x| x * w);
+                        }
+                        out.insert(name, v);
+                    }
+                }
+            }
+        }
+        Grads(out)
+    }
+
+    /// Inserts or replaces a gradient.
+    pub fn insert(&mut self, name: impl Into<String>, grad: ArrayD<f32>) {
+        self.0.insert(name.into(), grad);
     }
 }
 
@@ -274,10 +320,9 @@ impl Graph {
 
     /// An inference graph: parameters enter as constants, so nothing is kept for backward.
     pub fn inference() -> Graph {
-        Graph {
-            training: false,
-            ..Graph::new()
-        }
+        let mut g = Graph::new();
+        g.training = false;
+        g
     }
 
     /// True for a training graph.
@@ -359,9 +404,13 @@ impl Graph {
             return v;
         }
         let mut v = if self.training {
-            self.push(Op::Param(p.name.clone()), p.value.clone(), &[])
+            self.push(
+                Op::Param(p.name.clone()),
+                buffers::clone_array(&p.value),
+                &[],
+            )
         } else {
-            self.constant(p.value.clone())
+            self.constant(buffers::clone_array(&p.value))
         };
         if let Some(mask) = self.masks.get(&p.name).cloned() {
             v = self.mask_mul(v, mask);

@@ -6,12 +6,17 @@
 //! (pruning updates its masks there and puts them into the step's graph).
 
 use crate::error::{Result, TensorError};
-use crate::graph::{Graph, Var};
+use crate::graph::{Grads, Graph, Var};
 use crate::nn::{Param, Sequential};
 use crate::optim::Optimizer;
 use indicatif::{ProgressBar, ProgressStyle};
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, IxDyn};
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use rayon::prelude::*;
+
+/// A batch is split into per-thread shards only when each gets at least this many examples:
+/// below it, the shards' fixed costs outweigh the second core.
+const MIN_SHARD: usize = 8;
 use std::time::Instant;
 
 /// Settings of a training run; `Default` matches Keras' `fit` (batch 32, shuffled, one epoch).
@@ -30,6 +35,10 @@ pub struct FitConfig {
     pub validation_split: f32,
     /// Show a progress bar per epoch.
     pub verbose: bool,
+    /// Data-parallel shards per step (`None`: one per rayon thread). Each shard runs forward
+    /// and backward on its slice of the batch in its own graph; gradients are averaged. Same
+    /// seed and same shard count give bit-identical weights.
+    pub threads: Option<usize>,
 }
 
 impl Default for FitConfig {
@@ -41,6 +50,7 @@ impl Default for FitConfig {
             seed: 0,
             validation_split: 0.0,
             verbose: true,
+            threads: None,
         }
     }
 }
@@ -121,10 +131,14 @@ pub struct StepVars {
 }
 
 /// Builds one training step's forward pass and loss.
-pub trait Objective {
+///
+/// `Fit` may split a batch into shards that run on different threads, each in its own graph,
+/// and average their gradients weighted by shard size; so the loss must be a mean over the
+/// examples of the batch (every built-in loss is), and `step` takes `&self`.
+pub trait Objective: Sync {
     /// Runs the model on `x` in `g` and returns the loss and logits.
     fn step(
-        &mut self,
+        &self,
         g: &mut Graph,
         model: &Sequential,
         x: Var,
@@ -143,7 +157,7 @@ pub struct CrossEntropy;
 
 impl Objective for CrossEntropy {
     fn step(
-        &mut self,
+        &self,
         g: &mut Graph,
         model: &Sequential,
         x: Var,
@@ -162,14 +176,15 @@ pub trait Callback {
         let _ = model;
         Ok(())
     }
-    /// Before a step's forward pass; may put masks or hooks into the step's graph.
-    fn on_batch_begin(
-        &mut self,
-        step: u64,
-        model: &mut Sequential,
-        graph: &mut Graph,
-    ) -> Result<()> {
-        let _ = (step, model, graph);
+    /// Before a step's forward pass (pruning updates its masks here).
+    fn on_batch_begin(&mut self, step: u64, model: &mut Sequential) -> Result<()> {
+        let _ = (step, model);
+        Ok(())
+    }
+    /// Prepares each graph of the step before the forward pass: puts masks or parameter hooks
+    /// into it. Called once per shard graph, after `on_batch_begin`.
+    fn prepare_graph(&self, graph: &mut Graph) -> Result<()> {
+        let _ = graph;
         Ok(())
     }
     /// After the optimizer's update of this step.
@@ -326,6 +341,10 @@ impl<'a> Fit<'a> {
         if let Some((vx, vy)) = &self.validation {
             check_data(model, vx, Some(vy))?;
         }
+        let shards = cfg
+            .threads
+            .unwrap_or_else(rayon::current_num_threads)
+            .max(1);
         let mut default_obj = CrossEntropy;
         let objective: &mut dyn Objective = match self.objective.take() {
             Some(o) => o,
@@ -362,34 +381,63 @@ impl<'a> Fit<'a> {
             let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
             for (bi, idx) in order.chunks(cfg.batch_size).enumerate() {
                 let step = opt.iterations();
-                let xb = gather(&x.view(), idx);
-                let labels: Vec<usize> = idx.iter().map(|&i| y[i]).collect();
-                let mut g = Graph::new();
                 for c in self.callbacks.iter_mut() {
-                    c.on_batch_begin(step, model, &mut g)?;
+                    c.on_batch_begin(step, model)?;
                 }
-                let xv = g.constant(xb.clone());
-                let batch = Batch {
-                    x: &xb,
-                    labels: &labels,
-                    indices: idx,
-                    epoch,
-                    step,
+                let shard_len = idx.len().div_ceil(shards.min(idx.len() / MIN_SHARD).max(1));
+                let mut jobs = Vec::new();
+                for part in idx.chunks(shard_len) {
+                    let mut g = Graph::new();
+                    for c in self.callbacks.iter() {
+                        c.prepare_graph(&mut g)?;
+                    }
+                    jobs.push((g, part));
+                }
+                let model_ref: &Sequential = model;
+                let obj_ref: &dyn Objective = objective;
+                let xs = x.view();
+                let run = |(mut g, part): (Graph, &[usize])| -> Result<(f32, usize, Grads)> {
+                    let xb = gather(&xs, part);
+                    let labels: Vec<usize> = part.iter().map(|&i| y[i]).collect();
+                    let xv = g.constant(xb.clone());
+                    let batch = Batch {
+                        x: &xb,
+                        labels: &labels,
+                        indices: part,
+                        epoch,
+                        step,
+                    };
+                    let vars = obj_ref.step(&mut g, model_ref, xv, &batch)?;
+                    let loss = g
+                        .value(vars.loss)
+                        .iter()
+                        .next()
+                        .copied()
+                        .unwrap_or(f32::NAN);
+                    let correct = count_correct(g.value(vars.logits), &labels);
+                    Ok((loss, correct, g.backward(vars.loss)))
                 };
-                let vars = objective.step(&mut g, model, xv, &batch)?;
-                let loss = g
-                    .value(vars.loss)
-                    .iter()
-                    .next()
-                    .copied()
-                    .unwrap_or(f32::NAN);
+                let results: Vec<Result<(f32, usize, Grads)>> = if jobs.len() > 1 {
+                    jobs.into_par_iter().map(run).collect()
+                } else {
+                    jobs.into_iter().map(run).collect()
+                };
+                let mut parts = Vec::with_capacity(results.len());
+                for r in results {
+                    parts.push(r?);
+                }
+                // Shard losses are means: weight them, and their gradients, by shard size.
+                let weights: Vec<f32> = idx
+                    .chunks(shard_len)
+                    .map(|p| p.len() as f32 / idx.len() as f32)
+                    .collect();
+                let loss: f32 = parts.iter().zip(&weights).map(|(p, w)| p.0 * w).sum();
                 if !loss.is_finite() {
                     bar.abandon();
                     return Err(TensorError::Diverged { loss, step });
                 }
-                correct += count_correct(g.value(vars.logits), &labels);
-                let grads = g.backward(vars.loss);
-                drop(g);
+                correct += parts.iter().map(|p| p.1).sum::<usize>();
+                let grads = Grads::weighted_sum(parts.into_iter().map(|p| p.2).zip(weights));
                 let mut params = model.params_mut();
                 params.extend(objective.params_mut());
                 opt.step(params, &grads);
@@ -573,6 +621,33 @@ mod tests {
     }
 
     #[test]
+    fn sharded_steps_match_whole_batch_steps() {
+        let (x, y) = toy_data(64, 7);
+        let run = |threads| {
+            let mut model = small_cnn(1);
+            let mut adam = Adam::new(AdamConfig::default()).unwrap();
+            let cfg = FitConfig {
+                epochs: 1,
+                batch_size: 32,
+                threads: Some(threads),
+                verbose: false,
+                ..Default::default()
+            };
+            Fit::new(cfg)
+                .run(&mut model, &mut adam, x.view(), &y)
+                .unwrap();
+            model
+        };
+        let (one, two, four) = (run(1), run(2), run(4));
+        for ((a, b), c) in one.params().iter().zip(two.params()).zip(four.params()) {
+            for ((p, q), r) in a.value.iter().zip(b.value.iter()).zip(c.value.iter()) {
+                approx::assert_abs_diff_eq!(p, q, epsilon = 1e-5);
+                approx::assert_abs_diff_eq!(p, r, epsilon = 1e-5);
+            }
+        }
+    }
+
+    #[test]
     fn learns_a_separable_toy_problem_and_reports_validation() {
         let (x, y) = toy_data(200, 2);
         let mut model = small_cnn(0);
@@ -658,12 +733,7 @@ mod tests {
                 self.0.push("begin".into());
                 Ok(())
             }
-            fn on_batch_begin(
-                &mut self,
-                step: u64,
-                _: &mut Sequential,
-                _: &mut Graph,
-            ) -> Result<()> {
+            fn on_batch_begin(&mut self, step: u64, _: &mut Sequential) -> Result<()> {
                 self.0.push(format!("b{step}"));
                 Ok(())
             }

@@ -165,7 +165,7 @@ pub fn im2col(x: ArrayView4<'_, f32>, win: &Window) -> Array2<f32> {
     let xs = x.as_slice().expect("standard layout");
     let (plen, c) = (win.patch_len(), win.c);
     let per_image = win.oh * win.ow * plen;
-    let mut out = vec![0f32; win.rows() * plen];
+    let mut out = super::buffers::take_zeroed(win.rows() * plen);
     // Window clipping depends only on the output column / row: work it out once.
     let cols: Vec<(usize, usize, usize)> = (0..win.ow).map(|ox| win.kx_range(ox)).collect();
     let rows: Vec<(usize, usize, usize)> = (0..win.oh).map(|oy| win.ky_range(oy)).collect();
@@ -198,7 +198,11 @@ pub fn col2im(cols: ArrayView2<'_, f32>, win: &Window) -> Array4<f32> {
     let cols = cols.as_standard_layout();
     let cs = cols.as_slice().expect("standard layout");
     let (plen, c) = (win.patch_len(), win.c);
-    let mut out = Array4::<f32>::zeros((win.n, win.h, win.w, win.c));
+    let mut out = Array4::from_shape_vec(
+        (win.n, win.h, win.w, win.c),
+        super::buffers::take_zeroed(win.n * win.h * win.w * win.c),
+    )
+    .expect("col2im: shape matches length");
     let per_image = win.oh * win.ow * plen;
     let fold = |(img, mut dst): (usize, ArrayViewMut4<'_, f32>)| {
         let dst = dst.as_slice_mut().expect("standard layout");

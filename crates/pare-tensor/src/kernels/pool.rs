@@ -10,7 +10,7 @@ pub fn max_pool(x: ArrayView4<'_, f32>, win: &Window) -> Array4<f32> {
     let xs = x.as_slice().expect("standard layout");
     let c = win.c;
     let per_out = (win.oh * win.ow * c).max(1);
-    let mut out = vec![0f32; win.n * win.oh * win.ow * c];
+    let mut out = super::buffers::take_any(win.n * win.oh * win.ow * c);
     let pool = |(img, o): (usize, &mut [f32])| {
         let base = img * win.h * win.w * c;
         for oy in 0..win.oh {
@@ -62,7 +62,7 @@ pub fn max_pool_backward(
     let c = win.c;
     let per_in = (win.h * win.w * c).max(1);
     let per_out = win.oh * win.ow * c;
-    let mut gx = vec![0f32; win.n * win.h * win.w * c];
+    let mut gx = super::buffers::take_zeroed(win.n * win.h * win.w * c);
     let route = |(img, gxi): (usize, &mut [f32])| {
         let xi = &xs[img * per_in..][..per_in];
         // Per channel: has this output's gradient been routed yet? Scanning window positions
