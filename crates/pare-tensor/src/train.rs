@@ -418,7 +418,9 @@ impl<'a> Fit<'a> {
                     Ok((loss, correct, g.backward(vars.loss)))
                 };
                 let results: Vec<Result<(f32, usize, Grads)>> = if jobs.len() > 1 {
-                    jobs.into_par_iter().map(run).collect()
+                    jobs.into_par_iter()
+                        .map(|job| crate::kernels::with_sequential_kernels(|| run(job)))
+                        .collect()
                 } else {
                     jobs.into_iter().map(run).collect()
                 };

@@ -184,7 +184,7 @@ pub fn im2col(x: ArrayView4<'_, f32>, win: &Window) -> Array2<f32> {
         }
     };
     if per_image > 0 {
-        if out.len() >= 1 << 16 {
+        if out.len() >= 1 << 16 && super::parallel_allowed() {
             out.par_chunks_mut(per_image).enumerate().for_each(fill);
         } else {
             out.chunks_mut(per_image).enumerate().for_each(fill);
@@ -231,7 +231,7 @@ pub fn col2im(cols: ArrayView2<'_, f32>, win: &Window) -> Array4<f32> {
         .axis_chunks_iter_mut(Axis(0), 1)
         .into_par_iter()
         .enumerate();
-    if win.rows() * plen >= 1 << 16 {
+    if win.rows() * plen >= 1 << 16 && super::parallel_allowed() {
         chunks.for_each(fold);
     } else {
         out.axis_chunks_iter_mut(Axis(0), 1)

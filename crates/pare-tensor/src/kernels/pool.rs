@@ -32,7 +32,7 @@ pub fn max_pool(x: ArrayView4<'_, f32>, win: &Window) -> Array4<f32> {
             }
         }
     };
-    if out.len() >= 1 << 16 {
+    if out.len() >= 1 << 16 && super::parallel_allowed() {
         out.par_chunks_mut(per_out).enumerate().for_each(pool);
     } else {
         out.chunks_mut(per_out).enumerate().for_each(pool);
@@ -89,7 +89,7 @@ pub fn max_pool_backward(
             }
         }
     };
-    if gx.len() >= 1 << 16 {
+    if gx.len() >= 1 << 16 && super::parallel_allowed() {
         gx.par_chunks_mut(per_in).enumerate().for_each(route);
     } else {
         gx.chunks_mut(per_in).enumerate().for_each(route);

@@ -21,7 +21,10 @@ pub(super) fn matmul(
         }
         return;
     }
-    let parallelism = if m * n * k >= PARALLEL_THRESHOLD && rayon::current_num_threads() > 1 {
+    let parallelism = if m * n * k >= PARALLEL_THRESHOLD
+        && rayon::current_num_threads() > 1
+        && crate::kernels::parallel_allowed()
+    {
         Parallelism::Rayon(rayon::current_num_threads())
     } else {
         Parallelism::None
