@@ -146,6 +146,43 @@ mod tests {
     }
 
     #[test]
+    fn large_transposed_products_match_portable() {
+        // Above the size where the fast path re-orders operands: every layout combination.
+        let mut rng = StdRng::seed_from_u64(10);
+        let a = random(&mut rng, 150, 140);
+        let b = random(&mut rng, 140, 130);
+        let (at, bt) = (a.t().to_owned(), b.t().to_owned());
+        let cases: [(ArrayView2<'_, f32>, ArrayView2<'_, f32>); 4] = [
+            (a.view(), b.view()),
+            (at.t(), b.view()),
+            (a.view(), bt.t()),
+            (at.t(), bt.t()),
+        ];
+        let mut want = Array2::zeros((150, 130));
+        matmul_into_with(
+            GemmBackend::Portable,
+            a.view(),
+            b.view(),
+            want.view_mut(),
+            false,
+        );
+        for (x, y) in cases {
+            for acc in [false, true] {
+                let mut c = Array2::from_elem((150, 130), 0.5f32);
+                matmul_into_with(GemmBackend::Fast, x, y, c.view_mut(), acc);
+                let base = if acc { 0.5 } else { 0.0 };
+                for (p, q) in c.iter().zip(want.iter()) {
+                    assert_abs_diff_eq!(*p, q + base, epsilon = 1e-3);
+                }
+            }
+        }
+        let big = matmul(at.t(), b.view());
+        for (p, q) in big.iter().zip(want.iter()) {
+            assert_abs_diff_eq!(p, q, epsilon = 1e-3);
+        }
+    }
+
+    #[test]
     fn large_parallel_product_matches_portable() {
         let mut rng = StdRng::seed_from_u64(9);
         let a = random(&mut rng, 200, 257);
