@@ -1,0 +1,539 @@
+//! Post-training quantization: a float [`Sequential`] plus calibration data to a
+//! [`QuantizedModel`], as TFLite's converter does it.
+//!
+//! 1. **Plan**: each layer becomes one int8 operation. A conv or dense layer followed by a ReLU
+//!    layer (or carrying a fused ReLU) becomes one operation whose ReLU is a clamp of the output
+//!    range; a leaky ReLU becomes TFLite's `LEAKY_RELU` (two output multipliers); max-pool,
+//!    flatten and reshape keep their input's parameters, as TFLite requires.
+//! 2. **Weights**: int8 symmetric in [−127, 127], per output channel (the last axis) or per
+//!    tensor ([`quantize_weights`]).
+//! 3. **Calibration** (full integer): the float model runs on the calibration batches layer by
+//!    layer; an observer per tensor watches the model input and the output of every conv, dense
+//!    and leaky ReLU, and gives asymmetric per-tensor int8 parameters.
+//! 4. **Biases**: int32 at scale `s_in · s_w[c]` ([`quantize_bias`]).
+//!
+//! Dynamic-range mode stops after step 2: int8 weights, float biases and activations.
+
+use std::collections::HashMap;
+
+use ndarray::{ArrayD, ArrayViewD, Axis};
+use pare_tensor::nn::Layer;
+use pare_tensor::{Activation as FloatActivation, FakeQuantSpec, Graph, Param, Sequential};
+
+use crate::error::{QuantError, Result};
+use crate::model::{
+    ActQuant, Bias, InputType, LayerKind, Mode, ModelParts, OutputType, Provenance, QuantizedLayer,
+    QuantizedModel, QuantizedWeights, from_tensor_padding, to_tensor_padding,
+};
+use crate::observer::{Observer, ObserverConfig, ObserverKind};
+use crate::params::{
+    Granularity, QMAX_I8, QMIN_I8, QMIN_WEIGHT, QuantScheme, check_finite, quantize_bias,
+    quantize_weights,
+};
+
+/// How to quantize a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvertConfig {
+    /// Full integer (default) or dynamic range.
+    pub mode: Mode,
+    /// The observer that picks activation ranges (TFLite's min-max by default).
+    pub observer: ObserverKind,
+    /// The observers' hyper-parameters.
+    pub observer_config: ObserverConfig,
+    /// One weight scale per output channel (default, TFLite's) or one per tensor.
+    pub per_channel: bool,
+    /// Declared input type (TFLite's `inference_input_type`); float by default.
+    pub input_type: InputType,
+    /// Declared output type (TFLite's `inference_output_type`); float by default.
+    pub output_type: OutputType,
+    /// Examples per calibration batch. Min-max and the histogram observers give the same
+    /// result for any batching; the moving-average observer averages per batch.
+    pub calibration_batch_size: usize,
+}
+
+impl Default for ConvertConfig {
+    fn default() -> Self {
+        ConvertConfig {
+            mode: Mode::FullInteger,
+            observer: ObserverKind::MinMax,
+            observer_config: ObserverConfig::default(),
+            per_channel: true,
+            input_type: InputType::Float,
+            output_type: OutputType::Float,
+            calibration_batch_size: 32,
+        }
+    }
+}
+
+impl ConvertConfig {
+    /// Checks the hyper-parameters.
+    ///
+    /// # Errors
+    /// [`QuantError::InvalidParameter`] for a zero batch size or bad observer settings.
+    pub fn validate(&self) -> Result<()> {
+        if self.calibration_batch_size == 0 {
+            return Err(QuantError::InvalidParameter {
+                name: "calibration_batch_size",
+                value: "0".into(),
+                reason: "must be >= 1",
+            });
+        }
+        self.observer_config.validate()
+    }
+}
+
+/// Quantizes a float model.
+///
+/// `calibration` is a batch `[n, input_shape...]` of representative inputs (TFLite's
+/// representative dataset; ~100 training images are plenty for MNIST). A dynamic-range
+/// conversion ignores it (pass an empty batch).
+///
+/// # Errors
+/// - [`QuantError::UnsupportedLayer`] naming a layer with no int8 kernel (a custom layer, a
+///   leaky ReLU with negative slope, a dense layer on unflattened input);
+/// - [`QuantError::ShapeMismatch`] / [`QuantError::NonFinite`] for calibration data of the wrong
+///   shape, empty (full integer), or holding NaN or infinity;
+/// - errors from the model (`Tensor`), the observers (e.g. `NoData` when a tensor was never
+///   finite), or quantization (`BiasOverflow`, `InvalidMultiplier` for ranges so disparate that
+///   the requantization multiplier cannot be represented).
+pub fn convert(
+    model: &Sequential,
+    calibration: ArrayViewD<'_, f32>,
+    config: &ConvertConfig,
+) -> Result<QuantizedModel> {
+    config.validate()?;
+    model.output_shape()?;
+    let mut layers = plan(model, config.per_channel)?;
+    let full = config.mode == Mode::FullInteger;
+    let mut input = None;
+    let mut n_calibration = 0;
+    if full {
+        model.check_input(calibration.shape())?;
+        n_calibration = calibration.shape()[0];
+        if n_calibration == 0 {
+            return Err(QuantError::ShapeMismatch {
+                op: "convert (calibration batch must hold at least one example)",
+                expected: std::iter::once(1)
+                    .chain(model.input_shape.clone())
+                    .collect(),
+                found: calibration.shape().to_vec(),
+            });
+        }
+        check_finite(&calibration, "calibration data")?;
+        let (inq, outputs) = calibrate(model, &layers, calibration, config)?;
+        input = Some(inq);
+        let mut current = inq;
+        for (layer, out) in layers.iter_mut().zip(outputs) {
+            if let Some(w) = &mut layer.weights {
+                let Bias::Float(b) = &w.bias else {
+                    unreachable!("convert: the plan holds float biases")
+                };
+                let b = ndarray::ArrayView1::from(b.as_slice());
+                let params = weight_params(&w.scale);
+                let (q, _) = quantize_bias(b, current.scale, &params)?;
+                w.bias = Bias::Int32(q.to_vec());
+            }
+            current = out;
+            layer.output = Some(out);
+        }
+    }
+    QuantizedModel::from_parts(ModelParts {
+        mode: config.mode,
+        input_type: config.input_type,
+        output_type: config.output_type,
+        input_shape: model.input_shape.clone(),
+        input,
+        layers,
+        provenance: Provenance::new(
+            full.then_some(config.observer),
+            config.per_channel,
+            n_calibration,
+        ),
+    })
+}
+
+fn weight_params(scale: &[f32]) -> crate::params::QuantParams {
+    crate::params::QuantParams {
+        scale: scale.to_vec(),
+        zero_point: vec![0; scale.len()],
+        axis: (scale.len() > 1).then_some(0),
+        qmin: QMIN_WEIGHT,
+        qmax: QMAX_I8,
+    }
+}
+
+fn unsupported(layer: &str, reason: impl Into<String>) -> QuantError {
+    QuantError::UnsupportedLayer {
+        layer: layer.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn quantize_layer_weights(
+    name: &str,
+    kernel: &Param,
+    bias: &Param,
+    per_channel: bool,
+) -> Result<QuantizedWeights> {
+    let axis = kernel
+        .value
+        .ndim()
+        .checked_sub(1)
+        .ok_or_else(|| unsupported(name, "kernel is a scalar"))?;
+    let granularity = if per_channel {
+        Granularity::PerChannel { axis }
+    } else {
+        Granularity::PerTensor
+    };
+    let (q, params) = quantize_weights(kernel.value.view(), granularity)?;
+    check_finite(&bias.value.view(), "bias")?;
+    Ok(QuantizedWeights {
+        kernel: q.as_standard_layout().into_owned(),
+        scale: params.scale,
+        bias: Bias::Float(bias.value.iter().copied().collect()),
+    })
+}
+
+fn layer_name(l: &Layer) -> String {
+    l.module().name().to_string()
+}
+
+/// One int8 operation per float layer, ReLU layers fused into the conv/dense before them.
+/// Weights are quantized; biases are still float and output parameters unset.
+fn plan(model: &Sequential, per_channel: bool) -> Result<Vec<QuantizedLayer>> {
+    let mut out = Vec::new();
+    let mut push = |name: String, kind: LayerKind, weights: Option<QuantizedWeights>| {
+        out.push(QuantizedLayer {
+            name,
+            kind,
+            weights,
+            output: None,
+            input_shape: vec![],
+            output_shape: vec![],
+        })
+    };
+    let layers = &model.layers;
+    let mut i = 0;
+    while i < layers.len() {
+        let next_is_relu = matches!(layers.get(i + 1), Some(Layer::ReLU(_)));
+        let (name, activation, kind, weights) = match &layers[i] {
+            Layer::Conv2d(c) => {
+                let [kh, kw, _, _] = c.kernel_shape();
+                let kind = LayerKind::Conv2d {
+                    kernel_size: [kh, kw],
+                    strides: c.strides,
+                    padding: from_tensor_padding(c.padding),
+                    relu: false,
+                };
+                let w = quantize_layer_weights(&c.name, &c.kernel, &c.bias, per_channel)?;
+                (c.name.clone(), c.activation, kind, w)
+            }
+            Layer::Dense(d) => {
+                let w = quantize_layer_weights(&d.name, &d.kernel, &d.bias, per_channel)?;
+                (
+                    d.name.clone(),
+                    d.activation,
+                    LayerKind::Dense { relu: false },
+                    w,
+                )
+            }
+            Layer::MaxPool2d(p) => {
+                let kind = LayerKind::MaxPool2d {
+                    pool: p.pool,
+                    strides: p.strides,
+                    padding: from_tensor_padding(p.padding),
+                };
+                push(p.name.clone(), kind, None);
+                i += 1;
+                continue;
+            }
+            Layer::Flatten(f) => {
+                // The per-example shape is known from the chain (checked by output_shape).
+                let shape = model.layers[..i]
+                    .iter()
+                    .try_fold(model.input_shape.clone(), |s, l| {
+                        l.module().output_shape(&s)
+                    })?;
+                let n = shape.iter().product();
+                push(f.name.clone(), LayerKind::Reshape { shape: vec![n] }, None);
+                i += 1;
+                continue;
+            }
+            Layer::Reshape(r) => {
+                let kind = LayerKind::Reshape {
+                    shape: r.shape.clone(),
+                };
+                push(r.name.clone(), kind, None);
+                i += 1;
+                continue;
+            }
+            Layer::ReLU(r) => {
+                push(r.name.clone(), LayerKind::Relu, None);
+                i += 1;
+                continue;
+            }
+            Layer::LeakyReLU(l) => {
+                check_alpha(&l.name, l.alpha)?;
+                push(
+                    l.name.clone(),
+                    LayerKind::LeakyRelu { alpha: l.alpha },
+                    None,
+                );
+                i += 1;
+                continue;
+            }
+            Layer::Custom(m) => {
+                return Err(unsupported(
+                    m.name(),
+                    "custom layers have no int8 kernel; build the model from pare-tensor's \
+                     Conv2d, Dense, MaxPool2d, Flatten, Reshape, ReLU and LeakyReLU",
+                ));
+            }
+            other => {
+                return Err(unsupported(
+                    &layer_name(other),
+                    "this kind of layer has no int8 kernel",
+                ));
+            }
+        };
+        // A conv/dense with a fused or following ReLU clamps; a fused leaky ReLU becomes its
+        // own LEAKY_RELU operation (it needs output parameters of its own).
+        let (relu, leaky, consumed) = match activation {
+            FloatActivation::Relu => (true, None, 1),
+            FloatActivation::Linear if next_is_relu => (true, None, 2),
+            FloatActivation::Linear => (false, None, 1),
+            FloatActivation::LeakyRelu(a) => {
+                check_alpha(&name, a)?;
+                (false, Some(a), 1)
+            }
+        };
+        let kind = match kind {
+            LayerKind::Conv2d {
+                kernel_size,
+                strides,
+                padding,
+                ..
+            } => LayerKind::Conv2d {
+                kernel_size,
+                strides,
+                padding,
+                relu,
+            },
+            _ => LayerKind::Dense { relu },
+        };
+        push(name.clone(), kind, Some(weights));
+        if let Some(alpha) = leaky {
+            push(
+                format!("{name}.leaky_relu"),
+                LayerKind::LeakyRelu { alpha },
+                None,
+            );
+        }
+        i += consumed;
+    }
+    Ok(out)
+}
+
+fn check_alpha(layer: &str, alpha: f32) -> Result<()> {
+    if alpha.is_finite() && alpha >= 0.0 {
+        Ok(())
+    } else {
+        Err(unsupported(
+            layer,
+            format!("leaky ReLU slope {alpha}: the int8 kernel needs a finite slope >= 0"),
+        ))
+    }
+}
+
+/// Runs the float model on the calibration batches and returns the parameters of the input
+/// and of every layer's output (pass-through layers inherit their input's).
+fn calibrate(
+    model: &Sequential,
+    layers: &[QuantizedLayer],
+    calibration: ArrayViewD<'_, f32>,
+    config: &ConvertConfig,
+) -> Result<(ActQuant, Vec<ActQuant>)> {
+    let build = || {
+        config
+            .observer
+            .build(Granularity::PerTensor, &config.observer_config)
+    };
+    let mut input_obs = build()?;
+    let mut obs: Vec<Option<Box<dyn Observer>>> = layers
+        .iter()
+        .map(|l| l.kind.requantizes().then(build).transpose())
+        .collect::<Result<_>>()?;
+    for batch in calibration.axis_chunks_iter(Axis(0), config.calibration_batch_size) {
+        float_forward(
+            layers,
+            model,
+            batch.to_owned(),
+            None,
+            &mut |tap, value| match tap {
+                None => input_obs.observe(value.view()),
+                Some(i) => match &mut obs[i] {
+                    Some(o) => o.observe(value.view()),
+                    None => Ok(()),
+                },
+            },
+        )?;
+    }
+    let params = |o: &dyn Observer| ActQuant::from_params(&o.params(QuantScheme::Asymmetric)?);
+    let input = params(input_obs.as_ref())?;
+    let mut current = input;
+    let mut outputs = Vec::with_capacity(layers.len());
+    for o in &obs {
+        if let Some(o) = o {
+            current = params(o.as_ref())?;
+        }
+        outputs.push(current);
+    }
+    Ok((input, outputs))
+}
+
+/// Fake-quantization settings for [`float_forward`]: the input's parameters and the layers
+/// whose weight scales and output parameters to simulate (activations only where present, so
+/// a dynamic-range model simulates its weights alone).
+pub(crate) struct FakeQuant<'a> {
+    pub input: Option<ActQuant>,
+    pub layers: &'a [QuantizedLayer],
+}
+
+fn act_spec(a: &ActQuant) -> FakeQuantSpec {
+    FakeQuantSpec {
+        scale: vec![a.scale],
+        zero_point: vec![a.zero_point],
+        qmin: QMIN_I8,
+        qmax: QMAX_I8,
+    }
+}
+
+/// The float parameters of a conv or dense layer called `name` in `float`, checked against the
+/// quantized kernel's shape.
+fn float_params<'m>(
+    float: &'m Sequential,
+    layer: &QuantizedLayer,
+) -> Result<(&'m Param, &'m Param)> {
+    let mismatch = |reason: String| QuantError::ModelMismatch {
+        layer: layer.name.clone(),
+        reason,
+    };
+    let (k, b) = match float.layer(&layer.name) {
+        Some(Layer::Conv2d(c)) if matches!(layer.kind, LayerKind::Conv2d { .. }) => {
+            (&c.kernel, &c.bias)
+        }
+        Some(Layer::Dense(d)) if matches!(layer.kind, LayerKind::Dense { .. }) => {
+            (&d.kernel, &d.bias)
+        }
+        Some(other) => {
+            return Err(mismatch(format!(
+                "the float layer is {other:?}, expected a {}",
+                layer.kind.op_name()
+            )));
+        }
+        None => return Err(mismatch("no float layer of that name".into())),
+    };
+    let w = layer.weights.as_ref().expect("weighted layer has weights");
+    if k.value.shape() != w.kernel.shape() || b.value.len() != w.channels() {
+        return Err(mismatch(format!(
+            "float kernel {:?} and bias [{}] vs quantized kernel {:?}",
+            k.value.shape(),
+            b.value.len(),
+            w.kernel.shape()
+        )));
+    }
+    Ok((k, b))
+}
+
+/// What [`float_forward`] calls with each tapped value: `None` for the input, `Some(i)` for the
+/// output of layer `i`.
+pub(crate) type Visit<'a> = dyn FnMut(Option<usize>, &ArrayD<f32>) -> Result<()> + 'a;
+
+/// Runs `layers` in float on one batch, with the float model's weights: plain float (`fq =
+/// None`) or fake-quantized (weights at the layers' scales, the input and every output at
+/// their parameters). `visit(None, input)` then `visit(Some(i), output of layer i)`.
+pub(crate) fn float_forward(
+    layers: &[QuantizedLayer],
+    float: &Sequential,
+    x: ArrayD<f32>,
+    fq: Option<&FakeQuant<'_>>,
+    visit: &mut Visit<'_>,
+) -> Result<ArrayD<f32>> {
+    let n = x.shape()[0];
+    let mut g = Graph::inference();
+    if let Some(fq) = fq {
+        let specs: HashMap<String, FakeQuantSpec> = fq
+            .layers
+            .iter()
+            .filter_map(|l| {
+                let w = l.weights.as_ref()?;
+                Some((
+                    format!("{}.kernel", l.name),
+                    FakeQuantSpec {
+                        scale: w.scale.clone(),
+                        zero_point: vec![0; w.scale.len()],
+                        qmin: QMIN_WEIGHT,
+                        qmax: QMAX_I8,
+                    },
+                ))
+            })
+            .collect();
+        g.add_param_hook(Box::new(move |g, name, v| match specs.get(name) {
+            Some(spec) => g.fake_quant(v, spec.clone()),
+            None => v,
+        }));
+    }
+    let mut v = g.constant(x);
+    if let Some(input) = fq.and_then(|fq| fq.input) {
+        v = g.fake_quant(v, act_spec(&input));
+    }
+    visit(None, g.value(v))?;
+    let act = |relu: bool| {
+        if relu {
+            FloatActivation::Relu
+        } else {
+            FloatActivation::Linear
+        }
+    };
+    for (i, layer) in layers.iter().enumerate() {
+        v = match &layer.kind {
+            LayerKind::Conv2d {
+                strides,
+                padding,
+                relu,
+                ..
+            } => {
+                let (k, b) = float_params(float, layer)?;
+                let (k, b) = (g.param(k), g.param(b));
+                let padding = to_tensor_padding(*padding);
+                g.conv2d_fused(v, k, Some(b), *strides, padding, act(*relu))
+            }
+            LayerKind::Dense { relu } => {
+                let (k, b) = float_params(float, layer)?;
+                let (k, b) = (g.param(k), g.param(b));
+                g.dense(v, k, Some(b), act(*relu))
+            }
+            LayerKind::MaxPool2d {
+                pool,
+                strides,
+                padding,
+            } => {
+                let padding = to_tensor_padding(*padding);
+                g.max_pool(v, *pool, *strides, padding)
+            }
+            LayerKind::Reshape { shape } => {
+                let s: Vec<usize> = std::iter::once(n).chain(shape.iter().copied()).collect();
+                g.reshape(v, &s)
+            }
+            LayerKind::Relu => g.relu(v),
+            LayerKind::LeakyRelu { alpha } => g.leaky_relu(v, *alpha),
+        };
+        if let Some(out) = fq.and_then(|fq| fq.layers[i].output)
+            && layer.kind.requantizes()
+        {
+            v = g.fake_quant(v, act_spec(&out));
+        }
+        visit(Some(i), g.value(v))?;
+    }
+    Ok(g.value(v).clone())
+}

@@ -1,0 +1,508 @@
+//! The integer-only engine: runs a full-integer [`QuantizedModel`] on int8 codes.
+//!
+//! Every layer reads and writes int8 NHWC buffers: a conv is [`im2col_i8`](crate::im2col_i8)
+//! (padding filled with the input zero point, so it adds nothing) then
+//! [`gemm_i8_requant`](crate::gemm_i8_requant) — int32 accumulation, fixed-point
+//! requantization, a fused ReLU as a clamp; a dense layer is the GEMM alone; max-pool compares
+//! codes; a leaky ReLU is a 256-entry table built from TFLite's two-multiplier formula. No float
+//! arithmetic happens between the input quantization and the output dequantization.
+//!
+//! An [`Interpreter`] (TFLite's name) owns the scratch buffers, so repeated calls at the same
+//! batch size allocate nothing; the `predict*` methods of [`QuantizedModel`] split large batches
+//! over threads, one interpreter each.
+
+use ndarray::{Array2, ArrayView2, ArrayView4, ArrayViewD, ArrayViewMut2, ArrayViewMut4, Axis};
+use rayon::prelude::*;
+
+use crate::error::{QuantError, Result};
+use crate::kernels::{apply_table, gemm_i8_requant, max_pool_i8_into};
+use crate::model::{Mode, Prepared, QuantizedModel};
+use crate::params::check_finite;
+
+/// Examples per task when a batch is split over threads: large enough that a task is a few
+/// hundred microseconds of work, small enough that its buffers stay in L2.
+const CHUNK: usize = 32;
+
+/// What [`Interpreter::run`] calls with every layer's int8 output.
+pub(crate) type Tap<'a> = dyn FnMut(usize, &[i8]) + 'a;
+
+/// Runs a full-integer model with reusable scratch buffers (TFLite's `Interpreter`).
+///
+/// ```
+/// # use pare_quant::{ConvertConfig, Interpreter, convert};
+/// # use pare_tensor::models::small_cnn;
+/// # use ndarray::{Array4, ArrayD};
+/// let model = small_cnn(0);
+/// let calibration = Array4::<f32>::from_shape_fn((8, 28, 28, 1), |(n, y, x, _)| {
+///     ((n * 31 + y * 7 + x) % 17) as f32 / 16.0
+/// });
+/// let q = convert(&model, calibration.view().into_dyn(), &ConvertConfig::default())?;
+/// let mut interpreter = Interpreter::new(&q)?;
+/// let image = Array4::<i8>::zeros((1, 28, 28, 1));
+/// let logits = interpreter.invoke_i8(image.view().into_dyn())?;
+/// assert_eq!(logits.dim(), (1, 10));
+/// # Ok::<(), pare_quant::QuantError>(())
+/// ```
+#[derive(Debug)]
+pub struct Interpreter<'m> {
+    model: &'m QuantizedModel,
+    bufs: [Vec<i8>; 2],
+    patches: Vec<i8>,
+    logits: Vec<f32>,
+}
+
+impl<'m> Interpreter<'m> {
+    /// An interpreter for `model`; buffers grow on first use.
+    ///
+    /// # Errors
+    /// [`QuantError::WrongMode`] for a dynamic-range model (float activations): use
+    /// [`QuantizedModel::predict`].
+    pub fn new(model: &'m QuantizedModel) -> Result<Self> {
+        if model.mode != Mode::FullInteger {
+            return Err(QuantError::WrongMode {
+                op: "the integer-only interpreter",
+                mode: model.mode,
+            });
+        }
+        Ok(Interpreter {
+            model,
+            bufs: [Vec::new(), Vec::new()],
+            patches: Vec::new(),
+            logits: Vec::new(),
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &'m QuantizedModel {
+        self.model
+    }
+
+    fn check_input(&self, shape: &[usize]) -> Result<usize> {
+        let expected = &self.model.input_shape;
+        if shape.len() != expected.len() + 1 || shape[1..] != expected[..] {
+            return Err(QuantError::ShapeMismatch {
+                op: "model input ([n, input shape...])",
+                expected: std::iter::once(0).chain(expected.iter().copied()).collect(),
+                found: shape.to_vec(),
+            });
+        }
+        let n = shape[0];
+        self.reserve_check(n)?;
+        Ok(n)
+    }
+
+    fn reserve_check(&self, n: usize) -> Result<()> {
+        let too_big = n
+            .checked_mul(self.model.max_activation.max(self.model.max_patches))
+            .is_none_or(|v| v > isize::MAX as usize / 2);
+        if too_big {
+            return Err(QuantError::InvalidParameter {
+                name: "batch size",
+                value: n.to_string(),
+                reason: "the batch's activations would not fit in memory",
+            });
+        }
+        Ok(())
+    }
+
+    fn reserve(&mut self, n: usize) {
+        let act = n * self.model.max_activation;
+        for b in &mut self.bufs {
+            if b.len() < act {
+                b.resize(act, 0);
+            }
+        }
+        let p = n * self.model.max_patches;
+        if self.patches.len() < p {
+            self.patches.resize(p, 0);
+        }
+    }
+
+    fn input_len(&self, n: usize) -> usize {
+        n * self.model.input_shape.iter().product::<usize>()
+    }
+
+    /// Runs a batch of int8 codes `[n, input_shape...]` (quantized with the model's
+    /// [`input_quant`](QuantizedModel::input_quant)); returns the int8 logits `[n, outputs]`
+    /// (parameters: [`output_quant`](QuantizedModel::output_quant)).
+    ///
+    /// # Errors
+    /// [`QuantError::ShapeMismatch`] if the input shape is not `[n, input_shape...]`.
+    pub fn invoke_i8(&mut self, x: ArrayViewD<'_, i8>) -> Result<ArrayView2<'_, i8>> {
+        let n = self.check_input(x.shape())?;
+        self.reserve(n);
+        let len = self.input_len(n);
+        let dst = &mut self.bufs[0][..len];
+        match x.as_slice() {
+            Some(s) => dst.copy_from_slice(s),
+            None => dst.iter_mut().zip(x.iter()).for_each(|(d, &v)| *d = v),
+        }
+        self.finish(n)
+    }
+
+    /// [`invoke_i8`](Self::invoke_i8) for uint8 codes (TFLite's uint8 input: the int8 code plus
+    /// 128, zero point plus 128, same scale).
+    ///
+    /// # Errors
+    /// As [`invoke_i8`](Self::invoke_i8).
+    pub fn invoke_u8(&mut self, x: ArrayViewD<'_, u8>) -> Result<ArrayView2<'_, i8>> {
+        let n = self.check_input(x.shape())?;
+        self.reserve(n);
+        let len = self.input_len(n);
+        let flip = |v: u8| (v ^ 0x80) as i8;
+        let dst = &mut self.bufs[0][..len];
+        match x.as_slice() {
+            Some(s) => dst.iter_mut().zip(s).for_each(|(d, &v)| *d = flip(v)),
+            None => dst
+                .iter_mut()
+                .zip(x.iter())
+                .for_each(|(d, &v)| *d = flip(v)),
+        }
+        self.finish(n)
+    }
+
+    /// Quantizes a float batch with the input parameters, runs it, and returns the
+    /// dequantized logits.
+    ///
+    /// # Errors
+    /// On a wrong input shape, or [`QuantError::NonFinite`] if the input holds NaN or infinity.
+    pub fn invoke(&mut self, x: ArrayViewD<'_, f32>) -> Result<ArrayView2<'_, f32>> {
+        let n = self.check_input(x.shape())?;
+        self.reserve(n);
+        let len = self.input_len(n);
+        let q = self
+            .model
+            .input
+            .expect("full-integer model has input parameters");
+        let dst = &mut self.bufs[0][..len];
+        match x.as_slice() {
+            Some(s) => {
+                if !all_finite(s) {
+                    check_finite(&x, "model input")?;
+                }
+                quantize_slice(s, q.scale, q.zero_point, dst);
+            }
+            None => {
+                check_finite(&x, "model input")?;
+                dst.iter_mut()
+                    .zip(x.iter())
+                    .for_each(|(d, &v)| *d = q.quantize(v));
+            }
+        }
+        let cur = self.run(n, None)?;
+        let out = self
+            .model
+            .output_quant()
+            .expect("full-integer output parameters");
+        let classes = self.outputs();
+        self.logits.clear();
+        self.logits.extend(
+            self.bufs[cur][..n * classes]
+                .iter()
+                .map(|&v| out.dequantize(v)),
+        );
+        Ok(ArrayView2::from_shape((n, classes), &self.logits[..])
+            .expect("invoke: logits buffer matches [n, outputs]"))
+    }
+
+    fn outputs(&self) -> usize {
+        self.model.output_shape().iter().product()
+    }
+
+    fn finish(&mut self, n: usize) -> Result<ArrayView2<'_, i8>> {
+        let cur = self.run(n, None)?;
+        let classes = self.outputs();
+        Ok(
+            ArrayView2::from_shape((n, classes), &self.bufs[cur][..n * classes])
+                .expect("invoke: output buffer matches [n, outputs]"),
+        )
+    }
+
+    /// Runs the layers on the `n` examples in `bufs[0]`; returns the buffer holding the
+    /// output. `tap(i, codes)` sees every layer's output.
+    pub(crate) fn run(&mut self, n: usize, mut tap: Option<&mut Tap<'_>>) -> Result<usize> {
+        let model = self.model;
+        let mut cur = 0;
+        for (i, (layer, prep)) in model.layers.iter().zip(&model.prepared).enumerate() {
+            let in_len = n * layer.input_shape.iter().product::<usize>();
+            let out_len = n * layer.output_shape.iter().product::<usize>();
+            let (first, second) = self.bufs.split_at_mut(1);
+            let (src, dst) = if cur == 0 {
+                (&mut first[0], &mut second[0])
+            } else {
+                (&mut second[0], &mut first[0])
+            };
+            let src = &mut src[..in_len];
+            let dst = &mut dst[..out_len];
+            let mut swap = true;
+            match prep {
+                Prepared::Conv {
+                    im2col,
+                    packed,
+                    bias,
+                    requant,
+                    input_zero_point,
+                    direct,
+                } => {
+                    let &[h, w, c] = &layer.input_shape[..] else {
+                        unreachable!("run: conv input checked 3-D")
+                    };
+                    let &[oh, ow, cout] = &layer.output_shape[..] else {
+                        unreachable!("run: conv output checked 3-D")
+                    };
+                    let rows = n * oh * ow;
+                    let k = packed.k();
+                    let a = if *direct {
+                        view2(src, rows, c)
+                    } else {
+                        let input = ArrayView4::from_shape((n, h, w, c), &*src)
+                            .expect("run: conv input buffer matches its shape");
+                        let patches = &mut self.patches[..rows * k];
+                        im2col.run(
+                            input,
+                            *input_zero_point,
+                            ArrayViewMut2::from_shape((rows, k), &mut *patches)
+                                .expect("run: patch buffer matches its shape"),
+                        )?;
+                        view2(patches, rows, k)
+                    };
+                    gemm_i8_requant(
+                        a,
+                        *input_zero_point,
+                        packed,
+                        Some(bias),
+                        requant,
+                        view2_mut(dst, rows, cout),
+                    )?;
+                }
+                Prepared::Dense {
+                    packed,
+                    bias,
+                    requant,
+                    input_zero_point,
+                } => {
+                    gemm_i8_requant(
+                        view2(src, n, packed.k()),
+                        *input_zero_point,
+                        packed,
+                        Some(bias),
+                        requant,
+                        view2_mut(dst, n, packed.n()),
+                    )?;
+                }
+                Prepared::Pool { window } => {
+                    let &[h, w, c] = &layer.input_shape[..] else {
+                        unreachable!("run: pool input checked 3-D")
+                    };
+                    let &[oh, ow, _] = &layer.output_shape[..] else {
+                        unreachable!("run: pool output checked 3-D")
+                    };
+                    let input = ArrayView4::from_shape((n, h, w, c), &*src)
+                        .expect("run: pool input buffer matches its shape");
+                    let out = ArrayViewMut4::from_shape((n, oh, ow, c), dst)
+                        .expect("run: pool output buffer matches its shape");
+                    max_pool_i8_into(input, window, out)?;
+                }
+                Prepared::Reshape => swap = false,
+                Prepared::Relu { floor } => {
+                    for v in src.iter_mut() {
+                        *v = (*v).max(*floor);
+                    }
+                    swap = false;
+                }
+                Prepared::Lut(table) => {
+                    apply_table(table, src);
+                    swap = false;
+                }
+            }
+            if swap {
+                cur = 1 - cur;
+            }
+            if let Some(tap) = tap.as_mut() {
+                tap(i, &self.bufs[cur][..out_len]);
+            }
+        }
+        Ok(cur)
+    }
+}
+
+/// [`ActQuant::quantize`](crate::ActQuant::quantize) over a slice of finite values, in a form
+/// the compiler vectorises (8 or 16 lanes instead of a scalar conversion per value):
+/// rounding half away from zero is `trunc(x + copysign(0.49999997, x))`, LLVM's own exact
+/// expansion of `round`; the clamped integral float becomes an integer through the bits of
+/// `t + 1.5 · 2^23` (exact for |t| <= 2^22), since float-to-int `as` casts saturate and stay
+/// scalar.
+fn quantize_slice(src: &[f32], scale: f32, zero_point: i32, dst: &mut [i8]) {
+    const BELOW_HALF: f32 = 0.499_999_97;
+    const MAGIC: f32 = 12_582_912.0;
+    for (d, &v) in dst.iter_mut().zip(src) {
+        let x = v / scale;
+        let t = (x + BELOW_HALF.copysign(x)).trunc().clamp(-256.0, 256.0);
+        let r = (t + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32;
+        *d = (r + zero_point).clamp(-128, 127) as i8;
+    }
+}
+
+/// Whether every value is finite, without the early exit that keeps `all` from vectorising.
+fn all_finite(s: &[f32]) -> bool {
+    s.chunks(64)
+        .all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
+}
+
+fn view2(s: &[i8], rows: usize, cols: usize) -> ArrayView2<'_, i8> {
+    ArrayView2::from_shape((rows, cols), &s[..rows * cols])
+        .expect("engine: buffer holds rows x cols")
+}
+
+fn view2_mut(s: &mut [i8], rows: usize, cols: usize) -> ArrayViewMut2<'_, i8> {
+    ArrayViewMut2::from_shape((rows, cols), &mut s[..rows * cols])
+        .expect("engine: buffer holds rows x cols")
+}
+
+impl QuantizedModel {
+    /// Runs `f` on chunks of the batch in parallel (one interpreter per task), writing each
+    /// chunk's `[rows, outputs]` result into `out`.
+    fn par_chunks<T: Send + Copy + Default, X: Sync>(
+        &self,
+        x: &ArrayViewD<'_, X>,
+        f: impl Fn(&mut Interpreter<'_>, ArrayViewD<'_, X>, &mut [T]) -> Result<()> + Sync,
+    ) -> Result<Array2<T>> {
+        let n = x.shape().first().copied().unwrap_or(0);
+        let classes: usize = self.output_shape().iter().product();
+        let mut out = vec![T::default(); n * classes];
+        // Checks the mode once, so the per-task interpreters below cannot fail.
+        let mut it = Interpreter::new(self)?;
+        if n <= CHUNK || classes == 0 {
+            f(&mut it, x.view(), &mut out)?;
+        } else {
+            out.par_chunks_mut(CHUNK * classes)
+                .enumerate()
+                .try_for_each_init(
+                    || Interpreter::new(self).expect("par_chunks: mode checked above"),
+                    |it, (c, o)| {
+                        let start = c * CHUNK;
+                        let rows = x.slice_axis(Axis(0), (start..start + o.len() / classes).into());
+                        f(it, rows, o)
+                    },
+                )?;
+        }
+        Ok(Array2::from_shape_vec((n, classes), out).expect("predict: output is [n, outputs]"))
+    }
+
+    fn check_batch(&self, shape: &[usize]) -> Result<()> {
+        if shape.len() != self.input_shape.len() + 1 || shape[1..] != self.input_shape[..] {
+            return Err(QuantError::ShapeMismatch {
+                op: "model input ([n, input shape...])",
+                expected: std::iter::once(0)
+                    .chain(self.input_shape.iter().copied())
+                    .collect(),
+                found: shape.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs int8 codes `[n, input_shape...]` through the integer-only engine; returns the int8
+    /// logits `[n, outputs]` (parameters: [`output_quant`](Self::output_quant)). Large batches
+    /// are split over threads.
+    ///
+    /// # Errors
+    /// [`QuantError::WrongMode`] for a dynamic-range model, [`QuantError::ShapeMismatch`] for a
+    /// wrong input shape.
+    pub fn predict_i8(&self, x: ArrayViewD<'_, i8>) -> Result<Array2<i8>> {
+        self.check_batch(x.shape())?;
+        self.par_chunks(&x, |it, rows, o| {
+            o.copy_from_slice(it.invoke_i8(rows)?.as_slice().expect("contiguous logits"));
+            Ok(())
+        })
+    }
+
+    /// [`predict_i8`](Self::predict_i8) for uint8 codes (int8 + 128, zero point + 128).
+    ///
+    /// # Errors
+    /// As [`predict_i8`](Self::predict_i8).
+    pub fn predict_u8(&self, x: ArrayViewD<'_, u8>) -> Result<Array2<i8>> {
+        self.check_batch(x.shape())?;
+        self.par_chunks(&x, |it, rows, o| {
+            o.copy_from_slice(it.invoke_u8(rows)?.as_slice().expect("contiguous logits"));
+            Ok(())
+        })
+    }
+
+    /// Float in, float logits out. A full-integer model quantizes the input with its input
+    /// parameters, runs the integer-only engine and dequantizes the logits; a dynamic-range
+    /// model runs its float network with dequantized int8 weights.
+    ///
+    /// # Errors
+    /// [`QuantError::ShapeMismatch`] for a wrong input shape, [`QuantError::NonFinite`] for NaN
+    /// or infinite input.
+    pub fn predict(&self, x: ArrayViewD<'_, f32>) -> Result<Array2<f32>> {
+        self.check_batch(x.shape())?;
+        if let Some(float) = &self.float {
+            check_finite(&x, "model input")?;
+            return Ok(pare_tensor::train::predict(float, x, 256)?);
+        }
+        self.par_chunks(&x, |it, rows, o| {
+            o.copy_from_slice(it.invoke(rows)?.as_slice().expect("contiguous logits"));
+            Ok(())
+        })
+    }
+
+    /// Quantizes a float batch with the input parameters to int8 codes (what
+    /// [`predict_i8`](Self::predict_i8) takes).
+    ///
+    /// # Errors
+    /// [`QuantError::WrongMode`] for a dynamic-range model, [`QuantError::NonFinite`] for NaN
+    /// or infinite input.
+    pub fn quantize_input(&self, x: ArrayViewD<'_, f32>) -> Result<ndarray::ArrayD<i8>> {
+        let q = self.input.ok_or(QuantError::WrongMode {
+            op: "quantize_input",
+            mode: self.mode,
+        })?;
+        check_finite(&x, "model input")?;
+        Ok(x.mapv(|v| q.quantize(v)))
+    }
+
+    /// Every layer's int8 output on a batch (for per-layer error reports).
+    pub(crate) fn trace_i8(&self, x: ArrayViewD<'_, i8>) -> Result<Vec<Vec<i8>>> {
+        let mut it = Interpreter::new(self)?;
+        let n = it.check_input(x.shape())?;
+        it.reserve(n);
+        let len = it.input_len(n);
+        for (d, &v) in it.bufs[0][..len].iter_mut().zip(x.iter()) {
+            *d = v;
+        }
+        let mut outs = vec![Vec::new(); self.layers.len()];
+        it.run(n, Some(&mut |i, codes: &[i8]| outs[i] = codes.to_vec()))?;
+        Ok(outs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ActQuant;
+
+    #[test]
+    fn vectorised_quantize_matches_the_scalar_rule() {
+        // Ties (half steps), values beyond the range and tiny values, at several zero points.
+        for (scale, zp) in [(0.1f32, 0), (1.0 / 255.0, -128), (0.37, 100), (3e-3, 127)] {
+            let q = ActQuant::new(scale, zp).unwrap();
+            // A multiplicative hash spreads the last values over [-400, 400) steps.
+            let spread = (0u32..5000).map(|i| {
+                let h = i.wrapping_mul(2_654_435_761);
+                (h as f32 / u32::MAX as f32 * 800.0 - 400.0) * scale
+            });
+            let src: Vec<f32> = (-3000..3000)
+                .map(|i| i as f32 * scale / 2.0)
+                .chain([1e30, -1e30, 1e-30, -1e-30, 0.0, -0.0, 0.499_999_97 * scale])
+                .chain(spread)
+                .collect();
+            let mut dst = vec![0i8; src.len()];
+            quantize_slice(&src, scale, zp, &mut dst);
+            for (&v, &d) in src.iter().zip(&dst) {
+                assert_eq!(d, q.quantize(v), "{v} at scale {scale}, zero point {zp}");
+            }
+        }
+    }
+}

@@ -1,0 +1,855 @@
+//! Tests of the converter, the engine, the simulation, the report and the model file.
+
+use std::collections::HashMap;
+
+use approx::assert_relative_eq;
+use ndarray::{Array2, ArrayD, ArrayViewD, IxDyn, array};
+use pare_tensor::models::{small_cnn, teacher_cnn};
+use pare_tensor::nn::{Conv2d, Dense, Flatten, LeakyReLU, MaxPool2d, Module, ReLU};
+use pare_tensor::{
+    Activation as FloatActivation, Graph, Padding as TPadding, Param, Sequential, Var,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+
+use crate::file::{CodecError, METADATA_KEY, WeightCodec};
+use crate::*;
+
+fn uniform(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    ArrayD::from_shape_simple_fn(IxDyn(shape), || rng.random_range(0.0..1.0))
+}
+
+fn argmax(row: ndarray::ArrayView1<'_, f32>) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        })
+        .0
+}
+
+fn agreement(a: &Array2<f32>, b: &Array2<f32>) -> f64 {
+    let same = a
+        .rows()
+        .into_iter()
+        .zip(b.rows())
+        .filter(|(x, y)| argmax(x.view()) == argmax(y.view()))
+        .count();
+    same as f64 / a.nrows() as f64
+}
+
+/// Dense 2 → 2 with hand-picked weights: every parameter can be worked out on paper.
+fn tiny_dense() -> Sequential {
+    let kernel = array![[1.0f32, -0.5], [0.25, 2.0]].into_dyn();
+    let bias = array![0.1f32, -0.2].into_dyn();
+    Sequential::new(&[2]).push(Dense {
+        name: "d".into(),
+        kernel: Param::new("d.kernel", kernel),
+        bias: Param::new("d.bias", bias),
+        activation: FloatActivation::Linear,
+    })
+}
+
+#[test]
+fn tiny_model_parameters_by_hand() {
+    let model = tiny_dense();
+    // Input range [0, 2.55]: scale 0.01, zero point -128. Outputs: row 0 = [0.7375, 4.9],
+    // row 1 = [1.225, 0.3]; range [0, 4.9] -> scale 4.9 / 255, zero point -128.
+    let x = array![[0.0f32, 2.55], [1.0, 0.5]].into_dyn();
+    let q = convert(&model, x.view(), &ConvertConfig::default()).unwrap();
+    let input = q.input_quant().unwrap();
+    assert_relative_eq!(input.scale, 0.01, max_relative = 1e-6);
+    assert_eq!(input.zero_point, -128);
+    let l = &q.layers()[0];
+    let w = l.weights.as_ref().unwrap();
+    // Channel scales max|w| / 127 = 1/127 and 2/127; codes round(w · 127 / max|w|).
+    assert_relative_eq!(w.scale[0], 1.0 / 127.0, max_relative = 1e-6);
+    assert_relative_eq!(w.scale[1], 2.0 / 127.0, max_relative = 1e-6);
+    assert_eq!(w.kernel, array![[127i8, -32], [32, 127]].into_dyn());
+    // Bias at s_in · s_w: 0.1 / (0.01 / 127) = 1270, -0.2 / (0.01 · 2 / 127) = -1270.
+    assert_eq!(w.bias, Bias::Int32(vec![1270, -1270]));
+    let out = l.output.unwrap();
+    assert_relative_eq!(out.scale, 4.9 / 255.0, max_relative = 1e-5);
+    assert_eq!(out.zero_point, -128);
+    // The engine reproduces the float outputs to within about one output step.
+    let y = q.predict(x.view()).unwrap();
+    let expect = array![[0.7375f32, 4.9], [1.225, 0.3]];
+    for (a, b) in y.iter().zip(expect.iter()) {
+        assert!((a - b).abs() <= 1.5 * out.scale, "{a} vs {b}");
+    }
+    assert_eq!(q.provenance().observer.as_deref(), Some("minmax"));
+    assert_eq!(q.provenance().calibration_examples, 2);
+}
+
+#[test]
+fn per_tensor_weights_have_one_scale() {
+    let model = tiny_dense();
+    let x = array![[0.0f32, 2.55], [1.0, 0.5]].into_dyn();
+    let cfg = ConvertConfig {
+        per_channel: false,
+        ..Default::default()
+    };
+    let q = convert(&model, x.view(), &cfg).unwrap();
+    let w = q.layers()[0].weights.as_ref().unwrap();
+    assert_eq!(w.scale.len(), 1);
+    assert_relative_eq!(w.scale[0], 2.0 / 127.0, max_relative = 1e-6);
+    // 1.0 at scale 2/127 is 63.5 -> 64 (half away from zero).
+    assert_eq!(w.kernel, array![[64i8, -32], [16, 127]].into_dyn());
+    let y = q.predict(x.view()).unwrap();
+    assert_relative_eq!(y[[0, 1]], 4.9, epsilon = 0.05);
+}
+
+/// A CNN exercising every operation: same padding and strides, a fused and a stand-alone
+/// leaky ReLU, a stand-alone ReLU after a pool, a 1×1 conv (direct GEMM), a conv + ReLU layer
+/// pair, flatten and dense with a fused ReLU.
+fn every_op_cnn(seed: u64) -> Sequential {
+    let mut rng = StdRng::seed_from_u64(seed);
+    Sequential::new(&[12, 12, 2])
+        .push(
+            Conv2d::new("c1", 2, 8, [3, 3], &mut rng)
+                .strides(2)
+                .padding(TPadding::Same)
+                .activation(FloatActivation::LeakyRelu(0.1)),
+        )
+        .push(MaxPool2d::new("p1", 2).strides(1).padding(TPadding::Same))
+        .push(ReLU::new("r1"))
+        .push(Conv2d::new("c2", 8, 6, [1, 1], &mut rng))
+        .push(LeakyReLU::new("lk", 0.3))
+        .push(Conv2d::new("c3", 6, 5, [2, 3], &mut rng))
+        .push(ReLU::new("r2"))
+        .push(Flatten::new("f"))
+        .push(Dense::new("d1", 5 * 4 * 5, 16, &mut rng).activation(FloatActivation::Relu))
+        .push(Dense::new("d2", 16, 10, &mut rng))
+}
+
+fn with_random_biases(mut model: Sequential, seed: u64) -> Sequential {
+    let mut rng = StdRng::seed_from_u64(seed);
+    for p in model.params_mut() {
+        if p.name.ends_with(".bias") {
+            p.value.mapv_inplace(|_| rng.random_range(-0.2..0.2));
+        }
+    }
+    model
+}
+
+/// Converts `model` on 100 random examples and runs 300 others through the engine and the
+/// fake-quant simulation: at least `min_agreement` same predicted classes, logits within
+/// `max_steps` output steps.
+fn check_engine_against_simulation(
+    model: &Sequential,
+    shape: &[usize],
+    seed: u64,
+    min_agreement: f64,
+    max_steps: f32,
+) {
+    let mut full = vec![100];
+    full.extend_from_slice(shape);
+    let calibration = uniform(&full, seed);
+    let mut test_shape = vec![300];
+    test_shape.extend_from_slice(shape);
+    let x = uniform(&test_shape, seed + 1);
+    let q = convert(model, calibration.view(), &ConvertConfig::default()).unwrap();
+    let engine = q.predict(x.view()).unwrap();
+    let sim = q.simulate(model, x.view()).unwrap();
+    let out = q.output_quant().unwrap();
+    let max_diff = engine
+        .iter()
+        .zip(sim.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let agree = agreement(&engine, &sim);
+    eprintln!("agreement {agree}, max diff {} steps", max_diff / out.scale);
+    assert!(agree >= min_agreement, "argmax agreement {agree}");
+    assert!(
+        max_diff <= max_steps * out.scale,
+        "max |engine - simulation| = {max_diff}, output scale {}",
+        out.scale
+    );
+    // And the quantized model stays close to the float one.
+    let float = pare_tensor::train::predict(model, x.view(), 64).unwrap();
+    assert!(agreement(&engine, &float) >= 0.9);
+}
+
+#[test]
+fn engine_matches_fake_quant_simulation_small_cnn() {
+    check_engine_against_simulation(
+        &with_random_biases(small_cnn(3), 4),
+        &[28, 28, 1],
+        10,
+        0.99,
+        2.0,
+    );
+}
+
+#[test]
+fn engine_matches_fake_quant_simulation_teacher_shape() {
+    let model = with_random_biases(teacher_cnn(8, 12, 5), 6);
+    check_engine_against_simulation(&model, &[28, 28, 1], 20, 0.99, 3.0);
+}
+
+#[test]
+fn engine_matches_fake_quant_simulation_every_op() {
+    let model = with_random_biases(every_op_cnn(7), 8);
+    let q = convert(
+        &model,
+        uniform(&[4, 12, 12, 2], 1).view(),
+        &ConvertConfig::default(),
+    )
+    .unwrap();
+    let ops: Vec<&str> = q.layers().iter().map(|l| l.kind.op_name()).collect();
+    assert_eq!(
+        ops,
+        [
+            "conv2d",
+            "leaky_relu",
+            "max_pool2d",
+            "relu",
+            "conv2d",
+            "leaky_relu",
+            "conv2d",
+            "reshape",
+            "dense",
+            "dense"
+        ]
+    );
+    assert_eq!(q.layers()[1].name, "c1.leaky_relu");
+    assert!(matches!(
+        q.layers()[6].kind,
+        LayerKind::Conv2d { relu: true, .. }
+    ));
+    assert!(matches!(
+        q.layers()[8].kind,
+        LayerKind::Dense { relu: true }
+    ));
+    // Looser than the others: TFLite's LEAKY_RELU rounds twice (the fixed-point product to an
+    // integer, then the right shift), which moves about 1 code in 15 one step down against the
+    // float simulation's single rounding; two such layers and two more convs carry that on.
+    check_engine_against_simulation(&model, &[12, 12, 2], 30, 0.97, 4.0);
+}
+
+#[test]
+fn leaky_relu_layer_matches_float_reference() {
+    // A model that is only a leaky ReLU: the engine's table must agree with the float op on
+    // dequantized codes to within one output step.
+    let model = Sequential::new(&[64]).push(LeakyReLU::new("lk", 0.2));
+    let x = uniform(&[1, 64], 3).mapv(|v| 8.0 * v - 4.0);
+    let q = convert(&model, x.view(), &ConvertConfig::default()).unwrap();
+    let (i, o) = (q.input_quant().unwrap(), q.output_quant().unwrap());
+    let codes = q.quantize_input(x.view()).unwrap();
+    let y = q.predict_i8(codes.view()).unwrap();
+    for (&c, &out) in codes.iter().zip(y.iter()) {
+        let r = i.dequantize(c);
+        let f = if r >= 0.0 { r } else { 0.2 * r };
+        let expect = o.quantize(f) as i32;
+        assert!(
+            (out as i32 - expect).abs() <= 1,
+            "{c} -> {out}, float {expect}"
+        );
+    }
+}
+
+#[test]
+fn uint8_input_is_int8_plus_128() {
+    let model = small_cnn(1);
+    let calib = uniform(&[16, 28, 28, 1], 2);
+    let cfg = ConvertConfig {
+        input_type: InputType::Uint8,
+        ..Default::default()
+    };
+    let q = convert(&model, calib.view(), &cfg).unwrap();
+    let i8_codes = q
+        .quantize_input(uniform(&[3, 28, 28, 1], 3).view())
+        .unwrap();
+    let u8_codes = i8_codes.mapv(|v| (v as i16 + 128) as u8);
+    assert_eq!(
+        q.predict_i8(i8_codes.view()).unwrap(),
+        q.predict_u8(u8_codes.view()).unwrap()
+    );
+    let (s, z) = q.input_params().unwrap();
+    assert_eq!(s, q.input_quant().unwrap().scale);
+    assert_eq!(z, q.input_quant().unwrap().zero_point + 128);
+}
+
+#[test]
+fn batches_split_over_threads_match_single_examples() {
+    let model = with_random_biases(teacher_cnn(4, 8, 2), 3);
+    let q = convert(
+        &model,
+        uniform(&[20, 28, 28, 1], 4).view(),
+        &ConvertConfig::default(),
+    )
+    .unwrap();
+    // 70 examples: three tasks of 32, 32 and 6.
+    let codes = q
+        .quantize_input(uniform(&[70, 28, 28, 1], 5).view())
+        .unwrap();
+    let batch = q.predict_i8(codes.view()).unwrap();
+    let mut it = Interpreter::new(&q).unwrap();
+    for (i, row) in batch.rows().into_iter().enumerate() {
+        let one = codes.slice_axis(ndarray::Axis(0), (i..i + 1).into());
+        assert_eq!(it.invoke_i8(one).unwrap().row(0), row, "example {i}");
+    }
+    // A non-contiguous view gives the same answer as a contiguous copy.
+    let mut big = ArrayD::<i8>::zeros(IxDyn(&[2, 28, 28, 2]));
+    big.slice_mut(ndarray::s![.., .., .., 0..1])
+        .assign(&codes.slice(ndarray::s![0..2, .., .., ..]));
+    let strided = big.slice(ndarray::s![.., .., .., 0..1]).into_dyn();
+    assert_eq!(
+        it.invoke_i8(strided).unwrap().to_owned(),
+        batch.slice(ndarray::s![0..2, ..])
+    );
+}
+
+#[test]
+fn input_shape_and_value_errors() {
+    let q = convert(
+        &small_cnn(0),
+        uniform(&[4, 28, 28, 1], 0).view(),
+        &ConvertConfig::default(),
+    )
+    .unwrap();
+    let wrong = ArrayD::<i8>::zeros(IxDyn(&[1, 28, 27, 1]));
+    assert!(matches!(
+        q.predict_i8(wrong.view()),
+        Err(QuantError::ShapeMismatch { .. })
+    ));
+    let flat = ArrayD::<f32>::zeros(IxDyn(&[784]));
+    assert!(matches!(
+        q.predict(flat.view()),
+        Err(QuantError::ShapeMismatch { .. })
+    ));
+    let mut nan = ArrayD::<f32>::zeros(IxDyn(&[1, 28, 28, 1]));
+    nan[[0, 3, 3, 0]] = f32::NAN;
+    assert!(matches!(
+        q.predict(nan.view()),
+        Err(QuantError::NonFinite { .. })
+    ));
+    // An empty batch is fine.
+    let empty = ArrayD::<i8>::zeros(IxDyn(&[0, 28, 28, 1]));
+    assert_eq!(q.predict_i8(empty.view()).unwrap().dim(), (0, 10));
+    // Calibration data of the wrong shape, empty or non-finite.
+    let model = small_cnn(0);
+    let cfg = ConvertConfig::default();
+    assert!(convert(&model, ArrayD::zeros(IxDyn(&[2, 28, 28])).view(), &cfg).is_err());
+    assert!(matches!(
+        convert(&model, ArrayD::zeros(IxDyn(&[0, 28, 28, 1])).view(), &cfg),
+        Err(QuantError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        convert(&model, nan.view(), &cfg),
+        Err(QuantError::NonFinite { .. })
+    ));
+    let bad_cfg = ConvertConfig {
+        calibration_batch_size: 0,
+        ..Default::default()
+    };
+    assert!(matches!(
+        convert(&model, uniform(&[2, 28, 28, 1], 0).view(), &bad_cfg),
+        Err(QuantError::InvalidParameter { .. })
+    ));
+}
+
+#[derive(Debug)]
+struct Identity;
+
+impl Module for Identity {
+    fn name(&self) -> &str {
+        "my_custom_layer"
+    }
+    fn forward(&self, _g: &mut Graph, x: Var) -> Var {
+        x
+    }
+    fn output_shape(&self, input: &[usize]) -> pare_tensor::Result<Vec<usize>> {
+        Ok(input.to_vec())
+    }
+}
+
+#[test]
+fn unsupported_layers_are_named() {
+    let model = Sequential::new(&[4])
+        .push(ReLU::new("r"))
+        .push_module(Box::new(Identity));
+    let err = convert(
+        &model,
+        uniform(&[2, 4], 0).view(),
+        &ConvertConfig::default(),
+    )
+    .unwrap_err();
+    match err {
+        QuantError::UnsupportedLayer { layer, .. } => assert_eq!(layer, "my_custom_layer"),
+        other => panic!("expected UnsupportedLayer, got {other:?}"),
+    }
+    let negative = Sequential::new(&[4]).push(LeakyReLU::new("neg", -0.5));
+    assert!(matches!(
+        convert(&negative, uniform(&[2, 4], 0).view(), &ConvertConfig::default()),
+        Err(QuantError::UnsupportedLayer { layer, .. }) if layer == "neg"
+    ));
+}
+
+#[test]
+fn dynamic_range_model_tracks_float() {
+    let model = with_random_biases(small_cnn(4), 5);
+    let cfg = ConvertConfig {
+        mode: Mode::DynamicRange,
+        ..Default::default()
+    };
+    let empty = ArrayD::<f32>::zeros(IxDyn(&[0, 28, 28, 1]));
+    let q = convert(&model, empty.view(), &cfg).unwrap();
+    assert_eq!(q.mode(), Mode::DynamicRange);
+    assert!(q.input_quant().is_none());
+    let x = uniform(&[50, 28, 28, 1], 6);
+    let y = q.predict(x.view()).unwrap();
+    let f = pare_tensor::train::predict(&model, x.view(), 64).unwrap();
+    assert!(agreement(&y, &f) >= 0.95);
+    // Weight-only simulation equals the dequantized float network up to f32 rounding.
+    let sim = q.simulate(&model, x.view()).unwrap();
+    for (a, b) in y.iter().zip(sim.iter()) {
+        assert_relative_eq!(a, b, epsilon = 1e-4, max_relative = 1e-4);
+    }
+    assert!(matches!(
+        q.predict_i8(ArrayD::zeros(IxDyn(&[1, 28, 28, 1])).view()),
+        Err(QuantError::WrongMode { .. })
+    ));
+    assert!(matches!(
+        Interpreter::new(&q),
+        Err(QuantError::WrongMode { .. })
+    ));
+    let back = QuantizedModel::from_bytes(&q.to_bytes().unwrap()).unwrap();
+    assert_eq!(back.predict(x.view()).unwrap(), y);
+}
+
+#[test]
+fn simulate_rejects_a_different_float_model() {
+    let q = convert(
+        &small_cnn(0),
+        uniform(&[4, 28, 28, 1], 0).view(),
+        &ConvertConfig::default(),
+    )
+    .unwrap();
+    let other = teacher_cnn(4, 8, 0);
+    assert!(matches!(
+        q.simulate(&other, uniform(&[2, 28, 28, 1], 1).view()),
+        Err(QuantError::ModelMismatch { .. })
+    ));
+}
+
+#[test]
+fn every_observer_converts() {
+    let model = with_random_biases(small_cnn(2), 3);
+    let calib = uniform(&[40, 28, 28, 1], 7);
+    let x = uniform(&[100, 28, 28, 1], 8);
+    let float = pare_tensor::train::predict(&model, x.view(), 100).unwrap();
+    for kind in ObserverKind::ALL {
+        let cfg = ConvertConfig {
+            observer: kind,
+            ..Default::default()
+        };
+        let q = convert(&model, calib.view(), &cfg).unwrap();
+        let y = q.predict(x.view()).unwrap();
+        assert!(agreement(&y, &float) >= 0.8, "{kind}");
+    }
+}
+
+#[test]
+fn sqnr_by_hand_and_per_layer() {
+    // Signal 1 + 4 = 5, noise 0.01 + 0.04 = 0.05: 10 log10(100) = 20 dB.
+    assert_relative_eq!(sqnr_db(&[1.0, 2.0], &[1.1, 1.8]), 20.0, epsilon = 1e-4);
+    assert_eq!(sqnr_db(&[1.0], &[1.0]), f64::INFINITY);
+    let model = with_random_biases(small_cnn(1), 2);
+    let calib = uniform(&[32, 28, 28, 1], 3);
+    let q = convert(&model, calib.view(), &ConvertConfig::default()).unwrap();
+    let report = q.layer_sqnr(&model, calib.view()).unwrap();
+    let names: Vec<&str> = report.iter().map(|r| r.layer.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "input",
+            "reshape",
+            "conv2d",
+            "max_pooling2d",
+            "flatten",
+            "dense"
+        ]
+    );
+    for r in &report {
+        // 8-bit codes give ~40-50 dB on well-ranged tensors; a broken layer gives ~0.
+        assert!(r.sqnr_db > 25.0, "{r:?}");
+    }
+}
+
+#[test]
+fn qat_hook_puts_weights_on_the_int8_grid_and_passes_gradients() {
+    let model = small_cnn(0);
+    let mut g = Graph::new();
+    g.add_param_hook(qat_weight_hook(true));
+    let x = g.constant(uniform(&[2, 28, 28, 1], 1));
+    let logits = model.forward(&mut g, x);
+    let loss = g.softmax_cross_entropy(logits, &[3, 7]);
+    let grads = g.backward(loss);
+    let k = grads.get("conv2d.kernel").unwrap();
+    assert!(k.iter().any(|&v| v != 0.0));
+    // The kernel that entered the graph sits on the grid of its channel scale.
+    let w = &model.param("dense.kernel").unwrap().value;
+    let spec = weight_fake_quant_spec(w, true).unwrap();
+    let mut g = Graph::inference();
+    g.add_param_hook(qat_weight_hook(true));
+    let v = g.param(model.param("dense.kernel").unwrap());
+    for (i, &q) in g.value(v).iter().enumerate() {
+        let s = spec.scale[i % 10];
+        let steps = q / s;
+        assert!((steps - steps.round()).abs() < 1e-3, "{q} / {s}");
+        assert!(steps.round().abs() <= 127.0);
+    }
+}
+
+/// Stores weights as `[zero count: u32][non-zero positions: u32...][values]`: a toy sparse
+/// codec standing in for pare-prune's.
+struct ToySparse;
+
+impl WeightCodec for ToySparse {
+    fn name(&self) -> &str {
+        "toy-sparse"
+    }
+    fn encode(&self, _tensor: &str, w: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
+        let nz: Vec<(u32, i8)> = w
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != 0)
+            .map(|(i, &v)| (i as u32, v))
+            .collect();
+        let mut out = (nz.len() as u32).to_le_bytes().to_vec();
+        for (i, _) in &nz {
+            out.extend(i.to_le_bytes());
+        }
+        out.extend(nz.iter().map(|(_, v)| *v as u8));
+        Some(out)
+    }
+    fn decode(
+        &self,
+        _tensor: &str,
+        shape: &[usize],
+        bytes: &[u8],
+    ) -> std::result::Result<ArrayD<i8>, CodecError> {
+        let n = u32::from_le_bytes(bytes.get(..4).ok_or("short")?.try_into()?) as usize;
+        let len: usize = shape.iter().product();
+        if bytes.len() != 4 + 5 * n {
+            return Err("length mismatch".into());
+        }
+        let mut out = vec![0i8; len];
+        for j in 0..n {
+            let i = u32::from_le_bytes(bytes[4 + 4 * j..8 + 4 * j].try_into()?) as usize;
+            *out.get_mut(i).ok_or("position out of range")? = bytes[4 + 4 * n + j] as i8;
+        }
+        Ok(ArrayD::from_shape_vec(IxDyn(shape), out)?)
+    }
+}
+
+fn small_quantized() -> (Sequential, QuantizedModel) {
+    let model = with_random_biases(small_cnn(9), 1);
+    let q = convert(
+        &model,
+        uniform(&[16, 28, 28, 1], 2).view(),
+        &ConvertConfig::default(),
+    )
+    .unwrap();
+    (model, q)
+}
+
+fn same_model(a: &QuantizedModel, b: &QuantizedModel) {
+    assert_eq!(a.layers(), b.layers());
+    assert_eq!(a.input_quant(), b.input_quant());
+    assert_eq!(a.input_shape(), b.input_shape());
+    assert_eq!(a.mode(), b.mode());
+    assert_eq!(a.provenance(), b.provenance());
+    let codes = a
+        .quantize_input(uniform(&[5, 28, 28, 1], 3).view())
+        .unwrap();
+    assert_eq!(
+        a.predict_i8(codes.view()).unwrap(),
+        b.predict_i8(codes.view()).unwrap()
+    );
+}
+
+#[test]
+fn file_round_trips() {
+    let (_, q) = small_quantized();
+    let bytes = q.to_bytes().unwrap();
+    same_model(&q, &QuantizedModel::from_bytes(&bytes).unwrap());
+    // Compact: the int8 kernels and little else.
+    let weights: usize = q
+        .layers()
+        .iter()
+        .filter_map(|l| l.weights.as_ref())
+        .map(|w| w.kernel.len() + 8 * w.channels())
+        .sum();
+    assert!(bytes.len() < weights + 2500, "{} bytes", bytes.len());
+    let dir = std::env::temp_dir().join(format!("pare-quant-test-{}", std::process::id()));
+    let path = dir.join("small-int8.safetensors");
+    q.save(&path).unwrap();
+    same_model(&q, &QuantizedModel::load(&path).unwrap());
+    // With a codec: encoded tensors round-trip through it, and need it to load.
+    q.save_with(&path, &ToySparse).unwrap();
+    same_model(&q, &QuantizedModel::load_with(&path, &ToySparse).unwrap());
+    assert!(matches!(
+        QuantizedModel::load(&path),
+        Err(QuantError::UnknownEncoding { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(matches!(
+        QuantizedModel::load(&path),
+        Err(QuantError::Io { .. })
+    ));
+    // Every other configuration round-trips as well.
+    let model = with_random_biases(every_op_cnn(1), 2);
+    for (per_channel, input_type, output_type) in [
+        (false, InputType::Int8, OutputType::Int8),
+        (true, InputType::Uint8, OutputType::Float),
+    ] {
+        let cfg = ConvertConfig {
+            per_channel,
+            input_type,
+            output_type,
+            ..Default::default()
+        };
+        let q = convert(&model, uniform(&[8, 12, 12, 2], 3).view(), &cfg).unwrap();
+        let back = QuantizedModel::from_bytes(&q.to_bytes().unwrap()).unwrap();
+        assert_eq!(back.layers(), q.layers());
+        assert_eq!(
+            (back.input_type(), back.output_type()),
+            (input_type, output_type)
+        );
+    }
+}
+
+/// Rebuilds a file with each tensor passed through `edit` (`None` drops it) and the metadata
+/// passed through `meta`.
+fn rewrite(
+    bytes: &[u8],
+    edit: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
+    meta: impl Fn(String) -> String,
+) -> Vec<u8> {
+    let st = SafeTensors::deserialize(bytes).unwrap();
+    let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
+    let json = header.metadata().as_ref().unwrap()[METADATA_KEY].clone();
+    let kept: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .filter_map(|(n, t)| edit(&n, t.dtype(), t.shape(), t.data()).map(|(d, s, b)| (n, d, s, b)))
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = kept
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let metadata = HashMap::from([(METADATA_KEY.to_string(), meta(json))]);
+    safetensors::tensor::serialize(views, Some(metadata)).unwrap()
+}
+
+fn keep(_: &str, d: Dtype, s: &[usize], b: &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)> {
+    Some((d, s.to_vec(), b.to_vec()))
+}
+
+fn assert_bad(bytes: &[u8], what: &str) {
+    match QuantizedModel::from_bytes(bytes) {
+        Err(QuantError::BadModelFile { reason }) => {
+            assert!(!reason.is_empty(), "{what}");
+        }
+        other => panic!("{what}: expected BadModelFile, got {other:?}"),
+    }
+}
+
+#[test]
+fn corrupt_files_are_errors() {
+    let (_, q) = small_quantized();
+    let bytes = q.to_bytes().unwrap();
+    // The unchanged rewrite loads (so the edits below are what breaks it).
+    QuantizedModel::from_bytes(&rewrite(&bytes, keep, |m| m)).unwrap();
+    for cut in [0, 4, 8, 20, bytes.len() / 2, bytes.len() - 1] {
+        assert_bad(&bytes[..cut], "truncated");
+    }
+    let mut flipped = bytes.clone();
+    for b in &mut flipped[8..40] {
+        *b ^= 0x5a;
+    }
+    assert_bad(&flipped, "flipped header bytes");
+    let wrong_dtype = rewrite(
+        &bytes,
+        |n, d, s, b| {
+            if n == "conv2d.weight_scale" {
+                Some((Dtype::I32, s.to_vec(), b.to_vec()))
+            } else {
+                keep(n, d, s, b)
+            }
+        },
+        |m| m,
+    );
+    assert_bad(&wrong_dtype, "wrong dtype");
+    let missing = rewrite(
+        &bytes,
+        |n, d, s, b| (n != "dense.bias").then(|| keep(n, d, s, b)).flatten(),
+        |m| m,
+    );
+    assert_bad(&missing, "missing tensor");
+    let extra = rewrite(
+        &bytes,
+        |n, d, s, b| {
+            if n == "dense.bias" {
+                Some((d, vec![s[0] - 1], b[4..].to_vec()))
+            } else {
+                keep(n, d, s, b)
+            }
+        },
+        |m| m,
+    );
+    assert_bad(&extra, "bias of the wrong length");
+    let wrong_shape = rewrite(
+        &bytes,
+        |n, d, s, b| {
+            if n == "conv2d.kernel" {
+                Some((d, vec![s[0] * s[1], s[2], s[3]], b.to_vec()))
+            } else {
+                keep(n, d, s, b)
+            }
+        },
+        |m| m,
+    );
+    assert_bad(&wrong_shape, "kernel of the wrong shape");
+    let out_of_range = rewrite(&bytes, keep, |m| {
+        m.replacen("\"zero_point\":-128", "\"zero_point\":-300", 1)
+    });
+    assert_bad(&out_of_range, "zero point out of range");
+    let bad_scale = rewrite(
+        &bytes,
+        |n, d, s, b| {
+            if n == "dense.weight_scale" {
+                let mut b = b.to_vec();
+                b[..4].copy_from_slice(&(-1.0f32).to_le_bytes());
+                Some((d, s.to_vec(), b))
+            } else {
+                keep(n, d, s, b)
+            }
+        },
+        |m| m,
+    );
+    assert_bad(&bad_scale, "negative scale");
+    let weight_128 = rewrite(
+        &bytes,
+        |n, d, s, b| {
+            if n == "dense.kernel" {
+                let mut b = b.to_vec();
+                b[0] = 0x80;
+                Some((d, s.to_vec(), b))
+            } else {
+                keep(n, d, s, b)
+            }
+        },
+        |m| m,
+    );
+    assert_bad(&weight_128, "weight code -128");
+    let no_meta = rewrite(&bytes, keep, |_| "{}".into());
+    assert_bad(&no_meta, "empty metadata");
+    let huge = rewrite(&bytes, keep, |m| {
+        m.replacen("[28,28,1]", "[100000,100000,100000]", 1)
+    });
+    assert_bad(&huge, "huge input shape");
+    let dup = rewrite(&bytes, keep, |m| {
+        m.replacen("\"name\":\"flatten\"", "\"name\":\"reshape\"", 1)
+    });
+    assert_bad(&dup, "duplicate layer names");
+    // Any single flipped byte loads or fails cleanly, never panics.
+    let calib = array![[0.0f32, 1.0]].into_dyn();
+    let tiny = convert(&tiny_dense(), calib.view(), &ConvertConfig::default()).unwrap();
+    let tiny_bytes = tiny.to_bytes().unwrap();
+    for i in 0..tiny_bytes.len() {
+        for mask in [0x01u8, 0x80, 0xff] {
+            let mut b = tiny_bytes.clone();
+            b[i] ^= mask;
+            let _ = QuantizedModel::from_bytes(&b);
+        }
+    }
+}
+
+#[test]
+fn codec_failures_and_reserved_name() {
+    let (_, q) = small_quantized();
+    struct Broken;
+    impl WeightCodec for Broken {
+        fn name(&self) -> &str {
+            "toy-sparse"
+        }
+        fn encode(&self, _: &str, _: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
+            None
+        }
+        fn decode(
+            &self,
+            _: &str,
+            _: &[usize],
+            _: &[u8],
+        ) -> std::result::Result<ArrayD<i8>, CodecError> {
+            Err("always fails".into())
+        }
+    }
+    let bytes = q.to_bytes_with(&ToySparse).unwrap();
+    assert!(matches!(
+        QuantizedModel::from_bytes_with(&bytes, &Broken),
+        Err(QuantError::Codec { .. })
+    ));
+    // A codec that declines every tensor writes a plain file.
+    let plain = q.to_bytes_with(&Broken).unwrap();
+    same_model(&q, &QuantizedModel::from_bytes(&plain).unwrap());
+    struct Dense;
+    impl WeightCodec for Dense {
+        fn name(&self) -> &str {
+            "dense"
+        }
+        fn encode(&self, _: &str, _: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
+            None
+        }
+        fn decode(
+            &self,
+            _: &str,
+            _: &[usize],
+            _: &[u8],
+        ) -> std::result::Result<ArrayD<i8>, CodecError> {
+            Err("unused".into())
+        }
+    }
+    assert!(matches!(
+        q.to_bytes_with(&Dense),
+        Err(QuantError::InvalidParameter { .. })
+    ));
+    // A codec that decodes to the wrong shape is caught.
+    struct Short;
+    impl WeightCodec for Short {
+        fn name(&self) -> &str {
+            "toy-sparse"
+        }
+        fn encode(&self, _: &str, _: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
+            None
+        }
+        fn decode(
+            &self,
+            _: &str,
+            _: &[usize],
+            _: &[u8],
+        ) -> std::result::Result<ArrayD<i8>, CodecError> {
+            Ok(ArrayD::zeros(IxDyn(&[3])))
+        }
+    }
+    assert!(matches!(
+        QuantizedModel::from_bytes_with(&bytes, &Short),
+        Err(QuantError::BadModelFile { .. })
+    ));
+}
+
+#[test]
+fn dequantized_model_matches_engine_closely() {
+    let (model, q) = small_quantized();
+    let deq = q.dequantized_model();
+    assert_eq!(deq.num_params(), model.num_params());
+    let x = uniform(&[40, 28, 28, 1], 11);
+    let a = pare_tensor::train::predict(&deq, x.view(), 40).unwrap();
+    let b = q.predict(x.view()).unwrap();
+    assert!(agreement(&a, &b) >= 0.9);
+}
