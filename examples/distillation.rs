@@ -190,7 +190,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(ch);
@@ -252,8 +252,17 @@ fn distilled_int8_accuracy(
     tx: ArrayViewD<'_, f32>,
     ty: &[usize],
 ) -> Result<Option<f32>> {
-    let _ = (student, calibration, tx, ty);
-    Ok(None)
+    // Full-integer int8 with TFLite's defaults (min-max observer, per-channel weights).
+    let config = pare::quant::ConvertConfig::default();
+    let q = pare::quant::convert(student, calibration, &config)?;
+    let logits = q.predict(tx)?;
+    let correct = logits
+        .rows()
+        .into_iter()
+        .zip(ty)
+        .filter(|(row, y)| pare::tensor::train::argmax(&row.to_vec()) == **y)
+        .count();
+    Ok(Some(correct as f32 / ty.len().max(1) as f32))
 }
 // -----------------------------------------------------------------------------------------------
 
@@ -373,7 +382,9 @@ fn main() -> Result<()> {
         student_params = student.num_params();
         distilled.push(eval.accuracy);
         distill_h.push(h);
-        if let Some(acc) = distilled_int8_accuracy(&student, x.view(), tx.view(), &ty)? {
+        // 100 calibration images, as in the quantization experiment.
+        let calibration = x.slice_axis(ndarray::Axis(0), (0..x.shape()[0].min(100)).into());
+        if let Some(acc) = distilled_int8_accuracy(&student, calibration, tx.view(), &ty)? {
             int8.push(acc);
         }
 

@@ -3,6 +3,8 @@
 //!
 //! - [`tensor`]: tensors, autograd, layers, optimizers, the training loop;
 //! - [`mnist`]: IDX reader and MNIST / Fashion-MNIST data sets;
+//! - [`quant`]: int8 quantization and the integer-only engine;
+//! - [`prune`]: magnitude pruning, sparse storage and kernels;
 //! - [`distill`]: knowledge distillation.
 //!
 //! ```
@@ -12,4 +14,6 @@
 
 pub use pare_distill as distill;
 pub use pare_mnist as mnist;
+pub use pare_prune as prune;
+pub use pare_quant as quant;
 pub use pare_tensor as tensor;

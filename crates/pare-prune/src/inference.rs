@@ -1,0 +1,413 @@
+//! Inference with the zeros skipped: [`SparseSequential`] runs a pruned model's sparse enough
+//! `Dense` and `Conv2d` layers through [`SparseDense`] and everything else through pare-tensor.
+//!
+//! A conv layer becomes im2col patches `[n·oh·ow, kh·kw·c]` times its kernel reshaped to
+//! `[kh·kw·c, out]` (pare-tensor's layout, no transposition), which is a sparse dense product
+//! with a large batch. A `ReLU` / `LeakyReLU` layer right after a sparse layer with no activation
+//! of its own is fused into it. Other layers run in runs of consecutive layers on an inference
+//! graph, exactly as `pare_tensor::train::predict` runs them.
+//!
+//! Whether sparse wins depends on the shape and the sparsity (see the `sparse_dense` bench):
+//! `min_sparsity` decides, per layer, from the kernel's actual fraction of zeros.
+
+use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, Ix4, IxDyn};
+use pare_tensor::kernels::conv::{Window, im2col};
+use pare_tensor::nn::Layer;
+use pare_tensor::{Activation, Graph, Padding, Sequential};
+use rayon::prelude::*;
+
+use crate::error::{PruneError, Result};
+use crate::kernels::SparseDense;
+use crate::mask::sparsity_of;
+use crate::schedule::validate_sparsity;
+
+/// How a sparse layer is applied.
+#[derive(Debug, Clone)]
+enum SparseOp {
+    Dense,
+    Conv {
+        window: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+    },
+}
+
+#[derive(Debug, Clone)]
+enum Stage {
+    /// Consecutive layers run by pare-tensor.
+    Plain(Sequential),
+    /// A layer run by the sparse kernel.
+    Sparse {
+        name: String,
+        op: SparseOp,
+        kernel: SparseDense,
+        activation: Activation,
+    },
+}
+
+/// A model ready for inference with its sparse layers on [`SparseDense`]; see the
+/// [module documentation](self).
+///
+/// ```
+/// use ndarray::Array4;
+/// use pare_prune::{SparseSequential, apply_mask, magnitude_mask};
+/// use pare_tensor::{models, train::predict};
+///
+/// let mut model = models::small_cnn(0);
+/// let w = model.param_mut("dense.kernel").unwrap();
+/// let mask = magnitude_mask(w.value.view(), 0.9)?;
+/// apply_mask(w.value.view_mut(), mask.view())?;
+///
+/// let sparse = SparseSequential::new(&model, 0.5)?;
+/// assert_eq!(sparse.sparse_layers(), vec!["dense"]); // the conv kernel is dense
+/// let x = Array4::<f32>::from_elem((3, 28, 28, 1), 0.5).into_dyn();
+/// let (a, b) = (sparse.predict(x.view(), 32)?, predict(&model, x.view(), 32)?);
+/// assert!(a.iter().zip(&b).all(|(p, q)| (p - q).abs() < 1e-4));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SparseSequential {
+    input_shape: Vec<usize>,
+    output_len: usize,
+    stages: Vec<Stage>,
+}
+
+fn activation_of(l: Option<&Layer>) -> Option<Activation> {
+    match l {
+        Some(Layer::ReLU(_)) => Some(Activation::Relu),
+        Some(Layer::LeakyReLU(r)) => Some(Activation::LeakyRelu(r.alpha)),
+        _ => None,
+    }
+}
+
+impl SparseSequential {
+    /// Plans `model`: every `Dense` and `Conv2d` layer whose kernel has at least
+    /// `min_sparsity` zeros runs sparse. The model is copied; later changes to it do not show.
+    ///
+    /// # Errors
+    /// [`PruneError::InvalidSparsity`] unless `0 <= min_sparsity < 1`;
+    /// [`PruneError::Unsupported`] for a custom layer; [`PruneError::Tensor`] if the model does
+    /// not chain; [`PruneError::NonFinite`] (in [`PruneError::InTensor`]) for a non-finite
+    /// weight of a sparse layer.
+    pub fn new(model: &Sequential, min_sparsity: f32) -> Result<SparseSequential> {
+        validate_sparsity("min_sparsity", min_sparsity)?;
+        crate::strip::check_copyable(model, "SparseSequential")?;
+        let output_len = model.output_shape()?.iter().product();
+        let mut stages = Vec::new();
+        let mut shape = model.input_shape.clone();
+        let mut plain = Sequential::new(&shape);
+        let mut i = 0;
+        while i < model.layers.len() {
+            let layer = &model.layers[i];
+            let next_shape = layer.module().output_shape(&shape)?;
+            let planned = match layer {
+                Layer::Dense(d) if sparsity_of(d.kernel.value.view()) >= min_sparsity => Some((
+                    &d.name,
+                    SparseOp::Dense,
+                    &d.kernel.value,
+                    &d.bias.value,
+                    d.activation,
+                )),
+                Layer::Conv2d(c) if sparsity_of(c.kernel.value.view()) >= min_sparsity => {
+                    let [kh, kw, _, _] = c.kernel_shape();
+                    let op = SparseOp::Conv {
+                        window: [kh, kw],
+                        strides: c.strides,
+                        padding: c.padding,
+                    };
+                    Some((&c.name, op, &c.kernel.value, &c.bias.value, c.activation))
+                }
+                _ => None,
+            };
+            let Some((name, op, kernel, bias, mut activation)) = planned else {
+                plain.layers.push(layer.clone());
+                shape = next_shape;
+                i += 1;
+                continue;
+            };
+            let mut consumed = 1;
+            if activation == Activation::Linear
+                && let Some(a) = activation_of(model.layers.get(i + 1))
+            {
+                activation = a;
+                consumed = 2;
+            }
+            let rows = kernel.len() / kernel.shape().last().copied().unwrap_or(1).max(1);
+            let k2 = kernel
+                .view()
+                .into_shape_with_order((rows, *kernel.shape().last().unwrap_or(&0)))
+                .map_err(|_| PruneError::BadRank {
+                    op: "SparseSequential",
+                    expected: "a contiguous kernel with the output channel last",
+                    shape: kernel.shape().to_vec(),
+                })?;
+            let b1 = bias
+                .view()
+                .into_dimensionality::<ndarray::Ix1>()
+                .map_err(|_| PruneError::BadRank {
+                    op: "SparseSequential",
+                    expected: "a rank-1 bias",
+                    shape: bias.shape().to_vec(),
+                })?;
+            let sparse = SparseDense::from_dense(k2, Some(b1)).map_err(|e| e.in_tensor(name))?;
+            if !plain.layers.is_empty() {
+                stages.push(Stage::Plain(plain));
+            }
+            stages.push(Stage::Sparse {
+                name: name.clone(),
+                op,
+                kernel: sparse,
+                activation,
+            });
+            for l in &model.layers[i..i + consumed] {
+                shape = l.module().output_shape(&shape)?;
+            }
+            plain = Sequential::new(&shape);
+            i += consumed;
+        }
+        if !plain.layers.is_empty() {
+            stages.push(Stage::Plain(plain));
+        }
+        Ok(SparseSequential {
+            input_shape: model.input_shape.clone(),
+            output_len,
+            stages,
+        })
+    }
+
+    /// Names of the layers that run sparse, in order.
+    pub fn sparse_layers(&self) -> Vec<&str> {
+        self.stages
+            .iter()
+            .filter_map(|s| match s {
+                Stage::Sparse { name, .. } => Some(name.as_str()),
+                Stage::Plain(_) => None,
+            })
+            .collect()
+    }
+
+    /// The model's output for one batch `[n, input_shape...]`.
+    ///
+    /// # Errors
+    /// [`PruneError::Tensor`] for a batch of the wrong shape or holding NaN or infinity.
+    pub fn forward(&self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+        if x.ndim() != self.input_shape.len() + 1 || x.shape()[1..] != self.input_shape[..] {
+            return Err(pare_tensor::TensorError::InputShape {
+                layer: "model input".into(),
+                expected: self.input_shape.clone(),
+                found: x.shape().get(1..).unwrap_or(&[]).to_vec(),
+            }
+            .into());
+        }
+        if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+            return Err(pare_tensor::TensorError::NonFinite {
+                what: "input data".into(),
+                index,
+            }
+            .into());
+        }
+        let mut h = x.to_owned();
+        for stage in &self.stages {
+            h = match stage {
+                Stage::Plain(m) => {
+                    let mut g = Graph::inference();
+                    let v = g.constant(h);
+                    let y = m.forward(&mut g, v);
+                    g.value(y).clone()
+                }
+                Stage::Sparse {
+                    op,
+                    kernel,
+                    activation,
+                    ..
+                } => run_sparse(op, kernel, *activation, h),
+            };
+        }
+        Ok(h)
+    }
+
+    /// Logits `[n, classes]` of every example, `batch_size` at a time, batches in parallel on
+    /// rayon's threads.
+    ///
+    /// # Errors
+    /// [`PruneError::Tensor`] for a zero batch size or as [`SparseSequential::forward`].
+    pub fn predict(&self, x: ArrayViewD<'_, f32>, batch_size: usize) -> Result<Array2<f32>> {
+        if batch_size == 0 {
+            return Err(pare_tensor::TensorError::BadHyperParameter {
+                name: "batch_size",
+                value: "0".into(),
+                reason: "must be >= 1",
+            }
+            .into());
+        }
+        let n = x.shape().first().copied().unwrap_or(0);
+        let mut out = Array2::zeros((n, self.output_len));
+        // The sparse kernels are single-threaded: batches run in parallel instead.
+        out.axis_chunks_iter_mut(Axis(0), batch_size)
+            .into_par_iter()
+            .enumerate()
+            .try_for_each(|(i, mut rows)| {
+                let start = i * batch_size;
+                let end = start + rows.nrows();
+                let y = self.forward(x.slice_axis(Axis(0), (start..end).into()))?;
+                let y = y
+                    .into_shape_with_order((end - start, self.output_len))
+                    .expect("SparseSequential::predict: the output holds n · output_len values");
+                rows.assign(&y);
+                Ok::<(), PruneError>(())
+            })?;
+        Ok(out)
+    }
+}
+
+fn activate(y: &mut Array2<f32>, a: Activation) {
+    match a {
+        Activation::Linear => {}
+        Activation::Relu => y.mapv_inplace(|v| v.max(0.0)),
+        Activation::LeakyRelu(alpha) => y.mapv_inplace(|v| if v > 0.0 { v } else { alpha * v }),
+    }
+}
+
+/// Runs one sparse layer. Shapes were checked when the model was planned, so a mismatch here
+/// is a broken invariant.
+fn run_sparse(op: &SparseOp, k: &SparseDense, act: Activation, h: ArrayD<f32>) -> ArrayD<f32> {
+    match op {
+        SparseOp::Dense => {
+            let x = h
+                .into_dimensionality::<Ix2>()
+                .expect("SparseSequential: dense input is [n, in]");
+            let mut y = k
+                .forward(x.view())
+                .expect("SparseSequential: dense input width checked at planning");
+            activate(&mut y, act);
+            y.into_dyn()
+        }
+        SparseOp::Conv {
+            window,
+            strides,
+            padding,
+        } => {
+            let x = h
+                .into_dimensionality::<Ix4>()
+                .expect("SparseSequential: conv input is [n, h, w, c]");
+            let (n, hh, ww, c) = x.dim();
+            let win = Window::new([n, hh, ww, c], *window, *strides, *padding)
+                .expect("SparseSequential: conv window checked at planning");
+            let patches = im2col(x.view(), &win);
+            let mut y = k
+                .forward(patches.view())
+                .expect("SparseSequential: patch length checked at planning");
+            activate(&mut y, act);
+            y.into_shape_with_order(IxDyn(&[n, win.oh, win.ow, k.out_features()]))
+                .expect("SparseSequential: conv output holds n · oh · ow · out values")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mask::{apply_mask, magnitude_mask};
+    use approx::assert_abs_diff_eq;
+    use ndarray::Array4;
+    use pare_tensor::models::teacher_cnn;
+    use pare_tensor::nn::{Conv2d, Dense, Flatten, ReLU};
+    use pare_tensor::train::predict;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    fn prune_all(model: &mut Sequential, s: f32) {
+        for p in model.params_mut() {
+            if p.name.ends_with(".kernel") {
+                let m = magnitude_mask(p.value.view(), s).unwrap();
+                apply_mask(p.value.view_mut(), m.view()).unwrap();
+            } else {
+                // Non-zero biases, so a dropped bias would show.
+                let len = p.value.len();
+                p.value.iter_mut().enumerate().for_each(|(i, v)| {
+                    *v = 0.05 * (i as f32 - len as f32 / 2.0);
+                });
+            }
+        }
+    }
+
+    fn images(n: usize, seed: u64) -> ArrayD<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        Array4::from_shape_simple_fn((n, 28, 28, 1), || rng.random_range(0.0f32..1.0)).into_dyn()
+    }
+
+    fn max_diff(a: &Array2<f32>, b: &Array2<f32>) -> f32 {
+        a.iter().zip(b).fold(0.0, |m, (x, y)| m.max((x - y).abs()))
+    }
+
+    #[test]
+    fn matches_dense_predict_with_strided_same_convs_and_fused_activations() {
+        let mut model = teacher_cnn(8, 16, 2);
+        prune_all(&mut model, 0.8);
+        let sparse = SparseSequential::new(&model, 0.5).unwrap();
+        assert_eq!(sparse.sparse_layers(), vec!["conv2d", "conv2d_1", "dense"]);
+        for n in [1, 7, 17] {
+            let x = images(n, n as u64);
+            let want = predict(&model, x.view(), 64).unwrap();
+            let got = sparse.predict(x.view(), 5).unwrap();
+            assert_eq!(got.shape(), want.shape());
+            assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-4);
+        }
+        // Threshold above every layer's sparsity: all plain, same numbers.
+        let plain = SparseSequential::new(&model, 0.9).unwrap();
+        assert!(plain.sparse_layers().is_empty());
+        let x = images(3, 1);
+        let d = max_diff(
+            &plain.predict(x.view(), 2).unwrap(),
+            &predict(&model, x.view(), 2).unwrap(),
+        );
+        assert_abs_diff_eq!(d, 0.0, epsilon = 1e-6);
+    }
+
+    #[test]
+    fn relu_layers_fuse_into_sparse_dense_and_conv() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut model = Sequential::new(&[28, 28, 1])
+            .push(Conv2d::new("c", 1, 6, [5, 5], &mut rng).strides(3))
+            .push(ReLU::new("r1"))
+            .push(Flatten::new("f"))
+            .push(Dense::new("h", 8 * 8 * 6, 40, &mut rng))
+            .push(pare_tensor::nn::LeakyReLU::new("r2", 0.3))
+            .push(Dense::new("o", 40, 10, &mut rng));
+        prune_all(&mut model, 0.7);
+        let sparse = SparseSequential::new(&model, 0.6).unwrap();
+        assert_eq!(sparse.sparse_layers(), vec!["c", "h", "o"]);
+        let x = images(9, 4);
+        let want = predict(&model, x.view(), 4).unwrap();
+        let got = sparse.predict(x.view(), 4).unwrap();
+        assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-4);
+    }
+
+    #[test]
+    fn errors() {
+        let model = pare_tensor::models::small_cnn(0);
+        assert!(matches!(
+            SparseSequential::new(&model, 1.0),
+            Err(PruneError::InvalidSparsity { .. })
+        ));
+        let s = SparseSequential::new(&model, 0.0).unwrap();
+        let bad = ArrayD::<f32>::zeros(IxDyn(&[2, 28, 27, 1]));
+        assert!(matches!(
+            s.predict(bad.view(), 8),
+            Err(PruneError::Tensor(_))
+        ));
+        let mut x = images(2, 0);
+        x[[1, 3, 3, 0]] = f32::NAN;
+        assert!(matches!(s.predict(x.view(), 8), Err(PruneError::Tensor(_))));
+        assert!(matches!(
+            s.predict(images(1, 0).view(), 0),
+            Err(PruneError::Tensor(_))
+        ));
+        let mut nan = pare_tensor::models::small_cnn(0);
+        nan.param_mut("dense.kernel").unwrap().value[[0, 0]] = f32::INFINITY;
+        assert!(matches!(
+            SparseSequential::new(&nan, 0.0),
+            Err(PruneError::InTensor { .. })
+        ));
+    }
+}

@@ -1,0 +1,873 @@
+//! The TFMOT "pruning in Keras" experiment on MNIST: train the small CNN, prune it to 80 % while
+//! fine-tuning, strip it, store it sparse, convert it to int8, and compare sizes and accuracies.
+//!
+//! `cargo run --release --example pruning -- [--epochs 4] [--prune-epochs 2] [--seed 0]
+//! [--sweep] [--quick] [--data-dir DIR]`
+//!
+//! - Baseline: `small_cnn(seed)`, Adam, batch 32, `validation_split` 0.1, `--epochs` epochs.
+//! - Pruning (TFMOT's tutorial): a copy fine-tuned `--prune-epochs` epochs, batch 128,
+//!   `validation_split` 0.1, fresh Adam (TFMOT recompiles), `PolynomialDecay(0.50 → 0.80, begin 0,
+//!   end ceil(54 000 / 128) · 2 = 844)`, masks every 100 steps; then stripped.
+//! - int8: the stripped model through pare-quant's converter, full integer (calibrated on 100
+//!   training images, TFLite's representative data set) and dynamic range; weights stored with
+//!   pare-prune's sparse int8 encoding (wired into pare-quant's `WeightCodec` below).
+//! - Structured: a copy of the baseline with half of its conv filters pruned (whole filters by
+//!   L1 norm, bias included) while fine-tuning like the pruned model, then the dead filters cut
+//!   out: a plain model half the size, no sparse kernel needed.
+//! - Inference time over the test set (median of 5 interleaved rounds, whole model, this
+//!   machine's threads):
+//!   pare-tensor's dense `predict`, `SparseSequential`, the int8 engine, the structured model.
+//! - `--sweep`: final sparsities 50, 60, 70, 80, 90, 95 % (same schedule shape, initial
+//!   `min(0.5, final)`), accuracy and size per point, plotted as
+//!   `target/pare/pruning-sweep.svg` (accuracy against gzip size).
+//! - `--quick`: 3 000 training images, 1 + 1 epochs, a three-point sweep (< 60 s).
+//!
+//! Saves every model it measures under `target/pare/models/` and writes
+//! `target/pare/pruning.json` (`pruning-sweep.json` for the sweep).
+
+mod common;
+
+use anyhow::{Context, Result, bail};
+use ndarray::{ArrayD, ArrayViewD, Axis};
+use pare::prune::file::{SPARSE_ENCODING, decode_i8, encode_i8, save_sparse};
+use pare::prune::{
+    ConstantSparsity, MaskKind, Norm, PolynomialDecay, PruneCallback, SparseSequential,
+    remove_dead_channels, sparsity_report,
+};
+use pare::quant::file::{CodecError, WeightCodec};
+use pare::quant::{ConvertConfig, Mode, QuantizedModel, convert};
+use pare::tensor::Sequential;
+use pare::tensor::models::small_cnn;
+use pare::tensor::optim::{Adam, AdamConfig};
+use pare::tensor::train::{Fit, FitConfig, History, argmax, evaluate, predict};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const EVAL_BATCH: usize = 256;
+const VALIDATION_SPLIT: f32 = 0.1;
+const PRUNE_BATCH: usize = 128;
+const CALIBRATION_IMAGES: usize = 100;
+const SWEEP: [f32; 6] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95];
+const QUICK_SWEEP: [f32; 3] = [0.5, 0.8, 0.95];
+const TIMING_ROUNDS: usize = 5;
+
+const USAGE: &str = "pruning [--epochs 4] [--prune-epochs 2] [--seed 0] [--sweep] [--quick] \
+[--data-dir DIR]";
+
+struct Args {
+    epochs: usize,
+    prune_epochs: usize,
+    seed: u64,
+    sweep: bool,
+    quick: bool,
+    data_dir: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Option<Args>> {
+    let (mut epochs, mut prune_epochs) = (None, None);
+    let mut a = Args {
+        epochs: 4,
+        prune_epochs: 2,
+        seed: 0,
+        sweep: false,
+        quick: false,
+        data_dir: None,
+    };
+    let mut args = lexopt::Parser::from_env();
+    while let Some(arg) = args.next()? {
+        use lexopt::prelude::*;
+        match arg {
+            Long("epochs") => epochs = Some(args.value()?.parse()?),
+            Long("prune-epochs") => prune_epochs = Some(args.value()?.parse()?),
+            Long("seed") => a.seed = args.value()?.parse()?,
+            Long("sweep") => a.sweep = true,
+            Long("quick") => a.quick = true,
+            Long("data-dir") => a.data_dir = Some(args.value()?.into()),
+            Long("help") | Short('h') => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            _ => bail!(arg.unexpected()),
+        }
+    }
+    let default = if a.quick { (1, 1) } else { (4, 2) };
+    a.epochs = epochs.unwrap_or(default.0);
+    a.prune_epochs = prune_epochs.unwrap_or(default.1);
+    if a.epochs == 0 || a.prune_epochs == 0 {
+        bail!("--epochs and --prune-epochs must be >= 1");
+    }
+    Ok(Some(a))
+}
+
+// ---- Glue: pare-prune's sparse int8 encoding as pare-quant's weight codec ----------------------
+// The two crates may not depend on each other (design rule), so the codec is assembled here from
+// pare-prune's two functions.
+
+/// Bitmask + non-zero int8 values ([`pare::prune::sparse`]), where smaller than dense.
+struct SparseCodec;
+
+impl WeightCodec for SparseCodec {
+    fn name(&self) -> &str {
+        SPARSE_ENCODING
+    }
+    fn encode(&self, _tensor: &str, weights: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
+        encode_i8(weights)
+    }
+    fn decode(
+        &self,
+        _tensor: &str,
+        shape: &[usize],
+        bytes: &[u8],
+    ) -> std::result::Result<ArrayD<i8>, CodecError> {
+        Ok(decode_i8(shape, bytes)?)
+    }
+}
+// -----------------------------------------------------------------------------------------------
+
+fn models_dir() -> PathBuf {
+    common::out_dir().join("models")
+}
+
+/// A file's size raw and after gzip -9.
+#[derive(Clone, Copy)]
+struct Size {
+    raw: usize,
+    gzip: usize,
+}
+
+impl Size {
+    fn of(bytes: &[u8]) -> Size {
+        Size {
+            raw: bytes.len(),
+            gzip: common::gzip_len(bytes),
+        }
+    }
+    fn json(self) -> Value {
+        json!({ "bytes": self.raw, "gzip_bytes": self.gzip })
+    }
+}
+
+fn read_size(path: &Path) -> Result<Size> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Size::of(&bytes))
+}
+
+fn adam() -> Result<Adam> {
+    Ok(Adam::new(AdamConfig::default())?)
+}
+
+fn fit_config(epochs: usize, batch_size: usize, seed: u64) -> FitConfig {
+    FitConfig {
+        epochs,
+        batch_size,
+        seed,
+        validation_split: VALIDATION_SPLIT,
+        ..Default::default()
+    }
+}
+
+/// TFMOT's `end_step = ceil(num_images · (1 − validation_split) / batch) · epochs`.
+fn end_step(n: usize, epochs: usize) -> i64 {
+    let fit = n as f64 * (1.0 - f64::from(VALIDATION_SPLIT));
+    (fit / PRUNE_BATCH as f64).ceil() as i64 * epochs as i64
+}
+
+/// TFMOT's mask update frequency, 100 steps; every step in quick mode, whose fine-tuning is
+/// too short for 100.
+fn frequency(args: &Args) -> i64 {
+    if args.quick { 1 } else { 100 }
+}
+
+/// Fine-tunes a copy of `base` with the TFMOT tutorial's schedule to `final_sparsity`, and
+/// strips it.
+fn prune_to(
+    base: &Sequential,
+    final_sparsity: f32,
+    args: &Args,
+    (x, y): (&ArrayViewD<'_, f32>, &[usize]),
+) -> Result<(Sequential, PruneCallback, History)> {
+    let end = end_step(y.len(), args.prune_epochs);
+    let schedule = PolynomialDecay::new(
+        final_sparsity.min(0.5),
+        final_sparsity,
+        0,
+        end,
+        3.0,
+        frequency(args),
+    )?;
+    let mut prune = PruneCallback::new(schedule);
+    let mut model = base.clone();
+    let cfg = fit_config(args.prune_epochs, PRUNE_BATCH, args.seed);
+    let history = Fit::new(cfg)
+        .callback(&mut prune)
+        .run(&mut model, &mut adam()?, x.view(), y)?;
+    let stripped = prune.strip(&model)?;
+    Ok((stripped, prune, history))
+}
+
+fn accuracy(logits: &ndarray::Array2<f32>, y: &[usize]) -> f32 {
+    let correct = logits
+        .rows()
+        .into_iter()
+        .zip(y)
+        .filter(|(r, l)| argmax(&r.to_vec()) == **l)
+        .count();
+    correct as f32 / y.len().max(1) as f32
+}
+
+/// int8 conversion of `model`, its accuracy, and its file (sparse-encoded weights) at `path`.
+fn int8(
+    model: &Sequential,
+    mode: Mode,
+    calibration: ArrayViewD<'_, f32>,
+    (tx, ty): (&ArrayViewD<'_, f32>, &[usize]),
+    path: &Path,
+) -> Result<(QuantizedModel, f32, Size)> {
+    let cfg = ConvertConfig {
+        mode,
+        ..Default::default()
+    };
+    let q = convert(model, calibration, &cfg)?;
+    let acc = accuracy(&q.predict(tx.view())?, ty);
+    q.save_with(path, &SparseCodec)?;
+    // The file must give back the same model: same predictions on a few images.
+    let back = QuantizedModel::load_with(path, &SparseCodec)?;
+    let probe = tx.slice_axis(Axis(0), (0..64.min(ty.len())).into());
+    if back.predict(probe.view())? != q.predict(probe.view())? {
+        bail!("{} does not reload to the same model", path.display());
+    }
+    Ok((q, acc, read_size(path)?))
+}
+
+/// Median seconds of each job over `rounds` rounds, every round running every job once in turn,
+/// so that load from other processes on a shared machine falls on all of them alike.
+fn interleaved_medians(
+    rounds: usize,
+    jobs: &mut [&mut dyn FnMut() -> Result<()>],
+) -> Result<Vec<f64>> {
+    let mut times = vec![Vec::with_capacity(rounds); jobs.len()];
+    for _ in 0..rounds {
+        for (job, t) in jobs.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            job()?;
+            t.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
+}
+
+fn val_accuracy(h: &History) -> Option<f32> {
+    h.epochs.last().and_then(|e| e.val_accuracy)
+}
+
+fn main() -> Result<()> {
+    let Some(args) = parse_args()? else {
+        return Ok(());
+    };
+    let data = common::load_data(args.data_dir.as_deref())?;
+    let train = if args.quick {
+        data.train().take(3000)
+    } else {
+        data.train().clone()
+    };
+    let (x, y) = common::xy(&train);
+    let (tx, ty) = common::xy(data.test());
+    let calibration = x.slice_axis(Axis(0), (0..CALIBRATION_IMAGES.min(y.len())).into());
+    std::fs::create_dir_all(models_dir())?;
+    println!(
+        "{} training images ({} % held out for validation), {} test images, seed {}",
+        y.len(),
+        VALIDATION_SPLIT * 100.0,
+        ty.len(),
+        args.seed
+    );
+
+    // Baseline.
+    println!("\n== baseline: small CNN, {} epochs, batch 32", args.epochs);
+    let mut baseline = small_cnn(args.seed);
+    let base_h = Fit::new(fit_config(args.epochs, 32, args.seed)).run(
+        &mut baseline,
+        &mut adam()?,
+        x.view(),
+        &y,
+    )?;
+    let base_acc = evaluate(&baseline, tx.view(), &ty, EVAL_BATCH)?.accuracy;
+    let base_path = models_dir().join("baseline-f32.safetensors");
+    let meta = |what: &str| {
+        HashMap::from([
+            ("model".to_string(), "small_cnn".to_string()),
+            ("stage".to_string(), what.to_string()),
+            ("seed".to_string(), args.seed.to_string()),
+        ])
+    };
+    pare::tensor::checkpoint::save(&baseline, &base_path, meta("baseline"))?;
+    let base_size = read_size(&base_path)?;
+    println!("baseline test accuracy {}", common::pct(base_acc));
+
+    // Pruned to 80 % with the tutorial's schedule, stripped.
+    let end = end_step(y.len(), args.prune_epochs);
+    println!(
+        "\n== pruning: PolynomialDecay 0.50 -> 0.80 over steps 0..{end} (masks every {} steps), \
+         {} epochs, batch {PRUNE_BATCH}",
+        frequency(&args),
+        args.prune_epochs
+    );
+    let (pruned, prune, prune_h) = prune_to(&baseline, 0.8, &args, (&x, &y))?;
+    let pruned_acc = evaluate(&pruned, tx.view(), &ty, EVAL_BATCH)?.accuracy;
+    let updates: Vec<Value> = prune
+        .updates()
+        .iter()
+        .map(|u| json!({ "step": u.step, "sparsity": u.sparsity }))
+        .collect();
+    let layers = sparsity_report(&pruned);
+    println!("pruned test accuracy {}", common::pct(pruned_acc));
+    common::print_table(
+        &["parameter", "elements", "zeros", "sparsity"],
+        &layers
+            .iter()
+            .map(|l| {
+                vec![
+                    l.name.clone(),
+                    l.total.to_string(),
+                    l.zeros.to_string(),
+                    common::pct(l.sparsity),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    // As TFMOT measures it (the stripped model saved dense, then gzipped) and sparse-encoded.
+    let pruned_dense_path = models_dir().join("pruned-f32-dense.safetensors");
+    pare::tensor::checkpoint::save(&pruned, &pruned_dense_path, meta("pruned"))?;
+    let pruned_dense_size = read_size(&pruned_dense_path)?;
+    let pruned_path = models_dir().join("pruned-f32.safetensors");
+    save_sparse(&pruned, &pruned_path, meta("pruned"))?;
+    let pruned_size = read_size(&pruned_path)?;
+    let mut check = small_cnn(0);
+    pare::prune::load_sparse(&mut check, &pruned_path)?;
+    if check.params() != pruned.params() {
+        bail!(
+            "{} does not reload to the same weights",
+            pruned_path.display()
+        );
+    }
+
+    // int8.
+    println!("\n== int8 conversion (pare-quant), weights stored sparse where smaller");
+    let test = (&tx, ty.as_slice());
+    let (q_pruned, q_pruned_acc, q_pruned_size) = int8(
+        &pruned,
+        Mode::FullInteger,
+        calibration.view(),
+        test,
+        &models_dir().join("pruned-int8.safetensors"),
+    )?;
+    let (_, dr_acc, dr_size) = int8(
+        &pruned,
+        Mode::DynamicRange,
+        calibration.view(),
+        test,
+        &models_dir().join("pruned-int8-dynamic-range.safetensors"),
+    )?;
+    let (q_base, q_base_acc, q_base_size) = int8(
+        &baseline,
+        Mode::FullInteger,
+        calibration.view(),
+        test,
+        &models_dir().join("baseline-int8.safetensors"),
+    )?;
+    let q_pruned_dense = Size::of(&q_pruned.to_bytes()?);
+
+    // Structured: whole conv filters.
+    println!(
+        "\n== structured: half of the conv filters (L1), {} epochs, batch {PRUNE_BATCH}",
+        args.prune_epochs
+    );
+    let mut structured = baseline.clone();
+    let mut filters = PruneCallback::new(ConstantSparsity::new(0.5, 0, -1, 100)?)
+        .with_mask_kind(MaskKind::Channel { norm: Norm::L1 });
+    let structured_h = Fit::new(fit_config(args.prune_epochs, PRUNE_BATCH, args.seed))
+        .callback(&mut filters)
+        .run(&mut structured, &mut adam()?, x.view(), &y)?;
+    let (smaller, kept) = remove_dead_channels(&filters.strip(&structured)?)?;
+    let smaller_acc = evaluate(&smaller, tx.view(), &ty, EVAL_BATCH)?.accuracy;
+    let smaller_path = models_dir().join("structured-f32.safetensors");
+    pare::tensor::checkpoint::save(&smaller, &smaller_path, meta("structured"))?;
+    let smaller_size = read_size(&smaller_path)?;
+    let (_, q_smaller_acc, q_smaller_size) = int8(
+        &smaller,
+        Mode::FullInteger,
+        calibration.view(),
+        test,
+        &models_dir().join("structured-int8.safetensors"),
+    )?;
+    println!(
+        "kept filters {:?}; {} parameters (baseline {}), test accuracy {}",
+        kept,
+        smaller.num_params(),
+        baseline.num_params(),
+        common::pct(smaller_acc)
+    );
+
+    let conv_filters = |m: &Sequential| m.param("conv2d.bias").map_or(0, |p| p.value.len());
+    let filters_tag = format!(
+        "{}/{} filters",
+        conv_filters(&smaller),
+        conv_filters(&baseline)
+    );
+
+    // Inference over the test set.
+    println!(
+        "\n== inference time over {} test images (median of {TIMING_ROUNDS} interleaved rounds)",
+        ty.len()
+    );
+    let sparse = SparseSequential::new(&pruned, 0.5)?;
+    let t = interleaved_medians(
+        TIMING_ROUNDS,
+        &mut [
+            &mut || Ok(predict(&baseline, tx.view(), EVAL_BATCH).map(drop)?),
+            &mut || Ok(predict(&pruned, tx.view(), EVAL_BATCH).map(drop)?),
+            &mut || Ok(sparse.predict(tx.view(), EVAL_BATCH).map(drop)?),
+            &mut || Ok(q_base.predict(tx.view()).map(drop)?),
+            &mut || Ok(q_pruned.predict(tx.view()).map(drop)?),
+            &mut || Ok(predict(&smaller, tx.view(), EVAL_BATCH).map(drop)?),
+        ],
+    )?;
+    let (t_dense, t_pruned_dense, t_sparse, t_int8_base, t_int8, t_smaller) =
+        (t[0], t[1], t[2], t[3], t[4], t[5]);
+    let sparse_acc = accuracy(&sparse.predict(tx.view(), EVAL_BATCH)?, &ty);
+
+    // Report.
+    let ratio = |s: usize| format!("{:.1}x", base_size.gzip as f64 / s.max(1) as f64);
+    let row = |name: &str, acc: f32, size: Size, note: &str| {
+        vec![
+            name.to_string(),
+            common::pct(acc),
+            size.raw.to_string(),
+            size.gzip.to_string(),
+            ratio(size.gzip),
+            note.to_string(),
+        ]
+    };
+    println!();
+    common::print_table(
+        &[
+            "model",
+            "test acc",
+            "bytes",
+            "gzip bytes",
+            "gzip vs baseline",
+            "stored as",
+        ],
+        &[
+            row("baseline f32", base_acc, base_size, "dense f32"),
+            row(
+                "baseline int8",
+                q_base_acc,
+                q_base_size,
+                "int8 (dense: 0 % zeros)",
+            ),
+            row(
+                "pruned 80 % f32",
+                pruned_acc,
+                pruned_dense_size,
+                "dense f32 (as TFMOT)",
+            ),
+            row("pruned 80 % f32", pruned_acc, pruned_size, "sparse f32"),
+            row(
+                "pruned 80 % int8",
+                q_pruned_acc,
+                q_pruned_dense,
+                "dense int8",
+            ),
+            row(
+                "pruned 80 % int8",
+                q_pruned_acc,
+                q_pruned_size,
+                "sparse int8",
+            ),
+            row(
+                "pruned 80 % dyn-range",
+                dr_acc,
+                dr_size,
+                "sparse int8, f32 act.",
+            ),
+            row(
+                &format!("structured {filters_tag} f32"),
+                smaller_acc,
+                smaller_size,
+                "dense f32",
+            ),
+            row(
+                &format!("structured {filters_tag} int8"),
+                q_smaller_acc,
+                q_smaller_size,
+                "dense int8",
+            ),
+        ],
+    );
+    let ms = |s: f64| format!("{:.1}", s * 1000.0);
+    println!();
+    common::print_table(
+        &["inference (whole test set)", "ms", "vs baseline f32"],
+        &[
+            ("baseline f32, pare-tensor", t_dense),
+            ("pruned f32, pare-tensor (dense)", t_pruned_dense),
+            ("pruned f32, SparseSequential", t_sparse),
+            ("baseline int8 engine", t_int8_base),
+            ("pruned int8 engine", t_int8),
+            ("structured f32, pare-tensor", t_smaller),
+        ]
+        .iter()
+        .map(|(n, t)| vec![n.to_string(), ms(*t), format!("{:.2}x", t_dense / t)])
+        .collect::<Vec<_>>(),
+    );
+    println!(
+        "SparseSequential runs {:?} sparse; its test accuracy {} (dense path {})",
+        sparse.sparse_layers(),
+        common::pct(sparse_acc),
+        common::pct(pruned_acc)
+    );
+
+    let sweep = if args.sweep {
+        let reference = Reference {
+            f32_acc: base_acc,
+            f32_size: base_size,
+            int8_acc: q_base_acc,
+            int8_size: q_base_size,
+        };
+        Some(run_sweep(
+            &args,
+            &baseline,
+            &reference,
+            (&x, &y),
+            test,
+            calibration.view(),
+        )?)
+    } else {
+        None
+    };
+
+    let layer_sparsity: Vec<Value> = layers
+        .iter()
+        .map(|l| json!({ "name": l.name, "total": l.total, "zeros": l.zeros, "sparsity": l.sparsity }))
+        .collect();
+    let path = common::write_json(
+        "pruning.json",
+        &json!({
+            "seed": args.seed,
+            "quick": args.quick,
+            "train_images": y.len(),
+            "test_images": ty.len(),
+            "epochs": args.epochs,
+            "prune_epochs": args.prune_epochs,
+            "schedule": { "kind": "PolynomialDecay", "initial_sparsity": 0.5, "final_sparsity": 0.8,
+                          "begin_step": 0, "end_step": end, "power": 3.0, "frequency": frequency(&args) },
+            "mask_updates": updates,
+            "baseline_accuracy": base_acc,
+            "baseline_val_accuracy": val_accuracy(&base_h),
+            "baseline_int8_accuracy": q_base_acc,
+            "pruned_accuracy": pruned_acc,
+            "pruned_val_accuracy": val_accuracy(&prune_h),
+            "pruned_int8_accuracy": q_pruned_acc,
+            "pruned_dynamic_range_accuracy": dr_acc,
+            "sparse_sequential_accuracy": sparse_acc,
+            "layer_sparsity": layer_sparsity,
+            "baseline_model_bytes": base_size.raw,
+            "baseline_model_gzip_bytes": base_size.gzip,
+            "baseline_int8_model": q_base_size.json(),
+            "pruned_dense_model": pruned_dense_size.json(),
+            "pruned_model_bytes": pruned_size.raw,
+            "pruned_model_gzip_bytes": pruned_size.gzip,
+            "pruned_int8_dense_weights_model": q_pruned_dense.json(),
+            "pruned_int8_model_bytes": q_pruned_size.raw,
+            "pruned_int8_model_gzip_bytes": q_pruned_size.gzip,
+            "pruned_dynamic_range_model": dr_size.json(),
+            "compression_ratio_gzip": base_size.gzip as f64 / q_pruned_size.gzip as f64,
+            "structured": {
+                "kept_channels": kept.iter().map(|(l, k)| json!({ "layer": l, "kept": k })).collect::<Vec<_>>(),
+                "params": smaller.num_params(),
+                "accuracy": smaller_acc,
+                "val_accuracy": val_accuracy(&structured_h),
+                "int8_accuracy": q_smaller_acc,
+                "model": smaller_size.json(),
+                "int8_model": q_smaller_size.json(),
+            },
+            "inference_seconds": {
+                "images": ty.len(),
+                "threads": rayon::current_num_threads(),
+                "baseline_f32": t_dense,
+                "pruned_f32_dense": t_pruned_dense,
+                "pruned_f32_sparse_sequential": t_sparse,
+                "baseline_int8": t_int8_base,
+                "pruned_int8": t_int8,
+                "structured_f32": t_smaller,
+            },
+            "sweep": sweep,
+        }),
+    )?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// One point of the sweep.
+struct Point {
+    sparsity: f32,
+    f32_acc: f32,
+    int8_acc: f32,
+    f32_size: Size,
+    int8_size: Size,
+}
+
+/// The unpruned model's figures, drawn for reference in the sweep's plot.
+struct Reference {
+    f32_acc: f32,
+    f32_size: Size,
+    int8_acc: f32,
+    int8_size: Size,
+}
+
+fn run_sweep(
+    args: &Args,
+    baseline: &Sequential,
+    reference: &Reference,
+    train: (&ArrayViewD<'_, f32>, &[usize]),
+    test: (&ArrayViewD<'_, f32>, &[usize]),
+    calibration: ArrayViewD<'_, f32>,
+) -> Result<Value> {
+    let targets: &[f32] = if args.quick { &QUICK_SWEEP } else { &SWEEP };
+    let mut points = Vec::new();
+    for &s in targets {
+        println!("\n== sweep: final sparsity {:.0} %", s * 100.0);
+        let (pruned, _, _) = prune_to(baseline, s, args, train)?;
+        let f32_acc = evaluate(&pruned, test.0.view(), test.1, EVAL_BATCH)?.accuracy;
+        let tag = format!("{:.0}", s * 100.0);
+        let f32_path = models_dir().join(format!("sweep-{tag}-f32.safetensors"));
+        save_sparse(&pruned, &f32_path, HashMap::new())?;
+        let int8_path = models_dir().join(format!("sweep-{tag}-int8.safetensors"));
+        let (_, int8_acc, int8_size) = int8(
+            &pruned,
+            Mode::FullInteger,
+            calibration.view(),
+            test,
+            &int8_path,
+        )?;
+        points.push(Point {
+            sparsity: s,
+            f32_acc,
+            int8_acc,
+            f32_size: read_size(&f32_path)?,
+            int8_size,
+        });
+    }
+    println!();
+    common::print_table(
+        &[
+            "sparsity",
+            "f32 acc",
+            "f32 gzip",
+            "int8 acc",
+            "int8 bytes",
+            "int8 gzip",
+            "int8 gzip vs baseline",
+        ],
+        &points
+            .iter()
+            .map(|p| {
+                vec![
+                    format!("{:.0} %", p.sparsity * 100.0),
+                    common::pct(p.f32_acc),
+                    p.f32_size.gzip.to_string(),
+                    common::pct(p.int8_acc),
+                    p.int8_size.raw.to_string(),
+                    p.int8_size.gzip.to_string(),
+                    format!(
+                        "{:.1}x",
+                        reference.f32_size.gzip as f64 / p.int8_size.gzip as f64
+                    ),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    let svg = sweep_svg(&points, reference);
+    let path = common::out_dir().join("pruning-sweep.svg");
+    pare::tensor::io::write_atomic(&path, svg.as_bytes())?;
+    println!("wrote {}", path.display());
+    let json_points: Vec<Value> = points
+        .iter()
+        .map(|p| {
+            json!({
+                "sparsity": p.sparsity,
+                "f32_accuracy": p.f32_acc,
+                "int8_accuracy": p.int8_acc,
+                "f32_model": p.f32_size.json(),
+                "int8_model": p.int8_size.json(),
+            })
+        })
+        .collect();
+    let sweep = json!({
+        "baseline_accuracy": reference.f32_acc,
+        "baseline_model_gzip_bytes": reference.f32_size.gzip,
+        "baseline_int8_accuracy": reference.int8_acc,
+        "baseline_int8_model_gzip_bytes": reference.int8_size.gzip,
+        "points": json_points,
+    });
+    common::write_json("pruning-sweep.json", &sweep)?;
+    Ok(sweep)
+}
+
+/// Reads a sweep point's (gzip size, accuracy) for one series of the plot.
+type Coords = fn(&Point) -> (usize, f32);
+
+/// Accuracy against gzip size (log scale), one line per format, written by hand.
+fn sweep_svg(points: &[Point], reference: &Reference) -> String {
+    let (w, h, left, right, top, bottom) = (720.0, 440.0, 70.0, 170.0, 50.0, 60.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let refs = [
+        (reference.f32_size.gzip, reference.f32_acc),
+        (reference.int8_size.gzip, reference.int8_acc),
+    ];
+    let sizes = points
+        .iter()
+        .flat_map(|p| [p.f32_size.gzip, p.int8_size.gzip])
+        .chain(refs.iter().map(|r| r.0));
+    let (mut lo, mut hi) = sizes.fold((f64::MAX, 0.0f64), |(a, b), s| {
+        (a.min(s as f64), b.max(s as f64))
+    });
+    lo = 10f64.powf(lo.log10().floor());
+    hi = 10f64.powf(hi.log10().ceil());
+    let accs = points
+        .iter()
+        .flat_map(|p| [p.f32_acc, p.int8_acc])
+        .chain(refs.iter().map(|r| r.1));
+    let (amin, amax) = accs.fold((1.0f32, 0.0f32), |(a, b), v| (a.min(v), b.max(v)));
+    let (amin, amax) = (
+        (f64::from(amin) * 100.0 - 0.5).floor(),
+        (f64::from(amax) * 100.0 + 0.5).ceil(),
+    );
+    let sx = |s: usize| left + pw * ((s as f64).log10() - lo.log10()) / (hi.log10() - lo.log10());
+    let sy = |a: f32| top + ph * (1.0 - (f64::from(a) * 100.0 - amin) / (amax - amin).max(1e-9));
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"24\" font-size=\"14\" font-weight=\"bold\">Small CNN on MNIST: \
+         test accuracy against model size (gzip -9)</text>\n"
+    );
+    s += &format!(
+        "<rect x=\"{left}\" y=\"{top}\" width=\"{pw}\" height=\"{ph}\" fill=\"none\" stroke=\"#444\"/>\n"
+    );
+    let mut decade = lo;
+    while decade <= hi * 1.0001 {
+        for m in 1..10 {
+            let v = decade * m as f64;
+            if v > hi * 1.0001 {
+                break;
+            }
+            let x = sx(v as usize);
+            let (stroke, label) = if m == 1 {
+                ("#bbb", format!("{}", v as u64))
+            } else {
+                ("#eee", String::new())
+            };
+            s += &format!(
+                "<line x1=\"{x:.1}\" y1=\"{top}\" x2=\"{x:.1}\" y2=\"{}\" stroke=\"{stroke}\"/>\n",
+                top + ph
+            );
+            if !label.is_empty() {
+                s += &format!(
+                    "<text x=\"{x:.1}\" y=\"{}\" text-anchor=\"middle\">{label}</text>\n",
+                    top + ph + 16.0
+                );
+            }
+        }
+        decade *= 10.0;
+    }
+    let mut a = amin;
+    while a <= amax + 1e-9 {
+        let y = sy((a / 100.0) as f32);
+        s += &format!(
+            "<line x1=\"{left}\" y1=\"{y:.1}\" x2=\"{}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\n\
+             <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{a:.0} %</text>\n",
+            left + pw,
+            left - 6.0,
+            y + 4.0
+        );
+        a += 1.0;
+    }
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">model file size, bytes after gzip -9 (log scale)</text>\n\
+         <text x=\"18\" y=\"{}\" transform=\"rotate(-90 18 {})\" text-anchor=\"middle\">test accuracy</text>\n",
+        left + pw / 2.0,
+        h - 18.0,
+        top + ph / 2.0,
+        top + ph / 2.0
+    );
+    let series: [(&str, &str, Coords); 2] = [
+        ("f32, sparse file", "#2166ac", |p| {
+            (p.f32_size.gzip, p.f32_acc)
+        }),
+        ("int8, sparse weights", "#b2182b", |p| {
+            (p.int8_size.gzip, p.int8_acc)
+        }),
+    ];
+    for (k, (label, colour, get)) in series.iter().enumerate() {
+        let pts: Vec<String> = points
+            .iter()
+            .map(|p| {
+                let (size, acc) = get(p);
+                format!("{:.1},{:.1}", sx(size), sy(acc))
+            })
+            .collect();
+        s += &format!(
+            "<polyline points=\"{}\" fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\"/>\n",
+            pts.join(" ")
+        );
+        for (i, p) in points.iter().enumerate() {
+            let (size, acc) = get(p);
+            let (x, y) = (sx(size), sy(acc));
+            // Alternate labels above and below: neighbouring points sit close at low sparsity.
+            let dy = if i % 2 == 0 { -7.0 } else { 15.0 };
+            s += &format!(
+                "<circle cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"4\" fill=\"{colour}\"/>\n\
+                 <text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" fill=\"{colour}\">{:.0} %</text>\n",
+                x + 5.0,
+                y + dy,
+                p.sparsity * 100.0
+            );
+        }
+        // The unpruned model in the same format: a hollow marker.
+        let (size, acc) = refs[k];
+        s += &format!(
+            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"5\" fill=\"white\" stroke=\"{colour}\" \
+             stroke-width=\"2\"/>\n<text x=\"{:.1}\" y=\"{:.1}\" font-size=\"10\" \
+             fill=\"{colour}\">unpruned</text>\n",
+            sx(size),
+            sy(acc),
+            sx(size) + 7.0,
+            sy(acc) + 15.0
+        );
+        let ly = top + 20.0 + 22.0 * k as f64;
+        let lx = left + pw + 16.0;
+        s += &format!(
+            "<line x1=\"{lx}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{colour}\" stroke-width=\"2\"/>\n\
+             <text x=\"{}\" y=\"{}\">{label}</text>\n",
+            lx + 24.0,
+            lx + 30.0,
+            ly + 4.0
+        );
+    }
+    s += &format!(
+        "<text x=\"{}\" y=\"{}\" font-size=\"10\" fill=\"#555\">labels: final sparsity</text>\n",
+        left + pw + 16.0,
+        top + 76.0
+    );
+    s += "</svg>\n";
+    s
+}
