@@ -360,6 +360,13 @@ impl Graph {
     }
 
     fn push(&mut self, op: Op, value: ArrayD<f32>, inputs: &[Var]) -> Var {
+        // Every kernel reshapes its inputs as contiguous row-major data; a transposed or
+        // sliced array from the user is copied into that layout once, here.
+        let value = if value.is_standard_layout() {
+            value
+        } else {
+            value.as_standard_layout().into_owned()
+        };
         let needs_grad = match op {
             Op::Param(_) => true,
             Op::Constant => false,

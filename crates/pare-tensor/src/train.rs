@@ -330,7 +330,10 @@ impl<'a> Fit<'a> {
         let x = x.as_standard_layout();
         let n = x.shape()[0];
         let (n_train, split_val) = if self.validation.is_none() && cfg.validation_split > 0.0 {
-            let at = (n as f64 * (1.0 - cfg.validation_split as f64)) as usize;
+            // Keras computes int(n * (1 - split)) in f64 from the literal the user wrote; an
+            // f32 0.1 widened to f64 is 0.10000000149 and would keep 53,999 of 60,000.
+            let split: f64 = cfg.validation_split.to_string().parse().unwrap_or(0.0);
+            let at = (n as f64 * (1.0 - split)) as usize;
             (at, Some(at))
         } else {
             (n, None)
@@ -667,6 +670,42 @@ mod tests {
         let last = h.epochs.last().unwrap();
         assert!(last.val_accuracy.unwrap() > 0.95, "{last:?}");
         assert_eq!(adam.iterations(), 3 * 8); // 160 training examples / 20
+    }
+
+    #[test]
+    fn validation_split_keeps_what_keras_keeps() {
+        // Keras: int(60000 * (1 - 0.1)) = 54000 training examples; here with 100 examples
+        // and 0.1 → 90, 0.3 → 70 (f64 arithmetic on the decimal literal).
+        let (x, y) = toy_data(100, 9);
+        for (split, train) in [(0.1f32, 90u64), (0.3, 70)] {
+            let mut model = small_cnn(0);
+            let mut adam = Adam::new(AdamConfig::default()).unwrap();
+            let cfg = FitConfig {
+                epochs: 1,
+                batch_size: 10,
+                validation_split: split,
+                verbose: false,
+                ..Default::default()
+            };
+            Fit::new(cfg)
+                .run(&mut model, &mut adam, x.view(), &y)
+                .unwrap();
+            assert_eq!(adam.iterations(), train / 10, "split {split}");
+        }
+    }
+
+    #[test]
+    fn transposed_parameters_are_accepted() {
+        let mut g = Graph::new();
+        let k = ArrayD::from_shape_fn(IxDyn(&[12, 1, 3, 3]), |i| i[0] as f32)
+            .permuted_axes(IxDyn(&[2, 3, 1, 0]));
+        assert!(!k.is_standard_layout());
+        let p = Param::new("k", k);
+        let kv = g.param(&p);
+        let x = g.constant(ArrayD::ones(IxDyn(&[1, 5, 5, 1])));
+        let y = g.conv2d(x, kv, [1, 1], crate::Padding::Valid);
+        assert_eq!(g.shape(y), &[1, 3, 3, 12]);
+        assert_eq!(g.value(y)[[0, 0, 0, 5]], 45.0);
     }
 
     #[test]
