@@ -28,13 +28,13 @@
 mod common;
 
 use anyhow::{Context, Result, bail};
-use ndarray::{ArrayD, ArrayViewD, Axis};
-use pare::prune::file::{SPARSE_ENCODING, decode_i8, encode_i8, save_sparse};
+use ndarray::{ArrayViewD, Axis};
+use pare::codecs::SparseCodec;
+use pare::prune::file::save_sparse;
 use pare::prune::{
     ConstantSparsity, MaskKind, Norm, PolynomialDecay, PruneCallback, SparseSequential,
     remove_dead_channels, sparsity_report,
 };
-use pare::quant::file::{CodecError, WeightCodec};
 use pare::quant::{ConvertConfig, Mode, QuantizedModel, convert};
 use pare::tensor::Sequential;
 use pare::tensor::models::small_cnn;
@@ -100,31 +100,6 @@ fn parse_args() -> Result<Option<Args>> {
     }
     Ok(Some(a))
 }
-
-// ---- Glue: pare-prune's sparse int8 encoding as pare-quant's weight codec ----------------------
-// The two crates may not depend on each other (design rule), so the codec is assembled here from
-// pare-prune's two functions.
-
-/// Bitmask + non-zero int8 values ([`pare::prune::sparse`]), where smaller than dense.
-struct SparseCodec;
-
-impl WeightCodec for SparseCodec {
-    fn name(&self) -> &str {
-        SPARSE_ENCODING
-    }
-    fn encode(&self, _tensor: &str, weights: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
-        encode_i8(weights)
-    }
-    fn decode(
-        &self,
-        _tensor: &str,
-        shape: &[usize],
-        bytes: &[u8],
-    ) -> std::result::Result<ArrayD<i8>, CodecError> {
-        Ok(decode_i8(shape, bytes)?)
-    }
-}
-// -----------------------------------------------------------------------------------------------
 
 fn models_dir() -> PathBuf {
     common::out_dir().join("models")

@@ -12,6 +12,8 @@
 //! assert_eq!(model.num_params(), 20_410);
 //! ```
 
+pub mod codecs;
+
 pub use pare_distill as distill;
 pub use pare_mnist as mnist;
 pub use pare_prune as prune;

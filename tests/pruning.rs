@@ -15,30 +15,15 @@
 
 mod common;
 
-use ndarray::{ArrayD, ArrayViewD, Axis};
-use pare::prune::file::{
-    SPARSE_ENCODING, decode_i8, encode_i8, load_sparse_bytes, to_sparse_bytes,
-};
+use ndarray::Axis;
+use pare::prune::file::{load_sparse_bytes, to_sparse_bytes};
 use pare::prune::{PolynomialDecay, PruneCallback, PruningSchedule, kept_count, sparsity_report};
-use pare::quant::file::{CodecError, WeightCodec};
 use pare::quant::{ConvertConfig, QuantizedModel, convert};
 use pare::tensor::models::small_cnn;
 use pare::tensor::optim::{Adam, AdamConfig};
 use pare::tensor::train::{Fit, FitConfig, argmax, evaluate};
 
-struct SparseCodec;
-
-impl WeightCodec for SparseCodec {
-    fn name(&self) -> &str {
-        SPARSE_ENCODING
-    }
-    fn encode(&self, _: &str, w: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
-        encode_i8(w)
-    }
-    fn decode(&self, _: &str, shape: &[usize], b: &[u8]) -> Result<ArrayD<i8>, CodecError> {
-        Ok(decode_i8(shape, b)?)
-    }
-}
+use pare::codecs::SparseCodec;
 
 #[test]
 fn small_cnn_pruned_to_80_percent_keeps_its_accuracy_through_int8() {
