@@ -9,9 +9,7 @@ mod common;
 
 use ndarray::{Array2, Axis};
 use pare::quant::{ConvertConfig, InputType, Mode, QuantizedModel, convert};
-use pare::tensor::models::small_cnn;
-use pare::tensor::optim::{Adam, AdamConfig};
-use pare::tensor::train::{Fit, FitConfig, argmax, evaluate};
+use pare::tensor::train::{argmax, evaluate};
 
 fn classes(logits: &Array2<f32>) -> Vec<usize> {
     logits
@@ -28,20 +26,8 @@ fn accuracy(pred: &[usize], labels: &[usize]) -> f32 {
 #[test]
 fn int8_small_cnn_keeps_float_accuracy_on_mnist() {
     let Some(data) = common::mnist() else { return };
-    let train = data.train().take(6000);
-    let (x, y) = (train.images().view().into_dyn(), train.labels_usize());
-    let mut model = small_cnn(0);
-    let mut adam = Adam::new(AdamConfig::default()).unwrap();
-    let cfg = FitConfig {
-        epochs: 1,
-        batch_size: 32,
-        seed: 0,
-        verbose: false,
-        ..Default::default()
-    };
-    Fit::new(cfg)
-        .run(&mut model, &mut adam, x.view(), &y)
-        .unwrap();
+    let (train, model, _) = common::small_cnn_one_epoch(&data);
+    let x = train.images().view().into_dyn();
 
     let calibration = x.slice_axis(Axis(0), (0..100).into());
     let config = ConvertConfig {

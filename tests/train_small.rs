@@ -7,25 +7,12 @@
 
 mod common;
 
-use pare::tensor::models::small_cnn;
-use pare::tensor::optim::{Adam, AdamConfig};
-use pare::tensor::train::{Fit, FitConfig, evaluate};
+use pare::tensor::train::evaluate;
 
 #[test]
 fn small_cnn_learns_mnist_in_one_epoch_on_6000_images() {
     let Some(data) = common::mnist() else { return };
-    let train = data.train().take(6000);
-    let (x, y) = (train.images().view().into_dyn(), train.labels_usize());
-    let mut model = small_cnn(0);
-    let mut adam = Adam::new(AdamConfig::default()).unwrap();
-    let cfg = FitConfig {
-        epochs: 1,
-        batch_size: 32,
-        seed: 0,
-        verbose: false,
-        ..Default::default()
-    };
-    let h = Fit::new(cfg).run(&mut model, &mut adam, x, &y).unwrap();
+    let (_, model, h) = common::small_cnn_one_epoch(&data);
     let test = data.test();
     let eval = evaluate(
         &model,

@@ -1,7 +1,11 @@
 //! Helpers shared by the workspace-level tests.
 #![allow(dead_code)]
 
-use pare::mnist::Mnist;
+use pare::mnist::{Dataset, Mnist};
+use pare::tensor::Sequential;
+use pare::tensor::models::small_cnn;
+use pare::tensor::optim::{Adam, AdamConfig};
+use pare::tensor::train::{Fit, FitConfig, History};
 use std::path::Path;
 
 /// MNIST from `MNIST_DIR`, else the shared copy beside the repository; `None` (with a message)
@@ -16,4 +20,22 @@ pub fn mnist() -> Option<Mnist> {
     }
     eprintln!("skipping: set MNIST_DIR to the MNIST directory to run this test");
     None
+}
+
+/// The first 6,000 training images and the small CNN (seed 0) trained on them for one epoch
+/// with Keras' defaults (Adam 1e-3, batch 32): the starting point of the real-data tests.
+pub fn small_cnn_one_epoch(data: &Mnist) -> (Dataset, Sequential, History) {
+    let train = data.train().take(6000);
+    let (x, y) = (train.images().view().into_dyn(), train.labels_usize());
+    let mut model = small_cnn(0);
+    let mut adam = Adam::new(AdamConfig::default()).unwrap();
+    let cfg = FitConfig {
+        epochs: 1,
+        batch_size: 32,
+        seed: 0,
+        verbose: false,
+        ..Default::default()
+    };
+    let history = Fit::new(cfg).run(&mut model, &mut adam, x, &y).unwrap();
+    (train, model, history)
 }
