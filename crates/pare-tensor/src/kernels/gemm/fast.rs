@@ -17,7 +17,9 @@ pub(super) fn matmul(
     let (m, k) = a.dim();
     let n = b.ncols();
     let row = |v: &ArrayView2<'_, f32>| v.strides()[1] == 1 || v.ncols() <= 1;
-    if m * n * k < PARALLEL_THRESHOLD || (row(&a) && row(&b)) {
+    // Small or thin products (a first layer's kernel gradient is 9 x 12 over a long k) gain
+    // nothing from re-ordering and would pay for the copy.
+    if m * n * k < PARALLEL_THRESHOLD || m.min(n) < 64 || (row(&a) && row(&b)) {
         return raw_matmul(a, b, c, accumulate);
     }
     // transposed_copy(v.t()) is `v` itself, row-major.
