@@ -210,29 +210,16 @@ mod tests {
     use super::*;
     use crate::hint::{HintConfig, PROJECTION_NAME};
     use approx::assert_abs_diff_eq;
-    use ndarray::{Array4, IxDyn};
+    use ndarray::IxDyn;
     use pare_tensor::models::teacher_cnn;
     use pare_tensor::optim::{Adam, AdamConfig};
     use pare_tensor::train::{Fit, FitConfig, gather};
     use pare_tensor::{Grads, TensorError};
-    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use rand::{SeedableRng, rngs::StdRng};
 
     /// Two classes: a bright top half or a bright bottom half, plus noise.
     fn toy_data(n: usize, seed: u64) -> (ArrayD<f32>, Vec<usize>) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut x = Array4::<f32>::zeros((n, 28, 28, 1));
-        let mut y = Vec::new();
-        for i in 0..n {
-            let label = i % 2;
-            for r in 0..28 {
-                for c in 0..28 {
-                    let on = (r < 14) == (label == 0);
-                    x[[i, r, c, 0]] = if on { 0.7 } else { 0.0 } + rng.random_range(0.0..0.3);
-                }
-            }
-            y.push(label);
-        }
-        (x.into_dyn(), y)
+        pare_tensor::gradcheck::toy_halves(n, seed, 0.7, 0.3)
     }
 
     /// One step of `d` on the examples `idx`; the graph's node count, loss and gradients.

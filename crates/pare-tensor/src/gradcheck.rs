@@ -48,3 +48,25 @@ pub fn max_gradient_error(
     }
     worst
 }
+
+/// A two-class toy image set a tiny CNN separates in a few steps: class 0 lights the top half of
+/// a 28x28 image, class 1 the bottom half, at `level` plus uniform noise in `[0, noise)`.
+/// Labels alternate 0, 1, 0, ...; the noise comes from `seed`. Shared by the tests of every
+/// crate that trains something.
+pub fn toy_halves(n: usize, seed: u64, level: f32, noise: f32) -> (ArrayD<f32>, Vec<usize>) {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut x = ndarray::Array4::<f32>::zeros((n, 28, 28, 1));
+    let mut y = Vec::with_capacity(n);
+    for i in 0..n {
+        let label = i % 2;
+        for r in 0..28 {
+            for c in 0..28 {
+                let on = (r < 14) == (label == 0);
+                x[[i, r, c, 0]] = if on { level } else { 0.0 } + rng.random_range(0.0..noise);
+            }
+        }
+        y.push(label);
+    }
+    (x.into_dyn(), y)
+}

@@ -577,25 +577,10 @@ mod tests {
     use super::*;
     use crate::models::small_cnn;
     use crate::optim::{Adam, AdamConfig};
-    use ndarray::Array4;
-    use rand::Rng;
 
     /// Two classes a tiny CNN can separate: a bright top half vs a bright bottom half, plus noise.
     fn toy_data(n: usize, seed: u64) -> (ArrayD<f32>, Vec<usize>) {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut x = Array4::<f32>::zeros((n, 28, 28, 1));
-        let mut y = Vec::new();
-        for i in 0..n {
-            let label = i % 2;
-            for r in 0..28 {
-                for c in 0..28 {
-                    let on = (r < 14) == (label == 0);
-                    x[[i, r, c, 0]] = if on { 0.8 } else { 0.0 } + rng.random_range(0.0..0.2);
-                }
-            }
-            y.push(label);
-        }
-        (x.into_dyn(), y)
+        crate::gradcheck::toy_halves(n, seed, 0.8, 0.2)
     }
 
     fn train_once(seed: u64) -> (Sequential, History) {
