@@ -1,15 +1,16 @@
 //! Trains one of the reference CNNs on MNIST and reports accuracy and speed.
 //!
 //! `cargo run --release --example train -- --model small|teacher|student --epochs N
-//! [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR]`
-//! Writes `target/pare/train-<model>.json`.
+//! [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--test-each-epoch]`
+//! `--test-each-epoch` scores the test set after every epoch to show the learning curve; it is
+//! a diagnostic only and selects nothing. Writes `target/pare/train-<model>.json`.
 
 mod common;
 
 use anyhow::{Result, bail};
 use pare::tensor::models::Reference;
 use pare::tensor::optim::{Adam, AdamConfig};
-use pare::tensor::train::{Fit, FitConfig, evaluate};
+use pare::tensor::train::{Callback, Fit, FitConfig, evaluate};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -18,6 +19,7 @@ fn main() -> Result<()> {
     let (mut epochs, mut batch_size, mut seed, mut limit) = (None, 32usize, 0u64, None::<usize>);
     let mut data_dir: Option<PathBuf> = None;
     let mut quick = false;
+    let mut test_each_epoch = false;
     let mut args = lexopt::Parser::from_env();
     while let Some(arg) = args.next()? {
         use lexopt::prelude::*;
@@ -35,9 +37,10 @@ fn main() -> Result<()> {
             Long("limit") => limit = Some(args.value()?.parse()?),
             Long("data-dir") => data_dir = Some(args.value()?.into()),
             Long("quick") => quick = true,
+            Long("test-each-epoch") => test_each_epoch = true,
             Long("help") => {
                 println!(
-                    "train --model small|teacher|student [--epochs N] [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--quick]"
+                    "train --model small|teacher|student [--epochs N] [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--test-each-epoch] [--quick]"
                 );
                 return Ok(());
             }
@@ -67,7 +70,16 @@ fn main() -> Result<()> {
         seed,
         ..Default::default()
     };
-    let history = Fit::new(cfg).run(&mut model, &mut adam, x, &y)?;
+    let mut curve = TestCurve {
+        x: tx.clone(),
+        y: &ty,
+        accuracy: vec![],
+    };
+    let mut fit = Fit::new(cfg);
+    if test_each_epoch {
+        fit = fit.callback(&mut curve);
+    }
+    let history = fit.run(&mut model, &mut adam, x, &y)?;
     let eval = evaluate(&model, tx, &ty, 256)?;
     let secs: Vec<f64> = history.epochs.iter().map(|e| e.seconds).collect();
     let ips = y.len() as f64 * secs.len() as f64 / secs.iter().sum::<f64>();
@@ -109,8 +121,29 @@ fn main() -> Result<()> {
             "train_loss": history.epochs.iter().map(|e| e.loss).collect::<Vec<_>>(),
             "train_accuracy": history.epochs.iter().map(|e| e.accuracy).collect::<Vec<_>>(),
             "train_images_per_second": ips,
+            "test_accuracy_per_epoch": curve.accuracy,
         }),
     )?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// Scores the test set after each epoch; records only, never changes training.
+struct TestCurve<'a> {
+    x: ndarray::ArrayViewD<'a, f32>,
+    y: &'a [usize],
+    accuracy: Vec<f32>,
+}
+
+impl Callback for TestCurve<'_> {
+    fn on_epoch_end(
+        &mut self,
+        log: &pare::tensor::train::EpochLog,
+        model: &mut pare::tensor::Sequential,
+    ) -> pare::tensor::Result<()> {
+        let e = evaluate(model, self.x.clone(), self.y, 256)?;
+        println!("epoch {}: test accuracy {}", log.epoch + 1, common::pct(e.accuracy));
+        self.accuracy.push(e.accuracy);
+        Ok(())
+    }
 }

@@ -1,9 +1,10 @@
-//! The small CNN learns MNIST: 6,000 training images, one epoch with Keras' defaults (Adam 1e-3,
-//! batch 32, 188 steps).
+//! The small CNN learns MNIST: 6,000 training images, one epoch, beating 90 % test accuracy.
 //!
-//! Measured: 88.4 / 90.0 / 89.2 / 89.0 % test accuracy for seeds 0–3, the same learning curve as
-//! Keras (after a full epoch both show ~92 % running train accuracy and ~96–97 % held out), so
-//! the bar is 87 %: far above chance and above any broken gradient, without being a coin flip.
+//! With Keras' defaults (Adam 1e-3, batch 32) one epoch is only 188 steps and lands at
+//! 88.4–90.6 % over seeds 0–5 (Keras follows the same curve), so 90 % would be a coin flip.
+//! Batch 16 with Adam 3e-3 (375 steps) measured 92.0–93.9 % over seeds 0–7 (seed 0: 93.2 %),
+//! which leaves a 2 pp margin: a broken gradient or optimizer cannot reach the bar, a correct one
+//! does not miss it by chance.
 
 mod common;
 
@@ -12,7 +13,7 @@ use pare::tensor::train::evaluate;
 #[test]
 fn small_cnn_learns_mnist_in_one_epoch_on_6000_images() {
     let Some(data) = common::mnist() else { return };
-    let (_, model, h) = common::small_cnn_one_epoch(&data);
+    let (_, model, h) = common::small_cnn_one_epoch_with(&data, 16, 3e-3);
     let test = data.test();
     let eval = evaluate(
         &model,
@@ -22,7 +23,7 @@ fn small_cnn_learns_mnist_in_one_epoch_on_6000_images() {
     )
     .unwrap();
     assert!(
-        eval.accuracy > 0.87,
+        eval.accuracy > 0.90,
         "test accuracy {} after {:?}",
         eval.accuracy,
         h.epochs[0]

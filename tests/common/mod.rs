@@ -25,13 +25,26 @@ pub fn mnist() -> Option<Mnist> {
 /// The first 6,000 training images and the small CNN (seed 0) trained on them for one epoch
 /// with Keras' defaults (Adam 1e-3, batch 32): the starting point of the real-data tests.
 pub fn small_cnn_one_epoch(data: &Mnist) -> (Dataset, Sequential, History) {
+    small_cnn_one_epoch_with(data, 32, 1e-3)
+}
+
+/// [`small_cnn_one_epoch`] with another batch size and Adam learning rate.
+pub fn small_cnn_one_epoch_with(
+    data: &Mnist,
+    batch_size: usize,
+    learning_rate: f32,
+) -> (Dataset, Sequential, History) {
     let train = data.train().take(6000);
     let (x, y) = (train.images().view().into_dyn(), train.labels_usize());
     let mut model = small_cnn(0);
-    let mut adam = Adam::new(AdamConfig::default()).unwrap();
+    let mut adam = Adam::new(AdamConfig {
+        learning_rate,
+        ..Default::default()
+    })
+    .unwrap();
     let cfg = FitConfig {
         epochs: 1,
-        batch_size: 32,
+        batch_size,
         seed: 0,
         verbose: false,
         ..Default::default()
