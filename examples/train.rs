@@ -1,7 +1,9 @@
 //! Trains one of the reference CNNs on MNIST and reports accuracy and speed.
 //!
 //! `cargo run --release --example train -- --model small|teacher|student --epochs N
-//! [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--test-each-epoch]`
+//! [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--test-each-epoch]
+//! [--lr-schedule constant|cosine]`
+//! `--lr-schedule cosine` decays Adam's rate to 0 over the run (Keras' `CosineDecay`).
 //! `--test-each-epoch` scores the test set after every epoch to show the learning curve; it is
 //! a diagnostic only and selects nothing. Writes `target/pare/train-<model>.json`.
 
@@ -9,7 +11,7 @@ mod common;
 
 use anyhow::{Result, bail};
 use pare::tensor::models::Reference;
-use pare::tensor::optim::{Adam, AdamConfig};
+use pare::tensor::optim::{Adam, AdamConfig, LrSchedule};
 use pare::tensor::train::{Callback, Fit, FitConfig, evaluate};
 use serde_json::json;
 use std::path::PathBuf;
@@ -20,6 +22,7 @@ fn main() -> Result<()> {
     let mut data_dir: Option<PathBuf> = None;
     let mut quick = false;
     let mut test_each_epoch = false;
+    let mut cosine = false;
     let mut args = lexopt::Parser::from_env();
     while let Some(arg) = args.next()? {
         use lexopt::prelude::*;
@@ -38,9 +41,16 @@ fn main() -> Result<()> {
             Long("data-dir") => data_dir = Some(args.value()?.into()),
             Long("quick") => quick = true,
             Long("test-each-epoch") => test_each_epoch = true,
+            Long("lr-schedule") => {
+                cosine = match args.value()?.string()?.as_str() {
+                    "constant" => false,
+                    "cosine" => true,
+                    other => bail!("--lr-schedule: expected constant or cosine, got {other}"),
+                }
+            }
             Long("help") => {
                 println!(
-                    "train --model small|teacher|student [--epochs N] [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--test-each-epoch] [--quick]"
+                    "train --model small|teacher|student [--epochs N] [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--test-each-epoch] [--lr-schedule constant|cosine] [--quick]"
                 );
                 return Ok(());
             }
@@ -63,7 +73,21 @@ fn main() -> Result<()> {
     let (x, y) = common::xy(&train);
     let (tx, ty) = common::xy(data.test());
     let mut model = model_kind.build(seed);
-    let mut adam = Adam::new(AdamConfig::default())?;
+    if batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let schedule = if cosine {
+        LrSchedule::CosineDecay {
+            decay_steps: (epochs * y.len().div_ceil(batch_size)) as u64,
+            alpha: 0.0,
+        }
+    } else {
+        LrSchedule::Constant
+    };
+    let mut adam = Adam::new(AdamConfig {
+        schedule,
+        ..Default::default()
+    })?;
     let cfg = FitConfig {
         epochs,
         batch_size,
@@ -113,6 +137,7 @@ fn main() -> Result<()> {
             "epochs": epochs,
             "batch_size": batch_size,
             "seed": seed,
+            "lr_schedule": if cosine { "cosine" } else { "constant" },
             "train_images": y.len(),
             "threads": rayon::current_num_threads(),
             "test_accuracy": eval.accuracy,
@@ -142,7 +167,11 @@ impl Callback for TestCurve<'_> {
         model: &mut pare::tensor::Sequential,
     ) -> pare::tensor::Result<()> {
         let e = evaluate(model, self.x.clone(), self.y, 256)?;
-        println!("epoch {}: test accuracy {}", log.epoch + 1, common::pct(e.accuracy));
+        println!(
+            "epoch {}: test accuracy {}",
+            log.epoch + 1,
+            common::pct(e.accuracy)
+        );
         self.accuracy.push(e.accuracy);
         Ok(())
     }

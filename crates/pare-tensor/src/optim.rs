@@ -26,11 +26,105 @@ fn hp(name: &'static str, value: f32, ok: bool, reason: &'static str) -> Result<
     }
 }
 
-/// Adam's hyper-parameters; `Default` is Keras': lr 1e-3, β 0.9 / 0.999, ε 1e-7.
+/// How the learning rate changes with the step, as Keras' `LearningRateSchedule`s do: the rate
+/// of update `t` (counting from 0, Keras' `optimizer.iterations` before the update) is
+/// `learning_rate * factor(t)`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum LrSchedule {
+    /// The same rate every step (Keras' plain float learning rate).
+    #[default]
+    Constant,
+    /// Keras' `CosineDecay(initial, decay_steps, alpha)` without warm-up:
+    /// `factor = (1 − alpha) · ½ (1 + cos(π · min(t, decay_steps) / decay_steps)) + alpha`.
+    CosineDecay {
+        /// Steps over which the rate falls to `alpha` times the initial rate.
+        decay_steps: u64,
+        /// Floor, as a fraction of the initial rate, in [0, 1].
+        alpha: f32,
+    },
+    /// Keras' `ExponentialDecay`: `factor = decay_rate^(t / decay_steps)`, with the exponent
+    /// floored when `staircase`.
+    ExponentialDecay {
+        /// Steps per factor of `decay_rate`.
+        decay_steps: u64,
+        /// Multiplier per `decay_steps`, in (0, 1].
+        decay_rate: f32,
+        /// Whether the rate drops in steps rather than continuously.
+        staircase: bool,
+    },
+}
+
+impl LrSchedule {
+    /// Checks the schedule's parameters.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            LrSchedule::Constant => Ok(()),
+            LrSchedule::CosineDecay { decay_steps, alpha } => {
+                hp(
+                    "decay_steps",
+                    decay_steps as f32,
+                    decay_steps > 0,
+                    "must be > 0",
+                )?;
+                hp(
+                    "alpha",
+                    alpha,
+                    (0.0..=1.0).contains(&alpha),
+                    "must be in [0, 1]",
+                )
+            }
+            LrSchedule::ExponentialDecay {
+                decay_steps,
+                decay_rate,
+                ..
+            } => {
+                hp(
+                    "decay_steps",
+                    decay_steps as f32,
+                    decay_steps > 0,
+                    "must be > 0",
+                )?;
+                hp(
+                    "decay_rate",
+                    decay_rate,
+                    decay_rate > 0.0 && decay_rate <= 1.0,
+                    "must be in (0, 1]",
+                )
+            }
+        }
+    }
+
+    /// The multiplier of the initial rate at update `step` (0-based).
+    pub fn factor(&self, step: u64) -> f32 {
+        match *self {
+            LrSchedule::Constant => 1.0,
+            LrSchedule::CosineDecay { decay_steps, alpha } => {
+                let p = step.min(decay_steps) as f64 / decay_steps as f64;
+                let cosine = 0.5 * (1.0 + (std::f64::consts::PI * p).cos());
+                ((1.0 - alpha as f64) * cosine + alpha as f64) as f32
+            }
+            LrSchedule::ExponentialDecay {
+                decay_steps,
+                decay_rate,
+                staircase,
+            } => {
+                let mut e = step as f64 / decay_steps as f64;
+                if staircase {
+                    e = e.floor();
+                }
+                (decay_rate as f64).powf(e) as f32
+            }
+        }
+    }
+}
+
+/// Adam's hyper-parameters; `Default` is Keras': lr 1e-3 (constant), β 0.9 / 0.999, ε 1e-7.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamConfig {
-    /// Learning rate.
+    /// Initial learning rate.
     pub learning_rate: f32,
+    /// How the learning rate changes over the steps.
+    pub schedule: LrSchedule,
     /// Decay of the first moment.
     pub beta_1: f32,
     /// Decay of the second moment.
@@ -43,6 +137,7 @@ impl Default for AdamConfig {
     fn default() -> Self {
         AdamConfig {
             learning_rate: 1e-3,
+            schedule: LrSchedule::Constant,
             beta_1: 0.9,
             beta_2: 0.999,
             epsilon: 1e-7,
@@ -71,7 +166,8 @@ impl AdamConfig {
             (0.0..1.0).contains(&self.beta_2),
             "must be in [0, 1)",
         )?;
-        hp("epsilon", self.epsilon, self.epsilon >= 0.0, "must be >= 0")
+        hp("epsilon", self.epsilon, self.epsilon >= 0.0, "must be >= 0")?;
+        self.schedule.validate()
     }
 }
 
@@ -100,14 +196,20 @@ impl Adam {
     pub fn config(&self) -> &AdamConfig {
         &self.cfg
     }
+
+    /// The learning rate the next update will use.
+    pub fn current_learning_rate(&self) -> f32 {
+        self.cfg.learning_rate * self.cfg.schedule.factor(self.t)
+    }
 }
 
 impl Optimizer for Adam {
     fn step(&mut self, params: Vec<&mut Param>, grads: &Grads) {
+        let lr = self.current_learning_rate();
         self.t += 1;
         let c = self.cfg;
         let t = self.t as i32;
-        let alpha = c.learning_rate * (1.0 - c.beta_2.powi(t)).sqrt() / (1.0 - c.beta_1.powi(t));
+        let alpha = lr * (1.0 - c.beta_2.powi(t)).sqrt() / (1.0 - c.beta_1.powi(t));
         for p in params {
             let Some(g) = grads.get(&p.name) else {
                 continue;
@@ -232,6 +334,63 @@ mod tests {
     }
 
     #[test]
+    fn schedules_follow_the_keras_formulas() {
+        // CosineDecay(1, 100, alpha 0.1): step 0 → 1; step 50 → 0.9·0.5 + 0.1 = 0.55;
+        // step 100 and beyond → alpha.
+        let cos = LrSchedule::CosineDecay {
+            decay_steps: 100,
+            alpha: 0.1,
+        };
+        assert_abs_diff_eq!(cos.factor(0), 1.0, epsilon = 1e-7);
+        assert_abs_diff_eq!(cos.factor(50), 0.55, epsilon = 1e-6);
+        assert_abs_diff_eq!(
+            cos.factor(25),
+            0.9 * 0.5 * (1.0 + 0.5f32.sqrt()) + 0.1,
+            epsilon = 1e-6
+        );
+        assert_abs_diff_eq!(cos.factor(100), 0.1, epsilon = 1e-7);
+        assert_abs_diff_eq!(cos.factor(1000), 0.1, epsilon = 1e-7);
+        // ExponentialDecay(rate 0.5 per 10 steps): step 15 → 0.5^1.5, or 0.5 with staircase.
+        let exp = |staircase| LrSchedule::ExponentialDecay {
+            decay_steps: 10,
+            decay_rate: 0.5,
+            staircase,
+        };
+        assert_abs_diff_eq!(exp(false).factor(15), 0.5f32.powf(1.5), epsilon = 1e-7);
+        assert_abs_diff_eq!(exp(true).factor(15), 0.5, epsilon = 1e-7);
+        assert_abs_diff_eq!(exp(true).factor(9), 1.0, epsilon = 1e-7);
+        assert_eq!(LrSchedule::Constant.factor(123_456), 1.0);
+    }
+
+    #[test]
+    fn adam_uses_the_scheduled_rate_of_each_step() {
+        // With a gradient of constant sign Adam's step is lr · (bias-corrected m / sqrt(v)) and the
+        // first step's ratio is exactly 1 (up to ε): the step size equals the scheduled rate.
+        // Cosine over 2 steps with alpha 0: rates 0.1, 0.05, then 0 (no move at all).
+        let mut p = Param::new("w", arr1(&[1.0f32]).into_dyn());
+        let mut adam = Adam::new(AdamConfig {
+            learning_rate: 0.1,
+            schedule: LrSchedule::CosineDecay {
+                decay_steps: 2,
+                alpha: 0.0,
+            },
+            ..Default::default()
+        })
+        .unwrap();
+        let g = grads_for(&p, &[0.5]);
+        assert_abs_diff_eq!(adam.current_learning_rate(), 0.1, epsilon = 1e-7);
+        adam.step(vec![&mut p], &g);
+        assert_abs_diff_eq!(p.value[[0]], 0.900_000_6, epsilon = 2e-6);
+        assert_abs_diff_eq!(adam.current_learning_rate(), 0.05, epsilon = 1e-7);
+        adam.step(vec![&mut p], &g);
+        // Same update as the hand-worked constant-rate step 2, at half the rate:
+        // 0.9000006 − 0.5 · 0.0999996.
+        assert_abs_diff_eq!(p.value[[0]], 0.850_000_8, epsilon = 2e-6);
+        adam.step(vec![&mut p], &g);
+        assert_abs_diff_eq!(p.value[[0]], 0.850_000_8, epsilon = 2e-6);
+    }
+
+    #[test]
     fn adam_rejects_bad_hyper_parameters() {
         for cfg in [
             AdamConfig {
@@ -248,6 +407,21 @@ mod tests {
             },
             AdamConfig {
                 epsilon: f32::NAN,
+                ..Default::default()
+            },
+            AdamConfig {
+                schedule: LrSchedule::CosineDecay {
+                    decay_steps: 0,
+                    alpha: 0.0,
+                },
+                ..Default::default()
+            },
+            AdamConfig {
+                schedule: LrSchedule::ExponentialDecay {
+                    decay_steps: 10,
+                    decay_rate: 1.5,
+                    staircase: false,
+                },
                 ..Default::default()
             },
         ] {
