@@ -2,7 +2,8 @@
 //!
 //! `cargo run --release --example train -- --model small|teacher|student --epochs N
 //! [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--test-each-epoch]
-//! [--lr-schedule constant|cosine]`
+//! [--lr-schedule constant|cosine] [--save PATH]`
+//! `--save PATH` writes the trained weights as a safetensors checkpoint.
 //! `--lr-schedule cosine` decays Adam's rate to 0 over the run (Keras' `CosineDecay`).
 //! `--test-each-epoch` scores the test set after every epoch to show the learning curve; it is
 //! a diagnostic only and selects nothing. Writes `target/pare/train-<model>.json`.
@@ -23,6 +24,7 @@ fn main() -> Result<()> {
     let mut quick = false;
     let mut test_each_epoch = false;
     let mut cosine = false;
+    let mut save: Option<PathBuf> = None;
     let mut args = lexopt::Parser::from_env();
     while let Some(arg) = args.next()? {
         use lexopt::prelude::*;
@@ -41,6 +43,7 @@ fn main() -> Result<()> {
             Long("data-dir") => data_dir = Some(args.value()?.into()),
             Long("quick") => quick = true,
             Long("test-each-epoch") => test_each_epoch = true,
+            Long("save") => save = Some(args.value()?.into()),
             Long("lr-schedule") => {
                 cosine = match args.value()?.string()?.as_str() {
                     "constant" => false,
@@ -50,7 +53,7 @@ fn main() -> Result<()> {
             }
             Long("help") => {
                 println!(
-                    "train --model small|teacher|student [--epochs N] [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--test-each-epoch] [--lr-schedule constant|cosine] [--quick]"
+                    "train --model small|teacher|student [--epochs N] [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--test-each-epoch] [--lr-schedule constant|cosine] [--save PATH] [--quick]"
                 );
                 return Ok(());
             }
@@ -105,6 +108,20 @@ fn main() -> Result<()> {
     }
     let history = fit.run(&mut model, &mut adam, x, &y)?;
     let eval = evaluate(&model, tx, &ty, 256)?;
+    if let Some(path) = &save {
+        let meta = std::collections::HashMap::from([
+            ("model".to_string(), model_kind.name().to_string()),
+            ("epochs".to_string(), epochs.to_string()),
+            ("seed".to_string(), seed.to_string()),
+            (
+                "lr_schedule".to_string(),
+                if cosine { "cosine" } else { "constant" }.to_string(),
+            ),
+            ("train_images".to_string(), y.len().to_string()),
+        ]);
+        pare::tensor::checkpoint::save(&model, path, meta)?;
+        println!("saved the weights to {}", path.display());
+    }
     let secs: Vec<f64> = history.epochs.iter().map(|e| e.seconds).collect();
     let ips = y.len() as f64 * secs.len() as f64 / secs.iter().sum::<f64>();
     let mut rows = vec![];
