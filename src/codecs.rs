@@ -39,3 +39,60 @@ impl WeightCodec for SparseCodec {
         Ok(decode_i8(shape, bytes)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ndarray::Array4;
+    use pare_quant::{ConvertConfig, QuantError, QuantizedModel, convert};
+    use pare_tensor::models::small_cnn;
+
+    use super::SparseCodec;
+
+    #[test]
+    fn pruned_int8_model_round_trips_sparse() {
+        // Magnitude pruning to 80 %: all but the largest fifth of each kernel set to zero.
+        let mut model = small_cnn(0);
+        for p in model.params_mut() {
+            if p.name.ends_with(".kernel") {
+                let mut m: Vec<f32> = p.value.iter().map(|v| v.abs()).collect();
+                m.sort_by(f32::total_cmp);
+                let cut = m[m.len() * 4 / 5];
+                p.value
+                    .mapv_inplace(|v| if v.abs() < cut { 0.0 } else { v });
+            }
+        }
+        let x = Array4::<f32>::from_shape_fn((8, 28, 28, 1), |(n, y, x, _)| {
+            ((n * 7 + y * x) % 13) as f32 / 12.0
+        })
+        .into_dyn();
+        let q = convert(&model, x.view(), &ConvertConfig::default()).unwrap();
+        let dense = q.to_bytes().unwrap();
+        let sparse = q.to_bytes_with(&SparseCodec).unwrap();
+        assert!(
+            sparse.len() < dense.len() / 2,
+            "{} vs {}",
+            sparse.len(),
+            dense.len()
+        );
+        let back = QuantizedModel::from_bytes_with(&sparse, &SparseCodec).unwrap();
+        assert_eq!(back.layers(), q.layers());
+        let codes = q.quantize_input(x.view()).unwrap();
+        assert_eq!(
+            back.predict_i8(codes.view()).unwrap(),
+            q.predict_i8(codes.view()).unwrap()
+        );
+        assert_eq!(back.to_bytes_with(&SparseCodec).unwrap(), sparse);
+        assert!(matches!(
+            QuantizedModel::from_bytes(&sparse),
+            Err(QuantError::UnknownEncoding { .. })
+        ));
+        // Corrupt sparse bytes (the gap codes cut short) are the codec's typed error.
+        let n = sparse.len();
+        let mut cut = sparse.clone();
+        cut[n - 40..].fill(0xff);
+        assert!(matches!(
+            QuantizedModel::from_bytes_with(&cut, &SparseCodec),
+            Err(QuantError::Codec { .. })
+        ));
+    }
+}

@@ -58,9 +58,21 @@ fn int8_small_cnn_keeps_float_accuracy_on_mnist() {
     assert_eq!(zero_point, 0);
     let pixels = tx.mapv(|v| ((v / scale).round() as i32 + zero_point).clamp(0, 255) as u8);
     let from_u8 = q.predict_u8(pixels.view()).unwrap();
-    let back = QuantizedModel::from_bytes(&q.to_bytes().unwrap()).unwrap();
+    let bytes = q.to_bytes().unwrap();
+    let back = QuantizedModel::from_bytes(&bytes).unwrap();
     let codes = q.quantize_input(tx.view()).unwrap();
     assert_eq!(back.predict_i8(codes.view()).unwrap(), from_u8);
+    // Issue #4: the int8 file is at most 26 % of the f32 checkpoint.
+    let dir = std::env::temp_dir().join(format!("pare-quantization-{}", std::process::id()));
+    let f32_path = dir.join("small-f32.safetensors");
+    pare::tensor::checkpoint::save(&model, &f32_path, Default::default()).unwrap();
+    let f32_len = std::fs::metadata(&f32_path).unwrap().len() as usize;
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(
+        bytes.len() * 100 <= f32_len * 26,
+        "int8 file {} bytes, f32 checkpoint {f32_len} bytes",
+        bytes.len()
+    );
 
     // Dynamic range: int8 weights, float activations.
     let dynamic = convert(

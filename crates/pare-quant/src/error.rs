@@ -219,6 +219,18 @@ pub enum QuantError {
         /// What is wrong.
         reason: String,
     },
+    /// A model file in a layout version this build does not read (version 1 files, with their
+    /// JSON metadata, predate the compact layout: convert the float model again).
+    #[error(
+        "model file format version {found}; this build reads version {supported} only \
+         (convert the float model again)"
+    )]
+    UnsupportedVersion {
+        /// The version the file declares (`"1"` for the JSON layout).
+        found: String,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
     /// A weight tensor stored with an encoding that no codec given to the loader handles.
     #[error(
         "tensor {tensor:?} is stored with encoding {encoding:?}; pass a WeightCodec for it to \

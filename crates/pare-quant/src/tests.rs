@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::file::{CodecError, METADATA_KEY, WeightCodec};
+use crate::file::{CodecError, FORMAT_KEY, WeightCodec};
 use crate::*;
 
 fn uniform(shape: &[usize], seed: u64) -> ArrayD<f32> {
@@ -572,19 +572,115 @@ fn same_model(a: &QuantizedModel, b: &QuantizedModel) {
     );
 }
 
+/// The header length a model file declares (its first 8 bytes).
+fn header_len(bytes: &[u8]) -> usize {
+    u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize
+}
+
+fn metadata(bytes: &[u8]) -> HashMap<String, String> {
+    let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
+    header.metadata().clone().unwrap()
+}
+
+fn f32_values(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+#[test]
+fn file_layout_of_the_small_cnn() {
+    let (_, q) = small_quantized();
+    let bytes = q.to_bytes().unwrap();
+    let zp = |i: usize| q.layers()[i].output.unwrap().zero_point;
+    let input = q.input_quant().unwrap();
+    let expected: HashMap<String, String> = [
+        (FORMAT_KEY, "2".to_string()),
+        ("mode", "full-integer".into()),
+        ("input", format!("28x28x1 zp={}", input.zero_point)),
+        (
+            "layers",
+            format!(
+                "reshape 28x28x1;conv2d 3x3x1x12 relu zp={};max_pooling2d 2x2;flatten 2028;\
+                 dense 2028x10 zp={}",
+                zp(1),
+                zp(4)
+            ),
+        ),
+        ("calibration", "minmax per-channel n=16".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    assert_eq!(metadata(&bytes), expected);
+
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut names = st.names();
+    names.sort();
+    assert_eq!(names, ["bias", "conv2d.kernel", "dense.kernel", "scale"]);
+    let (conv, dense) = (
+        q.layers()[1].weights.as_ref().unwrap(),
+        q.layers()[4].weights.as_ref().unwrap(),
+    );
+    let kernel = st.tensor("dense.kernel").unwrap();
+    assert_eq!(
+        (kernel.dtype(), kernel.shape()),
+        (Dtype::I8, &[2028, 10][..])
+    );
+    assert!(
+        kernel
+            .data()
+            .iter()
+            .zip(dense.kernel.iter())
+            .all(|(&b, &q)| b as i8 == q)
+    );
+    // bias: conv's then dense's; scale: input, conv weights, conv output, dense weights,
+    // dense output.
+    let bias = st.tensor("bias").unwrap();
+    assert_eq!((bias.dtype(), bias.shape()), (Dtype::I32, &[22][..]));
+    let Bias::Int32(conv_bias) = &conv.bias else {
+        panic!("int32 bias expected")
+    };
+    assert_eq!(
+        bias.data()[..48],
+        conv_bias
+            .iter()
+            .flat_map(|b| b.to_le_bytes())
+            .collect::<Vec<_>>()
+    );
+    let scale = st.tensor("scale").unwrap();
+    assert_eq!((scale.dtype(), scale.shape()), (Dtype::F32, &[25][..]));
+    let mut order = vec![input.scale];
+    order.extend(&conv.scale);
+    order.push(q.layers()[1].output.unwrap().scale);
+    order.extend(&dense.scale);
+    order.push(q.layers()[4].output.unwrap().scale);
+    assert_eq!(f32_values(scale.data()), order);
+
+    // The header is what issue #4 was about: a few hundred bytes, the rest is payload.
+    let payload = 108 + 20_280 + 22 * 4 + 25 * 4;
+    assert_eq!(bytes.len(), 8 + header_len(&bytes) + payload);
+    assert!(
+        header_len(&bytes) <= 520,
+        "header {} bytes",
+        header_len(&bytes)
+    );
+    // Byte-identical on every save, and after a round trip.
+    assert_eq!(q.to_bytes().unwrap(), bytes);
+    assert_eq!(
+        QuantizedModel::from_bytes(&bytes)
+            .unwrap()
+            .to_bytes()
+            .unwrap(),
+        bytes
+    );
+}
+
 #[test]
 fn file_round_trips() {
     let (_, q) = small_quantized();
     let bytes = q.to_bytes().unwrap();
     same_model(&q, &QuantizedModel::from_bytes(&bytes).unwrap());
-    // Compact: the int8 kernels and little else.
-    let weights: usize = q
-        .layers()
-        .iter()
-        .filter_map(|l| l.weights.as_ref())
-        .map(|w| w.kernel.len() + 8 * w.channels())
-        .sum();
-    assert!(bytes.len() < weights + 2500, "{} bytes", bytes.len());
     let dir = std::env::temp_dir().join(format!("pare-quant-test-{}", std::process::id()));
     let path = dir.join("small-int8.safetensors");
     q.save(&path).unwrap();
@@ -601,26 +697,180 @@ fn file_round_trips() {
         QuantizedModel::load(&path),
         Err(QuantError::Io { .. })
     ));
-    // Every other configuration round-trips as well.
+    // Every other configuration round-trips as well, byte for byte.
     let model = with_random_biases(every_op_cnn(1), 2);
-    for (per_channel, input_type, output_type) in [
-        (false, InputType::Int8, OutputType::Int8),
-        (true, InputType::Uint8, OutputType::Float),
+    for (per_channel, input_type, output_type, mode) in [
+        (false, InputType::Int8, OutputType::Int8, Mode::FullInteger),
+        (true, InputType::Uint8, OutputType::Float, Mode::FullInteger),
+        (
+            true,
+            InputType::Float,
+            OutputType::Float,
+            Mode::DynamicRange,
+        ),
+        (
+            false,
+            InputType::Float,
+            OutputType::Float,
+            Mode::DynamicRange,
+        ),
     ] {
         let cfg = ConvertConfig {
             per_channel,
             input_type,
             output_type,
+            mode,
             ..Default::default()
         };
-        let q = convert(&model, uniform(&[8, 12, 12, 2], 3).view(), &cfg).unwrap();
-        let back = QuantizedModel::from_bytes(&q.to_bytes().unwrap()).unwrap();
+        let x = uniform(&[8, 12, 12, 2], 3);
+        let q = convert(&model, x.view(), &cfg).unwrap();
+        let bytes = q.to_bytes().unwrap();
+        let back = QuantizedModel::from_bytes(&bytes).unwrap();
         assert_eq!(back.layers(), q.layers());
+        assert_eq!(back.mode(), mode);
+        assert_eq!(back.provenance(), q.provenance());
         assert_eq!(
             (back.input_type(), back.output_type()),
             (input_type, output_type)
         );
+        assert_eq!(back.to_bytes().unwrap(), bytes);
+        assert_eq!(
+            back.predict(x.view()).unwrap(),
+            q.predict(x.view()).unwrap()
+        );
+        if mode == Mode::FullInteger {
+            let codes = q.quantize_input(x.view()).unwrap();
+            assert_eq!(
+                back.predict_i8(codes.view()).unwrap(),
+                q.predict_i8(codes.view()).unwrap()
+            );
+        }
     }
+}
+
+#[test]
+fn every_op_is_described_in_the_layers_entry() {
+    let model = with_random_biases(every_op_cnn(1), 2);
+    let cfg = ConvertConfig {
+        per_channel: false,
+        input_type: InputType::Uint8,
+        output_type: OutputType::Int8,
+        ..Default::default()
+    };
+    let q = convert(&model, uniform(&[8, 12, 12, 2], 3).view(), &cfg).unwrap();
+    let m = metadata(&q.to_bytes().unwrap());
+    assert_eq!(m["mode"], "full-integer input=uint8 output=int8");
+    assert_eq!(m["calibration"], "minmax per-tensor n=8");
+    // Zero points depend on the data: compare with them masked.
+    let masked: Vec<String> = m["layers"]
+        .split(';')
+        .map(|l| {
+            let t: Vec<&str> = l
+                .split(' ')
+                .map(|t| if t.starts_with("zp=") { "zp" } else { t })
+                .collect();
+            t.join(" ")
+        })
+        .collect();
+    assert_eq!(
+        masked.join(";"),
+        "c1:conv2d 3x3x2x8 strides=2x2 same per-tensor zp;c1.leaky_relu:leaky_re_lu 0.1 zp;\
+         p1:max_pooling2d 2x2 strides=1x1 same;r1:re_lu;c2:conv2d 1x1x8x6 per-tensor zp;\
+         lk:leaky_re_lu 0.3 zp;c3:conv2d 2x3x6x5 relu per-tensor zp;f:flatten 100;\
+         d1:dense 100x16 relu per-tensor zp;d2:dense 16x10 per-tensor zp"
+    );
+}
+
+#[test]
+fn odd_layer_names_round_trip() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let model = Sequential::new(&[6, 6, 1])
+        .push(
+            Conv2d::new("conv 1;a:b=c%", 1, 3, [3, 3], &mut rng).activation(FloatActivation::Relu),
+        )
+        .push(MaxPool2d::new("dense", 2))
+        .push(Flatten::new("flatten/η\"\\"))
+        .push(Dense::new("bias", 12, 4, &mut rng));
+    let x = uniform(&[4, 6, 6, 1], 5);
+    let q = convert(&model, x.view(), &ConvertConfig::default()).unwrap();
+    let bytes = q.to_bytes().unwrap();
+    let layers = &metadata(&bytes)["layers"];
+    assert!(
+        layers.starts_with("conv%201%3Ba%3Ab%3Dc%25:conv2d 3x3x1x3 relu zp="),
+        "{layers}"
+    );
+    assert!(layers.contains(
+        ";dense:max_pooling2d 2x2;flatten%2F%CE%B7%22%5C:flatten 12;bias:dense 12x4 zp="
+    ));
+    let back = QuantizedModel::from_bytes(&bytes).unwrap();
+    assert_eq!(back.layers(), q.layers());
+    assert_eq!(back.to_bytes().unwrap(), bytes);
+}
+
+/// Zeroes all but the largest tenth of every kernel, as magnitude pruning to 90 % would.
+fn pruned(mut model: Sequential) -> Sequential {
+    for p in model.params_mut() {
+        if p.name.ends_with(".kernel") {
+            let mut m: Vec<f32> = p.value.iter().map(|v| v.abs()).collect();
+            m.sort_by(f32::total_cmp);
+            let cut = m[m.len() * 9 / 10];
+            p.value
+                .mapv_inplace(|v| if v.abs() < cut { 0.0 } else { v });
+        }
+    }
+    model
+}
+
+#[test]
+fn pruned_model_round_trips_through_a_codec() {
+    let model = pruned(with_random_biases(small_cnn(3), 4));
+    let x = uniform(&[16, 28, 28, 1], 5);
+    let q = convert(&model, x.view(), &ConvertConfig::default()).unwrap();
+    let dense = q.to_bytes().unwrap();
+    let bytes = q.to_bytes_with(&ToySparse).unwrap();
+    // 4 + 5 bytes per non-zero, a tenth of them left: about half the dense size.
+    assert!(
+        bytes.len() < dense.len() * 6 / 10,
+        "{} vs {}",
+        bytes.len(),
+        dense.len()
+    );
+    let m = metadata(&bytes);
+    assert_eq!(m["codec"], "toy-sparse");
+    assert_eq!(metadata(&dense).get("codec"), None);
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("dense.kernel").unwrap().dtype(), Dtype::U8);
+    let back = QuantizedModel::from_bytes_with(&bytes, &ToySparse).unwrap();
+    same_model(&q, &back);
+    assert_eq!(back.to_bytes_with(&ToySparse).unwrap(), bytes);
+    assert_eq!(back.to_bytes().unwrap(), dense);
+    // The codec may encode some kernels and decline others.
+    struct DenseOnly;
+    impl WeightCodec for DenseOnly {
+        fn name(&self) -> &str {
+            "toy-sparse"
+        }
+        fn encode(&self, tensor: &str, w: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
+            (tensor == "dense.kernel")
+                .then(|| ToySparse.encode(tensor, w))
+                .flatten()
+        }
+        fn decode(
+            &self,
+            tensor: &str,
+            shape: &[usize],
+            bytes: &[u8],
+        ) -> std::result::Result<ArrayD<i8>, CodecError> {
+            ToySparse.decode(tensor, shape, bytes)
+        }
+    }
+    let mixed = q.to_bytes_with(&DenseOnly).unwrap();
+    let st = SafeTensors::deserialize(&mixed).unwrap();
+    assert_eq!(st.tensor("conv2d.kernel").unwrap().dtype(), Dtype::I8);
+    same_model(
+        &q,
+        &QuantizedModel::from_bytes_with(&mixed, &ToySparse).unwrap(),
+    );
 }
 
 /// Rebuilds a file with each tensor passed through `edit` (`None` drops it) and the metadata
@@ -628,11 +878,11 @@ fn file_round_trips() {
 fn rewrite(
     bytes: &[u8],
     edit: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
-    meta: impl Fn(String) -> String,
+    meta: impl Fn(&mut HashMap<String, String>),
 ) -> Vec<u8> {
     let st = SafeTensors::deserialize(bytes).unwrap();
-    let (_, header) = SafeTensors::read_metadata(bytes).unwrap();
-    let json = header.metadata().as_ref().unwrap()[METADATA_KEY].clone();
+    let mut metadata = metadata(bytes);
+    meta(&mut metadata);
     let kept: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
         .tensors()
         .into_iter()
@@ -642,12 +892,41 @@ fn rewrite(
         .iter()
         .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
         .collect();
-    let metadata = HashMap::from([(METADATA_KEY.to_string(), meta(json))]);
     safetensors::tensor::serialize(views, Some(metadata)).unwrap()
 }
 
 fn keep(_: &str, d: Dtype, s: &[usize], b: &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)> {
     Some((d, s.to_vec(), b.to_vec()))
+}
+
+fn same_meta(_: &mut HashMap<String, String>) {}
+
+/// A rewrite that changes only the tensor `name`.
+fn edit_tensor(
+    bytes: &[u8],
+    name: &str,
+    f: impl Fn(Dtype, &[usize], &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
+) -> Vec<u8> {
+    rewrite(
+        bytes,
+        |n, d, s, b| {
+            if n == name {
+                f(d, s, b)
+            } else {
+                keep(n, d, s, b)
+            }
+        },
+        same_meta,
+    )
+}
+
+/// A rewrite that replaces the first `from` in metadata entry `key` by `to`.
+fn edit_meta(bytes: &[u8], key: &str, from: &str, to: &str) -> Vec<u8> {
+    rewrite(bytes, keep, |m| {
+        let v = m.get_mut(key).unwrap();
+        assert!(v.contains(from), "{key}: {v:?} has no {from:?}");
+        *v = v.replacen(from, to, 1);
+    })
 }
 
 fn assert_bad(bytes: &[u8], what: &str) {
@@ -660,118 +939,501 @@ fn assert_bad(bytes: &[u8], what: &str) {
 }
 
 #[test]
-fn corrupt_files_are_errors() {
+fn corrupt_containers_and_tensors_are_errors() {
     let (_, q) = small_quantized();
     let bytes = q.to_bytes().unwrap();
     // The unchanged rewrite loads (so the edits below are what breaks it).
-    QuantizedModel::from_bytes(&rewrite(&bytes, keep, |m| m)).unwrap();
-    for cut in [0, 4, 8, 20, bytes.len() / 2, bytes.len() - 1] {
+    same_model(
+        &q,
+        &QuantizedModel::from_bytes(&rewrite(&bytes, keep, same_meta)).unwrap(),
+    );
+    for cut in [
+        0,
+        4,
+        8,
+        20,
+        header_len(&bytes) + 8,
+        bytes.len() / 2,
+        bytes.len() - 1,
+    ] {
         assert_bad(&bytes[..cut], "truncated");
     }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_bad(&longer, "trailing byte");
     let mut flipped = bytes.clone();
     for b in &mut flipped[8..40] {
         *b ^= 0x5a;
     }
     assert_bad(&flipped, "flipped header bytes");
-    let wrong_dtype = rewrite(
-        &bytes,
-        |n, d, s, b| {
-            if n == "conv2d.weight_scale" {
-                Some((Dtype::I32, s.to_vec(), b.to_vec()))
-            } else {
-                keep(n, d, s, b)
-            }
-        },
-        |m| m,
+    let mut long_header = bytes.clone();
+    long_header[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert_bad(&long_header, "header length beyond the file");
+
+    let retype = |name: &str, dtype: Dtype| {
+        edit_tensor(&bytes, name, move |_, s, b| {
+            Some((dtype, s.to_vec(), b.to_vec()))
+        })
+    };
+    assert_bad(&retype("scale", Dtype::I32), "I32 scales");
+    assert_bad(
+        &retype("bias", Dtype::F32),
+        "F32 biases in a full-integer model",
     );
-    assert_bad(&wrong_dtype, "wrong dtype");
-    let missing = rewrite(
-        &bytes,
-        |n, d, s, b| (n != "dense.bias").then(|| keep(n, d, s, b)).flatten(),
-        |m| m,
+    assert_bad(&retype("bias", Dtype::U32), "U32 biases");
+    assert_bad(
+        &retype("conv2d.kernel", Dtype::U8),
+        "U8 kernel without a codec entry",
     );
-    assert_bad(&missing, "missing tensor");
-    let extra = rewrite(
-        &bytes,
-        |n, d, s, b| {
-            if n == "dense.bias" {
-                Some((d, vec![s[0] - 1], b[4..].to_vec()))
-            } else {
-                keep(n, d, s, b)
-            }
-        },
-        |m| m,
+    assert_bad(
+        &edit_tensor(&bytes, "dense.kernel", |_, s, b| {
+            Some((Dtype::I16, vec![s[0], s[1] / 2], b.to_vec()))
+        }),
+        "I16 kernel",
     );
-    assert_bad(&extra, "bias of the wrong length");
-    let wrong_shape = rewrite(
+    for name in ["bias", "scale", "conv2d.kernel", "dense.kernel"] {
+        assert_bad(&edit_tensor(&bytes, name, |_, _, _| None), "missing tensor");
+    }
+    let extra = {
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut views: Vec<(String, TensorView<'_>)> = st.tensors();
+        let one = [7u8];
+        views.push((
+            "notes".into(),
+            TensorView::new(Dtype::U8, vec![1], &one).unwrap(),
+        ));
+        safetensors::tensor::serialize(views, Some(metadata(&bytes))).unwrap()
+    };
+    assert_bad(&extra, "extra tensor");
+    // Lengths that do not fit the architecture.
+    assert_bad(
+        &edit_tensor(&bytes, "bias", |d, s, b| {
+            Some((d, vec![s[0] - 1], b[4..].to_vec()))
+        }),
+        "one bias short",
+    );
+    assert_bad(
+        &edit_tensor(&bytes, "scale", |d, s, b| {
+            let mut b = b.to_vec();
+            b.extend(1.0f32.to_le_bytes());
+            Some((d, vec![s[0] + 1], b))
+        }),
+        "one scale too many",
+    );
+    assert_bad(
+        &edit_tensor(&bytes, "bias", |d, s, b| {
+            Some((d, vec![1, s[0]], b.to_vec()))
+        }),
+        "2-D biases",
+    );
+    assert_bad(
+        &edit_tensor(&bytes, "conv2d.kernel", |d, s, b| {
+            Some((d, vec![s[0] * s[1], s[2], s[3]], b.to_vec()))
+        }),
+        "kernel of another rank than declared",
+    );
+    assert_bad(
+        &edit_tensor(&bytes, "conv2d.kernel", |d, _, b| {
+            Some((d, vec![3, 3, 2, 6], b.to_vec()))
+        }),
+        "kernel of another shape than declared",
+    );
+    // Values out of range.
+    assert_bad(
+        &edit_tensor(&bytes, "scale", |d, s, b| {
+            let mut b = b.to_vec();
+            b[4 * 14..4 * 15].copy_from_slice(&(-1.0f32).to_le_bytes());
+            Some((d, s.to_vec(), b))
+        }),
+        "negative weight scale",
+    );
+    for bad_scale in [0.0f32, f32::NAN, f32::INFINITY] {
+        assert_bad(
+            &edit_tensor(&bytes, "scale", move |d, s, b| {
+                let mut b = b.to_vec();
+                b[..4].copy_from_slice(&bad_scale.to_le_bytes());
+                Some((d, s.to_vec(), b))
+            }),
+            "bad input scale",
+        );
+    }
+    assert_bad(
+        &edit_tensor(&bytes, "dense.kernel", |d, s, b| {
+            let mut b = b.to_vec();
+            b[0] = 0x80;
+            Some((d, s.to_vec(), b))
+        }),
+        "weight code -128",
+    );
+}
+
+#[test]
+fn corrupt_metadata_is_an_error() {
+    let (_, q) = small_quantized();
+    let bytes = q.to_bytes().unwrap();
+    let zp = q.layers()[1].output.unwrap().zero_point;
+    let conv_zp = format!("relu zp={zp}");
+    for key in [FORMAT_KEY, "mode", "input", "layers", "calibration"] {
+        assert_bad(
+            &rewrite(&bytes, keep, |m| drop(m.remove(key))),
+            "missing entry",
+        );
+    }
+    assert_bad(&rewrite(&bytes, keep, |m| m.clear()), "no metadata");
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("mode", "full-integer", "half-integer", "unknown mode"),
+        (
+            "mode",
+            "full-integer",
+            "dynamic-range",
+            "dynamic range with zero points and I32 biases",
+        ),
+        (
+            "mode",
+            "full-integer",
+            "full-integer input=int4",
+            "unknown input type",
+        ),
+        (
+            "mode",
+            "full-integer",
+            "full-integer output=uint8",
+            "unknown output type",
+        ),
+        (
+            "mode",
+            "full-integer",
+            "full-integer output=int8 output=int8",
+            "argument given twice",
+        ),
+        (
+            "input",
+            "28x28x1",
+            "28x29x1",
+            "input size vs the first reshape",
+        ),
+        ("input", "28x28x1", "28x0x1", "zero dimension"),
+        ("input", "28x28x1", "28xx1", "empty dimension"),
+        (
+            "input",
+            "28x28x1",
+            "100000x100000x100000",
+            "huge input shape",
+        ),
+        (
+            "input",
+            "28x28x1",
+            "18446744073709551616x1x1",
+            "dimension beyond usize",
+        ),
+        ("input", " zp=", " zq=", "unknown input argument"),
+        ("input", "zp=-128", "zp=9999999999", "zero point not an i32"),
+        (
+            "layers",
+            "reshape 28x28x1;",
+            "reshape 28x28x1 zp=3;",
+            "zero point on a reshape",
+        ),
+        (
+            "layers",
+            "reshape 28x28x1",
+            "unknown_op 28x28x1",
+            "unknown layer kind",
+        ),
+        (
+            "layers",
+            "reshape 28x28x1",
+            "reshape",
+            "reshape without a shape",
+        ),
+        (
+            "layers",
+            "reshape 28x28x1",
+            "reshape 28x28x1 28x28x1",
+            "two shapes",
+        ),
+        (
+            "layers",
+            "reshape 28x28x1",
+            "reshape 28x27x1",
+            "reshape to another size",
+        ),
+        (
+            "layers",
+            "conv2d 3x3x1x12",
+            "conv2d 3x3x12",
+            "conv kernel of rank 3",
+        ),
+        (
+            "layers",
+            "conv2d 3x3x1x12",
+            "conv2d 3x3x1x11",
+            "conv channels vs tensors",
+        ),
+        (
+            "layers",
+            "conv2d 3x3x1x12",
+            "conv2d 3x3x1x12 per-tensor",
+            "per-tensor vs scale count",
+        ),
+        (
+            "layers",
+            "conv2d 3x3x1x12",
+            "conv2d 3x3x1x12 relu",
+            "relu given twice",
+        ),
+        (
+            "layers",
+            "conv2d 3x3x1x12",
+            "conv2d 3x3x1x12 strides=0x1",
+            "zero stride",
+        ),
+        (
+            "layers",
+            "conv2d 3x3x1x12",
+            "conv2d 3x3x1x12 strides=2",
+            "one stride",
+        ),
+        (
+            "layers",
+            "conv2d 3x3x1x12",
+            "conv2d 3x3x1x12 padding=same",
+            "unknown argument",
+        ),
+        (
+            "layers",
+            "conv2d 3x3x1x12",
+            "conv2d 65536x65536x1x12",
+            "kernel beyond 2^28",
+        ),
+        (
+            "layers",
+            "conv2d 3x3x1x12",
+            "conv2d:dense 3x3x1x12",
+            "dense with a 4-D kernel",
+        ),
+        ("layers", &conv_zp, "relu", "conv without its zero point"),
+        ("layers", &conv_zp, "relu zp=200", "zero point out of range"),
+        ("layers", &conv_zp, "relu zp=x", "zero point not a number"),
+        (
+            "layers",
+            "max_pooling2d 2x2",
+            "max_pooling2d 2x2 relu",
+            "relu on a pool",
+        ),
+        (
+            "layers",
+            "max_pooling2d 2x2",
+            "max_pooling2d 30x30",
+            "pool larger than input",
+        ),
+        (
+            "layers",
+            "max_pooling2d 2x2",
+            "max_pooling2d 2x2;re_lu 3",
+            "relu with an argument",
+        ),
+        (
+            "layers",
+            "max_pooling2d 2x2",
+            "max_pooling2d 2x2;",
+            "empty layer entry",
+        ),
+        (
+            "layers",
+            "flatten 2028",
+            "flatten 2028x1",
+            "flatten to two dimensions",
+        ),
+        (
+            "layers",
+            "flatten 2028",
+            "max_pooling2d:flatten 2028",
+            "two layers named alike",
+        ),
+        (
+            "layers",
+            "flatten 2028",
+            "fl%zzen:flatten 2028",
+            "bad percent escape",
+        ),
+        (
+            "layers",
+            "flatten 2028",
+            "fl%FFen:flatten 2028",
+            "name not UTF-8",
+        ),
+        (
+            "layers",
+            "flatten 2028",
+            "flatten%:flatten 2028",
+            "truncated escape",
+        ),
+        (
+            "layers",
+            "dense 2028x10",
+            "dense 2028x10x1",
+            "dense kernel of rank 3",
+        ),
+        (
+            "layers",
+            "dense 2028x10",
+            "dense 2027x10",
+            "dense kernel vs tensor",
+        ),
+        (
+            "layers",
+            "dense 2028x10",
+            "d:dense 2028x10",
+            "kernel tensor named for another layer",
+        ),
+        (
+            "calibration",
+            "per-channel",
+            "per-layer",
+            "unknown granularity",
+        ),
+        (
+            "calibration",
+            "per-channel",
+            "per-channel per-tensor",
+            "two granularities",
+        ),
+        ("calibration", " n=16", "", "no calibration count"),
+        ("calibration", "n=16", "n=-1", "negative calibration count"),
+        ("calibration", "minmax", "a b", "two observers"),
+    ];
+    for (key, from, to, what) in cases {
+        assert_bad(&edit_meta(&bytes, key, from, to), what);
+    }
+    // Architectures that agree with the tensors but not with themselves.
+    let in_channels = rewrite(
         &bytes,
         |n, d, s, b| {
             if n == "conv2d.kernel" {
-                Some((d, vec![s[0] * s[1], s[2], s[3]], b.to_vec()))
+                Some((d, vec![3, 3, 2, 12], [b, b].concat()))
             } else {
                 keep(n, d, s, b)
             }
         },
-        |m| m,
-    );
-    assert_bad(&wrong_shape, "kernel of the wrong shape");
-    let out_of_range = rewrite(&bytes, keep, |m| {
-        m.replacen("\"zero_point\":-128", "\"zero_point\":-300", 1)
-    });
-    assert_bad(&out_of_range, "zero point out of range");
-    let bad_scale = rewrite(
-        &bytes,
-        |n, d, s, b| {
-            if n == "dense.weight_scale" {
-                let mut b = b.to_vec();
-                b[..4].copy_from_slice(&(-1.0f32).to_le_bytes());
-                Some((d, s.to_vec(), b))
-            } else {
-                keep(n, d, s, b)
-            }
+        |m| {
+            let l = m.get_mut("layers").unwrap();
+            *l = l.replacen("conv2d 3x3x1x12", "conv2d 3x3x2x12", 1);
         },
-        |m| m,
     );
-    assert_bad(&bad_scale, "negative scale");
-    let weight_128 = rewrite(
-        &bytes,
-        |n, d, s, b| {
-            if n == "dense.kernel" {
-                let mut b = b.to_vec();
-                b[0] = 0x80;
-                Some((d, s.to_vec(), b))
-            } else {
-                keep(n, d, s, b)
+    assert_bad(&in_channels, "conv input channels vs the input");
+    // Another format version is its own error; a codec entry with nothing encoded is not
+    // a valid file either.
+    for (version, found) in [
+        ("1", "1"),
+        ("3", "3"),
+        ("{\"format\":\"pare-quant\",\"version\":1}", "1"),
+    ] {
+        let other = rewrite(&bytes, keep, |m| {
+            m.insert(FORMAT_KEY.into(), version.into());
+        });
+        match QuantizedModel::from_bytes(&other) {
+            Err(QuantError::UnsupportedVersion {
+                found: f,
+                supported,
+            }) => {
+                assert_eq!((f.as_str(), supported), (found, 2));
             }
-        },
-        |m| m,
+            r => panic!("version {version}: {r:?}"),
+        }
+    }
+    let codec = rewrite(&bytes, keep, |m| {
+        m.insert("codec".into(), "toy-sparse".into());
+    });
+    assert_bad(&codec, "codec entry without an encoded kernel");
+    // Entries the format does not know are left alone (other tools may annotate a file).
+    let annotated = rewrite(&bytes, keep, |m| {
+        m.insert("author".into(), "someone".into());
+    });
+    same_model(&q, &QuantizedModel::from_bytes(&annotated).unwrap());
+}
+
+#[test]
+fn dynamic_range_files_check_their_mode() {
+    let (model, _) = small_quantized();
+    let cfg = ConvertConfig {
+        mode: Mode::DynamicRange,
+        ..Default::default()
+    };
+    let q = convert(&model, uniform(&[4, 28, 28, 1], 2).view(), &cfg).unwrap();
+    let bytes = q.to_bytes().unwrap();
+    let m = metadata(&bytes);
+    assert_eq!(m["input"], "28x28x1");
+    assert_eq!(m["calibration"], "per-channel n=0");
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("bias").unwrap().dtype(), Dtype::F32);
+    assert_eq!(st.tensor("scale").unwrap().shape(), &[22]);
+    assert_bad(
+        &edit_meta(&bytes, "mode", "dynamic-range", "full-integer"),
+        "full integer without zero points",
     );
-    assert_bad(&weight_128, "weight code -128");
-    let no_meta = rewrite(&bytes, keep, |_| "{}".into());
-    assert_bad(&no_meta, "empty metadata");
-    let huge = rewrite(&bytes, keep, |m| {
-        m.replacen("[28,28,1]", "[100000,100000,100000]", 1)
+    assert_bad(
+        &edit_meta(&bytes, "input", "28x28x1", "28x28x1 zp=0"),
+        "input zero point",
+    );
+    // A leaky ReLU adds no scale in a dynamic-range model, so only alpha can be wrong.
+    let leaky = |alpha: &str| {
+        let to = format!("max_pooling2d 2x2;leaky_re_lu {alpha}");
+        edit_meta(&bytes, "layers", "max_pooling2d 2x2", &to)
+    };
+    let with_leaky = QuantizedModel::from_bytes(&leaky("0.25")).unwrap();
+    assert_eq!(
+        with_leaky.layers()[3].kind,
+        LayerKind::LeakyRelu { alpha: 0.25 }
+    );
+    for alpha in ["nan", "inf", "-0.5", "x"] {
+        assert_bad(&leaky(alpha), "bad alpha");
+    }
+    assert_bad(
+        &edit_meta(&bytes, "layers", "dense 2028x10", "dense 2028x10 zp=0"),
+        "zero point",
+    );
+    assert_bad(
+        &edit_tensor(&bytes, "bias", |_, s, b| {
+            Some((Dtype::I32, s.to_vec(), b.to_vec()))
+        }),
+        "I32 biases in a dynamic-range model",
+    );
+    let inf_bias = edit_tensor(&bytes, "bias", |d, s, b| {
+        let mut b = b.to_vec();
+        b[..4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+        Some((d, s.to_vec(), b))
     });
-    assert_bad(&huge, "huge input shape");
-    let dup = rewrite(&bytes, keep, |m| {
-        m.replacen("\"name\":\"flatten\"", "\"name\":\"reshape\"", 1)
-    });
-    assert_bad(&dup, "duplicate layer names");
-    // Any single flipped byte loads or fails cleanly, never panics.
+    assert_bad(&inf_bias, "infinite float bias");
+}
+
+#[test]
+fn any_flipped_byte_loads_or_fails_cleanly() {
     let calib = array![[0.0f32, 1.0]].into_dyn();
     let tiny = convert(&tiny_dense(), calib.view(), &ConvertConfig::default()).unwrap();
     let tiny_bytes = tiny.to_bytes().unwrap();
     for i in 0..tiny_bytes.len() {
-        for mask in [0x01u8, 0x80, 0xff] {
+        for mask in [0x01u8, 0x20, 0x80, 0xff] {
             let mut b = tiny_bytes.clone();
             b[i] ^= mask;
             let _ = QuantizedModel::from_bytes(&b);
+            let _ = QuantizedModel::from_bytes_with(&b, &ToySparse);
+        }
+    }
+    // The same over the small CNN's header, the part that is parsed.
+    let (_, q) = small_quantized();
+    let bytes = q.to_bytes_with(&ToySparse).unwrap();
+    for i in 0..8 + header_len(&bytes) {
+        for mask in [0x01u8, 0x20] {
+            let mut b = bytes.clone();
+            b[i] ^= mask;
+            let _ = QuantizedModel::from_bytes_with(&b, &ToySparse);
         }
     }
 }
 
 #[test]
-fn codec_failures_and_reserved_name() {
+fn codec_failures_and_empty_name() {
     let (_, q) = small_quantized();
     struct Broken;
     impl WeightCodec for Broken {
@@ -795,13 +1457,33 @@ fn codec_failures_and_reserved_name() {
         QuantizedModel::from_bytes_with(&bytes, &Broken),
         Err(QuantError::Codec { .. })
     ));
-    // A codec that declines every tensor writes a plain file.
+    // A codec that declines every tensor writes a plain file, with no codec entry.
     let plain = q.to_bytes_with(&Broken).unwrap();
+    assert_eq!(plain, q.to_bytes().unwrap());
     same_model(&q, &QuantizedModel::from_bytes(&plain).unwrap());
-    struct Dense;
-    impl WeightCodec for Dense {
+    // Another codec's name is an unknown encoding, as is no codec at all.
+    let renamed = edit_meta(&bytes, "codec", "toy-sparse", "other-v9");
+    for r in [
+        QuantizedModel::from_bytes_with(&renamed, &ToySparse),
+        QuantizedModel::from_bytes(&bytes),
+    ] {
+        assert!(
+            matches!(r, Err(QuantError::UnknownEncoding { .. })),
+            "{r:?}"
+        );
+    }
+    // An encoded kernel must be 1-D bytes.
+    let two_d = edit_tensor(&bytes, "dense.kernel", |d, s, b| {
+        Some((d, vec![1, s[0]], b.to_vec()))
+    });
+    assert!(matches!(
+        QuantizedModel::from_bytes_with(&two_d, &ToySparse),
+        Err(QuantError::BadModelFile { .. })
+    ));
+    struct Unnamed;
+    impl WeightCodec for Unnamed {
         fn name(&self) -> &str {
-            "dense"
+            ""
         }
         fn encode(&self, _: &str, _: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
             None
@@ -816,7 +1498,7 @@ fn codec_failures_and_reserved_name() {
         }
     }
     assert!(matches!(
-        q.to_bytes_with(&Dense),
+        q.to_bytes_with(&Unnamed),
         Err(QuantError::InvalidParameter { .. })
     ));
     // A codec that decodes to the wrong shape is caught.
