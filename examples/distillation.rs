@@ -5,7 +5,9 @@
 //! [--alpha 0.1] [--temperature 10] [--seeds 0,1,2] [--teacher-seed 0] [--teacher PATH]
 //! [--no-cache] [--sweep] [--quick] [--limit N] [--test-limit N] [--data-dir DIR]`
 //!
-//! - The teacher (`teacher_cnn(256, 512)`) trains for `--teacher-epochs` and is saved to
+//! - The teacher (`teacher_cnn(256, 512)`) trains for `--teacher-epochs` with Adam whose rate
+//!   decays from 1e-3 to 0 along a cosine (Keras' `CosineDecay`; `--teacher-lr-schedule
+//!   constant` keeps Keras' constant rate, the original recipe) and is saved to
 //!   `target/pare/models/teacher-f32.safetensors` (`teacher-f32-quick.safetensors` with
 //!   `--quick`, so CI never overwrites a fully trained one); `--teacher PATH` loads one instead.
 //! - For every seed the student (`teacher_cnn(16, 32)`) is distilled with `kd_loss(alpha, T)`
@@ -27,7 +29,7 @@ use ndarray::ArrayViewD;
 use pare::distill::{Distiller, KdConfig, TeacherCache};
 use pare::tensor::Sequential;
 use pare::tensor::models::teacher_cnn;
-use pare::tensor::optim::{Adam, AdamConfig};
+use pare::tensor::optim::{Adam, AdamConfig, LrSchedule};
 use pare::tensor::train::{Evaluation, Fit, FitConfig, History, Objective, evaluate};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -40,6 +42,16 @@ const TEACHER_FILTERS: (usize, usize) = (256, 512);
 const STUDENT_FILTERS: (usize, usize) = (16, 32);
 const SWEEP_T: [f32; 6] = [1.0, 2.0, 4.0, 8.0, 10.0, 20.0];
 const SWEEP_ALPHA: [f32; 3] = [0.1, 0.5, 0.9];
+/// The teacher's Adam rate decays to 0 along a cosine unless `--teacher-lr-schedule constant`.
+/// With Keras' constant 1e-3 the teacher stalls at a training loss of ~0.06 and its test
+/// accuracy drifts down after the first epoch (97.89 % after 1, 97.49 % after 10 with seed 0);
+/// decayed, the same 10 epochs reach 98.57 %, a teacher that knows more than the student.
+const TEACHER_COSINE_DEFAULT: bool = true;
+
+fn schedule_name(cosine: bool) -> &'static str {
+    if cosine { "cosine" } else { "constant" }
+}
+
 const QUICK_SWEEP_T: [f32; 3] = [1.0, 4.0, 10.0];
 
 struct Args {
@@ -49,6 +61,7 @@ struct Args {
     seeds: Vec<u64>,
     teacher_seed: u64,
     teacher_path: Option<PathBuf>,
+    teacher_cosine: bool,
     no_cache: bool,
     sweep: bool,
     quick: bool,
@@ -58,7 +71,8 @@ struct Args {
 }
 
 const USAGE: &str = "distillation [--teacher-epochs 10] [--student-epochs 3] [--alpha 0.1] \
-[--temperature 10] [--seeds 0,1,2] [--teacher-seed 0] [--teacher PATH] [--no-cache] [--sweep] \
+[--temperature 10] [--seeds 0,1,2] [--teacher-seed 0] [--teacher PATH] \
+[--teacher-lr-schedule constant|cosine] [--no-cache] [--sweep] \
 [--quick] [--limit N] [--test-limit N] [--data-dir DIR]";
 
 fn parse_args() -> Result<Option<Args>> {
@@ -69,6 +83,7 @@ fn parse_args() -> Result<Option<Args>> {
         seeds: vec![0],
         teacher_seed: 0,
         teacher_path: None,
+        teacher_cosine: TEACHER_COSINE_DEFAULT,
         no_cache: false,
         sweep: false,
         quick: false,
@@ -95,6 +110,15 @@ fn parse_args() -> Result<Option<Args>> {
             }
             Long("teacher-seed") => a.teacher_seed = args.value()?.parse()?,
             Long("teacher") => a.teacher_path = Some(args.value()?.into()),
+            Long("teacher-lr-schedule") => {
+                a.teacher_cosine = match args.value()?.string()?.as_str() {
+                    "constant" => false,
+                    "cosine" => true,
+                    other => {
+                        bail!("--teacher-lr-schedule: expected constant or cosine, got {other}")
+                    }
+                }
+            }
             Long("no-cache") => a.no_cache = true,
             Long("sweep") => a.sweep = true,
             Long("quick") => a.quick = true,
@@ -210,6 +234,23 @@ fn adam() -> Result<Adam> {
     Ok(Adam::new(AdamConfig::default())?)
 }
 
+/// The teacher's optimizer: Keras' Adam, its rate constant or cosine-decayed to 0 over the
+/// `steps` of the run.
+fn teacher_adam(cosine: bool, steps: usize) -> Result<Adam> {
+    let schedule = if cosine {
+        LrSchedule::CosineDecay {
+            decay_steps: steps as u64,
+            alpha: 0.0,
+        }
+    } else {
+        LrSchedule::Constant
+    };
+    Ok(Adam::new(AdamConfig {
+        schedule,
+        ..Default::default()
+    })?)
+}
+
 fn fit_config(epochs: usize, seed: u64, verbose: bool) -> FitConfig {
     FitConfig {
         epochs,
@@ -320,7 +361,9 @@ fn main() -> Result<()> {
         None => {
             println!("\n== teacher: {} epochs", args.teacher_epochs);
             let cfg = fit_config(args.teacher_epochs, args.teacher_seed, true);
-            let h = Fit::new(cfg).run(&mut teacher, &mut adam()?, x.view(), &y)?;
+            let steps = args.teacher_epochs * y.len().div_ceil(BATCH);
+            let mut opt = teacher_adam(args.teacher_cosine, steps)?;
+            let h = Fit::new(cfg).run(&mut teacher, &mut opt, x.view(), &y)?;
             let path = teacher_file(args.quick);
             let meta = HashMap::from([
                 (
@@ -328,6 +371,10 @@ fn main() -> Result<()> {
                     format!("teacher_cnn({}, {})", TEACHER_FILTERS.0, TEACHER_FILTERS.1),
                 ),
                 ("epochs".to_string(), args.teacher_epochs.to_string()),
+                (
+                    "lr_schedule".to_string(),
+                    schedule_name(args.teacher_cosine).to_string(),
+                ),
                 ("seed".to_string(), args.teacher_seed.to_string()),
                 ("train_images".to_string(), y.len().to_string()),
             ]);
@@ -526,6 +573,7 @@ fn main() -> Result<()> {
             "temperature": dec(args.kd.temperature),
             "seeds": args.seeds,
             "teacher_seed": args.teacher_seed,
+            "teacher_lr_schedule": teacher_history.as_ref().map(|_| schedule_name(args.teacher_cosine)),
             "teacher_loaded_from": args.teacher_path.as_ref().map(|p| p.display().to_string()),
             "teacher_epochs": teacher_history.as_ref().map(|_| args.teacher_epochs),
             "student_epochs": args.student_epochs,
