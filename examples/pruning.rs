@@ -2,15 +2,24 @@
 //! fine-tuning, strip it, store it sparse, convert it to int8, and compare sizes and accuracies.
 //!
 //! `cargo run --release --example pruning -- [--epochs 4] [--prune-epochs 2] [--seed 0]
-//! [--sweep] [--quick] [--data-dir DIR]`
+//! [--prune-only NAME[,NAME]] [--sweep] [--quick] [--data-dir DIR]`
 //!
 //! - Baseline: `small_cnn(seed)`, Adam, batch 32, `validation_split` 0.1, `--epochs` epochs.
 //! - Pruning (TFMOT's tutorial): a copy fine-tuned `--prune-epochs` epochs, batch 128,
 //!   `validation_split` 0.1, fresh Adam (TFMOT recompiles), `PolynomialDecay(0.50 → 0.80, begin 0,
-//!   end ceil(54 000 / 128) · 2 = 844)`, masks every 100 steps; then stripped.
+//!   end ceil(54 000 / 128) · 2 = 844)`, masks every 100 steps; then stripped. Every conv and
+//!   dense kernel is pruned, as TFMOT does, unless `--prune-only` names the ones to prune
+//!   (`dense.kernel`, `conv2d.kernel`); that choice applies to the sweep too.
 //! - int8: the stripped model through pare-quant's converter, full integer (calibrated on 100
 //!   training images, TFLite's representative data set) and dynamic range; weights stored with
-//!   pare-prune's sparse int8 encoding (wired into pare-quant's `WeightCodec` below).
+//!   pare-prune's sparse int8 encoding (wired into pare-quant's `WeightCodec` below): each
+//!   kernel as a bitmask, Rice-coded gaps or entropy-coded, whichever is smallest. The pruned
+//!   int8 file is broken down byte by byte (header, biases, scales, each kernel in each format)
+//!   next to the kernels' order-0 entropy: `n · H(nnz / n)` bits for the mask (positions as
+//!   independent bits) plus `nnz` times the empirical entropy of the non-zero int8 values.
+//! - Dense kernel only: the same schedule to 85 % and 90 % on the dense kernel alone, the conv
+//!   kernel (108 weights) left dense, for the issue's size targets (<= 5 000 bytes gzip, <= 8 000
+//!   raw, >= 15x smaller than the f32 baseline after gzip), which the table checks.
 //! - Structured: a copy of the baseline with half of its conv filters pruned (whole filters by
 //!   L1 norm, bias included) while fine-tuning like the pruned model, then the dead filters cut
 //!   out: a plain model half the size, no sparse kernel needed.
@@ -32,8 +41,8 @@ use ndarray::{ArrayViewD, Axis};
 use pare::codecs::SparseCodec;
 use pare::prune::file::save_sparse;
 use pare::prune::{
-    ConstantSparsity, MaskKind, Norm, PolynomialDecay, PruneCallback, SparseSequential,
-    remove_dead_channels, sparsity_report,
+    ConstantSparsity, EntropyCoded, GapCoded, MaskKind, Norm, PolynomialDecay, PruneCallback,
+    SparseSequential, SparseTensor, prunable_params, remove_dead_channels, sparsity_report,
 };
 use pare::quant::{ConvertConfig, Mode, QuantizedModel, convert};
 use pare::tensor::Sequential;
@@ -53,13 +62,22 @@ const SWEEP: [f32; 6] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95];
 const QUICK_SWEEP: [f32; 3] = [0.5, 0.8, 0.95];
 const TIMING_ROUNDS: usize = 5;
 
-const USAGE: &str = "pruning [--epochs 4] [--prune-epochs 2] [--seed 0] [--sweep] [--quick] \
-[--data-dir DIR]";
+const USAGE: &str = "pruning [--epochs 4] [--prune-epochs 2] [--seed 0] \
+[--prune-only NAME[,NAME]] [--sweep] [--quick] [--data-dir DIR]";
+/// The dense-kernel-only variants: final sparsities, and the kernel pruned.
+const DENSE_ONLY: [f32; 2] = [0.85, 0.9];
+const DENSE_KERNEL: &str = "dense.kernel";
+/// Issue #5's size targets for the pruned int8 file.
+const TARGET_GZIP: usize = 5_000;
+const TARGET_RAW: usize = 8_000;
+const TARGET_RATIO: f64 = 15.0;
 
 struct Args {
     epochs: usize,
     prune_epochs: usize,
     seed: u64,
+    /// Kernels to prune (`None`: every conv and dense kernel).
+    prune_only: Option<Vec<String>>,
     sweep: bool,
     quick: bool,
     data_dir: Option<PathBuf>,
@@ -71,6 +89,7 @@ fn parse_args() -> Result<Option<Args>> {
         epochs: 4,
         prune_epochs: 2,
         seed: 0,
+        prune_only: None,
         sweep: false,
         quick: false,
         data_dir: None,
@@ -82,6 +101,18 @@ fn parse_args() -> Result<Option<Args>> {
             Long("epochs") => epochs = Some(args.value()?.parse()?),
             Long("prune-epochs") => prune_epochs = Some(args.value()?.parse()?),
             Long("seed") => a.seed = args.value()?.parse()?,
+            Long("prune-only") => {
+                let list: String = args.value()?.parse()?;
+                let names: Vec<String> = list
+                    .split(',')
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                if names.is_empty() {
+                    bail!("--prune-only needs at least one parameter name");
+                }
+                a.prune_only = Some(names);
+            }
             Long("sweep") => a.sweep = true,
             Long("quick") => a.quick = true,
             Long("data-dir") => a.data_dir = Some(args.value()?.into()),
@@ -155,11 +186,12 @@ fn frequency(args: &Args) -> i64 {
     if args.quick { 1 } else { 100 }
 }
 
-/// Fine-tunes a copy of `base` with the TFMOT tutorial's schedule to `final_sparsity`, and
-/// strips it.
+/// Fine-tunes a copy of `base` with the TFMOT tutorial's schedule to `final_sparsity`, pruning
+/// the kernels `only` names (all conv and dense kernels if `None`), and strips it.
 fn prune_to(
     base: &Sequential,
     final_sparsity: f32,
+    only: Option<&[String]>,
     args: &Args,
     (x, y): (&ArrayViewD<'_, f32>, &[usize]),
 ) -> Result<(Sequential, PruneCallback, History)> {
@@ -173,6 +205,9 @@ fn prune_to(
         frequency(args),
     )?;
     let mut prune = PruneCallback::new(schedule);
+    if let Some(names) = only {
+        prune = prune.with_params(names.iter().cloned());
+    }
     let mut model = base.clone();
     let cfg = fit_config(args.prune_epochs, PRUNE_BATCH, args.seed);
     let history = Fit::new(cfg)
@@ -265,9 +300,21 @@ fn main() -> Result<()> {
         args.seed
     );
 
+    let mut baseline = small_cnn(args.seed);
+    if let Some(names) = &args.prune_only {
+        let prunable = prunable_params(&baseline);
+        if let Some(bad) = names.iter().find(|n| !prunable.contains(n)) {
+            bail!("--prune-only: {bad:?} is not a prunable kernel; the model has {prunable:?}");
+        }
+    }
+    // "80 %" alone means every kernel, as in TFMOT's tutorial.
+    let scope = match &args.prune_only {
+        Some(names) => format!(" ({} only)", names.join(", ")),
+        None => String::new(),
+    };
+
     // Baseline.
     println!("\n== baseline: small CNN, {} epochs, batch 32", args.epochs);
-    let mut baseline = small_cnn(args.seed);
     let base_h = Fit::new(fit_config(args.epochs, 32, args.seed)).run(
         &mut baseline,
         &mut adam()?,
@@ -295,7 +342,8 @@ fn main() -> Result<()> {
         frequency(&args),
         args.prune_epochs
     );
-    let (pruned, prune, prune_h) = prune_to(&baseline, 0.8, &args, (&x, &y))?;
+    let (pruned, prune, prune_h) =
+        prune_to(&baseline, 0.8, args.prune_only.as_deref(), &args, (&x, &y))?;
     let pruned_acc = evaluate(&pruned, tx.view(), &ty, EVAL_BATCH)?.accuracy;
     let updates: Vec<Value> = prune
         .updates()
@@ -359,6 +407,47 @@ fn main() -> Result<()> {
         &models_dir().join("baseline-int8.safetensors"),
     )?;
     let q_pruned_dense = Size::of(&q_pruned.to_bytes()?);
+    let q_pruned_path = models_dir().join("pruned-int8.safetensors");
+    let breakdown = Breakdown::of(&q_pruned, &std::fs::read(&q_pruned_path)?)?;
+    println!("\nbytes of {}:", q_pruned_path.display());
+    breakdown.print();
+
+    // Only the dense kernel pruned, harder; the conv kernel (108 weights) left dense.
+    let mut dense_only = Vec::new();
+    for &s in &DENSE_ONLY {
+        let tag = format!("{:.0}", s * 100.0);
+        println!(
+            "\n== {DENSE_KERNEL} only to {tag} %: PolynomialDecay {:.2} -> {s:.2}, {} epochs",
+            s.min(0.5),
+            args.prune_epochs
+        );
+        let only = [DENSE_KERNEL.to_string()];
+        let (model, _, _) = prune_to(&baseline, s, Some(&only), &args, (&x, &y))?;
+        let f32_acc = evaluate(&model, tx.view(), &ty, EVAL_BATCH)?.accuracy;
+        let f32_path = models_dir().join(format!("dense-only-{tag}-f32.safetensors"));
+        save_sparse(&model, &f32_path, meta("pruned"))?;
+        let (_, int8_acc, int8_size) = int8(
+            &model,
+            Mode::FullInteger,
+            calibration.view(),
+            test,
+            &models_dir().join(format!("dense-only-{tag}-int8.safetensors")),
+        )?;
+        println!(
+            "test accuracy {}, int8 {}; int8 file {} bytes, {} gzip",
+            common::pct(f32_acc),
+            common::pct(int8_acc),
+            int8_size.raw,
+            int8_size.gzip
+        );
+        dense_only.push(Point {
+            sparsity: s,
+            f32_acc,
+            int8_acc,
+            f32_size: read_size(&f32_path)?,
+            int8_size,
+        });
+    }
 
     // Structured: whole conv filters.
     println!(
@@ -431,6 +520,70 @@ fn main() -> Result<()> {
             note.to_string(),
         ]
     };
+    let p80 = format!("pruned 80 %{scope}");
+    let storage = |file: &str| int8_storage(&models_dir().join(file));
+    let mut rows = vec![
+        row("baseline f32", base_acc, base_size, "dense f32"),
+        row(
+            "baseline int8",
+            q_base_acc,
+            q_base_size,
+            &storage("baseline-int8.safetensors")?,
+        ),
+        row(
+            &format!("{p80} f32"),
+            pruned_acc,
+            pruned_dense_size,
+            "dense f32 (as TFMOT)",
+        ),
+        row(&format!("{p80} f32"), pruned_acc, pruned_size, "sparse f32"),
+        row(
+            &format!("{p80} int8"),
+            q_pruned_acc,
+            q_pruned_dense,
+            "int8, kernels dense int8",
+        ),
+        row(
+            &format!("{p80} int8"),
+            q_pruned_acc,
+            q_pruned_size,
+            &storage("pruned-int8.safetensors")?,
+        ),
+        row(
+            &format!("{p80} dyn-range"),
+            dr_acc,
+            dr_size,
+            &(storage("pruned-int8-dynamic-range.safetensors")? + ", f32 act."),
+        ),
+    ];
+    for p in &dense_only {
+        let name = format!("{DENSE_KERNEL} {:.0} %", p.sparsity * 100.0);
+        rows.push(row(
+            &format!("{name} f32"),
+            p.f32_acc,
+            p.f32_size,
+            "sparse f32",
+        ));
+        let file = format!("dense-only-{:.0}-int8.safetensors", p.sparsity * 100.0);
+        rows.push(row(
+            &format!("{name} int8"),
+            p.int8_acc,
+            p.int8_size,
+            &storage(&file)?,
+        ));
+    }
+    rows.push(row(
+        &format!("structured {filters_tag} f32"),
+        smaller_acc,
+        smaller_size,
+        "dense f32",
+    ));
+    rows.push(row(
+        &format!("structured {filters_tag} int8"),
+        q_smaller_acc,
+        q_smaller_size,
+        &storage("structured-int8.safetensors")?,
+    ));
     println!();
     common::print_table(
         &[
@@ -441,52 +594,23 @@ fn main() -> Result<()> {
             "gzip vs baseline",
             "stored as",
         ],
-        &[
-            row("baseline f32", base_acc, base_size, "dense f32"),
-            row(
-                "baseline int8",
-                q_base_acc,
-                q_base_size,
-                "int8 (dense: 0 % zeros)",
-            ),
-            row(
-                "pruned 80 % f32",
-                pruned_acc,
-                pruned_dense_size,
-                "dense f32 (as TFMOT)",
-            ),
-            row("pruned 80 % f32", pruned_acc, pruned_size, "sparse f32"),
-            row(
-                "pruned 80 % int8",
-                q_pruned_acc,
-                q_pruned_dense,
-                "dense int8",
-            ),
-            row(
-                "pruned 80 % int8",
-                q_pruned_acc,
-                q_pruned_size,
-                "sparse int8",
-            ),
-            row(
-                "pruned 80 % dyn-range",
-                dr_acc,
-                dr_size,
-                "sparse int8, f32 act.",
-            ),
-            row(
-                &format!("structured {filters_tag} f32"),
-                smaller_acc,
-                smaller_size,
-                "dense f32",
-            ),
-            row(
-                &format!("structured {filters_tag} int8"),
-                q_smaller_acc,
-                q_smaller_size,
-                "dense int8",
-            ),
-        ],
+        &rows,
+    );
+    // Issue #5's targets, for every pruned int8 file.
+    let targets = std::iter::once((format!("{p80} int8"), q_pruned_size))
+        .chain(dense_only.iter().map(|p| {
+            let name = format!("{DENSE_KERNEL} {:.0} % int8", p.sparsity * 100.0);
+            (name, p.int8_size)
+        }))
+        .map(|(name, size)| Target::check(name, size, base_size))
+        .collect::<Vec<_>>();
+    println!(
+        "\nissue #5 targets: <= {TARGET_GZIP} bytes gzip, <= {TARGET_RAW} raw, >= {TARGET_RATIO}x \
+         smaller than the f32 baseline after gzip"
+    );
+    common::print_table(
+        &["file", "gzip", "raw", "ratio", "all met"],
+        &targets.iter().map(Target::cells).collect::<Vec<_>>(),
     );
     let ms = |s: f64| format!("{:.1}", s * 1000.0);
     println!();
@@ -585,6 +709,18 @@ fn main() -> Result<()> {
                 "pruned_int8": t_int8,
                 "structured_f32": t_smaller,
             },
+            "prune_only": args.prune_only,
+            "pruned_int8_breakdown": breakdown.json(),
+            "dense_only": {
+                "kernel": DENSE_KERNEL,
+                "points": dense_only.iter().map(Point::json).collect::<Vec<_>>(),
+            },
+            "targets": {
+                "gzip_bytes": TARGET_GZIP,
+                "bytes": TARGET_RAW,
+                "ratio_gzip": TARGET_RATIO,
+                "files": targets.iter().map(Target::json).collect::<Vec<_>>(),
+            },
             "sweep": sweep,
         }),
     )?;
@@ -592,13 +728,276 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-/// One point of the sweep.
+/// One pruned model: a point of the sweep, or a dense-kernel-only variant.
 struct Point {
     sparsity: f32,
     f32_acc: f32,
     int8_acc: f32,
     f32_size: Size,
     int8_size: Size,
+}
+
+impl Point {
+    fn json(&self) -> Value {
+        json!({
+            "sparsity": self.sparsity,
+            "f32_accuracy": self.f32_acc,
+            "int8_accuracy": self.int8_acc,
+            "f32_model": self.f32_size.json(),
+            "int8_model": self.int8_size.json(),
+        })
+    }
+}
+
+/// One file against issue #5's size targets.
+struct Target {
+    name: String,
+    size: Size,
+    ratio: f64,
+}
+
+impl Target {
+    fn check(name: String, size: Size, baseline: Size) -> Target {
+        Target {
+            name,
+            size,
+            ratio: baseline.gzip as f64 / size.gzip.max(1) as f64,
+        }
+    }
+    fn met(&self) -> [bool; 3] {
+        [
+            self.size.gzip <= TARGET_GZIP,
+            self.size.raw <= TARGET_RAW,
+            self.ratio >= TARGET_RATIO,
+        ]
+    }
+    fn cells(&self) -> Vec<String> {
+        let mark = |ok: bool| if ok { "yes" } else { "no" };
+        let [gzip, raw, ratio] = self.met();
+        vec![
+            self.name.clone(),
+            format!("{} ({})", self.size.gzip, mark(gzip)),
+            format!("{} ({})", self.size.raw, mark(raw)),
+            format!("{:.2}x ({})", self.ratio, mark(ratio)),
+            mark(gzip && raw && ratio).to_string(),
+        ]
+    }
+    fn json(&self) -> Value {
+        let [gzip, raw, ratio] = self.met();
+        json!({
+            "file": self.name,
+            "model": self.size.json(),
+            "ratio_gzip": self.ratio,
+            "gzip_met": gzip,
+            "bytes_met": raw,
+            "ratio_met": ratio,
+        })
+    }
+}
+
+/// A tensor's data in a model file: name, safetensors dtype, bytes, how it is stored.
+type Part = (String, String, usize, &'static str);
+
+/// The header's length and every tensor's data, in file order, read from a safetensors file by
+/// hand: an 8-byte little-endian header length, then the JSON tensor table.
+fn file_parts(file: &[u8]) -> Result<(usize, Vec<Part>)> {
+    let n = file
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize)
+        .context("model file shorter than a safetensors header")?;
+    let table: serde_json::Map<String, Value> =
+        serde_json::from_slice(file.get(8..8 + n).context("truncated safetensors header")?)?;
+    let mut parts = Vec::new();
+    for (name, t) in &table {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = t["dtype"].as_str().unwrap_or("?").to_string();
+        let offset = |i: usize| t["data_offsets"][i].as_u64().unwrap_or(0) as usize + 8 + n;
+        let (start, end) = (offset(0), offset(1));
+        let data = file
+            .get(start..end)
+            .context("tensor data outside the file")?;
+        let format = match (dtype.as_str(), data.get(..4)) {
+            ("U8", Some(b"PSEC")) => "entropy-coded",
+            ("U8", Some(b"PSRG")) => "Rice-coded gaps",
+            ("U8", Some(b"PSPT")) => "bitmask",
+            ("I8", _) => "dense int8",
+            ("I32", _) => "int32",
+            ("F32", _) => "f32",
+            _ => "?",
+        };
+        parts.push((start, (name.clone(), dtype, end - start, format)));
+    }
+    parts.sort_by_key(|p| p.0);
+    Ok((8 + n, parts.into_iter().map(|p| p.1).collect()))
+}
+
+/// How an int8 model file stores its kernels, e.g. `int8, kernels entropy-coded`.
+fn int8_storage(path: &Path) -> Result<String> {
+    let (_, parts) = file_parts(&std::fs::read(path)?)?;
+    let mut formats: Vec<&str> = parts
+        .iter()
+        .filter(|p| p.0.ends_with(".kernel"))
+        .map(|p| p.3)
+        .collect();
+    formats.dedup();
+    Ok(format!("int8, kernels {}", formats.join(" + ")))
+}
+
+/// Where the bytes of a sparse int8 model file go, and how close its kernels come to their
+/// order-0 entropy.
+struct Breakdown {
+    /// The safetensors header: 8-byte length, JSON (tensor table and metadata), padding.
+    header: usize,
+    /// Every tensor's data, in file order.
+    parts: Vec<Part>,
+    kernels: Vec<KernelBytes>,
+}
+
+/// One int8 kernel: as stored, in each sparse format, and its order-0 entropy.
+struct KernelBytes {
+    name: String,
+    len: usize,
+    nnz: usize,
+    stored: usize,
+    bitmask: usize,
+    gaps: usize,
+    entropy: Option<usize>,
+    /// `len · H(nnz / len)` bits: the positions as independent bits.
+    mask_bound: f64,
+    /// `nnz` times the empirical entropy of the non-zero values, bits.
+    values_bound: f64,
+}
+
+/// `Σ c log2(total / c)` over the counts: their empirical entropy times their total, in bits.
+fn entropy_bits(counts: impl Iterator<Item = usize> + Clone) -> f64 {
+    let total: usize = counts.clone().sum();
+    counts
+        .filter(|&c| c > 0)
+        .map(|c| c as f64 * (total as f64 / c as f64).log2())
+        .sum()
+}
+
+impl KernelBytes {
+    fn of(name: String, kernel: &ndarray::ArrayD<i8>, stored: usize) -> Result<KernelBytes> {
+        let mut histogram = [0usize; 256];
+        for &v in kernel.iter().filter(|&&v| v != 0) {
+            histogram[v as u8 as usize] += 1;
+        }
+        let nnz = histogram.iter().sum();
+        let len = kernel.len();
+        Ok(KernelBytes {
+            name,
+            len,
+            nnz,
+            stored,
+            bitmask: SparseTensor::encode(kernel.view())?.encoded_len(),
+            gaps: GapCoded::encode(kernel.view())?.encoded_len(),
+            entropy: EntropyCoded::encode(kernel.view())
+                .ok()
+                .map(|e| e.encoded_len()),
+            mask_bound: entropy_bits([nnz, len - nnz].into_iter()),
+            values_bound: entropy_bits(histogram.iter().copied()),
+        })
+    }
+
+    fn bound(&self) -> f64 {
+        (self.mask_bound + self.values_bound) / 8.0
+    }
+}
+
+impl Breakdown {
+    /// The breakdown of `file`, the bytes of `q`'s model file.
+    fn of(q: &QuantizedModel, file: &[u8]) -> Result<Breakdown> {
+        let (header, parts) = file_parts(file)?;
+        let mut kernels = Vec::new();
+        for layer in q.layers() {
+            if let Some(w) = &layer.weights {
+                let name = format!("{}.kernel", layer.name);
+                let stored = parts
+                    .iter()
+                    .find(|p| p.0 == name)
+                    .map(|p| p.2)
+                    .with_context(|| format!("{name} is not in the file"))?;
+                kernels.push(KernelBytes::of(name, &w.kernel, stored)?);
+            }
+        }
+        Ok(Breakdown {
+            header,
+            parts,
+            kernels,
+        })
+    }
+
+    fn kernel_bytes(&self) -> usize {
+        self.kernels.iter().map(|k| k.stored).sum()
+    }
+
+    fn bound(&self) -> f64 {
+        self.kernels.iter().map(KernelBytes::bound).sum()
+    }
+
+    fn print(&self) {
+        let mut rows = vec![vec![
+            "header".to_string(),
+            self.header.to_string(),
+            "safetensors JSON: tensor table, architecture".to_string(),
+        ]];
+        for (name, dtype, bytes, format) in &self.parts {
+            let note = match self.kernels.iter().find(|k| &k.name == name) {
+                Some(k) => format!(
+                    "{format}; {} of {} non-zero; bitmask {}, gaps {}, entropy {}; \
+                     order-0 bound {:.0} (mask {:.0} + values {:.0})",
+                    k.nnz,
+                    k.len,
+                    k.bitmask,
+                    k.gaps,
+                    k.entropy.map_or("-".to_string(), |e| e.to_string()),
+                    k.bound(),
+                    k.mask_bound / 8.0,
+                    k.values_bound / 8.0
+                ),
+                None => format!("{format} ({dtype})"),
+            };
+            rows.push(vec![name.clone(), bytes.to_string(), note]);
+        }
+        let total = self.header + self.parts.iter().map(|p| p.2).sum::<usize>();
+        rows.push(vec![
+            "total".to_string(),
+            total.to_string(),
+            format!(
+                "kernels {} bytes, {:.1} % of their order-0 bound {:.0}",
+                self.kernel_bytes(),
+                100.0 * self.kernel_bytes() as f64 / self.bound(),
+                self.bound()
+            ),
+        ]);
+        common::print_table(&["part", "bytes", "stored as"], &rows);
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "header_bytes": self.header,
+            "tensors": self.parts.iter().map(|(name, dtype, bytes, format)| json!({
+                "name": name, "dtype": dtype, "bytes": bytes, "stored_as": format,
+            })).collect::<Vec<_>>(),
+            "kernels": self.kernels.iter().map(|k| json!({
+                "name": k.name,
+                "elements": k.len,
+                "nonzeros": k.nnz,
+                "stored_bytes": k.stored,
+                "bitmask_bytes": k.bitmask,
+                "gap_bytes": k.gaps,
+                "entropy_coded_bytes": k.entropy,
+                "order0_mask_bytes": k.mask_bound / 8.0,
+                "order0_values_bytes": k.values_bound / 8.0,
+                "order0_bound_bytes": k.bound(),
+            })).collect::<Vec<_>>(),
+            "kernels_bytes": self.kernel_bytes(),
+            "kernels_order0_bound_bytes": self.bound(),
+        })
+    }
 }
 
 /// The unpruned model's figures, drawn for reference in the sweep's plot.
@@ -621,7 +1020,7 @@ fn run_sweep(
     let mut points = Vec::new();
     for &s in targets {
         println!("\n== sweep: final sparsity {:.0} %", s * 100.0);
-        let (pruned, _, _) = prune_to(baseline, s, args, train)?;
+        let (pruned, _, _) = prune_to(baseline, s, args.prune_only.as_deref(), args, train)?;
         let f32_acc = evaluate(&pruned, test.0.view(), test.1, EVAL_BATCH)?.accuracy;
         let tag = format!("{:.0}", s * 100.0);
         let f32_path = models_dir().join(format!("sweep-{tag}-f32.safetensors"));
@@ -675,18 +1074,7 @@ fn run_sweep(
     let path = common::out_dir().join("pruning-sweep.svg");
     pare::tensor::io::write_atomic(&path, svg.as_bytes())?;
     println!("wrote {}", path.display());
-    let json_points: Vec<Value> = points
-        .iter()
-        .map(|p| {
-            json!({
-                "sparsity": p.sparsity,
-                "f32_accuracy": p.f32_acc,
-                "int8_accuracy": p.int8_acc,
-                "f32_model": p.f32_size.json(),
-                "int8_model": p.int8_size.json(),
-            })
-        })
-        .collect();
+    let json_points: Vec<Value> = points.iter().map(Point::json).collect();
     let sweep = json!({
         "baseline_accuracy": reference.f32_acc,
         "baseline_model_gzip_bytes": reference.f32_size.gzip,

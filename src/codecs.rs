@@ -4,9 +4,11 @@ use ndarray::{ArrayD, ArrayViewD};
 use pare_prune::file::{SPARSE_ENCODING, decode_i8, encode_i8};
 use pare_quant::file::{CodecError, WeightCodec};
 
-/// Stores a pruned model's int8 kernels in pare-prune's sparse encoding (bitmask or gap-coded
-/// positions plus the non-zero values) inside a pare-quant model file, wherever that is smaller
-/// than the dense tensor.
+/// Stores a model's int8 kernels in pare-prune's sparse encoding inside a pare-quant model file,
+/// wherever that is smaller than the dense tensor: per kernel the smallest of a bitmask plus the
+/// non-zero values, Rice-coded gaps plus the values, or the entropy-coded form (context-modelled
+/// arithmetic coding, which also shrinks an unpruned kernel's skewed int8 codes). See
+/// [`pare_prune::file::encode_i8`].
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -86,7 +88,8 @@ mod tests {
             QuantizedModel::from_bytes(&sparse),
             Err(QuantError::UnknownEncoding { .. })
         ));
-        // Corrupt sparse bytes (the gap codes cut short) are the codec's typed error.
+        // Corrupt sparse bytes (the end of the last kernel's stream overwritten) are the
+        // codec's typed error.
         let n = sparse.len();
         let mut cut = sparse.clone();
         cut[n - 40..].fill(0xff);

@@ -1,7 +1,7 @@
 //! Pruning end to end on real MNIST: the small CNN trained one epoch on 6,000 images, pruned to
 //! 80 % while fine-tuning one more epoch (TFMOT's polynomial schedule, compressed to the epoch),
 //! stripped, stored sparse, reloaded, converted to int8 with pare-quant and stored with the
-//! sparse int8 codec.
+//! sparse int8 codec, whose entropy coder must find the kernel's spatial structure.
 //!
 //! Scored on the whole test set (10,000 images; inference is cheap next to training, and the
 //! first 2,000 alone score about 3 points lower than the rest, too close to the bar). Measured
@@ -17,7 +17,10 @@ mod common;
 
 use ndarray::Axis;
 use pare::prune::file::{load_sparse_bytes, to_sparse_bytes};
-use pare::prune::{PolynomialDecay, PruneCallback, PruningSchedule, kept_count, sparsity_report};
+use pare::prune::{
+    EntropyCoded, GapCoded, PolynomialDecay, PruneCallback, PruningSchedule, kept_count,
+    sparsity_report,
+};
 use pare::quant::{ConvertConfig, QuantizedModel, convert};
 use pare::tensor::models::small_cnn;
 use pare::tensor::optim::{Adam, AdamConfig};
@@ -106,6 +109,26 @@ fn small_cnn_pruned_to_80_percent_keeps_its_accuracy_through_int8() {
         .count();
     let int8 = correct as f32 / ty.len() as f32;
     assert!(int8 > 0.85, "int8 accuracy {int8} (float {after})");
+
+    // The trained dense kernel is smooth across neighbouring pixels: the entropy coder finds
+    // the stride of the neighbouring pixel (12 rows: its rows are 13 x 13 pixels x 12
+    // channels) and beats the gap code. Measured for seeds 0 / 1 / 2: 4 948 / 4 893 / 4 858
+    // bytes against 5 973 / 5 966 / 5 968 (83 / 82 / 81 %); the second stride found varies
+    // (2, 156, 1) this early in training.
+    let layer = q.layers().iter().find(|l| l.name == "dense").unwrap();
+    let kernel = &layer.weights.as_ref().unwrap().kernel;
+    let entropy = EntropyCoded::encode(kernel.view()).unwrap();
+    let gaps = GapCoded::encode(kernel.view()).unwrap().encoded_len();
+    assert!(entropy.strides().contains(&12), "{:?}", entropy.strides());
+    assert!(
+        entropy.encoded_len() * 100 < gaps * 90,
+        "entropy-coded {} bytes, gaps {gaps}",
+        entropy.encoded_len()
+    );
+    assert_eq!(
+        EntropyCoded::decode_bytes(&entropy.to_bytes()).unwrap(),
+        kernel
+    );
     eprintln!(
         "accuracy before {before}, pruned {after}, int8 {int8}; int8 file {} bytes",
         file.len()

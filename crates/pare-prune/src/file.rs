@@ -24,8 +24,10 @@
 //! depend on each other, so this crate exports the two halves of an int8 codec as functions
 //! and the caller wires them into pare-quant's `WeightCodec` (a dozen lines; the pruning example
 //! does it). The encoding's tag is [`SPARSE_ENCODING`]; each tensor's bytes are whichever of
-//! [`SparseTensor`] (bitmask) and [`GapCoded`] (Rice-coded gaps) is smaller, told apart by
-//! their magic bytes.
+//! [`SparseTensor`] (bitmask), [`GapCoded`] (Rice-coded gaps) and [`EntropyCoded`]
+//! (context-modelled arithmetic coding, the smallest on trained kernels) is smallest, told
+//! apart by their magic bytes. A reader that predates a format reports its magic as
+//! [`PruneError::BadMagic`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -34,6 +36,7 @@ use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use pare_tensor::Sequential;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
+use crate::entropy::{ENTROPY_MAGIC, EntropyCoded};
 use crate::error::{PruneError, Result};
 use crate::gaps::{GAP_MAGIC, GapCoded};
 use crate::sparse::{SparseTensor, Storage, choose_encoding};
@@ -232,30 +235,42 @@ pub fn load_sparse(model: &mut Sequential, path: &Path) -> Result<HashMap<String
     load_sparse_bytes(model, &bytes)
 }
 
-/// Encodes an int8 weight tensor in the smallest of the two sparse formats — [`SparseTensor`]
-/// (bitmask) or [`GapCoded`] (Rice-coded gaps, smaller at high sparsity) — when that is smaller
-/// than the raw `len` bytes, else `None` (store it dense). This is the `encode` half of a
-/// pare-quant `WeightCodec` tagged [`SPARSE_ENCODING`]; the bytes say which format they are.
+/// Encodes an int8 weight tensor in the smallest of the three sparse formats —
+/// [`SparseTensor`] (bitmask), [`GapCoded`] (Rice-coded gaps, smaller at high sparsity) or
+/// [`EntropyCoded`] (arithmetic-coded with context models, smaller on trained kernels) — when
+/// that is smaller than the raw `len` bytes, else `None` (store it dense). On a tie the simpler
+/// format wins. This is the `encode` half of a pare-quant `WeightCodec` tagged
+/// [`SPARSE_ENCODING`]; the bytes say which format they are.
 pub fn encode_i8(weights: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
     let bitmask = SparseTensor::encode(weights.view()).ok()?;
     let gaps = GapCoded::encode(weights.view()).ok()?;
-    if bitmask.encoded_len().min(gaps.encoded_len()) >= weights.len() {
+    // Declined only past its size caps, where the other two still serve.
+    let entropy = EntropyCoded::encode(weights.view()).ok();
+    let mut best = (bitmask.encoded_len(), 0);
+    if gaps.encoded_len() < best.0 {
+        best = (gaps.encoded_len(), 1);
+    }
+    if let Some(e) = entropy.as_ref().filter(|e| e.encoded_len() < best.0) {
+        best = (e.encoded_len(), 2);
+    }
+    if best.0 >= weights.len() {
         return None;
     }
-    Some(if gaps.encoded_len() < bitmask.encoded_len() {
-        gaps.to_bytes()
-    } else {
-        bitmask.to_bytes()
+    Some(match (best.1, entropy) {
+        (2, Some(e)) => e.to_bytes(),
+        (1, _) => gaps.to_bytes(),
+        _ => bitmask.to_bytes(),
     })
 }
 
-/// Decodes bytes from [`encode_i8`] (either format), checking that they hold an int8 tensor of
-/// exactly `shape` before allocating it. The `decode` half of a pare-quant `WeightCodec`;
-/// corrupt bytes are an error.
+/// Decodes bytes from [`encode_i8`] (any of the three formats), checking that they hold an int8
+/// tensor of exactly `shape` before allocating it. The `decode` half of a pare-quant
+/// `WeightCodec`; corrupt bytes are an error.
 ///
 /// # Errors
-/// The [`SparseTensor::from_bytes`] / [`GapCoded::from_bytes`] errors (truncation, bad magic,
-/// inconsistent positions, [`PruneError::DTypeMismatch`] for f32 data …);
+/// The [`SparseTensor::from_bytes`] / [`GapCoded::from_bytes`] / [`EntropyCoded::from_bytes`]
+/// errors (truncation, bad magic, inconsistent positions, [`PruneError::DTypeMismatch`] for f32
+/// data …);
 /// [`PruneError::ShapeMismatch`] if the shape differs from `shape`.
 pub fn decode_i8(shape: &[usize], bytes: &[u8]) -> Result<ArrayD<i8>> {
     let check = |found: &[usize]| {
@@ -273,6 +288,8 @@ pub fn decode_i8(shape: &[usize], bytes: &[u8]) -> Result<ArrayD<i8>> {
         let g = GapCoded::<i8>::from_bytes(bytes)?;
         check(g.shape())?;
         Ok(g.decode())
+    } else if bytes.starts_with(&ENTROPY_MAGIC) {
+        EntropyCoded::decode_shaped(bytes, shape, "decode_i8")
     } else {
         let s = SparseTensor::<i8>::from_bytes(bytes)?;
         check(s.shape())?;
@@ -515,35 +532,57 @@ mod tests {
             w[[i, i % 10]] = (i as i8) - 25;
         }
         let w = w.into_dyn();
-        let bytes = encode_i8(w.view()).expect("10 % dense is smaller sparse");
-        assert!(bytes.len() < w.len());
-        assert!(bytes.starts_with(&GAP_MAGIC), "gaps beat a bitmask at 90 %");
-        assert_eq!(decode_i8(&[50, 10], &bytes).unwrap(), w);
-        // The bitmask format, chosen on a tie (every other element non-zero up to the last one:
-        // the best codes take one bit per element, as the mask does), also decodes.
+        // A diagonal, alternate columns, and i.i.d. noise at 60 % and 10 % density: the codec
+        // picks the smallest format each time, and every format decodes.
+        let mut state = 7u32;
+        let mut noise = |density: u32| {
+            ArrayD::from_shape_simple_fn(IxDyn(&[40, 10]), || {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                if (state >> 8) % 100 < density {
+                    match (state >> 16) as i8 {
+                        0 => 1,
+                        v => v,
+                    }
+                } else {
+                    0
+                }
+            })
+        };
         let half = ArrayD::from_shape_fn(IxDyn(&[40, 10]), |i| -((i[1] % 2) as i8));
-        let b = encode_i8(half.view()).unwrap();
-        assert!(b.starts_with(b"PSPT"));
-        assert_eq!(decode_i8(&[40, 10], &b).unwrap(), half);
-        assert!(matches!(
-            decode_i8(&[10, 40], &b),
-            Err(PruneError::ShapeMismatch { .. })
-        ));
-        assert!(matches!(
-            decode_i8(&[10, 50], &bytes),
-            Err(PruneError::ShapeMismatch { .. })
-        ));
+        let (dense, sparse) = (noise(60), noise(10));
+        let mut picked = Vec::new();
+        for a in [&w, &half, &dense, &sparse] {
+            let shape = a.shape();
+            let formats = [
+                SparseTensor::encode(a.view()).unwrap().to_bytes(),
+                GapCoded::encode(a.view()).unwrap().to_bytes(),
+                EntropyCoded::encode(a.view()).unwrap().to_bytes(),
+            ];
+            let bytes = encode_i8(a.view()).expect("smaller sparse");
+            assert_eq!(bytes.len(), formats.iter().map(Vec::len).min().unwrap());
+            assert!(bytes.len() < a.len());
+            picked.push(bytes[..4].to_vec());
+            for b in formats.iter().chain([&bytes]) {
+                assert_eq!(&decode_i8(shape, b).unwrap(), a);
+                let r = decode_i8(&[shape[1], shape[0]], b);
+                assert!(matches!(r, Err(PruneError::ShapeMismatch { .. })), "{r:?}");
+            }
+        }
+        // Structure (a diagonal, whole columns) goes to the entropy coder.
+        assert_eq!(picked[0], ENTROPY_MAGIC);
+        assert_eq!(picked[1], ENTROPY_MAGIC);
+        let bytes = encode_i8(w.view()).unwrap();
         assert!(matches!(
             decode_i8(&[50, 10], &bytes[..bytes.len() - 1]),
-            Err(PruneError::InconsistentSparse { .. })
+            Err(PruneError::Truncated { .. })
         ));
         let f = SparseTensor::encode(ArrayD::<f32>::ones(IxDyn(&[4])).view()).unwrap();
         assert!(matches!(
             decode_i8(&[4], &f.to_bytes()),
             Err(PruneError::DTypeMismatch { .. })
         ));
-        // Dense int8 stays dense.
-        let full = ArrayD::<i8>::ones(IxDyn(&[8, 8]));
+        // Dense int8 with nothing to model stays dense.
+        let full = noise(100);
         assert!(encode_i8(full.view()).is_none());
     }
 }

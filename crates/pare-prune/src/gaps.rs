@@ -8,7 +8,8 @@
 //! about 1 870 bytes against 2 535, and the gap stream shrinks further as sparsity grows. It is
 //! never longer than the bitmask: with `k = 0` the codes are the bitmask's bits (inverted) up to
 //! the last non-zero. Codes are bit-packed, so gzip finds little left to squeeze: the gain shows
-//! in the raw size. The bitmask stays the simpler format to scan, so both exist.
+//! in the raw size. The bitmask stays the simpler format to scan, so both exist; for int8
+//! kernels [`crate::entropy`] goes further by modelling the values and the positions' context.
 //!
 //! # Byte format (version 1, all integers little-endian)
 //!

@@ -12,9 +12,11 @@
 //!   sparse kernel.
 //! * [`sparse`]: storing a pruned tensor as a bitmask plus its non-zeros (f32 or i8), with a
 //!   checked byte format, and picking it only when it is smaller than dense; [`gaps`]: the
-//!   positions as Rice-coded gaps instead, smaller at high sparsity; [`file`](mod@file): model
-//!   files with sparse tensors ([`save_sparse`] / [`load_sparse`]) and the int8 codec halves
-//!   for pare-quant's model file.
+//!   positions as Rice-coded gaps instead, smaller at high sparsity; [`entropy`]: an int8
+//!   tensor arithmetic-coded with context models ([`EntropyCoded`], Deep Compression's entropy
+//!   stage), the smallest on trained kernels; [`file`](mod@file): model files with sparse
+//!   tensors ([`save_sparse`] / [`load_sparse`]) and the int8 codec halves for pare-quant's
+//!   model file, which pick the smallest format per kernel.
 //! * [`kernels`]: running a pruned dense layer with the zeros skipped ([`SparseDense`]), next to a
 //!   register-tiled dense baseline ([`kernels::DenseKernel`]); [`inference`]: a whole model on
 //!   them ([`SparseSequential`]).
@@ -57,6 +59,7 @@
 //! ```
 
 pub mod callback;
+pub mod entropy;
 pub mod error;
 pub mod file;
 pub mod gaps;
@@ -69,6 +72,7 @@ pub mod strip;
 pub mod structured;
 
 pub use callback::{LayerSparsity, MaskUpdate, PruneCallback, prunable_params, sparsity_report};
+pub use entropy::EntropyCoded;
 pub use error::{PruneError, Result};
 pub use file::{load_sparse, save_sparse};
 pub use gaps::GapCoded;
