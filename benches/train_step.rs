@@ -1,5 +1,6 @@
-//! Training-step benches: one Adam step of each reference CNN at batch 32, the teacher's second
-//! convolution forward + backward, and its three GEMMs (forward, kernel and input gradients).
+//! Training-step benches: one Adam step of each reference CNN at batch 32 (one graph, and for the
+//! small CNN also through `fit`'s data-parallel shards), the teacher's second convolution
+//! forward + backward, and its three GEMMs (forward, kernel and input gradients).
 //! Seeded inputs; throughput is reported by criterion (elements = FLOPs, so read GFLOP/s as
 //! "Gelem/s").
 
@@ -8,9 +9,11 @@ use ndarray::{Array2, ArrayD, IxDyn};
 use pare::tensor::kernels::gemm::matmul;
 use pare::tensor::models::Reference;
 use pare::tensor::optim::{Adam, AdamConfig, Optimizer};
+use pare::tensor::train::{Fit, FitConfig};
 use pare::tensor::{Graph, Padding, Param};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -95,5 +98,49 @@ fn train_steps(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemms, conv2d_teacher_layer2, train_steps);
+/// The small CNN's step as `fit` runs it (batches split into one data-parallel shard per rayon
+/// thread, gather, gradient averaging, Adam): the per-step median times 1,875 is about one MNIST
+/// epoch. Each timed `fit` runs one epoch of at most `POOL` steps, so the per-step figure also
+/// carries `fit`'s set-up and its check of the inputs (a few per cent).
+fn fit_steps(c: &mut Criterion) {
+    const POOL: usize = 200;
+    let mut group = c.benchmark_group("train_step_batch32");
+    group.sample_size(20);
+    let x = random(&[32 * POOL, 28, 28, 1], 7).mapv(f32::abs);
+    let y: Vec<usize> = (0..32 * POOL).map(|i| (i * 7) % 10).collect();
+    let mut model = Reference::Small.build(0);
+    let mut adam = Adam::new(AdamConfig::default()).unwrap();
+    group.throughput(Throughput::Elements(32));
+    group.bench_function("small_fit", |bch| {
+        bch.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut left = iters as usize;
+            while left > 0 {
+                let steps = left.min(POOL);
+                let xs = x.slice_axis(ndarray::Axis(0), (0..steps * 32).into());
+                let cfg = FitConfig {
+                    verbose: false,
+                    ..Default::default()
+                };
+                let t = Instant::now();
+                let h = Fit::new(cfg)
+                    .run(&mut model, &mut adam, xs, &y[..steps * 32])
+                    .unwrap();
+                total += t.elapsed();
+                black_box(h);
+                left -= steps;
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    gemms,
+    conv2d_teacher_layer2,
+    train_steps,
+    fit_steps
+);
 criterion_main!(benches);

@@ -6,11 +6,13 @@
 //! inputs need no gradient is a constant, and backward skips it.
 
 use crate::kernels::buffers;
-use crate::kernels::conv::{Padding, Window, col2im, im2col};
+use crate::kernels::conv::{Padding, Window, col2im, im2col, shallow};
 use crate::kernels::gemm::{matmul, matmul_into};
-use crate::kernels::pool::{max_pool, max_pool_backward};
+use crate::kernels::pool::{
+    argmax_fits, max_pool, max_pool_backward, max_pool_backward_argmax, max_pool_with_argmax,
+};
 use crate::nn::Param;
-use ndarray::{Array2, ArrayD, ArrayView2, Axis, Ix2, Ix4, IxDyn, Zip};
+use ndarray::{Array2, ArrayD, ArrayView2, ArrayView4, Axis, Ix2, Ix4, IxDyn, Zip};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -37,6 +39,45 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation of one value.
+    #[inline]
+    pub(crate) fn apply(self, v: f32) -> f32 {
+        match self {
+            Activation::Linear => v,
+            Activation::Relu => v.max(0.0),
+            Activation::LeakyRelu(a) => {
+                if v > 0.0 {
+                    v
+                } else {
+                    a * v
+                }
+            }
+        }
+    }
+
+    /// `g` times the activation's derivative, read off the output `y` (valid because every
+    /// supported activation keeps the sign of its input for slopes >= 0).
+    #[inline]
+    pub(crate) fn backprop(self, g: f32, y: f32) -> f32 {
+        match self {
+            Activation::Linear => g,
+            Activation::Relu => {
+                if y <= 0.0 {
+                    0.0
+                } else {
+                    g
+                }
+            }
+            Activation::LeakyRelu(a) => {
+                if y <= 0.0 {
+                    g * a
+                } else {
+                    g
+                }
+            }
+        }
+    }
+
     /// Applies the activation in place.
     fn apply_inplace(self, y: &mut ArrayD<f32>) {
         match self {
@@ -46,8 +87,7 @@ impl Activation {
         }
     }
 
-    /// Multiplies `g` by the activation's derivative, read off the output `y` (valid because
-    /// every supported activation keeps the sign of its input for slopes >= 0).
+    /// Multiplies `g` by the activation's derivative, read off the output `y`.
     fn backprop_inplace(self, g: &mut ArrayD<f32>, y: &ArrayD<f32>) {
         match self {
             Activation::Linear => {}
@@ -108,7 +148,8 @@ pub enum Op {
         act: Activation,
     },
     /// NHWC convolution by im2col + GEMM, with optional bias and fused activation; keeps the
-    /// patch matrix for the kernel gradient.
+    /// patch matrix for the kernel gradient. Convolutions with short patch rows (see
+    /// [`crate::kernels::conv::shallow`]) run direct kernels instead and keep no patches.
     Conv2d {
         /// Input `[n, h, w, c]`.
         x: Var,
@@ -120,8 +161,27 @@ pub enum Op {
         act: Activation,
         /// Window geometry.
         win: Window,
-        /// im2col of the input.
+        /// im2col of the input (empty when the kernel gradient does not need it).
         patches: Array2<f32>,
+    },
+    /// `max_pool(act(conv2d(x, kernel) + bias))` in one node, when the pair fuses (see
+    /// [`crate::kernels::conv::shallow::pool_fusable`]): the convolution's output is never
+    /// stored, and backward visits only the patches that won a pool window.
+    Conv2dMaxPool {
+        /// Input `[n, h, w, c]`.
+        x: Var,
+        /// Kernel `[kh, kw, c, out]`.
+        kernel: Var,
+        /// Optional bias `[out]`.
+        bias: Option<Var>,
+        /// Fused activation (before the pool).
+        act: Activation,
+        /// Convolution window geometry.
+        conv: Window,
+        /// Pool window geometry (over the convolution's output).
+        pool: Window,
+        /// Winning window element per pooled output, as in [`Op::MaxPool`].
+        argmax: Vec<u8>,
     },
     /// NHWC max-pool.
     MaxPool {
@@ -129,6 +189,10 @@ pub enum Op {
         x: Var,
         /// Window geometry.
         win: Window,
+        /// Winning window element per output, recorded in the forward pass so backward is a
+        /// scatter (see [`crate::kernels::pool::max_pool_with_argmax`]); empty when not
+        /// recorded, and backward re-scans the windows.
+        argmax: Vec<u8>,
     },
     /// Adds a bias vector along the last axis.
     AddBias(Var, Var),
@@ -259,7 +323,10 @@ impl Grads {
         for (mut g, w) in parts {
             for (name, mut v) in g.0.drain() {
                 match out.get_mut(&name) {
-                    Some(acc) => acc.scaled_add(w, &v),
+                    Some(acc) => {
+                        acc.scaled_add(w, &v);
+                        buffers::give_array(v);
+                    }
                     None => {
                         if w != 1.0 {
                             v.mapv_inplace(|x| x * w);
@@ -285,6 +352,22 @@ fn same_shape(op: &str, a: &ArrayD<f32>, b: &ArrayD<f32>) {
         a.shape(),
         b.shape()
     );
+}
+
+/// Panics unless `bias` is 1-D with the length of the output's last axis.
+fn check_bias(op: &str, out_shape: &[usize], bias: &ArrayD<f32>) {
+    assert!(
+        bias.ndim() == 1 && out_shape.last() == Some(&bias.len()),
+        "{op}: output {out_shape:?} + bias {:?}",
+        bias.shape()
+    );
+}
+
+/// A 4-D (NHWC) view of a value whose rank the op has checked.
+fn four(a: &ArrayD<f32>) -> ArrayView4<'_, f32> {
+    a.view()
+        .into_dimensionality::<Ix4>()
+        .expect("NHWC value must be 4-D")
 }
 
 fn softmax_rows(x: ArrayView2<'_, f32>) -> Array2<f32> {
@@ -493,32 +576,95 @@ impl Graph {
         );
         let win = Window::new(xs, [ks[0], ks[1]], strides, padding)
             .unwrap_or_else(|| panic!("conv2d: window {ks:?} does not fit input {xs:?}"));
-        let x4 = xv
-            .view()
-            .into_dimensionality::<Ix4>()
-            .expect("rank checked");
-        let patches = im2col(x4, &win);
-        let k2 = kv
-            .view()
-            .into_shape_with_order((win.patch_len(), ks[3]))
-            .expect("contiguous");
-        let mut y = matmul(patches.view(), k2).into_dyn();
-        self.bias_act_inplace("conv2d", &mut y, bias, act);
-        let y = y
-            .into_shape_with_order(IxDyn(&[win.n, win.oh, win.ow, ks[3]]))
-            .expect("shape");
+        let x4 = four(xv);
         let keep = self.training && self.needs(kernel);
+        let (y, patches) = if shallow::applies(&win) {
+            let b = bias.map(|b| self.value(b));
+            if let Some(bv) = b {
+                check_bias("conv2d", &[ks[3]], bv);
+            }
+            let b = b.map(|b| b.view().into_dimensionality().expect("1-D checked"));
+            let y = shallow::forward(x4, four(kv), b, act, &win).into_dyn();
+            (y, Array2::zeros((0, 0)))
+        } else {
+            let patches = im2col(x4, &win);
+            let k2 = kv
+                .view()
+                .into_shape_with_order((win.patch_len(), ks[3]))
+                .expect("contiguous");
+            let mut y = matmul(patches.view(), k2).into_dyn();
+            self.bias_act_inplace("conv2d", &mut y, bias, act);
+            let y = y
+                .into_shape_with_order(IxDyn(&[win.n, win.oh, win.ow, ks[3]]))
+                .expect("shape");
+            (y, if keep { patches } else { Array2::zeros((0, 0)) })
+        };
         let op = Op::Conv2d {
             x,
             kernel,
             bias,
             act,
             win,
-            patches: if keep { patches } else { Array2::zeros((0, 0)) },
+            patches,
         };
         let mut inputs = vec![x, kernel];
         inputs.extend(bias);
         self.push(op, y, &inputs)
+    }
+
+    /// `max_pool(act(conv2d(x, kernel) + bias))`: one [`Op::Conv2dMaxPool`] node when the
+    /// pair fuses (a shallow `valid` convolution followed by non-overlapping pool windows, as
+    /// Keras' `Conv2D` → `MaxPooling2D(2)`), else [`Graph::conv2d_fused`] then
+    /// [`Graph::max_pool`]. Same values either way.
+    ///
+    /// # Panics
+    /// As [`Graph::conv2d_fused`] and [`Graph::max_pool`].
+    pub fn conv2d_max_pool(
+        &mut self,
+        x: Var,
+        kernel: Var,
+        bias: Option<Var>,
+        (strides, padding): ([usize; 2], Padding),
+        act: Activation,
+        (pool, pool_strides, pool_padding): ([usize; 2], [usize; 2], Padding),
+    ) -> Var {
+        let (xv, kv) = (self.value(x), self.value(kernel));
+        let fused = match (
+            <[usize; 4]>::try_from(xv.shape()),
+            <[usize; 4]>::try_from(kv.shape()),
+        ) {
+            (Ok(xs), Ok(ks)) if xs[3] == ks[2] && act.fusable() => {
+                Window::new(xs, [ks[0], ks[1]], strides, padding).and_then(|conv| {
+                    let out = [conv.n, conv.oh, conv.ow, ks[3]];
+                    Window::new(out, pool, pool_strides, pool_padding)
+                        .filter(|p| shallow::pool_fusable(&conv, p))
+                        .map(|p| (conv, p))
+                })
+            }
+            _ => None,
+        };
+        let Some((conv, pool_win)) = fused else {
+            let y = self.conv2d_fused(x, kernel, bias, strides, padding, act);
+            return self.max_pool(y, pool, pool_strides, pool_padding);
+        };
+        let b = bias.map(|b| self.value(b));
+        if let Some(bv) = b {
+            check_bias("conv2d", &[pool_win.c], bv);
+        }
+        let b = b.map(|b| b.view().into_dimensionality().expect("1-D checked"));
+        let (y, argmax) = shallow::forward_pooled(four(xv), four(kv), b, act, &conv, &pool_win);
+        let op = Op::Conv2dMaxPool {
+            x,
+            kernel,
+            bias,
+            act,
+            conv,
+            pool: pool_win,
+            argmax,
+        };
+        let mut inputs = vec![x, kernel];
+        inputs.extend(bias);
+        self.push(op, y.into_dyn(), &inputs)
     }
 
     /// `act(x · kernel + bias)` for `x [b, in]`, `kernel [in, out]`, as one node.
@@ -562,12 +708,7 @@ impl Graph {
     fn bias_act_inplace(&self, op: &str, y: &mut ArrayD<f32>, bias: Option<Var>, act: Activation) {
         if let Some(b) = bias {
             let bv = self.value(b);
-            assert!(
-                bv.ndim() == 1 && y.shape().last() == Some(&bv.len()),
-                "{op}: output {:?} + bias {:?}",
-                y.shape(),
-                bv.shape()
-            );
+            check_bias(op, y.shape(), bv);
             *y += bv;
         }
         act.apply_inplace(y);
@@ -588,8 +729,14 @@ impl Graph {
         let xs: [usize; 4] = xv.shape().try_into().expect("max_pool: input must be NHWC");
         let win = Window::new(xs, pool, strides, padding)
             .unwrap_or_else(|| panic!("max_pool: window {pool:?} does not fit input {xs:?}"));
-        let y = max_pool(xv.view().into_dimensionality::<Ix4>().expect("rank"), &win);
-        self.push(Op::MaxPool { x, win }, y.into_dyn(), &[x])
+        // Recording the arg-max costs the forward pass little and turns backward into a
+        // scatter; an inference graph, or a constant input, needs no backward.
+        let (y, argmax) = if self.training && self.needs(x) && argmax_fits(&win) {
+            max_pool_with_argmax(four(xv), &win)
+        } else {
+            (max_pool(four(xv), &win), Vec::new())
+        };
+        self.push(Op::MaxPool { x, win, argmax }, y.into_dyn(), &[x])
     }
 
     /// `x + bias`, the bias broadcast along the last axis.
@@ -628,9 +775,13 @@ impl Graph {
     /// If the element counts differ.
     pub fn reshape(&mut self, x: Var, shape: &[usize]) -> Var {
         let xv = self.value(x);
-        let y = xv
-            .as_standard_layout()
-            .into_owned()
+        if xv.shape() == shape {
+            // Values are immutable: the same node serves (Keras' Reshape to the input's own
+            // shape, as the small CNN's first layer does, costs no copy).
+            return x;
+        }
+        // Values are standard layout (see `push`), so a pooled copy reshapes in place.
+        let y = buffers::clone_array(xv)
             .into_shape_with_order(IxDyn(shape))
             .unwrap_or_else(|_| panic!("reshape: {:?} to {shape:?}", xv.shape()));
         self.push(Op::Reshape(x), y, &[x])
@@ -825,7 +976,10 @@ impl Graph {
             return;
         }
         match &mut grads[i] {
-            Some(existing) => *existing += &g,
+            Some(existing) => {
+                *existing += &g;
+                buffers::give_array(g);
+            }
             slot => *slot = Some(g),
         }
     }
@@ -857,6 +1011,7 @@ impl Graph {
                     let av = val(*a).view().into_dimensionality::<Ix2>().expect("2-D");
                     self.acc(grads, *b, matmul(av.t(), g2).into_dyn());
                 }
+                buffers::give_array(g);
             }
             Op::Dense {
                 x,
@@ -881,6 +1036,7 @@ impl Graph {
                     let xv = val(*x).view().into_dimensionality::<Ix2>().expect("2-D");
                     self.acc(grads, *kernel, matmul(xv.t(), g2).into_dyn());
                 }
+                buffers::give_array(g);
             }
             Op::Conv2d {
                 x,
@@ -890,41 +1046,114 @@ impl Graph {
                 win,
                 patches,
             } => {
-                let mut g = g;
-                act.backprop_inplace(&mut g, &node.value);
+                let mut g = if g.is_standard_layout() {
+                    g
+                } else {
+                    g.as_standard_layout().into_owned()
+                };
                 let kv = val(*kernel);
                 let oc = kv.shape()[3];
-                let g2 = g
-                    .view()
-                    .into_shape_with_order((win.rows(), oc))
-                    .expect("conv2d grad");
-                if let Some(b) = bias.filter(|b| needs(*b)) {
-                    self.acc(grads, b, g2.sum_axis(Axis(0)).into_dyn());
-                }
-                if needs(*kernel) {
-                    let mut gk = Array2::zeros((win.patch_len(), oc));
-                    matmul_into(patches.t(), g2, gk.view_mut(), false);
-                    let gk = gk
-                        .into_shape_with_order(kv.raw_dim())
-                        .expect("kernel shape");
-                    self.acc(grads, *kernel, gk);
+                let bias = bias.filter(|b| needs(*b));
+                if shallow::applies(win) && (needs(*kernel) || bias.is_some()) {
+                    // Direct kernels: patch values come from the input, no patch matrix.
+                    let gs = g.as_slice_mut().expect("standard layout");
+                    let ys = node.value.as_slice().expect("standard layout");
+                    let (gk, gb) = shallow::backward_filter(four(val(*x)), ys, gs, *act, win, oc);
+                    if let Some(b) = bias {
+                        self.acc(grads, b, gb.into_dyn());
+                    }
+                    if needs(*kernel) {
+                        self.acc(grads, *kernel, gk.into_dyn());
+                    }
+                } else {
+                    act.backprop_inplace(&mut g, &node.value);
+                    let g2 = g
+                        .view()
+                        .into_shape_with_order((win.rows(), oc))
+                        .expect("conv2d grad");
+                    if let Some(b) = bias {
+                        self.acc(grads, b, g2.sum_axis(Axis(0)).into_dyn());
+                    }
+                    if needs(*kernel) {
+                        let mut gk = Array2::zeros((win.patch_len(), oc));
+                        matmul_into(patches.t(), g2, gk.view_mut(), false);
+                        let gk = gk
+                            .into_shape_with_order(kv.raw_dim())
+                            .expect("kernel shape");
+                        self.acc(grads, *kernel, gk);
+                    }
                 }
                 if needs(*x) {
+                    let g2 = g
+                        .view()
+                        .into_shape_with_order((win.rows(), oc))
+                        .expect("conv2d grad");
                     let k2 = kv
                         .view()
                         .into_shape_with_order((win.patch_len(), oc))
                         .expect("2-D");
                     let gp = matmul(g2, k2.t());
                     self.acc(grads, *x, col2im(gp.view(), win).into_dyn());
+                    buffers::give_array(gp);
                 }
+                buffers::give_array(g);
             }
-            Op::MaxPool { x, win } => {
-                fn four(a: &ArrayD<f32>) -> ndarray::ArrayView4<'_, f32> {
-                    a.view()
-                        .into_dimensionality::<Ix4>()
-                        .expect("max_pool: NHWC")
+            Op::Conv2dMaxPool {
+                x,
+                kernel,
+                bias,
+                act,
+                conv,
+                pool,
+                argmax,
+            } => {
+                let mut g = if g.is_standard_layout() {
+                    g
+                } else {
+                    g.as_standard_layout().into_owned()
+                };
+                // The pooled value is the convolution output that won: the activation's
+                // derivative there is read off it.
+                act.backprop_inplace(&mut g, &node.value);
+                let bias = bias.filter(|b| needs(*b));
+                if needs(*kernel) || bias.is_some() {
+                    let gs = g.as_slice().expect("standard layout");
+                    let (gk, gb) =
+                        shallow::backward_filter_pooled(four(val(*x)), gs, argmax, conv, pool);
+                    if let Some(b) = bias {
+                        self.acc(grads, b, gb.into_dyn());
+                    }
+                    if needs(*kernel) {
+                        self.acc(grads, *kernel, gk.into_dyn());
+                    }
                 }
-                let gx = max_pool_backward(four(val(*x)), four(&node.value), four(&g), win);
+                if needs(*x) {
+                    // The convolution output's gradient (zero off the arg-max), then the
+                    // GEMM path's input gradient.
+                    let gz = max_pool_backward_argmax(argmax, four(&g), pool);
+                    let oc = pool.c;
+                    let g2 = gz
+                        .view()
+                        .into_shape_with_order((conv.rows(), oc))
+                        .expect("conv2d grad");
+                    let k2 = val(*kernel)
+                        .view()
+                        .into_shape_with_order((conv.patch_len(), oc))
+                        .expect("2-D");
+                    let gp = matmul(g2, k2.t());
+                    self.acc(grads, *x, col2im(gp.view(), conv).into_dyn());
+                    buffers::give_array(gp);
+                    buffers::give_array(gz);
+                }
+                buffers::give_array(g);
+            }
+            Op::MaxPool { x, win, argmax } => {
+                let gx = if argmax.is_empty() {
+                    max_pool_backward(four(val(*x)), four(&node.value), four(&g), win)
+                } else {
+                    max_pool_backward_argmax(argmax, four(&g), win)
+                };
+                buffers::give_array(g);
                 self.acc(grads, *x, gx.into_dyn());
             }
             Op::AddBias(x, b) => {

@@ -68,6 +68,36 @@ fn conv2d_gradient_all_strides_and_paddings() {
 }
 
 #[test]
+fn conv2d_gradient_through_both_kernels() {
+    // 3x3x3 = 27 patch values takes the direct (shallow) kernels, 3x3x4 = 36 im2col + GEMM:
+    // check both, with bias and a fused activation, every input needing a gradient.
+    use crate::kernels::conv::shallow;
+    let mut rng = StdRng::seed_from_u64(14);
+    for cin in [3, 4] {
+        let shapes: [&[usize]; 3] = [&[2, 5, 6, cin], &[3, 3, cin, 5], &[5]];
+        for (stride, pad) in [(1, Padding::Valid), (2, Padding::Same)] {
+            let win =
+                crate::kernels::conv::Window::new([2, 5, 6, cin], [3, 3], [stride, stride], pad)
+                    .unwrap();
+            assert_eq!(shallow::applies(&win), cin == 3);
+            let conv = move |g: &mut Graph, v: &[Var], act| {
+                g.conv2d_fused(v[0], v[1], Some(v[2]), [stride, stride], pad, act)
+            };
+            let inputs = inputs_off_kink(&mut rng, &shapes, &|g, v| conv(g, v, Activation::Linear));
+            // Inputs sit >= 0.05 from the kink; a 1e-2 step keeps f32 rounding noise small.
+            let err = max_gradient_error(&inputs, 1e-2, &|g, v| {
+                let y = conv(g, v, Activation::LeakyRelu(0.2));
+                weighted_sum(g, y, 15)
+            });
+            assert!(
+                err < TOL,
+                "conv2d {cin} channels {stride} {pad:?}: gradient error {err}"
+            );
+        }
+    }
+}
+
+#[test]
 fn max_pool_gradient_all_strides_and_paddings() {
     let mut rng = StdRng::seed_from_u64(3);
     for (pool, stride, pad) in [
@@ -377,5 +407,90 @@ fn fused_ops_equal_the_unfused_chain() {
     let chain = g.leaky_relu(c, 0.2);
     for (a, b) in g.value(fused).iter().zip(g.value(chain).iter()) {
         assert_abs_diff_eq!(a, b, epsilon = 1e-6);
+    }
+}
+
+#[test]
+fn reshape_to_the_same_shape_is_the_same_node() {
+    let mut g = Graph::new();
+    let p = Param::new("p", arr2(&[[1.0f32, -2.0], [3.0, 4.0]]).into_dyn());
+    let x = g.param(&p);
+    let nodes = g.len();
+    let y = g.reshape(x, &[2, 2]);
+    assert_eq!(y, x);
+    assert_eq!(g.len(), nodes);
+    let s = g.sum(y);
+    let grads = g.backward(s);
+    assert_eq!(
+        grads.get("p").unwrap(),
+        &ArrayD::from_elem(IxDyn(&[2, 2]), 1.0)
+    );
+}
+
+#[test]
+fn fused_conv_pool_equals_the_chain_with_gradients() {
+    // One Conv2dMaxPool node against conv2d_fused → max_pool: the same values, and gradients
+    // equal to rounding (the chain's are gradient-checked above), with and without an input
+    // gradient; a padded convolution falls back to the chain.
+    let mut rng = StdRng::seed_from_u64(16);
+    let cases = [
+        ([3, 9, 9, 1], 3, 1, 2, Padding::Valid, Activation::Relu),
+        (
+            [2, 11, 10, 2],
+            2,
+            2,
+            2,
+            Padding::Valid,
+            Activation::LeakyRelu(0.2),
+        ),
+        ([2, 8, 7, 1], 3, 1, 3, Padding::Valid, Activation::Linear),
+        ([2, 6, 6, 1], 3, 1, 2, Padding::Same, Activation::Relu),
+    ];
+    for (xs, k, s, p, pad, act) in cases {
+        let x = rand_arr(&mut rng, &xs);
+        let kern = rand_arr(&mut rng, &[k, k, xs[3], 5]);
+        let bias = rand_arr(&mut rng, &[5]);
+        for x_grad in [false, true] {
+            let run = |fused: bool| {
+                let mut g = Graph::new();
+                let xv = if x_grad {
+                    g.param(&Param::new("x", x.clone()))
+                } else {
+                    g.constant(x.clone())
+                };
+                let kv = g.param(&Param::new("k", kern.clone()));
+                let bv = g.param(&Param::new("b", bias.clone()));
+                let nodes = g.len();
+                let y = if fused {
+                    g.conv2d_max_pool(
+                        xv,
+                        kv,
+                        Some(bv),
+                        ([s, s], pad),
+                        act,
+                        ([p, p], [p, p], Padding::Valid),
+                    )
+                } else {
+                    let c = g.conv2d_fused(xv, kv, Some(bv), [s, s], pad, act);
+                    g.max_pool(c, [p, p], [p, p], Padding::Valid)
+                };
+                let added = g.len() - nodes;
+                let loss = weighted_sum(&mut g, y, 17);
+                (g.value(y).clone(), added, g.backward(loss))
+            };
+            let (y0, n0, g0) = run(false);
+            let (y1, n1, g1) = run(true);
+            assert_eq!(y0, y1, "{xs:?} {act:?}");
+            assert_eq!((n0, n1), (2, if pad == Padding::Valid { 1 } else { 2 }));
+            for name in ["k", "b", "x"] {
+                let (a, b) = (g0.get(name), g1.get(name));
+                assert_eq!(a.is_some(), b.is_some(), "{name}");
+                if let (Some(a), Some(b)) = (a, b) {
+                    for (p, q) in a.iter().zip(b.iter()) {
+                        assert_abs_diff_eq!(p, q, epsilon = 1e-4);
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,10 +1,11 @@
 //! pare-tensor: a small, fast CPU tensor/autograd core for training and compressing CNNs.
 //!
 //! - [`Graph`] / [`Var`]: an arena tape rebuilt every step; [`Graph::backward`] returns fresh
-//!   [`Grads`] keyed by parameter name. Ops: matmul, conv2d (im2col + GEMM, `valid`/`same`,
-//!   strides), max-pool, add-bias, relu, leaky-relu, reshape, softmax, log-softmax, sparse
-//!   softmax cross-entropy, KL divergence, mean/sum, element-wise arithmetic, mask-multiply
-//!   (pruning) and fake-quant (quantization-aware training).
+//!   [`Grads`] keyed by parameter name. Ops: matmul, conv2d (im2col + GEMM, or direct kernels
+//!   for short patch rows; `valid`/`same`, strides), max-pool, add-bias, relu, leaky-relu,
+//!   reshape, softmax, log-softmax, sparse softmax cross-entropy, KL divergence, mean/sum,
+//!   element-wise arithmetic, mask-multiply (pruning) and fake-quant (quantization-aware
+//!   training).
 //! - [`nn`]: `Dense`, `Conv2d`, `MaxPool2d`, `Flatten`, `Reshape`, `ReLU`, `LeakyReLU` and
 //!   [`Sequential`], with Keras' layouts (NHWC, kernels `[kh, kw, in, out]` and `[in, out]`) and
 //!   initialisation (Glorot-uniform kernels, zero biases).

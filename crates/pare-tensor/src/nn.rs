@@ -231,6 +231,21 @@ impl Conv2d {
         );
         apply_unfused(g, y, act)
     }
+
+    /// `pool(act(conv))` for a following max-pool layer, as one node when the pair fuses (see
+    /// [`Graph::conv2d_max_pool`]), with `act` in place of the layer's own activation.
+    pub fn forward_pooled(&self, g: &mut Graph, x: Var, act: Activation, pool: &MaxPool2d) -> Var {
+        let k = g.param(&self.kernel);
+        let b = g.param(&self.bias);
+        g.conv2d_max_pool(
+            x,
+            k,
+            Some(b),
+            (self.strides, self.padding),
+            act,
+            (pool.pool, pool.strides, pool.padding),
+        )
+    }
 }
 
 impl Module for Conv2d {
@@ -578,7 +593,10 @@ impl Sequential {
     /// distillation), in the order of `taps`.
     ///
     /// A linear `Conv2d` or `Dense` directly followed by a `ReLU` or `LeakyReLU` layer runs as
-    /// one fused node (same values, one pass over memory less), unless the first is tapped.
+    /// one fused node (same values, one pass over memory less), unless the first is tapped. A
+    /// `Conv2d` (with its activation, or a linear one and such an activation layer) directly
+    /// followed by a `MaxPool2d` runs through [`Graph::conv2d_max_pool`], unless a layer before
+    /// the pool is tapped.
     pub fn forward_with_taps(
         &self,
         g: &mut Graph,
@@ -597,22 +615,37 @@ impl Sequential {
             };
             let tapped = taps.contains(&layer.module().name());
             let fused = match (layer, next_act) {
-                (Layer::Conv2d(c), Some(a))
-                    if c.activation == Activation::Linear && a.fusable() && !tapped =>
-                {
-                    Some(c.forward_fused(g, x, a))
+                (Layer::Conv2d(c), _) if !tapped && c.activation.fusable() => {
+                    // Conv → [activation layer] → max-pool, none but the pool tapped.
+                    let (act, skip) = match next_act {
+                        Some(a) if c.activation == Activation::Linear && a.fusable() => (a, 1),
+                        _ => (c.activation, 0),
+                    };
+                    let between_tapped = self.layers[i + 1..]
+                        .iter()
+                        .take(skip)
+                        .any(|l| taps.contains(&l.module().name()));
+                    match self.layers.get(i + 1 + skip) {
+                        Some(Layer::MaxPool2d(p)) if !between_tapped => {
+                            Some((c.forward_pooled(g, x, act, p), 2 + skip))
+                        }
+                        _ if next_act.is_some() && skip == 1 => {
+                            Some((c.forward_fused(g, x, act), 2))
+                        }
+                        _ => None,
+                    }
                 }
                 (Layer::Dense(d), Some(a))
                     if d.activation == Activation::Linear && a.fusable() && !tapped =>
                 {
-                    Some(d.forward_fused(g, x, a))
+                    Some((d.forward_fused(g, x, a), 2))
                 }
                 _ => None,
             };
             let consumed = match fused {
-                Some(y) => {
+                Some((y, n)) => {
                     x = y;
-                    2
+                    n
                 }
                 None => {
                     x = layer.module().forward(g, x);
@@ -671,5 +704,54 @@ impl Sequential {
     /// A layer by name.
     pub fn layer(&self, name: &str) -> Option<&Layer> {
         self.layers.iter().find(|l| l.module().name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{ArrayD, IxDyn};
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+
+    /// The layers one by one, never fused.
+    fn unfused(model: &Sequential, g: &mut Graph, x: Var) -> Var {
+        model.layers.iter().fold(x, |x, l| l.module().forward(g, x))
+    }
+
+    #[test]
+    fn fused_layers_give_the_values_of_the_layers_one_by_one() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let x = ArrayD::from_shape_simple_fn(IxDyn(&[5, 28, 28, 1]), || rng.random_range(0.0..1.0));
+        // The small CNN fuses conv + pool; a linear conv, an activation layer and a pool fuse
+        // as three layers.
+        let three = Sequential::new(&[28, 28, 1])
+            .push(Conv2d::new("c", 1, 6, [3, 3], &mut rng))
+            .push(LeakyReLU::new("a", 0.2))
+            .push(MaxPool2d::new("p", 2))
+            .push(Flatten::new("f"))
+            .push(Dense::new("d", 13 * 13 * 6, 10, &mut rng));
+        for model in [crate::models::small_cnn(1), three] {
+            let mut g = Graph::new();
+            let xv = g.constant(x.clone());
+            let y = model.forward(&mut g, xv);
+            let fused_nodes = g.len();
+            let mut h = Graph::new();
+            let xv = h.constant(x.clone());
+            let want = unfused(&model, &mut h, xv);
+            assert!(fused_nodes < h.len(), "{fused_nodes} vs {}", h.len());
+            assert_eq!(g.value(y), h.value(want));
+        }
+    }
+
+    #[test]
+    fn tapping_a_fused_layer_keeps_its_own_output() {
+        let model = crate::models::small_cnn(2);
+        let x = ArrayD::from_elem(IxDyn(&[2, 28, 28, 1]), 0.5f32);
+        let mut g = Graph::new();
+        let xv = g.constant(x);
+        let (y, taps) = model.forward_with_taps(&mut g, xv, &["conv2d", "max_pooling2d"]);
+        assert_eq!(g.shape(taps[0].unwrap()), &[2, 26, 26, 12]);
+        assert_eq!(g.shape(taps[1].unwrap()), &[2, 13, 13, 12]);
+        assert_eq!(g.shape(y), &[2, 10]);
     }
 }

@@ -232,7 +232,7 @@ fn check_data(model: &Sequential, x: &ArrayViewD<'_, f32>, y: Option<&[usize]>) 
             });
         }
     }
-    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+    if let Some(index) = first_non_finite(x) {
         return Err(TensorError::NonFinite {
             what: "input data".into(),
             index,
@@ -241,19 +241,40 @@ fn check_data(model: &Sequential, x: &ArrayViewD<'_, f32>, y: Option<&[usize]>) 
     Ok(())
 }
 
+/// Index (in logical order) of the first NaN or infinity in `x`.
+fn first_non_finite(x: &ArrayViewD<'_, f32>) -> Option<usize> {
+    match x.as_slice() {
+        // Whole chunks are checked with a branch-free fold (it vectorises; an early-exit scan
+        // does not), then the offending chunk is searched: the check of a whole training set
+        // runs at memory speed.
+        Some(s) => s.chunks(1 << 12).enumerate().find_map(|(i, c)| {
+            let finite = c.iter().fold(true, |ok, v| ok & v.is_finite());
+            (!finite).then(|| i * (1 << 12) + c.iter().position(|v| !v.is_finite()).unwrap_or(0))
+        }),
+        None => x.iter().position(|v| !v.is_finite()),
+    }
+}
+
 /// Copies the examples at `idx` into one contiguous batch.
 pub fn gather(x: &ArrayViewD<'_, f32>, idx: &[usize]) -> ArrayD<f32> {
     let per: usize = x.shape()[1..].iter().product();
     let mut shape = x.shape().to_vec();
     shape[0] = idx.len();
-    let mut out = Vec::with_capacity(idx.len() * per);
+    // A pooled buffer: the batch goes into a graph, which hands it back to the pool.
+    let mut out = crate::kernels::buffers::take_any(idx.len() * per);
     match x.as_slice() {
-        Some(s) => idx
-            .iter()
-            .for_each(|&i| out.extend_from_slice(&s[i * per..(i + 1) * per])),
-        None => idx
-            .iter()
-            .for_each(|&i| out.extend(x.index_axis(Axis(0), i).iter().copied())),
+        Some(s) => {
+            for (dst, &i) in out.chunks_exact_mut(per.max(1)).zip(idx) {
+                dst.copy_from_slice(&s[i * per..(i + 1) * per]);
+            }
+        }
+        None => {
+            for (dst, &i) in out.chunks_exact_mut(per.max(1)).zip(idx) {
+                for (d, v) in dst.iter_mut().zip(x.index_axis(Axis(0), i).iter()) {
+                    *d = *v;
+                }
+            }
+        }
     }
     ArrayD::from_shape_vec(IxDyn(&shape), out).expect("gather: shape matches")
 }
@@ -402,7 +423,7 @@ impl<'a> Fit<'a> {
                 let run = |(mut g, part): (Graph, &[usize])| -> Result<(f32, usize, Grads)> {
                     let xb = gather(&xs, part);
                     let labels: Vec<usize> = part.iter().map(|&i| y[i]).collect();
-                    let xv = g.constant(xb.clone());
+                    let xv = g.constant(crate::kernels::buffers::clone_array(&xb));
                     let batch = Batch {
                         x: &xb,
                         labels: &labels,
@@ -418,7 +439,9 @@ impl<'a> Fit<'a> {
                         .copied()
                         .unwrap_or(f32::NAN);
                     let correct = count_correct(g.value(vars.logits), &labels);
-                    Ok((loss, correct, g.backward(vars.loss)))
+                    let grads = g.backward(vars.loss);
+                    crate::kernels::buffers::give_array(xb);
+                    Ok((loss, correct, grads))
                 };
                 let results: Vec<Result<(f32, usize, Grads)>> = if jobs.len() > 1 {
                     jobs.into_par_iter()
@@ -598,6 +621,24 @@ mod tests {
             .run(&mut model, &mut adam, x.view(), &y)
             .unwrap();
         (model, h)
+    }
+
+    #[test]
+    fn first_non_finite_finds_the_first_bad_value() {
+        let n = 3 * 4096 + 5;
+        let mut v = ndarray::Array1::<f32>::zeros(n).into_dyn();
+        assert_eq!(first_non_finite(&v.view()), None);
+        for (at, bad) in [
+            (n - 1, f32::NAN),
+            (4096 + 7, f32::INFINITY),
+            (0, f32::NEG_INFINITY),
+        ] {
+            v[at] = bad;
+            assert_eq!(first_non_finite(&v.view()), Some(at));
+        }
+        // A strided view takes the plain scan and counts in logical order.
+        let every_other = v.slice_axis(Axis(0), ndarray::Slice::new(1, None, 2));
+        assert_eq!(first_non_finite(&every_other), Some((4096 + 7 - 1) / 2));
     }
 
     #[test]

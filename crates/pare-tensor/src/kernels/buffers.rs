@@ -3,12 +3,13 @@
 //! A training step allocates and frees the same tens of megabytes of activations every step;
 //! allocators hand such blocks back to the kernel and pay page faults (and page zeroing) to get
 //! them back, which cost 10–25 % of a step here. Graphs return their buffers to this pool when
-//! dropped, and the kernels take them from it.
+//! dropped, and the kernels take them from it. One pool for all threads: gradients are made on
+//! the shard threads and dropped on the thread that runs the optimizer.
 
 use std::sync::Mutex;
 
-/// Buffers smaller than this (in floats) are left to the allocator.
-const MIN_POOLED: usize = 1 << 15;
+/// Buffers smaller than this (in floats, 16 KiB) are left to the allocator.
+const MIN_POOLED: usize = 1 << 12;
 /// At most this many buffers are kept.
 const MAX_BUFFERS: usize = 48;
 
@@ -19,12 +20,14 @@ fn take_raw(len: usize) -> Option<Vec<f32>> {
         return None;
     }
     let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
-    // Best fit: the smallest buffer that holds `len`.
+    // Best fit: the smallest buffer that holds `len`, preferring one whose first `len` floats
+    // are already initialised (a buffer last used for something shorter would be zero-filled
+    // up to `len` by `take_any`).
     let best = pool
         .iter()
         .enumerate()
         .filter(|(_, b)| b.capacity() >= len)
-        .min_by_key(|(_, b)| b.capacity())
+        .min_by_key(|(_, b)| (b.len() < len, b.capacity()))
         .map(|(i, _)| i)?;
     Some(pool.swap_remove(best))
 }

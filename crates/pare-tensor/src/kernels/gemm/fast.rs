@@ -16,6 +16,12 @@ pub(super) fn matmul(
 ) {
     let (m, k) = a.dim();
     let n = b.ncols();
+    // Thin outputs: our register-tile kernel, unless the product is big enough for the gemm
+    // crate's threads to pay.
+    let threaded = m * n * k >= PARALLEL_THRESHOLD && crate::kernels::parallel_allowed();
+    if !threaded && super::skinny::applies(&a, &b, &c) {
+        return super::skinny::matmul(a, b, c, accumulate);
+    }
     let row = |v: &ArrayView2<'_, f32>| v.strides()[1] == 1 || v.ncols() <= 1;
     // Small or thin products (a first layer's kernel gradient is 9 x 12 over a long k) gain
     // nothing from re-ordering and would pay for the copy.

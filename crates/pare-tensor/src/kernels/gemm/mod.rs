@@ -1,11 +1,26 @@
 //! f32 matrix multiplication, `C = A · B` or `C += A · B`, on strided 2-D views.
 //!
 //! Two backends: the `gemm` crate (AVX-512/AVX2/FMA micro-kernels, dispatched by that crate at
-//! run time) and a portable reference loop that tests compare against. Transposed operands are
+//! run time; outputs of at most 16 columns go to our own AVX-512 kernel instead, see `skinny`)
+//! and a portable reference loop that tests compare against. Transposed operands are
 //! passed as transposed views (`a.t()`); no copy is made, since both backends take strides.
 
 mod blocked;
 mod fast;
+#[cfg(target_arch = "x86_64")]
+mod skinny;
+#[cfg(not(target_arch = "x86_64"))]
+mod skinny {
+    //! Stand-in off x86-64: the AVX-512 kernel never applies.
+    pub(super) fn applies(
+        _: &ndarray::ArrayView2<'_, f32>,
+        _: &ndarray::ArrayView2<'_, f32>,
+        _: &ndarray::ArrayViewMut2<'_, f32>,
+    ) -> bool {
+        false
+    }
+    pub(super) use super::blocked::matmul;
+}
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 use std::sync::OnceLock;
@@ -179,6 +194,47 @@ mod tests {
         let big = matmul(at.t(), b.view());
         for (p, q) in big.iter().zip(want.iter()) {
             assert_abs_diff_eq!(p, q, epsilon = 1e-3);
+        }
+    }
+
+    #[test]
+    fn skinny_outputs_match_portable() {
+        // Up to 16 output columns take the AVX-512 register-tile kernel when available: row
+        // counts around the 8-row tile, long and short k, transposed and reversed operands.
+        let mut rng = StdRng::seed_from_u64(11);
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (7, 65, 10),
+            (9, 1, 16),
+            (16, 2028, 10),
+            (2028, 16, 10),
+            (63, 33, 7),
+        ] {
+            let a = random(&mut rng, m, k);
+            let at = a.t().to_owned();
+            let b = random(&mut rng, k, n);
+            let want = naive(&a, &b);
+            let rev = a.slice(ndarray::s![..;-1, ..]).to_owned();
+            for acc in [false, true] {
+                let base = if acc { 0.25 } else { 0.0 };
+                let mut c = Array2::from_elem((m, n), 0.25f32);
+                matmul_into(a.view(), b.view(), c.view_mut(), acc);
+                let mut ct = Array2::from_elem((m, n), 0.25f32);
+                matmul_into(at.t(), b.view(), ct.view_mut(), acc);
+                let mut cr = Array2::from_elem((m, n), 0.25f32);
+                matmul_into(
+                    rev.slice(ndarray::s![..;-1, ..]),
+                    b.view(),
+                    cr.view_mut(),
+                    acc,
+                );
+                for ((x, y), (z, w)) in c.iter().zip(ct.iter()).zip(cr.iter().zip(want.iter())) {
+                    let tol = 1e-4 * (k as f64).sqrt();
+                    assert_abs_diff_eq!(*x as f64, w + base, epsilon = tol);
+                    assert_abs_diff_eq!(*y as f64, w + base, epsilon = tol);
+                    assert_abs_diff_eq!(*z as f64, w + base, epsilon = tol);
+                }
+            }
         }
     }
 

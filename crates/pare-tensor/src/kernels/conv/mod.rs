@@ -3,7 +3,10 @@
 //!
 //! A patch row is laid out `(ky, kx, c)`, which is exactly the row-major flattening of the
 //! kernel's first three axes, so the convolution is `patches [n·oh·ow, kh·kw·c] · kernel
-//! [kh·kw·c, out]` with no transposition of the kernel.
+//! [kh·kw·c, out]` with no transposition of the kernel. Convolutions with short patch rows skip
+//! the patch matrix: see [`shallow`].
+
+pub mod shallow;
 
 use ndarray::{Array2, Array4, ArrayView2, ArrayView4, ArrayViewMut4, Axis};
 use rayon::prelude::*;
