@@ -1,24 +1,26 @@
 //! AVX2 + FMA kernels. Each computes what its namesake in `portable.rs` computes, in a different
-//! summation order; the tests compare them on random inputs of awkward sizes.
+//! summation order; the tests compare them on random inputs of awkward sizes. The transposes and
+//! the row kernel here serve the AVX-512 path too.
 //!
 //! Callers must have checked `is_x86_feature_detected!("avx2")` and `("fma")`.
 
 use std::arch::x86_64::*;
 
-use super::{BLOCK_ROWS, DenseKernel, PANEL, SparseDense, TILE, TileScratch};
+use super::{BLOCK_ROWS, DenseKernel, PANEL, ROW_CHUNK, SUPER_ROWS, SparseDense, TILE};
 
 /// Sum of the eight lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn hsum(v: __m256) -> f32 {
+fn hsum(v: __m256) -> f32 {
     let mut t = [0.0f32; 8];
     // SAFETY: `t` holds eight f32, exactly one unaligned 256-bit store.
     unsafe { _mm256_storeu_ps(t.as_mut_ptr(), v) };
     ((t[0] + t[4]) + (t[1] + t[5])) + ((t[2] + t[6]) + (t[3] + t[7]))
 }
 
-/// One batch row: gathers the inputs of each column's non-zeros, 16 per iteration, the last
-/// 1–7 with a masked gather.
+/// One batch row: gathers the inputs of each column's non-zeros, 32 per iteration in four
+/// independent chains, the last 1–7 with a masked gather; inputs in chunks of `ROW_CHUNK` so the
+/// gathered part of `x` stays in L1.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn sparse_row(m: &SparseDense, x: &[f32], y: &mut [f32]) {
     assert!(
@@ -29,80 +31,98 @@ pub(super) unsafe fn sparse_row(m: &SparseDense, x: &[f32], y: &mut [f32]) {
         y.len(),
         m.out_features
     );
-    let out = m.out_features;
     y.copy_from_slice(&m.bias);
-    for kb in 0..m.in_features.div_ceil(BLOCK_ROWS) {
+    let chunk = ROW_CHUNK / BLOCK_ROWS;
+    for kb in (0..m.blocks).step_by(chunk) {
         for (j, yj) in y.iter_mut().enumerate() {
-            let p = kb * out + j;
-            let (rows, vals) = (
-                &m.rows[m.ptr[p]..m.ptr[p + 1]],
-                &m.values[m.ptr[p]..m.ptr[p + 1]],
-            );
-            let n = rows.len();
-            // SAFETY: the full-width loads read rows/vals[k..k + 16] (or [k..k + 8]) with the
-            // end <= n, inside the slices; the tail's masked loads touch only lanes < n - k.
-            // Every row index is < in_features == x.len() (SparseDense invariant from
-            // `from_dense`) and fits in an i32 (checked there), so each gathered address
-            // x + 4 * row is inside `x`; masked-off gather lanes are not accessed.
-            let sum = unsafe {
-                let mut a0 = _mm256_setzero_ps();
-                let mut a1 = _mm256_setzero_ps();
-                let (rp, vp, xp) = (rows.as_ptr(), vals.as_ptr(), x.as_ptr());
-                let mut k = 0;
-                while k + 16 <= n {
-                    let i0 = _mm256_loadu_si256(rp.add(k).cast::<__m256i>());
-                    let i1 = _mm256_loadu_si256(rp.add(k + 8).cast::<__m256i>());
-                    let g0 = _mm256_i32gather_ps::<4>(xp, i0);
-                    let g1 = _mm256_i32gather_ps::<4>(xp, i1);
-                    a0 = _mm256_fmadd_ps(g0, _mm256_loadu_ps(vp.add(k)), a0);
-                    a1 = _mm256_fmadd_ps(g1, _mm256_loadu_ps(vp.add(k + 8)), a1);
-                    k += 16;
-                }
-                if k + 8 <= n {
-                    let i0 = _mm256_loadu_si256(rp.add(k).cast::<__m256i>());
-                    let g0 = _mm256_i32gather_ps::<4>(xp, i0);
-                    a0 = _mm256_fmadd_ps(g0, _mm256_loadu_ps(vp.add(k)), a0);
-                    k += 8;
-                }
-                if k < n {
-                    // A masked step instead of a scalar loop: tails are short and of every
-                    // length, so a loop would mispredict.
-                    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-                    let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((n - k) as i32), lanes);
-                    let i0 = _mm256_maskload_epi32(rp.add(k).cast::<i32>(), mask);
-                    let v0 = _mm256_maskload_ps(vp.add(k), mask);
-                    let g0 = _mm256_mask_i32gather_ps::<4>(
-                        _mm256_setzero_ps(),
-                        xp,
-                        i0,
-                        _mm256_castsi256_ps(mask),
-                    );
-                    a1 = _mm256_fmadd_ps(g0, v0, a1);
-                }
-                hsum(_mm256_add_ps(a0, a1))
-            };
-            *yj += sum;
+            let es = m.column_blocks(j, kb, chunk);
+            // SAFETY: every row index is < in_features == x.len() (SparseDense invariant from
+            // `from_dense`, which also checked that it fits in an i32).
+            *yj += unsafe { gather_dot(&m.rows[es.clone()], &m.values[es], x) };
         }
     }
 }
 
-/// Transposes an 8×8 block: row `r` of the source starts at `src + r * stride`; row `c` of the
-/// result is written at `dst + c * TILE`.
+/// `Σ vals[k] · x[rows[k]]`.
+///
+/// # Safety
+/// Every `rows[k]` must be `< x.len()` and `<= i32::MAX`.
+///
+/// # Panics
+/// If the slices differ in length.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gather_dot(rows: &[u32], vals: &[f32], x: &[f32]) -> f32 {
+    assert_eq!(rows.len(), vals.len(), "gather_dot: rows and values differ");
+    let n = rows.len();
+    // SAFETY: the full-width loads read rows/vals[k..k + 8 · u] with the end <= n, inside the
+    // slices; the tail's masked loads touch only lanes < n - k. Every row index is < x.len() and
+    // fits in an i32 (the caller's contract), so each gathered address x + 4 * row is inside
+    // `x`; masked-off gather lanes are not accessed.
+    unsafe {
+        let mut a = [_mm256_setzero_ps(); 4];
+        let (rp, vp, xp) = (rows.as_ptr(), vals.as_ptr(), x.as_ptr());
+        let mut k = 0;
+        while k + 32 <= n {
+            for (u, au) in a.iter_mut().enumerate() {
+                let i = _mm256_loadu_si256(rp.add(k + 8 * u).cast::<__m256i>());
+                let g = _mm256_i32gather_ps::<4>(xp, i);
+                *au = _mm256_fmadd_ps(g, _mm256_loadu_ps(vp.add(k + 8 * u)), *au);
+            }
+            k += 32;
+        }
+        let mut u = 0;
+        while k + 8 <= n {
+            let i = _mm256_loadu_si256(rp.add(k).cast::<__m256i>());
+            let g = _mm256_i32gather_ps::<4>(xp, i);
+            a[u] = _mm256_fmadd_ps(g, _mm256_loadu_ps(vp.add(k)), a[u]);
+            k += 8;
+            u += 1;
+        }
+        if k < n {
+            // A masked step instead of a scalar loop: tails are short and of every
+            // length, so a loop would mispredict.
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((n - k) as i32), lanes);
+            let i = _mm256_maskload_epi32(rp.add(k).cast::<i32>(), mask);
+            let v = _mm256_maskload_ps(vp.add(k), mask);
+            let g = _mm256_mask_i32gather_ps::<4>(
+                _mm256_setzero_ps(),
+                xp,
+                i,
+                _mm256_castsi256_ps(mask),
+            );
+            a[3] = _mm256_fmadd_ps(g, v, a[3]);
+        }
+        hsum(_mm256_add_ps(
+            _mm256_add_ps(a[0], a[1]),
+            _mm256_add_ps(a[2], a[3]),
+        ))
+    }
+}
+
+/// Transposes an 8×8 block: row `r` of the source starts at `src + r * src_stride`; row `c` of
+/// the result is written at `dst + c * dst_stride`.
 ///
 /// The 128-bit lane exchange is done by the loads (rows `r` and `r + 4` share a register), so
-/// only 16 in-lane shuffles remain for the shuffle port instead of 24.
+/// only 16 in-lane shuffles remain for the shuffle ports instead of 24.
 ///
 /// # Safety
 /// The eight source rows of eight floats and the eight destination rows must be in bounds.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn transpose8x8(src: *const f32, stride: usize, dst: *mut f32) {
+pub(super) unsafe fn transpose8x8(
+    src: *const f32,
+    src_stride: usize,
+    dst: *mut f32,
+    dst_stride: usize,
+) {
     // SAFETY: the caller guarantees the 8 × 8 source and destination floats are in bounds.
     unsafe {
         // pair(r, c) = [row r, cols c..c+4 | row r + 4, cols c..c+4]
         let pair = |r: usize, c: usize| {
-            let lo = _mm_loadu_ps(src.add(r * stride + c));
-            let hi = _mm_loadu_ps(src.add((r + 4) * stride + c));
+            let lo = _mm_loadu_ps(src.add(r * src_stride + c));
+            let hi = _mm_loadu_ps(src.add((r + 4) * src_stride + c));
             _mm256_insertf128_ps::<1>(_mm256_castps128_ps256(lo), hi)
         };
         for c in [0, 4] {
@@ -111,101 +131,174 @@ unsafe fn transpose8x8(src: *const f32, stride: usize, dst: *mut f32) {
             let t1 = _mm256_unpackhi_ps(r0, r1);
             let t2 = _mm256_unpacklo_ps(r2, r3);
             let t3 = _mm256_unpackhi_ps(r2, r3);
-            _mm256_storeu_ps(dst.add(c * TILE), _mm256_shuffle_ps::<0x44>(t0, t2));
-            _mm256_storeu_ps(dst.add((c + 1) * TILE), _mm256_shuffle_ps::<0xEE>(t0, t2));
-            _mm256_storeu_ps(dst.add((c + 2) * TILE), _mm256_shuffle_ps::<0x44>(t1, t3));
-            _mm256_storeu_ps(dst.add((c + 3) * TILE), _mm256_shuffle_ps::<0xEE>(t1, t3));
+            let d = |k: usize| dst.add((c + k) * dst_stride);
+            _mm256_storeu_ps(d(0), _mm256_shuffle_ps::<0x44>(t0, t2));
+            _mm256_storeu_ps(d(1), _mm256_shuffle_ps::<0xEE>(t0, t2));
+            _mm256_storeu_ps(d(2), _mm256_shuffle_ps::<0x44>(t1, t3));
+            _mm256_storeu_ps(d(3), _mm256_shuffle_ps::<0xEE>(t1, t3));
         }
     }
 }
 
-/// Up to [`TILE`] batch rows through a transposed input block.
+/// Transposes inputs `k0 .. k0 + klen` of the `lanes` batch rows of `x` (`in` values each) into
+/// `xt[i * lanes + r] = x[r * in + k0 + i]`.
+///
+/// # Panics
+/// If `x` does not hold `lanes` rows reaching input `k0 + klen`, `lanes` is not a multiple of 8
+/// or `xt` is shorter than `klen * lanes`.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn sparse_tile(
+pub(super) fn transpose_block(
+    x: &[f32],
+    inn: usize,
+    lanes: usize,
+    k0: usize,
+    klen: usize,
+    xt: &mut [f32],
+) {
+    assert!(
+        lanes.is_multiple_of(8)
+            && k0 + klen <= inn
+            && x.len() >= lanes * inn
+            && xt.len() >= klen * lanes,
+        "transpose_block: {lanes} rows of in {inn} ({} values), inputs {k0}..{}, xt {}",
+        x.len(),
+        k0 + klen,
+        xt.len()
+    );
+    let full = klen - klen % 8;
+    for r0 in (0..lanes).step_by(8) {
+        for i in (0..full).step_by(8) {
+            // SAFETY: source rows r0..r0 + 8 <= lanes, columns k0 + i..k0 + i + 8 <= k0 + klen
+            // <= in, inside x (asserted); destination rows i..i + 8 <= klen, lanes r0..r0 + 8
+            // <= lanes, inside xt (asserted).
+            unsafe {
+                transpose8x8(
+                    x.as_ptr().add(r0 * inn + k0 + i),
+                    inn,
+                    xt.as_mut_ptr().add(i * lanes + r0),
+                    lanes,
+                );
+            }
+        }
+    }
+    for i in full..klen {
+        for r in 0..lanes {
+            xt[i * lanes + r] = x[r * inn + k0 + i];
+        }
+    }
+}
+
+/// Writes the accumulators `acc[j * lanes + r]` to `y[r * out + j]`.
+///
+/// # Panics
+/// If the lengths are not `out * lanes` or `lanes` is not a multiple of 8.
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn store_transposed(acc: &[f32], lanes: usize, y: &mut [f32], out: usize) {
+    assert!(
+        lanes.is_multiple_of(8) && acc.len() == out * lanes && y.len() == out * lanes,
+        "store_transposed: acc {} and y {} for {lanes} rows of out {out}",
+        acc.len(),
+        y.len()
+    );
+    let full = out - out % 8;
+    for j0 in (0..full).step_by(8) {
+        for r0 in (0..lanes).step_by(8) {
+            // SAFETY: acc rows j0..j0 + 8 <= out, lanes r0..r0 + 8 <= lanes; y rows
+            // r0..r0 + 8 <= lanes, columns j0..j0 + 8 <= out: all inside (asserted lengths).
+            unsafe {
+                transpose8x8(
+                    acc.as_ptr().add(j0 * lanes + r0),
+                    lanes,
+                    y.as_mut_ptr().add(r0 * out + j0),
+                    out,
+                );
+            }
+        }
+    }
+    for j in full..out {
+        for r in 0..lanes {
+            y[r * out + j] = acc[j * lanes + r];
+        }
+    }
+}
+
+/// One pass of `T` full tiles through a transposed input block (see `portable::sparse_tiles`);
+/// each tile is two 8-lane vectors.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn sparse_tiles<const T: usize>(
     m: &SparseDense,
     x: &[f32],
-    nb: usize,
     y: &mut [f32],
-    s: &mut TileScratch,
+    xt: &mut [f32],
+    acc: &mut [f32],
 ) {
     let (inn, out) = (m.in_features, m.out_features);
+    let lanes = T * TILE;
+    let span = SUPER_ROWS / T;
     assert!(
-        nb <= TILE && x.len() == nb * inn && y.len() == nb * out,
-        "sparse_tile: {nb} rows, x has {} values for in {inn}, y {} for out {out}",
+        x.len() == lanes * inn
+            && y.len() == lanes * out
+            && acc.len() == out * lanes
+            && xt.len() >= span * lanes,
+        "sparse_tiles: {lanes} rows, x has {} values for in {inn}, y {} for out {out}",
         x.len(),
         y.len()
     );
-    s.prepare(out, nb);
-    for (j, a) in s.acc.chunks_exact_mut(TILE).enumerate() {
-        a.fill(m.bias[j]);
+    for (a, &b) in acc.chunks_exact_mut(lanes).zip(&m.bias) {
+        a.fill(b);
     }
-    for kb in 0..inn.div_ceil(BLOCK_ROWS) {
-        let k0 = kb * BLOCK_ROWS;
-        let klen = BLOCK_ROWS.min(inn - k0);
-        let mut i = 0;
-        if nb == TILE {
-            while i + 8 <= klen {
-                // SAFETY: source rows r < 16 = nb, columns k0 + i .. k0 + i + 8 <= inn, so
-                // every read is inside x (nb * inn values); destination rows i .. i + 8 <= klen
-                // <= BLOCK_ROWS, lanes 0..16, inside xt (BLOCK_ROWS * TILE values).
-                unsafe {
-                    let src = x.as_ptr().add(k0 + i);
-                    let dst = s.xt.as_mut_ptr().add(i * TILE);
-                    transpose8x8(src, inn, dst);
-                    transpose8x8(src.add(8 * inn), inn, dst.add(8));
-                }
-                i += 8;
-            }
-        }
-        for i in i..klen {
-            for r in 0..nb {
-                s.xt[i * TILE + r] = x[r * inn + k0 + i];
-            }
-        }
+    for (s, k0) in (0..inn).step_by(span).enumerate() {
+        let klen = span.min(inn - k0);
+        transpose_block(x, inn, lanes, k0, klen, xt);
         for j in 0..out {
-            let p = kb * out + j;
-            let (lo, hi) = (m.ptr[p], m.ptr[p + 1]);
-            // SAFETY: lo..hi is inside rows/values (ptr invariant). Entries of block kb have
-            // k0 <= row < k0 + klen (layout invariant), so xt row (row - k0) and its 16 lanes
-            // are inside xt. acc row j (16 values) is inside acc (out * TILE values).
+            let es = m.column_blocks(j, s * span / BLOCK_ROWS, span / BLOCK_ROWS);
+            if es.is_empty() {
+                continue;
+            }
+            // SAFETY: es is inside rows/values (ptr invariant). Entries of these blocks have
+            // k0 <= row < k0 + klen (layout invariant), so xt row (row - k0) and its `lanes`
+            // values are inside xt (span * lanes values). acc row j (`lanes` values) is inside
+            // acc (out * lanes values).
             unsafe {
-                let ap = s.acc.as_mut_ptr().add(j * TILE);
-                let xt = s.xt.as_ptr();
+                let ap = acc.as_mut_ptr().add(j * lanes);
+                let xtp = xt.as_ptr();
                 let (rp, vp) = (m.rows.as_ptr(), m.values.as_ptr());
-                let row = |e: usize| xt.add((*rp.add(e) as usize - k0) * TILE);
-                // Four independent accumulator pairs hide the FMA latency.
-                let mut a = [_mm256_setzero_ps(); 8];
-                a[0] = _mm256_loadu_ps(ap);
-                a[1] = _mm256_loadu_ps(ap.add(8));
-                let mut e = lo;
-                while e + 4 <= hi {
-                    for u in 0..4 {
-                        let r = row(e + u);
-                        let w = _mm256_broadcast_ss(&*vp.add(e + u));
-                        a[2 * u] = _mm256_fmadd_ps(w, _mm256_loadu_ps(r), a[2 * u]);
-                        a[2 * u + 1] = _mm256_fmadd_ps(w, _mm256_loadu_ps(r.add(8)), a[2 * u + 1]);
-                    }
-                    e += 4;
+                let row = |e: usize| xtp.add((*rp.add(e) as usize - k0) * lanes);
+                // A non-zero costs 2T FMAs; `sets` independent accumulator sets give eight
+                // chains in flight, enough to hide the FMA latency at two FMAs per cycle.
+                let (v, sets) = (2 * T, 4 / T);
+                let mut a = [[_mm256_setzero_ps(); 8]; 4];
+                for (h, ah) in a[0].iter_mut().take(v).enumerate() {
+                    *ah = _mm256_loadu_ps(ap.add(8 * h));
                 }
-                while e < hi {
-                    let r = row(e);
-                    let w = _mm256_broadcast_ss(&*vp.add(e));
-                    a[0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(r), a[0]);
-                    a[1] = _mm256_fmadd_ps(w, _mm256_loadu_ps(r.add(8)), a[1]);
+                let mut e = es.start;
+                while e + sets <= es.end {
+                    for (u, au) in a.iter_mut().take(sets).enumerate() {
+                        let (r, w) = (row(e + u), _mm256_broadcast_ss(&*vp.add(e + u)));
+                        for (h, ah) in au.iter_mut().take(v).enumerate() {
+                            *ah = _mm256_fmadd_ps(w, _mm256_loadu_ps(r.add(8 * h)), *ah);
+                        }
+                    }
+                    e += sets;
+                }
+                while e < es.end {
+                    let (r, w) = (row(e), _mm256_broadcast_ss(&*vp.add(e)));
+                    for (h, ah) in a[0].iter_mut().take(v).enumerate() {
+                        *ah = _mm256_fmadd_ps(w, _mm256_loadu_ps(r.add(8 * h)), *ah);
+                    }
                     e += 1;
                 }
-                let lo8 = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[4], a[6]));
-                let hi8 = _mm256_add_ps(_mm256_add_ps(a[1], a[3]), _mm256_add_ps(a[5], a[7]));
-                _mm256_storeu_ps(ap, lo8);
-                _mm256_storeu_ps(ap.add(8), hi8);
+                for h in 0..v {
+                    let mut t = a[0][h];
+                    for au in a.iter().take(sets).skip(1) {
+                        t = _mm256_add_ps(t, au[h]);
+                    }
+                    _mm256_storeu_ps(ap.add(8 * h), t);
+                }
             }
         }
     }
-    for r in 0..nb {
-        for j in 0..out {
-            y[r * out + j] = s.acc[j * TILE + r];
-        }
-    }
+    store_transposed(acc, lanes, y, out);
 }
 
 /// Dense baseline: 4×16 register tile (8 accumulators), leftover rows 1×16 with the input axis
