@@ -4,7 +4,10 @@
 //! (padding filled with the input zero point, so it adds nothing) then
 //! [`gemm_i8_requant`](crate::gemm_i8_requant) — int32 accumulation, fixed-point
 //! requantization, a fused ReLU as a clamp; a dense layer is the GEMM alone; max-pool compares
-//! codes; a leaky ReLU is a 256-entry table built from TFLite's two-multiplier formula. No float
+//! codes; a leaky ReLU is a 256-entry table built from TFLite's two-multiplier formula. A conv
+//! with a short patch followed by a non-overlapping max-pool runs as one direct pass
+//! (`ConvPool`, on CPUs with AVX-512 VNNI) that writes only the pooled output, with the same
+//! bits. No float
 //! arithmetic happens between the input quantization and the output dequantization.
 //!
 //! An [`Interpreter`] (TFLite's name) owns the scratch buffers, so repeated calls at the same
@@ -223,6 +226,8 @@ impl<'m> Interpreter<'m> {
     pub(crate) fn run(&mut self, n: usize, mut tap: Option<&mut Tap<'_>>) -> Result<usize> {
         let model = self.model;
         let mut cur = 0;
+        // Set when a conv ran fused with the max-pool after it, which then has nothing to do.
+        let mut pooled = false;
         for (i, (layer, prep)) in model.layers.iter().zip(&model.prepared).enumerate() {
             let in_len = n * layer.input_shape.iter().product::<usize>();
             let out_len = n * layer.output_shape.iter().product::<usize>();
@@ -243,7 +248,15 @@ impl<'m> Interpreter<'m> {
                     requant,
                     input_zero_point,
                     direct,
+                    fused,
                 } => {
+                    // A tap needs the conv's own output, which the fused pass never writes.
+                    if let (Some(f), None) = (fused, &tap) {
+                        f.run(n, src, &mut dst[..n * f.output_len()]);
+                        cur = 1 - cur;
+                        pooled = true;
+                        continue;
+                    }
                     let &[h, w, c] = &layer.input_shape[..] else {
                         unreachable!("run: conv input checked 3-D")
                     };
@@ -289,6 +302,10 @@ impl<'m> Interpreter<'m> {
                         requant,
                         view2_mut(dst, n, packed.n()),
                     )?;
+                }
+                Prepared::Pool { .. } if pooled => {
+                    pooled = false;
+                    swap = false;
                 }
                 Prepared::Pool { window } => {
                     let &[h, w, c] = &layer.input_shape[..] else {
@@ -375,16 +392,21 @@ impl QuantizedModel {
         if n <= CHUNK || classes == 0 {
             f(&mut it, x.view(), &mut out)?;
         } else {
-            out.par_chunks_mut(CHUNK * classes)
+            // A few runs of chunks per thread, each with one interpreter: creating one zeroes
+            // its buffers, which would cost as much as the chunk itself.
+            let chunks = n.div_ceil(CHUNK);
+            let per_run = chunks.div_ceil(2 * rayon::current_num_threads()).max(1);
+            out.par_chunks_mut(per_run * CHUNK * classes)
                 .enumerate()
-                .try_for_each_init(
-                    || Interpreter::new(self).expect("par_chunks: mode checked above"),
-                    |it, (c, o)| {
-                        let start = c * CHUNK;
+                .try_for_each(|(r, run)| -> Result<()> {
+                    let mut it = Interpreter::new(self)?;
+                    for (c, o) in run.chunks_mut(CHUNK * classes).enumerate() {
+                        let start = (r * per_run + c) * CHUNK;
                         let rows = x.slice_axis(Axis(0), (start..start + o.len() / classes).into());
-                        f(it, rows, o)
-                    },
-                )?;
+                        f(&mut it, rows, o)?;
+                    }
+                    Ok(())
+                })?;
         }
         Ok(Array2::from_shape_vec((n, classes), out).expect("predict: output is [n, outputs]"))
     }

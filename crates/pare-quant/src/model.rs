@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{QuantError, Result};
 use crate::kernels::{
-    Activation, Im2col, LeakyReluParams, PackedWeights, Padding, Requant, Window2d,
-    activation_range,
+    Activation, ConvPool, Im2col, Kernel, LeakyReluParams, PackedWeights, Padding, Requant,
+    Window2d, activation_range,
 };
 use crate::observer::ObserverKind;
 use crate::params::{QMAX_I8, QMIN_I8, QMIN_WEIGHT, QuantParams};
@@ -347,6 +347,8 @@ pub(crate) enum Prepared {
         input_zero_point: i32,
         /// A 1×1, stride-1 convolution reads its input directly as the patch matrix.
         direct: bool,
+        /// The direct conv fused with the max-pool that follows, when the pair qualifies.
+        fused: Option<Box<ConvPool>>,
     },
     Dense {
         packed: PackedWeights,
@@ -493,6 +495,9 @@ impl QuantizedModel {
             if layer.output.is_some() {
                 params = layer.output;
             }
+        }
+        if full {
+            fuse_conv_pool(&layers, &mut prepared);
         }
         let float = (!full).then(|| dequantized_model(&input_shape, input, &layers));
         Ok(QuantizedModel {
@@ -718,6 +723,7 @@ fn prepare_layer(
                 requant,
                 input_zero_point: in_q.map_or(0, |q| q.zero_point),
                 direct,
+                fused: None,
             });
             Ok((vec![oh, ow, cout], prep, if direct { 0 } else { patches }))
         }
@@ -804,6 +810,65 @@ fn prepare_layer(
             };
             Ok((input.to_vec(), prep, 0))
         }
+    }
+}
+
+/// Gives every conv followed by a max-pool it can be fused with (see [`ConvPool`]) its fused
+/// form; the engine then runs the pair in one pass.
+fn fuse_conv_pool(layers: &[QuantizedLayer], prepared: &mut [Prepared]) {
+    // Without VNNI the fused pass is scalar and slower than im2col + the AVX2 GEMM.
+    if !Kernel::Avx512Vnni.is_available() {
+        return;
+    }
+    for i in 1..prepared.len() {
+        let (head, tail) = prepared.split_at_mut(i);
+        let (
+            Prepared::Conv {
+                bias,
+                requant,
+                input_zero_point,
+                fused,
+                ..
+            },
+            Prepared::Pool { window: pool },
+        ) = (&mut head[i - 1], &tail[0])
+        else {
+            continue;
+        };
+        let layer = &layers[i - 1];
+        let (
+            LayerKind::Conv2d {
+                kernel_size,
+                strides,
+                padding,
+                ..
+            },
+            Some(w),
+            &[h, wd, c],
+        ) = (&layer.kind, &layer.weights, &layer.input_shape[..])
+        else {
+            continue;
+        };
+        let cout = bias.len();
+        let k = w.kernel.len() / cout.max(1);
+        if k * cout != w.kernel.len() || k != kernel_size[0] * kernel_size[1] * c {
+            continue;
+        }
+        let conv = Window2d::new(*kernel_size, *strides, *padding);
+        *fused = ConvPool::new(
+            [h, wd, c],
+            &conv,
+            kernel_2d(&w.kernel, k, cout),
+            bias,
+            *input_zero_point,
+            requant,
+            pool,
+        )
+        .filter(|f| {
+            let [ph, pw] = f.out_dims();
+            layers[i].output_shape == [ph, pw, cout]
+        })
+        .map(Box::new);
     }
 }
 

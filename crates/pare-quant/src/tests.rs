@@ -1535,3 +1535,45 @@ fn dequantized_model_matches_engine_closely() {
     let b = q.predict(x.view()).unwrap();
     assert!(agreement(&a, &b) >= 0.9);
 }
+
+/// A conv + max-pool pair of awkward sizes that the engine fuses: 2 input channels, a 2×3
+/// kernel, 7 output channels, a 3×2 pool that drops the last conv row and column.
+fn fusable_cnn(seed: u64) -> Sequential {
+    let mut rng = StdRng::seed_from_u64(seed);
+    Sequential::new(&[11, 10, 2])
+        .push(Conv2d::new("c1", 2, 7, [2, 3], &mut rng).activation(FloatActivation::Relu))
+        .push(MaxPool2d::new("p1", 3).strides(3).padding(TPadding::Valid))
+        .push(Flatten::new("f"))
+        .push(Dense::new("d", 3 * 2 * 7, 10, &mut rng))
+}
+
+#[test]
+fn fused_conv_pool_engine_matches_the_layer_by_layer_path() {
+    for (model, shape) in [
+        (with_random_biases(small_cnn(5), 6), [28, 28, 1]),
+        (with_random_biases(fusable_cnn(7), 8), [11, 10, 2]),
+    ] {
+        let calib: Vec<usize> = [16].iter().chain(&shape).copied().collect();
+        let q = convert(&model, uniform(&calib, 9).view(), &ConvertConfig::default()).unwrap();
+        assert_eq!(
+            q.prepared
+                .iter()
+                .any(|p| matches!(p, crate::model::Prepared::Conv { fused: Some(_), .. })),
+            Kernel::Avx512Vnni.is_available(),
+            "the conv + pool pair is fused exactly when the CPU has AVX-512 VNNI"
+        );
+        // 200 examples: runs of two chunks per interpreter.
+        for n in [1, 7, 65, 200] {
+            let dims: Vec<usize> = [n].iter().chain(&shape).copied().collect();
+            let codes = q.quantize_input(uniform(&dims, n as u64).view()).unwrap();
+            // A traced run needs every layer's output, so it takes the unfused path.
+            let traced = q.trace_i8(codes.view()).unwrap();
+            let fused = q.predict_i8(codes.view()).unwrap();
+            assert_eq!(
+                fused.as_slice().unwrap(),
+                &traced.last().unwrap()[..],
+                "batch {n}"
+            );
+        }
+    }
+}

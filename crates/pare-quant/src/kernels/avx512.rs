@@ -57,9 +57,9 @@ pub(super) fn gemm(g: &Gemm<'_>, r0: usize, out: Out<'_>) {
 
 /// Per-16-column vectors of the epilogue.
 #[derive(Clone, Copy)]
-struct ColCtx {
+pub(super) struct ColCtx {
     /// `bias − za · colsum`.
-    corr: __m512i,
+    pub(super) corr: __m512i,
     mult: __m512i,
     /// The odd lanes' multipliers moved to the low halves of the 64-bit lanes.
     mult_odd: __m512i,
@@ -70,12 +70,12 @@ struct ColCtx {
     /// `rmask >> 1`, its threshold before the +1 for negative values.
     thr: __m512i,
     /// Lanes that are real columns.
-    lanes: __mmask16,
+    pub(super) lanes: __mmask16,
 }
 
 /// Output-stage constants shared by all columns.
 #[derive(Clone, Copy)]
-struct RqConsts {
+pub(super) struct RqConsts {
     zero_point: __m512i,
     act_min: __m512i,
     act_max: __m512i,
@@ -113,6 +113,38 @@ fn col_ctx(g: &Gemm<'_>, rq: Option<&Requant>, blk: usize) -> ColCtx {
     }
 }
 
+/// The output stage of the 16 channels from `j0` (of `n`), whose correction `corr` is added
+/// before requantizing: for kernels other than the GEMM.
+#[target_feature(enable = "avx512f")]
+pub(super) fn output_stage(
+    rq: &Requant,
+    j0: usize,
+    n: usize,
+    corr: &[i32; NR],
+) -> (ColCtx, RqConsts) {
+    let [mult, left, right] = rq.block_params(j0, n).map(|p| load16(&p));
+    let one = _mm512_set1_epi32(1);
+    let rmask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
+    let (lo, hi) = rq.activation_range();
+    let ctx = ColCtx {
+        corr: load16(corr),
+        mult,
+        mult_odd: _mm512_srli_epi64::<32>(mult),
+        left,
+        right,
+        rmask,
+        thr: _mm512_srli_epi32::<1>(rmask),
+        lanes: ((1u32 << NR.min(n - j0)) - 1) as __mmask16,
+    };
+    let consts = RqConsts {
+        zero_point: _mm512_set1_epi32(rq.zero_point()),
+        act_min: _mm512_set1_epi32(lo),
+        act_max: _mm512_set1_epi32(hi),
+        any_left: rq.shifts().iter().any(|&s| s > 0),
+    };
+    (ctx, consts)
+}
+
 /// `clamp(MultiplyByQuantizedMultiplier(v) + zo, act_min, act_max)` on 16 lanes, bit-exact with
 /// [`Requant::apply`].
 ///
@@ -122,7 +154,7 @@ fn col_ctx(g: &Gemm<'_>, rq: Option<&Requant>, blk: usize) -> ColCtx {
 /// 31..62 of the sum are needed, so even lanes shift right by 31 and odd lanes left by 1 (their
 /// result lands in the high half) and a blend merges them.
 #[target_feature(enable = "avx512f")]
-fn requant16(v: __m512i, c: &ColCtx, k: &RqConsts) -> __m512i {
+pub(super) fn requant16(v: __m512i, c: &ColCtx, k: &RqConsts) -> __m512i {
     let x = if k.any_left {
         _mm512_sllv_epi32(v, c.left)
     } else {

@@ -44,6 +44,9 @@
 //! 28×28×1 image) use AVX-512 VBMI byte permutes, others span copies. [`max_pool_i8`] ignores
 //! padding as TensorFlow does and uses AVX2 byte maxima. Both have portable paths they are
 //! tested against byte for byte.
+//!
+//! A conv with a patch of at most 16 bytes followed by a non-overlapping max-pool also has a
+//! fused direct kernel (`conv_pool`), tested byte for byte against im2col → GEMM → max-pool.
 
 use std::sync::OnceLock;
 
@@ -61,6 +64,9 @@ mod activation;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod conv_pool;
+#[cfg(target_arch = "x86_64")]
+mod conv_pool_avx512;
 mod portable;
 mod window;
 #[cfg(target_arch = "x86_64")]
@@ -69,6 +75,7 @@ mod window_avx2;
 mod window_avx512;
 
 pub use activation::{LeakyReluParams, apply_table};
+pub(crate) use conv_pool::ConvPool;
 pub use window::{
     Im2col, Padding, Window2d, im2col_i8, im2col_i8_into, max_pool_i8, max_pool_i8_into,
 };

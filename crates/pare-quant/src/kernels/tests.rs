@@ -791,3 +791,116 @@ fn max_pool_simd_matches_portable() {
         assert_eq!(api, reference_pool(&x, &window));
     }
 }
+
+/// The unfused path the engine takes without [`ConvPool`]: im2col, portable GEMM, max-pool.
+fn conv_then_pool(
+    x: &Array4<i8>,
+    conv: &Window2d,
+    w: &Array2<i8>,
+    bias: &[i32],
+    za: i32,
+    rq: &Requant,
+    pool: &Window2d,
+) -> Array4<i8> {
+    let (n, h, wd, _) = x.dim();
+    let ([oh, ow], _) = conv.geometry(&[n, h, wd, x.dim().3]).unwrap();
+    let patches = im2col_i8(x.view(), conv, za).unwrap();
+    let mut y = Array2::zeros((patches.nrows(), w.ncols()));
+    let packed = PackedWeights::new(w.view());
+    gemm_i8_requant_with(
+        Kernel::Portable,
+        patches.view(),
+        za,
+        &packed,
+        Some(bias),
+        rq,
+        y.view_mut(),
+    )
+    .unwrap();
+    let y = y.into_shape_with_order((n, oh, ow, w.ncols())).unwrap();
+    max_pool_i8(y.view(), pool).unwrap()
+}
+
+/// `(h, w, cin, kernel, conv strides, pool, cout)`.
+type ConvPoolCase = (
+    usize,
+    usize,
+    usize,
+    [usize; 2],
+    [usize; 2],
+    [usize; 2],
+    usize,
+);
+
+#[test]
+fn fused_conv_pool_matches_im2col_gemm_and_max_pool() {
+    let mut rng = StdRng::seed_from_u64(11);
+    let cases: [ConvPoolCase; 12] = [
+        (28, 28, 1, [3, 3], [1, 1], [2, 2], 12),
+        (7, 9, 1, [3, 3], [1, 1], [2, 2], 1),
+        (6, 6, 2, [2, 2], [1, 1], [2, 3], 17),
+        (9, 7, 1, [1, 1], [1, 1], [1, 1], 16),
+        (13, 11, 3, [2, 1], [2, 1], [3, 2], 7),
+        (5, 5, 4, [2, 2], [1, 1], [1, 1], 33),
+        (10, 10, 1, [4, 4], [2, 2], [2, 2], 12),
+        (8, 5, 2, [2, 4], [1, 1], [2, 1], 3),
+        (3, 3, 1, [3, 3], [1, 1], [1, 1], 65),
+        (12, 12, 8, [1, 1], [1, 1], [2, 2], 5),
+        (9, 8, 1, [2, 2], [1, 1], [2, 2], 12),
+        (7, 8, 2, [1, 2], [1, 2], [2, 2], 4),
+    ];
+    for (case, &(h, wd, c, ks, cs, ps, cout)) in cases.iter().enumerate() {
+        for trial in 0..6 {
+            let n = [1, 2, 3][trial % 3];
+            let x = Array4::from_shape_fn((n, h, wd, c), |_| rng.random::<i8>());
+            let k = ks[0] * ks[1] * c;
+            let w = random_i8(&mut rng, (k, cout));
+            let za = ZPS[trial % ZPS.len()];
+            // Small biases (the SIMD path's max-first order) and full-range ones (wrapping).
+            let bias: Vec<i32> = (0..cout)
+                .map(|_| {
+                    if trial < 4 {
+                        rng.random_range(-(1 << 20)..1 << 20)
+                    } else {
+                        rng.random()
+                    }
+                })
+                .collect();
+            let rq = random_requant(&mut rng, cout, trial % 2 == 0);
+            let conv = Window2d::new(ks, cs, Padding::Valid);
+            let pool = Window2d::new(ps, ps, Padding::Valid);
+            let expected = conv_then_pool(&x, &conv, &w, &bias, za, &rq, &pool);
+            let fused = ConvPool::new([h, wd, c], &conv, w.view(), &bias, za, &rq, &pool)
+                .unwrap_or_else(|| panic!("case {case} qualifies for the fused path"));
+            assert_eq!(fused.out_dims(), [expected.dim().1, expected.dim().2]);
+            let src = x.as_slice().unwrap();
+            for simd in [false, true] {
+                let mut got = vec![0i8; n * fused.output_len()];
+                fused.run_with(simd, n, src, &mut got);
+                assert_eq!(
+                    got,
+                    expected.as_slice().unwrap(),
+                    "case {case} trial {trial} simd {simd}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn fused_conv_pool_declines_what_it_cannot_run() {
+    let w = Array2::<i8>::zeros((9, 4));
+    let rq = Requant::per_tensor(1 << 30, -3, 0, -128, 127).unwrap();
+    let conv = Window2d::new([3, 3], [1, 1], Padding::Valid);
+    let pool = Window2d::new([2, 2], [2, 2], Padding::Valid);
+    let bias = [0; 4];
+    assert!(ConvPool::new([8, 8, 1], &conv, w.view(), &bias, 0, &rq, &pool).is_some());
+    let same = Window2d::new([3, 3], [1, 1], Padding::Same);
+    assert!(ConvPool::new([8, 8, 1], &same, w.view(), &bias, 0, &rq, &pool).is_none());
+    let overlapping = Window2d::new([3, 3], [2, 2], Padding::Valid);
+    assert!(ConvPool::new([8, 8, 1], &conv, w.view(), &bias, 0, &rq, &overlapping).is_none());
+    // A 5×5 patch (25 bytes) is longer than the direct path takes.
+    let conv5 = Window2d::new([5, 5], [1, 1], Padding::Valid);
+    let w25 = Array2::<i8>::zeros((25, 4));
+    assert!(ConvPool::new([8, 8, 1], &conv5, w25.view(), &bias, 0, &rq, &pool).is_none());
+}
