@@ -29,7 +29,7 @@ use ndarray::ArrayViewD;
 use pare::distill::{Distiller, KdConfig, TeacherCache};
 use pare::tensor::Sequential;
 use pare::tensor::models::teacher_cnn;
-use pare::tensor::optim::{Adam, AdamConfig, LrSchedule};
+use pare::tensor::optim::{Adam, AdamConfig};
 use pare::tensor::train::{Evaluation, Fit, FitConfig, History, Objective, evaluate};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -47,10 +47,6 @@ const SWEEP_ALPHA: [f32; 3] = [0.1, 0.5, 0.9];
 /// accuracy drifts down after the first epoch (97.89 % after 1, 97.49 % after 10 with seed 0);
 /// decayed, the same 10 epochs reach 98.57 %, a teacher that knows more than the student.
 const TEACHER_COSINE_DEFAULT: bool = true;
-
-fn schedule_name(cosine: bool) -> &'static str {
-    if cosine { "cosine" } else { "constant" }
-}
 
 const QUICK_SWEEP_T: [f32; 3] = [1.0, 4.0, 10.0];
 
@@ -111,13 +107,8 @@ fn parse_args() -> Result<Option<Args>> {
             Long("teacher-seed") => a.teacher_seed = args.value()?.parse()?,
             Long("teacher") => a.teacher_path = Some(args.value()?.into()),
             Long("teacher-lr-schedule") => {
-                a.teacher_cosine = match args.value()?.string()?.as_str() {
-                    "constant" => false,
-                    "cosine" => true,
-                    other => {
-                        bail!("--teacher-lr-schedule: expected constant or cosine, got {other}")
-                    }
-                }
+                a.teacher_cosine =
+                    common::parse_cosine("--teacher-lr-schedule", &args.value()?.string()?)?
             }
             Long("no-cache") => a.no_cache = true,
             Long("sweep") => a.sweep = true,
@@ -234,23 +225,6 @@ fn adam() -> Result<Adam> {
     Ok(Adam::new(AdamConfig::default())?)
 }
 
-/// The teacher's optimizer: Keras' Adam, its rate constant or cosine-decayed to 0 over the
-/// `steps` of the run.
-fn teacher_adam(cosine: bool, steps: usize) -> Result<Adam> {
-    let schedule = if cosine {
-        LrSchedule::CosineDecay {
-            decay_steps: steps as u64,
-            alpha: 0.0,
-        }
-    } else {
-        LrSchedule::Constant
-    };
-    Ok(Adam::new(AdamConfig {
-        schedule,
-        ..Default::default()
-    })?)
-}
-
 fn fit_config(epochs: usize, seed: u64, verbose: bool) -> FitConfig {
     FitConfig {
         epochs,
@@ -362,7 +336,7 @@ fn main() -> Result<()> {
             println!("\n== teacher: {} epochs", args.teacher_epochs);
             let cfg = fit_config(args.teacher_epochs, args.teacher_seed, true);
             let steps = args.teacher_epochs * y.len().div_ceil(BATCH);
-            let mut opt = teacher_adam(args.teacher_cosine, steps)?;
+            let mut opt = common::adam(args.teacher_cosine, steps)?;
             let h = Fit::new(cfg).run(&mut teacher, &mut opt, x.view(), &y)?;
             let path = teacher_file(args.quick);
             let meta = HashMap::from([
@@ -373,7 +347,7 @@ fn main() -> Result<()> {
                 ("epochs".to_string(), args.teacher_epochs.to_string()),
                 (
                     "lr_schedule".to_string(),
-                    schedule_name(args.teacher_cosine).to_string(),
+                    common::schedule_name(args.teacher_cosine).to_string(),
                 ),
                 ("seed".to_string(), args.teacher_seed.to_string()),
                 ("train_images".to_string(), y.len().to_string()),
@@ -573,7 +547,7 @@ fn main() -> Result<()> {
             "temperature": dec(args.kd.temperature),
             "seeds": args.seeds,
             "teacher_seed": args.teacher_seed,
-            "teacher_lr_schedule": teacher_history.as_ref().map(|_| schedule_name(args.teacher_cosine)),
+            "teacher_lr_schedule": teacher_history.as_ref().map(|_| common::schedule_name(args.teacher_cosine)),
             "teacher_loaded_from": args.teacher_path.as_ref().map(|p| p.display().to_string()),
             "teacher_epochs": teacher_history.as_ref().map(|_| args.teacher_epochs),
             "student_epochs": args.student_epochs,

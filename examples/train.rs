@@ -12,7 +12,6 @@ mod common;
 
 use anyhow::{Result, bail};
 use pare::tensor::models::Reference;
-use pare::tensor::optim::{Adam, AdamConfig, LrSchedule};
 use pare::tensor::train::{Callback, Fit, FitConfig, evaluate};
 use serde_json::json;
 use std::path::PathBuf;
@@ -45,11 +44,7 @@ fn main() -> Result<()> {
             Long("test-each-epoch") => test_each_epoch = true,
             Long("save") => save = Some(args.value()?.into()),
             Long("lr-schedule") => {
-                cosine = match args.value()?.string()?.as_str() {
-                    "constant" => false,
-                    "cosine" => true,
-                    other => bail!("--lr-schedule: expected constant or cosine, got {other}"),
-                }
+                cosine = common::parse_cosine("--lr-schedule", &args.value()?.string()?)?
             }
             Long("help") => {
                 println!(
@@ -79,18 +74,7 @@ fn main() -> Result<()> {
     if batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let schedule = if cosine {
-        LrSchedule::CosineDecay {
-            decay_steps: (epochs * y.len().div_ceil(batch_size)) as u64,
-            alpha: 0.0,
-        }
-    } else {
-        LrSchedule::Constant
-    };
-    let mut adam = Adam::new(AdamConfig {
-        schedule,
-        ..Default::default()
-    })?;
+    let mut adam = common::adam(cosine, epochs * y.len().div_ceil(batch_size))?;
     let cfg = FitConfig {
         epochs,
         batch_size,
@@ -115,7 +99,7 @@ fn main() -> Result<()> {
             ("seed".to_string(), seed.to_string()),
             (
                 "lr_schedule".to_string(),
-                if cosine { "cosine" } else { "constant" }.to_string(),
+                common::schedule_name(cosine).to_string(),
             ),
             ("train_images".to_string(), y.len().to_string()),
         ]);
@@ -154,7 +138,7 @@ fn main() -> Result<()> {
             "epochs": epochs,
             "batch_size": batch_size,
             "seed": seed,
-            "lr_schedule": if cosine { "cosine" } else { "constant" },
+            "lr_schedule": common::schedule_name(cosine),
             "train_images": y.len(),
             "threads": rayon::current_num_threads(),
             "test_accuracy": eval.accuracy,

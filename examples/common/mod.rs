@@ -86,3 +86,36 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
 pub fn pct(x: f32) -> String {
     format!("{:.2} %", x * 100.0)
 }
+
+/// Parses a `--lr-schedule`-style value: `constant` (Keras' plain rate) or `cosine`; returns
+/// whether the rate decays along a cosine.
+pub fn parse_cosine(flag: &str, value: &str) -> Result<bool> {
+    match value {
+        "constant" => Ok(false),
+        "cosine" => Ok(true),
+        other => anyhow::bail!("{flag}: expected constant or cosine, got {other}"),
+    }
+}
+
+/// The name [`parse_cosine`] reads back.
+pub fn schedule_name(cosine: bool) -> &'static str {
+    if cosine { "cosine" } else { "constant" }
+}
+
+/// Keras' Adam (rate 1e-3), its rate constant or decayed to 0 along a cosine over `steps`
+/// updates.
+pub fn adam(cosine: bool, steps: usize) -> Result<pare::tensor::optim::Adam> {
+    use pare::tensor::optim::{Adam, AdamConfig, LrSchedule};
+    let schedule = if cosine {
+        LrSchedule::CosineDecay {
+            decay_steps: steps as u64,
+            alpha: 0.0,
+        }
+    } else {
+        LrSchedule::Constant
+    };
+    Ok(Adam::new(AdamConfig {
+        schedule,
+        ..Default::default()
+    })?)
+}

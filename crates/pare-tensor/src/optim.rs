@@ -57,15 +57,11 @@ pub enum LrSchedule {
 impl LrSchedule {
     /// Checks the schedule's parameters.
     pub fn validate(&self) -> Result<()> {
+        let check_steps = |n: u64| hp("decay_steps", n as f32, n > 0, "must be > 0");
         match *self {
             LrSchedule::Constant => Ok(()),
             LrSchedule::CosineDecay { decay_steps, alpha } => {
-                hp(
-                    "decay_steps",
-                    decay_steps as f32,
-                    decay_steps > 0,
-                    "must be > 0",
-                )?;
+                check_steps(decay_steps)?;
                 hp(
                     "alpha",
                     alpha,
@@ -78,12 +74,7 @@ impl LrSchedule {
                 decay_rate,
                 ..
             } => {
-                hp(
-                    "decay_steps",
-                    decay_steps as f32,
-                    decay_steps > 0,
-                    "must be > 0",
-                )?;
+                check_steps(decay_steps)?;
                 hp(
                     "decay_rate",
                     decay_rate,
