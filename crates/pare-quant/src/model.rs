@@ -820,6 +820,13 @@ fn fuse_conv_pool(layers: &[QuantizedLayer], prepared: &mut [Prepared]) {
     if !Kernel::Avx512Vnni.is_available() {
         return;
     }
+    // `prepared[i]` is read as `layers[i]`'s: in full-integer mode every layer, reshapes
+    // included, has a prepared step.
+    debug_assert_eq!(
+        prepared.len(),
+        layers.len(),
+        "fuse_conv_pool: one prepared step per layer"
+    );
     for i in 1..prepared.len() {
         let (head, tail) = prepared.split_at_mut(i);
         let (
