@@ -1,7 +1,8 @@
 //! Pruning end to end on real MNIST: the small CNN trained one epoch on 6,000 images, pruned to
 //! 80 % while fine-tuning one more epoch (TFMOT's polynomial schedule, compressed to the epoch),
 //! stripped, stored sparse, reloaded, converted to int8 with pare-quant and stored with the
-//! sparse int8 codec, whose entropy coder must find the kernel's spatial structure.
+//! sparse int8 codec, whose entropy coder must find the kernel's spatial structure; dead conv
+//! filters cut out must leave the logits as they were.
 //!
 //! Scored on the whole test set (10,000 images; inference is cheap next to training, and the
 //! first 2,000 alone score about 3 points lower than the rest, too close to the bar). Measured
@@ -19,12 +20,12 @@ use ndarray::Axis;
 use pare::prune::file::{load_sparse_bytes, to_sparse_bytes};
 use pare::prune::{
     EntropyCoded, GapCoded, PolynomialDecay, PruneCallback, PruningSchedule, kept_count,
-    sparsity_report,
+    remove_dead_channels, sparsity_report,
 };
 use pare::quant::{ConvertConfig, QuantizedModel, convert};
 use pare::tensor::models::small_cnn;
 use pare::tensor::optim::{Adam, AdamConfig};
-use pare::tensor::train::{Fit, FitConfig, argmax, evaluate};
+use pare::tensor::train::{Fit, FitConfig, argmax, evaluate, predict};
 
 use pare::codecs::SparseCodec;
 
@@ -85,6 +86,22 @@ fn small_cnn_pruned_to_80_percent_keeps_its_accuracy_through_int8() {
     assert!(
         after > 0.85,
         "pruned accuracy {after} (before pruning {before})"
+    );
+
+    // Filters that lost every weight and whose bias the ReLU zeroes are dead: cut out with the
+    // dense rows that read them, the logits stay the same.
+    let (smaller, kept) = remove_dead_channels(&pruned).unwrap();
+    let (a, b) = (
+        predict(&pruned, tx.view(), 256).unwrap(),
+        predict(&smaller, tx.view(), 256).unwrap(),
+    );
+    let diff = a
+        .iter()
+        .zip(&b)
+        .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    assert!(
+        diff < 1e-4,
+        "dead channels {kept:?}: logits differ by {diff}"
     );
 
     // Sparse f32 file: exact round trip, about a quarter of the dense size.

@@ -41,7 +41,7 @@ pub enum Activation {
 impl Activation {
     /// The activation of one value.
     #[inline]
-    pub(crate) fn apply(self, v: f32) -> f32 {
+    pub fn apply(self, v: f32) -> f32 {
         match self {
             Activation::Linear => v,
             Activation::Relu => v.max(0.0),
