@@ -3,7 +3,11 @@
 //!
 //! A conv layer becomes im2col patches `[n·oh·ow, kh·kw·c]` times its kernel reshaped to
 //! `[kh·kw·c, out]` (pare-tensor's layout, no transposition), which is a sparse dense product
-//! with a large batch. A `ReLU` / `LeakyReLU` layer right after a sparse layer with no activation
+//! with a large batch. Convs with short patches (`kh·kw·c` up to pare-tensor's
+//! [`shallow::MAX_PATCH`]) stay dense whatever their sparsity: pare-tensor convolves those
+//! directly, fused with a following max-pool, and the patch matrix alone (9 floats per output
+//! pixel for the small CNN's first layer, 6 MB per batch of 256) costs more than the product
+//! the zeros would save. A `ReLU` / `LeakyReLU` layer right after a sparse layer with no activation
 //! of its own is fused into it. Other layers run in runs of consecutive layers on an inference
 //! graph, exactly as `pare_tensor::train::predict` runs them.
 //!
@@ -11,7 +15,7 @@
 //! `min_sparsity` decides, per layer, from the kernel's actual fraction of zeros.
 
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, Ix4, IxDyn};
-use pare_tensor::kernels::conv::{Window, im2col};
+use pare_tensor::kernels::conv::{Window, im2col, shallow};
 use pare_tensor::nn::Layer;
 use pare_tensor::{Activation, Graph, Padding, Sequential};
 use rayon::prelude::*;
@@ -72,6 +76,11 @@ pub struct SparseSequential {
     stages: Vec<Stage>,
 }
 
+/// Length of a conv's im2col patch rows, `kh · kw · in`.
+fn patch_len([kh, kw, cin, _]: [usize; 4]) -> usize {
+    kh * kw * cin
+}
+
 fn activation_of(l: Option<&Layer>) -> Option<Activation> {
     match l {
         Some(Layer::ReLU(_)) => Some(Activation::Relu),
@@ -81,8 +90,8 @@ fn activation_of(l: Option<&Layer>) -> Option<Activation> {
 }
 
 impl SparseSequential {
-    /// Plans `model`: every `Dense` and `Conv2d` layer whose kernel has at least
-    /// `min_sparsity` zeros runs sparse. The model is copied; later changes to it do not show.
+    /// Plans `model`: every `Dense` layer, and every `Conv2d` layer with patches longer than
+    /// [`shallow::MAX_PATCH`], whose kernel has at least `min_sparsity` zeros runs sparse. The model is copied; later changes to it do not show.
     ///
     /// # Errors
     /// [`PruneError::InvalidSparsity`] unless `0 <= min_sparsity < 1`;
@@ -108,7 +117,10 @@ impl SparseSequential {
                     &d.bias.value,
                     d.activation,
                 )),
-                Layer::Conv2d(c) if sparsity_of(c.kernel.value.view()) >= min_sparsity => {
+                Layer::Conv2d(c)
+                    if sparsity_of(c.kernel.value.view()) >= min_sparsity
+                        && patch_len(c.kernel_shape()) > shallow::MAX_PATCH =>
+                {
                     let [kh, kw, _, _] = c.kernel_shape();
                     let op = SparseOp::Conv {
                         window: [kh, kw],
@@ -345,7 +357,8 @@ mod tests {
         let mut model = teacher_cnn(8, 16, 2);
         prune_all(&mut model, 0.8);
         let sparse = SparseSequential::new(&model, 0.5).unwrap();
-        assert_eq!(sparse.sparse_layers(), vec!["conv2d", "conv2d_1", "dense"]);
+        // The first conv's 3 × 3 × 1 patches are short: pare-tensor convolves it directly.
+        assert_eq!(sparse.sparse_layers(), vec!["conv2d_1", "dense"]);
         for n in [1, 7, 17] {
             let x = images(n, n as u64);
             let want = predict(&model, x.view(), 64).unwrap();
@@ -368,7 +381,8 @@ mod tests {
     fn relu_layers_fuse_into_sparse_dense_and_conv() {
         let mut rng = StdRng::seed_from_u64(3);
         let mut model = Sequential::new(&[28, 28, 1])
-            .push(Conv2d::new("c", 1, 6, [5, 5], &mut rng).strides(3))
+            // 6 × 6 × 1 = 36-element patches: long enough to run sparse.
+            .push(Conv2d::new("c", 1, 6, [6, 6], &mut rng).strides(3))
             .push(ReLU::new("r1"))
             .push(Flatten::new("f"))
             .push(Dense::new("h", 8 * 8 * 6, 40, &mut rng))
