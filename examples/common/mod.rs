@@ -105,6 +105,11 @@ pub fn schedule_name(cosine: bool) -> &'static str {
 /// Keras' Adam (rate 1e-3), its rate constant or decayed to 0 along a cosine over `steps`
 /// updates.
 pub fn adam(cosine: bool, steps: usize) -> Result<pare::tensor::optim::Adam> {
+    adam_with(1e-3, cosine, steps)
+}
+
+/// [`adam`] starting from `rate`.
+pub fn adam_with(rate: f32, cosine: bool, steps: usize) -> Result<pare::tensor::optim::Adam> {
     use pare::tensor::optim::{Adam, AdamConfig, LrSchedule};
     let schedule = if cosine {
         LrSchedule::CosineDecay {
@@ -115,6 +120,7 @@ pub fn adam(cosine: bool, steps: usize) -> Result<pare::tensor::optim::Adam> {
         LrSchedule::Constant
     };
     Ok(Adam::new(AdamConfig {
+        learning_rate: rate,
         schedule,
         ..Default::default()
     })?)
