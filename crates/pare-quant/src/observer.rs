@@ -313,6 +313,41 @@ impl<S: Clone> Channels<S> {
     }
 }
 
+/// The [`Observer`] methods every observer answers from its `ch: Channels<_>` field.
+macro_rules! channel_plumbing {
+    () => {
+        fn granularity(&self) -> Granularity {
+            self.ch.granularity
+        }
+        fn non_finite(&self) -> u64 {
+            self.ch.non_finite
+        }
+        fn reset(&mut self) {
+            self.ch.reset();
+        }
+    };
+}
+
+/// Folds each channel's batch min/max into its running range with `merge(running, batch)`; the
+/// first batch with finite values sets it. Returns what [`Channels::observe`] does.
+fn observe_min_max(
+    ch: &mut Channels<Option<Range>>,
+    x: &ArrayViewD<'_, f32>,
+    merge: impl Fn(Range, Range) -> Range,
+) -> Result<()> {
+    ch.observe(
+        x,
+        || None,
+        |state, view| {
+            let (batch, bad) = finite_min_max(&view);
+            if let Some(b) = batch {
+                *state = Some(state.map_or(b, |r| merge(r, b)));
+            }
+            bad
+        },
+    )
+}
+
 /// Min and max of the finite values of `x` (None if there are none), and the non-finite count.
 fn finite_min_max(x: &ArrayViewD<'_, f32>) -> (Option<Range>, u64) {
     let mut bad = 0u64;
@@ -348,36 +383,15 @@ impl Observer for MinMaxObserver {
     fn name(&self) -> &'static str {
         "minmax"
     }
-    fn granularity(&self) -> Granularity {
-        self.ch.granularity
-    }
+    channel_plumbing!();
     fn observe(&mut self, x: ArrayViewD<'_, f32>) -> Result<()> {
-        self.ch.observe(
-            &x,
-            || None,
-            |state, view| {
-                let (batch, bad) = finite_min_max(&view);
-                if let Some(b) = batch {
-                    *state = Some(match *state {
-                        None => b,
-                        Some(r) => Range {
-                            min: r.min.min(b.min),
-                            max: r.max.max(b.max),
-                        },
-                    });
-                }
-                bad
-            },
-        )
+        observe_min_max(&mut self.ch, &x, |r, b| Range {
+            min: r.min.min(b.min),
+            max: r.max.max(b.max),
+        })
     }
     fn ranges(&self) -> Result<Vec<Range>> {
         self.ch.ranges(self.name(), |s| *s)
-    }
-    fn non_finite(&self) -> u64 {
-        self.ch.non_finite
-    }
-    fn reset(&mut self) {
-        self.ch.reset();
     }
 }
 
@@ -409,37 +423,16 @@ impl Observer for MovingAverageMinMaxObserver {
     fn name(&self) -> &'static str {
         "moving-average"
     }
-    fn granularity(&self) -> Granularity {
-        self.ch.granularity
-    }
+    channel_plumbing!();
     fn observe(&mut self, x: ArrayViewD<'_, f32>) -> Result<()> {
         let c = self.averaging_constant;
-        self.ch.observe(
-            &x,
-            || None,
-            |state, view| {
-                let (batch, bad) = finite_min_max(&view);
-                if let Some(b) = batch {
-                    *state = Some(match *state {
-                        None => b,
-                        Some(r) => Range {
-                            min: r.min + c * (b.min - r.min),
-                            max: r.max + c * (b.max - r.max),
-                        },
-                    });
-                }
-                bad
-            },
-        )
+        observe_min_max(&mut self.ch, &x, |r, b| Range {
+            min: r.min + c * (b.min - r.min),
+            max: r.max + c * (b.max - r.max),
+        })
     }
     fn ranges(&self) -> Result<Vec<Range>> {
         self.ch.ranges(self.name(), |s| *s)
-    }
-    fn non_finite(&self) -> u64 {
-        self.ch.non_finite
-    }
-    fn reset(&mut self) {
-        self.ch.reset();
     }
 }
 
@@ -624,9 +617,7 @@ impl Observer for PercentileObserver {
     fn name(&self) -> &'static str {
         "percentile"
     }
-    fn granularity(&self) -> Granularity {
-        self.ch.granularity
-    }
+    channel_plumbing!();
     fn observe(&mut self, x: ArrayViewD<'_, f32>) -> Result<()> {
         let bins = self.bins;
         self.ch.observe(
@@ -643,12 +634,6 @@ impl Observer for PercentileObserver {
                 max: h.quantile(q),
             })
         })
-    }
-    fn non_finite(&self) -> u64 {
-        self.ch.non_finite
-    }
-    fn reset(&mut self) {
-        self.ch.reset();
     }
 }
 
@@ -692,9 +677,7 @@ impl Observer for MseObserver {
     fn name(&self) -> &'static str {
         "mse"
     }
-    fn granularity(&self) -> Granularity {
-        self.ch.granularity
-    }
+    channel_plumbing!();
     fn observe(&mut self, x: ArrayViewD<'_, f32>) -> Result<()> {
         let bins = self.bins;
         self.ch.observe(
@@ -708,12 +691,6 @@ impl Observer for MseObserver {
         self.ch.ranges(self.name(), |h| {
             (h.total > 0.0).then(|| mse_range(h, scheme))
         })
-    }
-    fn non_finite(&self) -> u64 {
-        self.ch.non_finite
-    }
-    fn reset(&mut self) {
-        self.ch.reset();
     }
 }
 
@@ -890,9 +867,7 @@ impl Observer for KlObserver {
     fn name(&self) -> &'static str {
         "kl"
     }
-    fn granularity(&self) -> Granularity {
-        self.ch.granularity
-    }
+    channel_plumbing!();
     fn observe(&mut self, x: ArrayViewD<'_, f32>) -> Result<()> {
         let bins = self.bins;
         self.ch.observe(
@@ -926,12 +901,6 @@ impl Observer for KlObserver {
                 }
             })
         })
-    }
-    fn non_finite(&self) -> u64 {
-        self.ch.non_finite
-    }
-    fn reset(&mut self) {
-        self.ch.reset();
     }
 }
 
