@@ -20,6 +20,49 @@ const TOP: u32 = 1 << 24;
 pub(super) trait BitIo {
     /// Codes `bit` (encoder) or decodes a bit (decoder).
     fn code(&mut self, bit: bool, p1: i32) -> Result<bool>;
+
+    /// Marks which part of the model the next decisions belong to; only a cost-counting test
+    /// coder cares.
+    fn part(&mut self, _part: Part) {}
+}
+
+/// The kinds of decision the tensor model codes, for cost breakdowns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Part {
+    /// The columns' smallest magnitudes.
+    Minimum,
+    /// Non-zero or not.
+    Mask,
+    Sign,
+    /// The magnitude's bit length.
+    Length,
+    /// The magnitude's bits below the leading one.
+    Mantissa,
+}
+
+/// A coder that codes nothing and adds up the ideal cost, `-log2 p` per decision, of each
+/// [`Part`] (indexed by its discriminant).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(super) struct CostIo {
+    part: usize,
+    pub(super) bits: [f64; 5],
+    pub(super) decisions: [usize; 5],
+}
+
+#[cfg(test)]
+impl BitIo for CostIo {
+    fn code(&mut self, bit: bool, p1: i32) -> Result<bool> {
+        let p0 = f64::from(p0_of(p1)) / f64::from(PROB_ONE);
+        let p = if bit { 1.0 - p0 } else { p0 };
+        self.bits[self.part] -= p.log2();
+        self.decisions[self.part] += 1;
+        Ok(bit)
+    }
+
+    fn part(&mut self, part: Part) {
+        self.part = part as usize;
+    }
 }
 
 /// Probability of a zero in coder units, kept inside `[1, 4095]` so both symbols stay codable.
@@ -161,7 +204,7 @@ impl BitIo for Decoder<'_> {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Counter {
     p: u16,
-    n: u16,
+    n: u8,
 }
 
 impl Counter {
@@ -172,7 +215,7 @@ impl Counter {
         i32::from(self.p >> 4)
     }
 
-    pub(super) fn update(&mut self, bit: bool, limit: u16) {
+    pub(super) fn update(&mut self, bit: bool, limit: u8) {
         let p = i32::from(self.p);
         let target = if bit { 0xffff } else { 0 };
         // Truncating division keeps the result between p and target, so inside u16.
@@ -227,63 +270,149 @@ fn stretch(p12: i32) -> i32 {
 /// Weights are 16.16 fixed point, kept within ±16 so no sum can overflow, whatever a corrupt
 /// stream makes the decoder learn.
 const WEIGHT_MAX: i32 = 16 << 16;
-/// The learning rate: `Δw = rate · err · x`, about 0.006 in floating-point units.
+/// Initial weight of each context model: about 0.21, so the four or five that agree give about
+/// their common logit; the weights adapt from there. Direct inputs start at 0.
+const INITIAL_WEIGHT: i32 = 14_000;
+/// The learning rate, `Δw = rate · err · x`: `LEARNING_RATE` (about 0.006 in floating-point
+/// units) plus a boost, `RATE_BOOST / (1 + n / BOOST_HALF_LIFE)` after `n` updates of the
+/// weight set. A tensor gives a few thousand updates per set, so fast early learning pays.
 const LEARNING_RATE: i64 = 24;
+const RATE_BOOST: i64 = 128;
+const BOOST_HALF_LIFE: i64 = 256;
+/// Mean squared input at which the rate is as above; it scales with `2 / (1 + mean / this)`,
+/// as in normalised LMS, so a set whose inputs are all confident takes smaller steps.
+const INPUT_NORM: u32 = 1 << 18;
+/// Fraction bits of that scale.
+const NORM_SHIFT: u32 = 12;
+
+/// Learning rate of the second layer, which only needs to find the groups' relative trust.
+const FINAL_RATE: i64 = 8;
 /// A constant input, so the mixer can learn a bias.
 const BIAS_INPUT: i32 = 256;
 
-/// `N` adaptive models (tables of counters indexed by a context each) mixed by one of
-/// `selectors` weight sets: one binary decision of the tensor model.
-pub(super) struct MixedBit<const N: usize> {
-    tables: [Vec<Counter>; N],
-    limit: u16,
-    /// `selectors` sets of `N + 1` weights (the last one for the bias input).
-    weights: Vec<i32>,
+/// `Σ w·x` in stretch units (1/256), clamped to what `squash` takes.
+fn dot<const K: usize>(w: &[i32; K], x: &[i32; K]) -> i32 {
+    // |w| <= 2^20 and |x| < 2^11: no overflow for any K that fits in memory.
+    let sum: i64 = w
+        .iter()
+        .zip(x)
+        .map(|(&w, &x)| i64::from(w) * i64::from(x))
+        .sum();
+    (sum >> 16).clamp(-2047, 2047) as i32
 }
 
-impl<const N: usize> MixedBit<N> {
-    /// `sizes[i]` contexts for model `i`; counters capped at `limit` updates.
-    pub(super) fn new(sizes: [usize; N], selectors: usize, limit: u16) -> Self {
-        let mut weights = vec![0; selectors * (N + 1)];
-        for set in weights.chunks_exact_mut(N + 1) {
-            // Each model starts at 0.3, so three or four that agree give about their common
-            // logit; the weights adapt from there.
-            set[..N].fill(19_661);
+/// Moves `w` along `x` by `err · rate` (`err` in 1/4096, the coder's unit).
+fn train<const K: usize>(w: &mut [i32; K], x: &[i32; K], err: i32, rate: i64) {
+    let e = i64::from(err) * rate;
+    for (wi, &xi) in w.iter_mut().zip(x) {
+        // |x| < 2^11 and |e| < 2^21, so the step is below 2^16 and the sum fits in i32.
+        let step = ((i64::from(xi) * e + (1 << 15)) >> 16) as i32;
+        *wi = (*wi + step).clamp(-WEIGHT_MAX, WEIGHT_MAX);
+    }
+}
+
+/// One binary decision of the tensor model: `N` adaptive models (tables of counters indexed by
+/// a context each) and `I - N - 1` direct inputs (features already in stretch units), `I`
+/// inputs with the bias, mixed lpaq-style by one weight set from each of `G` groups (each group
+/// picks its set by a small context of its own), whose outputs a second, small mixer combines,
+/// as paq8's two-layer mixer does. The counts are type parameters so the loops unroll.
+pub(super) struct MixedBit<const N: usize, const I: usize, const G: usize> {
+    tables: [Vec<Counter>; N],
+    limit: u8,
+    /// Index of each group's first weight set.
+    group_start: [usize; G],
+    /// The weight sets (the last weight for the bias input).
+    weights: Vec<[i32; I]>,
+    /// Updates per weight set, for the rate boost (saturating).
+    updates: Vec<u32>,
+    /// Second layer: one weight per group, in sets chosen by the first group's selector.
+    final_weights: Vec<[i32; G]>,
+}
+
+impl<const N: usize, const I: usize, const G: usize> MixedBit<N, I, G> {
+    /// `sizes[i]` contexts for model `i`, `groups[g]` weight sets in group `g`; counters capped
+    /// at `limit` updates.
+    ///
+    /// # Panics
+    /// If `I <= N` (no room for the bias) or `G == 0`.
+    pub(super) fn new(sizes: [usize; N], groups: [usize; G], limit: u8) -> Self {
+        assert!(
+            I > N && G > 0,
+            "MixedBit::new: {N} models, {I} inputs, {G} groups"
+        );
+        let sets: usize = groups.iter().sum();
+        let mut initial = [0; I];
+        initial[..N].fill(INITIAL_WEIGHT);
+        let mut group_start = [0; G];
+        for g in 1..G {
+            group_start[g] = group_start[g - 1] + groups[g - 1];
         }
         MixedBit {
             tables: sizes.map(|n| vec![Counter::NEW; n]),
             limit,
-            weights,
+            group_start,
+            weights: vec![initial; sets],
+            updates: vec![0; sets],
+            final_weights: vec![[(1 << 16) / G as i32; G]; groups[0]],
         }
     }
 
-    /// Codes one decision: `ctx[i]` indexes model `i`'s table, `sel` picks the weight set.
+    /// Codes one decision: `ctx[i]` indexes model `i`'s table, `features` are the direct
+    /// inputs, `sets[g]` picks group `g`'s weight set.
     ///
     /// # Panics
-    /// If a context or selector is out of the range given to [`MixedBit::new`] (a bug in the
-    /// tensor model, never caused by input data).
+    /// If a context or set is out of the range given to [`MixedBit::new`], or there are not
+    /// `I - N - 1` features (a bug in the tensor model, never caused by input data).
     pub(super) fn code(
         &mut self,
         io: &mut impl BitIo,
         ctx: [usize; N],
-        sel: usize,
+        features: &[i32],
+        sets: [usize; G],
         bit: bool,
     ) -> Result<bool> {
-        let mut x = [0i32; N];
+        assert_eq!(features.len(), I - N - 1, "MixedBit::code: feature count");
+        let mut x = [0i32; I];
         for (xi, (table, &c)) in x.iter_mut().zip(self.tables.iter().zip(&ctx)) {
             *xi = stretch(table[c].p12());
         }
-        let w = &mut self.weights[sel * (N + 1)..(sel + 1) * (N + 1)];
-        let mut dot = i64::from(w[N]) * i64::from(BIAS_INPUT);
-        for (&wi, &xi) in w.iter().zip(&x) {
-            dot += i64::from(wi) * i64::from(xi);
+        for (xi, &f) in x[N..].iter_mut().zip(features) {
+            *xi = f.clamp(-2047, 2047);
         }
-        let p = squash((dot >> 16).clamp(-2047, 2047) as i32);
+        x[I - 1] = BIAS_INPUT;
+        let mut set_index = [0usize; G];
+        let mut st = [0i32; G];
+        for g in 0..G {
+            set_index[g] = self.group_start[g] + sets[g];
+            st[g] = dot(&self.weights[set_index[g]], &x);
+        }
+        let p = if G == 1 {
+            squash(st[0])
+        } else {
+            squash(dot(&self.final_weights[sets[0]], &st))
+        };
         let bit = io.code(bit, p)?;
-        let err = i64::from((i32::from(bit) << PROB_BITS) - p) * LEARNING_RATE;
-        for (wi, &xi) in w.iter_mut().zip(x.iter().chain([&BIAS_INPUT])) {
-            let dw = (i64::from(xi) * err + (1 << 15)) >> 16;
-            *wi = (i64::from(*wi) + dw).clamp(-i64::from(WEIGHT_MAX), i64::from(WEIGHT_MAX)) as i32;
+
+        let target = i32::from(bit) << PROB_BITS;
+        // At most 2^22 per input: no overflow in u64.
+        let square_sum: u64 = x.iter().map(|&v| u64::from((v * v).unsigned_abs())).sum();
+        let norm = u64::from(INPUT_NORM) * I as u64;
+        // `2 · norm / (norm + Σx²)` in 1/2^NORM_SHIFT, one division per decision.
+        let scale = (((2 * norm) << NORM_SHIFT) / (norm + square_sum)) as i64;
+        for (&set, &s) in set_index.iter().zip(&st) {
+            let n = self.updates[set];
+            self.updates[set] = n.saturating_add(1);
+            let boost = RATE_BOOST * BOOST_HALF_LIFE / (BOOST_HALF_LIFE + i64::from(n));
+            let rate = ((LEARNING_RATE + boost) * scale) >> NORM_SHIFT;
+            train(&mut self.weights[set], &x, target - squash(s), rate);
+        }
+        if G > 1 {
+            train(
+                &mut self.final_weights[sets[0]],
+                &st,
+                target - p,
+                FINAL_RATE,
+            );
         }
         for (table, &c) in self.tables.iter_mut().zip(&ctx) {
             table[c].update(bit, self.limit);
@@ -412,19 +541,21 @@ mod tests {
             let last = bits[bits.len() - 1];
             bits.push(if rng.random_bool(0.95) { last } else { !last });
         }
-        let mut m = MixedBit::new([2, 1], 1, 255);
+        let mut m = MixedBit::<2, 3, 1>::new([2, 1], [1], 255);
         let mut e = Encoder::new();
         for w in bits.windows(2) {
-            m.code(&mut e, [usize::from(w[0]), 0], 0, w[1]).unwrap();
+            m.code(&mut e, [usize::from(w[0]), 0], &[], [0], w[1])
+                .unwrap();
         }
         let s = e.finish();
         let bpd = s.len() as f64 * 8.0 / 20_000.0;
         assert!(bpd < 0.31, "{bpd} bits per decision");
-        let mut m = MixedBit::new([2, 1], 1, 255);
+        let mut m = MixedBit::<2, 3, 1>::new([2, 1], [1], 255);
         let mut d = Decoder::new(&s).unwrap();
         for w in bits.windows(2) {
             assert_eq!(
-                m.code(&mut d, [usize::from(w[0]), 0], 0, false).unwrap(),
+                m.code(&mut d, [usize::from(w[0]), 0], &[], [0], false)
+                    .unwrap(),
                 w[1]
             );
         }
