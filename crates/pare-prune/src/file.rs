@@ -39,7 +39,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use crate::entropy::{ENTROPY_MAGIC, EntropyCoded};
 use crate::error::{PruneError, Result};
 use crate::gaps::{GAP_MAGIC, GapCoded};
-use crate::sparse::{SparseTensor, Storage, choose_encoding};
+use crate::sparse::{SparseShape, SparseTensor, Storage, choose_encoding};
 
 /// Metadata key of the JSON that names the sparse tensors.
 pub const METADATA_KEY: &str = "pare_prune";

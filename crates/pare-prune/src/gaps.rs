@@ -34,7 +34,7 @@
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use crate::error::{PruneError, Result};
-use crate::sparse::{MAX_RANK, SparseElement, dtype_name, element_count, read_u64};
+use crate::sparse::{MAX_RANK, SparseElement, SparseShape, dtype_name, element_count, read_u64};
 
 /// Magic bytes of a serialized [`GapCoded`] tensor.
 pub const GAP_MAGIC: [u8; 4] = *b"PSRG";
@@ -220,26 +220,6 @@ impl<T: SparseElement> GapCoded<T> {
             .expect("GapCoded::decode: shape product == element count invariant")
     }
 
-    /// The dense shape.
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    /// Number of elements of the dense tensor.
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// Whether the dense tensor has no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Number of stored (non-zero) values.
-    pub fn nnz(&self) -> usize {
-        self.values.len()
-    }
-
     /// The Rice parameter chosen.
     pub fn k(&self) -> u8 {
         self.k
@@ -370,6 +350,16 @@ impl<T: SparseElement> GapCoded<T> {
             codes: codes.to_vec(),
             values,
         })
+    }
+}
+
+impl<T: SparseElement> SparseShape for GapCoded<T> {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn nnz(&self) -> usize {
+        self.values.len()
     }
 }
 

@@ -83,6 +83,6 @@ pub use mask::{
     global_magnitude_masks, kept_count, magnitude_mask, nm_mask, sparsity_of,
 };
 pub use schedule::{ConstantSparsity, PolynomialDecay, PruningSchedule};
-pub use sparse::{SparseTensor, Storage, choose_encoding};
+pub use sparse::{SparseShape, SparseTensor, Storage, choose_encoding};
 pub use strip::strip;
 pub use structured::{ChannelPlan, live_channels, remove_channels, remove_dead_channels};

@@ -112,6 +112,26 @@ fn header_len(rank: usize) -> usize {
     16 + 8 * rank
 }
 
+/// What every stored sparse format ([`SparseTensor`], [`GapCoded`](crate::GapCoded),
+/// [`EntropyCoded`](crate::EntropyCoded)) tells about the dense tensor it holds.
+pub trait SparseShape {
+    /// The dense shape.
+    fn shape(&self) -> &[usize];
+
+    /// Number of non-zero (stored) elements.
+    fn nnz(&self) -> usize;
+
+    /// Number of elements of the dense tensor.
+    fn len(&self) -> usize {
+        self.shape().iter().product()
+    }
+
+    /// Whether the dense tensor has no elements.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl<T: SparseElement> SparseTensor<T> {
     /// Encodes a dense tensor (any memory layout; positions are row-major).
     ///
@@ -189,26 +209,6 @@ impl<T: SparseElement> SparseTensor<T> {
         }
         ArrayD::from_shape_vec(IxDyn(&self.shape), dense)
             .expect("SparseTensor::decode: shape product == element count invariant")
-    }
-
-    /// The dense shape.
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    /// Number of elements of the dense tensor.
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// Whether the dense tensor has no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Number of stored (non-zero) values.
-    pub fn nnz(&self) -> usize {
-        self.values.len()
     }
 
     /// The bitmask: bit `i % 8` of byte `i / 8` is set when element `i` (row-major) is stored.
@@ -458,6 +458,16 @@ pub fn choose_encoding<T: SparseElement>(dense: ArrayViewD<'_, T>) -> Storage<T>
     }
     // Also the fallback for a rank above MAX_RANK, which has no sparse encoding.
     Storage::Dense(dense.to_owned())
+}
+
+impl<T: SparseElement> SparseShape for SparseTensor<T> {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn nnz(&self) -> usize {
+        self.values.len()
+    }
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ mod model;
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
 use crate::error::{PruneError, Result};
-use crate::sparse::{MAX_RANK, SparseElement, dtype_name, element_count};
+use crate::sparse::{MAX_RANK, SparseElement, SparseShape, dtype_name, element_count};
 use coder::{Decoder, Encoder};
 
 /// Magic bytes of a serialized [`EntropyCoded`] tensor.
@@ -167,26 +167,6 @@ impl EntropyCoded {
             .expect("EntropyCoded::decode: the stream was checked when built");
         ArrayD::from_shape_vec(IxDyn(&self.shape), data)
             .expect("EntropyCoded::decode: shape product == element count invariant")
-    }
-
-    /// The dense shape.
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    /// Number of elements of the dense tensor.
-    pub fn len(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// Whether the dense tensor has no elements.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Number of non-zero elements.
-    pub fn nnz(&self) -> usize {
-        self.nnz
     }
 
     /// The neighbour row strides the encoder chose (0: none).
@@ -411,6 +391,16 @@ fn decode_stream(
         });
     }
     Ok(data)
+}
+
+impl SparseShape for EntropyCoded {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn nnz(&self) -> usize {
+        self.nnz
+    }
 }
 
 #[cfg(test)]
