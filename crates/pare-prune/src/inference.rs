@@ -16,7 +16,7 @@
 
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, Ix4, IxDyn};
 use pare_tensor::kernels::conv::{Window, im2col, shallow};
-use pare_tensor::nn::Layer;
+use pare_tensor::nn::{Conv2d, Layer};
 use pare_tensor::{Activation, Graph, Padding, Sequential};
 use rayon::prelude::*;
 
@@ -76,9 +76,15 @@ pub struct SparseSequential {
     stages: Vec<Stage>,
 }
 
-/// Length of a conv's im2col patch rows, `kh · kw · in`.
-fn patch_len([kh, kw, cin, _]: [usize; 4]) -> usize {
-    kh * kw * cin
+/// Whether pare-tensor convolves `conv` directly on an input of per-example `shape` (the test
+/// its graph applies), in which case the sparse path cannot pay.
+fn runs_direct(conv: &Conv2d, shape: &[usize]) -> bool {
+    let [kh, kw, _, _] = conv.kernel_shape();
+    match *shape {
+        [h, w, c] => Window::new([1, h, w, c], [kh, kw], conv.strides, conv.padding)
+            .is_some_and(|win| shallow::applies(&win)),
+        _ => false,
+    }
 }
 
 fn activation_of(l: Option<&Layer>) -> Option<Activation> {
@@ -91,7 +97,8 @@ fn activation_of(l: Option<&Layer>) -> Option<Activation> {
 
 impl SparseSequential {
     /// Plans `model`: every `Dense` layer, and every `Conv2d` layer with patches longer than
-    /// [`shallow::MAX_PATCH`], whose kernel has at least `min_sparsity` zeros runs sparse. The model is copied; later changes to it do not show.
+    /// [`shallow::MAX_PATCH`], whose kernel has at least `min_sparsity` zeros runs sparse. The
+    /// model is copied; later changes to it do not show.
     ///
     /// # Errors
     /// [`PruneError::InvalidSparsity`] unless `0 <= min_sparsity < 1`;
@@ -119,7 +126,7 @@ impl SparseSequential {
                 )),
                 Layer::Conv2d(c)
                     if sparsity_of(c.kernel.value.view()) >= min_sparsity
-                        && patch_len(c.kernel_shape()) > shallow::MAX_PATCH =>
+                        && !runs_direct(c, &shape) =>
                 {
                     let [kh, kw, _, _] = c.kernel_shape();
                     let op = SparseOp::Conv {
@@ -323,7 +330,7 @@ mod tests {
     use approx::assert_abs_diff_eq;
     use ndarray::Array4;
     use pare_tensor::models::teacher_cnn;
-    use pare_tensor::nn::{Conv2d, Dense, Flatten, ReLU};
+    use pare_tensor::nn::{Dense, Flatten, ReLU};
     use pare_tensor::train::predict;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
