@@ -245,6 +245,9 @@ struct Pruned {
     kept: ChannelPlan,
     /// Largest |difference| between the two models' test logits (float rounding only).
     max_diff: f32,
+    /// Test accuracy of `model` and of `stripped`.
+    accuracy: f32,
+    stripped_accuracy: f32,
     prune: PruneCallback,
     history: History,
 }
@@ -260,14 +263,15 @@ impl Pruned {
 
 /// Fine-tunes a copy of `base` with the TFMOT tutorial's schedule to `final_sparsity`, pruning
 /// the kernels `only` names (all conv and dense kernels if `None`), strips it and removes its
-/// dead channels, checking on the test images that the outputs stay the same.
+/// dead channels, checking on the test images that the outputs stay the same (and scoring both
+/// models from those outputs).
 fn prune_to(
     base: &Sequential,
     final_sparsity: f32,
     only: Option<&[String]>,
     args: &Args,
     (x, y): (&ArrayViewD<'_, f32>, &[usize]),
-    tx: &ArrayViewD<'_, f32>,
+    (tx, ty): (&ArrayViewD<'_, f32>, &[usize]),
 ) -> Result<Pruned> {
     let end = end_step(y.len(), args.prune_epochs);
     let schedule = PolynomialDecay::new(
@@ -290,14 +294,17 @@ fn prune_to(
         .run(&mut model, &mut opt, x.view(), y)?;
     let stripped = prune.strip(&model)?;
     let (smaller, kept) = remove_dead_channels(&stripped)?;
-    let max_diff = if kept.is_empty() {
-        0.0
+    let a = predict(&stripped, tx.view(), EVAL_BATCH)?;
+    let stripped_accuracy = accuracy(&a, ty);
+    let (model_accuracy, max_diff) = if kept.is_empty() {
+        (stripped_accuracy, 0.0)
     } else {
-        let a = predict(&stripped, tx.view(), EVAL_BATCH)?;
         let b = predict(&smaller, tx.view(), EVAL_BATCH)?;
-        a.iter()
+        let diff = a
+            .iter()
             .zip(&b)
-            .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()))
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        (accuracy(&b, ty), diff)
     };
     // Removing a channel that is exactly zero only reorders float sums.
     if max_diff > 1e-3 {
@@ -308,6 +315,8 @@ fn prune_to(
         model: smaller,
         kept,
         max_diff,
+        accuracy: model_accuracy,
+        stripped_accuracy,
         prune,
         history,
     })
@@ -371,7 +380,8 @@ fn interleaved_medians(
 }
 
 /// Prints which channels pruning killed and what cutting them out saved.
-fn report_dead_channels(p: &Pruned, stripped: &Sequential) {
+fn report_dead_channels(p: &Pruned) {
+    let stripped = &p.stripped;
     if p.kept.is_empty() {
         println!("no dead channels");
         return;
@@ -381,7 +391,7 @@ fn report_dead_channels(p: &Pruned, stripped: &Sequential) {
             .param(&format!("{layer}.bias"))
             .map_or(0, |b| b.value.len());
         println!(
-            "{layer}: {} of {total} channels dead (every weight pruned, bias <= 0 before a ReLU); \
+            "{layer}: {} of {total} channels dead (every weight pruned, output exactly zero); \
              kept {kept:?}",
             total - kept.len()
         );
@@ -476,11 +486,10 @@ fn main() -> Result<()> {
         args.prune_only.as_deref(),
         &args,
         (&x, &y),
-        &tx,
+        (&tx, &ty),
     )?;
     let pruned = &main.model;
-    let pruned_acc = evaluate(pruned, tx.view(), &ty, EVAL_BATCH)?.accuracy;
-    let stripped_acc = evaluate(&main.stripped, tx.view(), &ty, EVAL_BATCH)?.accuracy;
+    let (pruned_acc, stripped_acc) = (main.accuracy, main.stripped_accuracy);
     let updates: Vec<Value> = main
         .prune
         .updates()
@@ -504,7 +513,7 @@ fn main() -> Result<()> {
             })
             .collect::<Vec<_>>(),
     );
-    report_dead_channels(&main, &main.stripped);
+    report_dead_channels(&main);
     // As TFMOT measures it (the stripped model saved dense, then gzipped) and sparse-encoded.
     let pruned_dense_path = models_dir().join("pruned-f32-dense.safetensors");
     pare::tensor::checkpoint::save(&main.stripped, &pruned_dense_path, meta("pruned"))?;
@@ -573,8 +582,11 @@ fn main() -> Result<()> {
             args.prune_epochs
         );
         let only = [DENSE_KERNEL.to_string()];
-        let model = prune_to(&baseline, s, Some(&only), &args, (&x, &y), &tx)?.model;
-        let f32_acc = evaluate(&model, tx.view(), &ty, EVAL_BATCH)?.accuracy;
+        let Pruned {
+            model,
+            accuracy: f32_acc,
+            ..
+        } = prune_to(&baseline, s, Some(&only), &args, (&x, &y), (&tx, &ty))?;
         let f32_path = models_dir().join(format!("dense-only-{tag}-f32.safetensors"));
         save_sparse(&model, &f32_path, meta("pruned"))?;
         let (_, int8_acc, int8_size) = int8(
@@ -1196,8 +1208,11 @@ fn run_sweep(
     let mut points = Vec::new();
     for &s in targets {
         println!("\n== sweep: final sparsity {:.0} %", s * 100.0);
-        let pruned = prune_to(baseline, s, args.prune_only.as_deref(), args, train, test.0)?.model;
-        let f32_acc = evaluate(&pruned, test.0.view(), test.1, EVAL_BATCH)?.accuracy;
+        let Pruned {
+            model: pruned,
+            accuracy: f32_acc,
+            ..
+        } = prune_to(baseline, s, args.prune_only.as_deref(), args, train, test)?;
         let tag = format!("{:.0}", s * 100.0);
         let f32_path = models_dir().join(format!("sweep-{tag}-f32.safetensors"));
         save_sparse(&pruned, &f32_path, HashMap::new())?;
