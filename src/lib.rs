@@ -13,6 +13,7 @@
 //! ```
 
 pub mod codecs;
+pub mod plot;
 
 pub use pare_distill as distill;
 pub use pare_mnist as mnist;
