@@ -337,14 +337,37 @@ pub fn accuracy_vs_size(series: &[SizeSeries], references: &[SizePoint]) -> Resu
             .configure_mesh()
             .x_desc("model file size, bytes (log scale)")
             .y_desc("test accuracy (%)")
-            .x_labels(12)
-            .x_label_formatter(&log_tick)
+            .disable_x_mesh()
+            .x_labels(0)
+            .x_label_formatter(&|_| String::new())
             .label_style(font(14.0))
             .axis_desc_style(font(15.0))
             .max_light_lines(1)
             .light_line_style(RGBColor(242, 242, 242))
             .draw()
             .map_err(draw_err(PLOT))?;
+        // plotters' log axis puts its ticks at unround sizes: draw 1, 2, 5 × 10^k instead.
+        let y_bottom = chart.y_range().start;
+        let y_top = chart.y_range().end;
+        for v in log_ticks(x_lo, x_hi) {
+            chart
+                .draw_series([PathElement::new(
+                    [(v, y_bottom), (v, y_top)],
+                    RGBColor(225, 225, 225),
+                )])
+                .map_err(draw_err(PLOT))?;
+            let (px, py) = chart.backend_coord(&(v, y_bottom));
+            root.draw(&PathElement::new([(px, py), (px, py + 5)], BLACK))
+                .map_err(draw_err(PLOT))?;
+            root.draw(&Text::new(
+                group_thousands(v.round() as u64),
+                (px, py + 16),
+                font(14.0)
+                    .into_text_style(root)
+                    .pos(Pos::new(HPos::Center, VPos::Center)),
+            ))
+            .map_err(draw_err(PLOT))?;
+        }
         for (i, s) in series.iter().enumerate() {
             let c = colour(i);
             let pts: Vec<(f64, f64)> = s
@@ -371,15 +394,15 @@ pub fn accuracy_vs_size(series: &[SizeSeries], references: &[SizePoint]) -> Resu
             let black = RGBColor(0, 0, 0);
             chart
                 .draw_series(references.iter().enumerate().map(|(i, p)| {
-                    // Names of points in the right third go to their left, so they stay inside;
-                    // every other name goes below its point, so two close points stay legible.
+                    // Names stack below their points, one line per reference, so close points
+                    // stay legible; in the right third they go to the left, to stay inside.
                     let right = (p.bytes / x_lo).ln() > 0.66 * (x_hi / x_lo).ln();
                     let (dx, h) = if right {
-                        (-10, HPos::Right)
+                        (-8, HPos::Right)
                     } else {
-                        (10, HPos::Left)
+                        (8, HPos::Left)
                     };
-                    let dy = if i.is_multiple_of(2) { -14 } else { 16 };
+                    let dy = 18 + 18 * i as i32;
                     EmptyElement::at((p.bytes, p.accuracy * 100.0))
                         + Polygon::new(vec![(0, -7), (7, 0), (0, 7), (-7, 0)], black.filled())
                         + Text::new(
@@ -411,20 +434,24 @@ pub fn accuracy_vs_size(series: &[SizeSeries], references: &[SizePoint]) -> Resu
     })
 }
 
-/// A log axis's tick label: only 1, 2 and 5 times a power of ten are written, so the labels
-/// between decades do not run into each other.
-fn log_tick(x: &f64) -> String {
-    let n = x.round() as u64;
-    let lead = n / 10u64.pow(n.max(1).ilog10());
-    if [1, 2, 5].contains(&lead) && n == lead * 10u64.pow(n.max(1).ilog10()) {
-        group_thousands(n)
-    } else {
-        String::new()
+/// The sizes 1, 2 and 5 × 10^k in `[lo, hi]`: round tick positions for a log axis.
+fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut ticks = Vec::new();
+    let mut decade = 10f64.powi(lo.max(1.0).log10().floor() as i32);
+    while decade <= hi {
+        for m in [1.0, 2.0, 5.0] {
+            let v = m * decade;
+            if (lo..=hi).contains(&v) {
+                ticks.push(v);
+            }
+        }
+        decade *= 10.0;
     }
+    ticks
 }
 
 /// `12,345`.
-fn group_thousands(n: u64) -> String {
+pub(crate) fn group_thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
@@ -1093,16 +1120,10 @@ mod tests {
     }
 
     #[test]
-    fn log_ticks_keep_one_two_five() {
-        let labels: Vec<String> = [1000.0, 2000.0, 3000.0, 5000.0, 7000.0, 10_000.0, 20_000.0]
-            .iter()
-            .map(log_tick)
-            .collect();
-        assert_eq!(
-            labels,
-            ["1,000", "2,000", "", "5,000", "", "10,000", "20,000"]
-        );
-        assert_eq!(log_tick(&2500.0), "");
+    fn log_ticks_are_one_two_five_in_range() {
+        assert_eq!(log_ticks(766.0, 32_000.0), [1e3, 2e3, 5e3, 1e4, 2e4]);
+        assert_eq!(log_ticks(1_091.0, 18_000.0), [2e3, 5e3, 1e4]);
+        assert_eq!(log_ticks(0.5, 3.0), [1.0, 2.0]);
     }
 
     #[test]
