@@ -137,6 +137,22 @@ fn padded(values: impl Iterator<Item = f64>, pad: f64) -> (f64, f64) {
     }
 }
 
+/// Draws the series' legend in `corner`, on a translucent white box.
+fn legend<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    corner: SeriesLabelPosition,
+    plot: &'static str,
+) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(corner)
+        .label_font(font(14.0))
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(160, 160, 160))
+        .draw()
+        .map_err(draw_err(plot))
+}
+
 /// Renders `draw` on an SVG canvas of [`WIDTH`] × `height` and returns the document.
 fn render(
     plot: &'static str,
@@ -248,18 +264,12 @@ pub fn training_curves(runs: &[TrainingRun]) -> Result<String> {
                     .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, c.filled())))
                     .map_err(draw_err(PLOT))?;
             }
-            chart
-                .configure_series_labels()
-                .position(if k == 0 {
-                    SeriesLabelPosition::UpperRight
-                } else {
-                    SeriesLabelPosition::LowerRight
-                })
-                .label_font(font(14.0))
-                .background_style(WHITE.mix(0.85))
-                .border_style(RGBColor(160, 160, 160))
-                .draw()
-                .map_err(draw_err(PLOT))?;
+            let corner = if k == 0 {
+                SeriesLabelPosition::UpperRight
+            } else {
+                SeriesLabelPosition::LowerRight
+            };
+            legend(&mut chart, corner, PLOT)?;
         }
         Ok(())
     })
@@ -422,15 +432,7 @@ pub fn accuracy_vs_size(series: &[SizeSeries], references: &[SizePoint]) -> Resu
                     )
                 });
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font(font(14.0))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(160, 160, 160))
-            .draw()
-            .map_err(draw_err(PLOT))?;
-        Ok(())
+        legend(&mut chart, SeriesLabelPosition::LowerRight, PLOT)
     })
 }
 
@@ -450,8 +452,12 @@ fn log_ticks(lo: f64, hi: f64) -> Vec<f64> {
     ticks
 }
 
-/// `12,345`.
-pub(crate) fn group_thousands(n: u64) -> String {
+/// `n` with its thousands separated by commas, as the tables and axes print sizes.
+///
+/// ```
+/// assert_eq!(pare::plot::group_thousands(84_848), "84,848");
+/// ```
+pub fn group_thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, ch) in s.chars().enumerate() {
@@ -550,7 +556,7 @@ pub fn weight_histograms(layer: &str, float: &[f32], int8: &[i8]) -> Result<Stri
             (
                 &right,
                 "int8",
-                "int8 code (value / scale)",
+                "int8 code (weight / its channel's scale)",
                 (f64::from(q_lo) - 1.0, f64::from(q_hi) + 1.0),
                 q_bars,
                 colour(1),
@@ -696,15 +702,7 @@ pub fn distilled_vs_scratch(distilled: &[SeedRun], scratch: &[SeedRun]) -> Resul
                 .draw_series(mean.into_iter().map(|p| Circle::new(p, 4, c.filled())))
                 .map_err(draw_err(PLOT))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .label_font(font(14.0))
-            .background_style(WHITE.mix(0.85))
-            .border_style(RGBColor(160, 160, 160))
-            .draw()
-            .map_err(draw_err(PLOT))?;
-        Ok(())
+        legend(&mut chart, SeriesLabelPosition::LowerRight, PLOT)
     })
 }
 
