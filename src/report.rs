@@ -368,6 +368,36 @@ fn header(out: &mut String, f: &ResultFile, reproduce: &str) {
     }
 }
 
+/// The section's result file, its run line written; or `None`, with a note saying what to run.
+fn section_file<'a>(
+    inputs: &'a Inputs,
+    name: &str,
+    reproduce: &str,
+    md: &mut String,
+    missing: &mut Vec<String>,
+) -> Option<&'a ResultFile> {
+    let file = inputs.get(name);
+    match file {
+        Some(f) => header(md, f, reproduce),
+        None => {
+            missing.push(name.to_owned());
+            missing_note(md, inputs, name, reproduce);
+        }
+    }
+    file
+}
+
+/// Table rows: each reference figure's name and values, then ours.
+fn reference_rows(
+    refs: &[(&str, &str, &str)],
+    ours: impl IntoIterator<Item = String>,
+) -> Vec<Vec<String>> {
+    refs.iter()
+        .zip(ours)
+        .map(|(&(what, tutorial, tf), o)| vec![what.into(), tutorial.into(), tf.into(), o])
+        .collect()
+}
+
 fn missing_note(out: &mut String, inputs: &Inputs, name: &str, reproduce: &str) {
     let dirs: Vec<String> = inputs
         .searched
@@ -488,64 +518,53 @@ fn quantization_section(
 ) -> Result<()> {
     md.push_str("## Quantization (`pare-quant`)\n\n");
     let reproduce = "cargo run --release --example quantization";
-    match inputs.get("quantization.json") {
-        None => {
-            missing.push("quantization.json".into());
-            missing_note(md, inputs, "quantization.json", reproduce);
+    if let Some(f) = section_file(inputs, "quantization.json", reproduce, md, missing) {
+        let ours = [
+            pct(f.f64("float_accuracy")?),
+            pct(f.f64("int8_accuracy")?),
+            bytes(f.f64("int8_model_bytes")?),
+            bytes(f.f64("float_model_bytes")?),
+            format!(
+                "{:.1} / {:.2} µs{}",
+                f.f64("float_us_per_image_batch1")?,
+                f.f64("int8_us_per_image_batch1")?,
+                f.opt_f64("float_lean_us_per_image_batch1")
+                    .map_or(String::new(), |l| format!(
+                        " (float without the graph: {l:.1} µs)"
+                    ))
+            ),
+        ];
+        let mut rows = reference_rows(&QUANT_REFS, ours);
+        if let Some(m) = f.opt_f64("int8_matches_simulation") {
+            rows.push(vec![
+                "int8 engine vs fake-quant simulation, same class".into(),
+                "–".into(),
+                "–".into(),
+                pct(m),
+            ]);
         }
-        Some(f) => {
-            header(md, f, reproduce);
-            let ours = [
-                pct(f.f64("float_accuracy")?),
-                pct(f.f64("int8_accuracy")?),
-                bytes(f.f64("int8_model_bytes")?),
-                bytes(f.f64("float_model_bytes")?),
-                format!(
-                    "{:.1} / {:.2} µs{}",
-                    f.f64("float_us_per_image_batch1")?,
-                    f.f64("int8_us_per_image_batch1")?,
-                    f.opt_f64("float_lean_us_per_image_batch1")
-                        .map_or(String::new(), |l| format!(
-                            " (float without the graph: {l:.1} µs)"
-                        ))
-                ),
-            ];
-            let mut rows: Vec<Vec<String>> = QUANT_REFS
+        if let Some(r) = f.opt_f64("int8_to_float_size_ratio") {
+            rows.push(vec![
+                "int8 file / float file".into(),
+                "–".into(),
+                "29.3 %".into(),
+                format!("{:.1} %", r * 100.0),
+            ]);
+        }
+        table(
+            md,
+            &["figure", "TF tutorial", "TF 2.21 here", "pare"],
+            &rows,
+        );
+        if let Some(Value::Object(sqnr)) = f.value("per_layer_sqnr_db") {
+            let layers: Vec<String> = sqnr
                 .iter()
-                .zip(ours)
-                .map(|(&(what, tut, tf), o)| vec![what.into(), tut.into(), tf.into(), o])
+                .filter_map(|(k, v)| v.as_f64().map(|d| format!("{k} {d:.1} dB")))
                 .collect();
-            if let Some(m) = f.opt_f64("int8_matches_simulation") {
-                rows.push(vec![
-                    "int8 engine vs fake-quant simulation, same class".into(),
-                    "–".into(),
-                    "–".into(),
-                    pct(m),
-                ]);
-            }
-            if let Some(r) = f.opt_f64("int8_to_float_size_ratio") {
-                rows.push(vec![
-                    "int8 file / float file".into(),
-                    "–".into(),
-                    "29.3 %".into(),
-                    format!("{:.1} %", r * 100.0),
-                ]);
-            }
-            table(
-                md,
-                &["figure", "TF tutorial", "TF 2.21 here", "pare"],
-                &rows,
-            );
-            if let Some(Value::Object(sqnr)) = f.value("per_layer_sqnr_db") {
-                let layers: Vec<String> = sqnr
-                    .iter()
-                    .filter_map(|(k, v)| v.as_f64().map(|d| format!("{k} {d:.1} dB")))
-                    .collect();
-                md.push_str(&format!(
-                    "Per-layer SQNR on the calibration images: {}.\n\n",
-                    layers.join(", ")
-                ));
-            }
+            md.push_str(&format!(
+                "Per-layer SQNR on the calibration images: {}.\n\n",
+                layers.join(", ")
+            ));
         }
     }
     if let Some((f32_model, int8_model)) = &inputs.models
@@ -594,36 +613,25 @@ fn pruning_section(
 ) -> Result<()> {
     md.push_str("## Pruning (`pare-prune`)\n\n");
     let reproduce = "cargo run --release --example pruning -- --sweep";
-    match inputs.get("pruning.json") {
-        None => {
-            missing.push("pruning.json".into());
-            missing_note(md, inputs, "pruning.json", reproduce);
-        }
-        Some(f) => {
-            header(md, f, reproduce);
-            let ours = [
-                pct(f.f64("baseline_accuracy")?),
-                pct(f.f64("pruned_accuracy")?),
-                pct(f.f64("pruned_int8_accuracy")?),
-                bytes(f.f64("baseline_model_gzip_bytes")?),
-                format!(
-                    "{} ({} raw)",
-                    bytes(f.f64("pruned_int8_model_gzip_bytes")?),
-                    bytes(f.f64("pruned_int8_model_bytes")?)
-                ),
-                format!("{:.1}×", f.f64("compression_ratio_gzip")?),
-            ];
-            let rows: Vec<Vec<String>> = PRUNE_REFS
-                .iter()
-                .zip(ours)
-                .map(|(&(what, tut, tf), o)| vec![what.into(), tut.into(), tf.into(), o])
-                .collect();
-            table(
-                md,
-                &["figure", "TFMOT tutorial", "TF 2.21 here", "pare"],
-                &rows,
-            );
-        }
+    if let Some(f) = section_file(inputs, "pruning.json", reproduce, md, missing) {
+        let ours = [
+            pct(f.f64("baseline_accuracy")?),
+            pct(f.f64("pruned_accuracy")?),
+            pct(f.f64("pruned_int8_accuracy")?),
+            bytes(f.f64("baseline_model_gzip_bytes")?),
+            format!(
+                "{} ({} raw)",
+                bytes(f.f64("pruned_int8_model_gzip_bytes")?),
+                bytes(f.f64("pruned_int8_model_bytes")?)
+            ),
+            format!("{:.1}×", f.f64("compression_ratio_gzip")?),
+        ];
+        let rows = reference_rows(&PRUNE_REFS, ours);
+        table(
+            md,
+            &["figure", "TFMOT tutorial", "TF 2.21 here", "pare"],
+            &rows,
+        );
     }
     let sweep = inputs
         .get("pruning-sweep.json")
@@ -726,14 +734,11 @@ fn distillation_section(
 ) -> Result<()> {
     md.push_str("## Distillation (`pare-distill`)\n\n");
     let reproduce = "cargo run --release --example distillation -- --seeds 0,1,2 --sweep";
-    let Some(f) = inputs.get("distillation.json") else {
-        missing.push("distillation.json".into());
-        missing_note(md, inputs, "distillation.json", reproduce);
+    let Some(f) = section_file(inputs, "distillation.json", reproduce, md, missing) else {
         md.push_str(NOTES_DISTILL.trim_end());
         md.push_str("\n\n");
         return Ok(());
     };
-    header(md, f, reproduce);
     let teacher = f.f64s("teacher_accuracy")?;
     let distilled = f.f64s("distilled_accuracy")?;
     let scratch = f.f64s("scratch_accuracy")?;
@@ -742,11 +747,7 @@ fn distillation_section(
         _ => "–".into(),
     };
     let ours = [spread(&teacher), spread(&distilled), spread(&scratch), diff];
-    let mut rows: Vec<Vec<String>> = DISTILL_REFS
-        .iter()
-        .zip(ours)
-        .map(|(&(what, ex, tf), o)| vec![what.into(), ex.into(), tf.into(), o])
-        .collect();
+    let mut rows = reference_rows(&DISTILL_REFS, ours);
     if let Ok(int8) = f.f64s("distilled_int8_accuracy") {
         rows.push(vec![
             "distilled student int8".into(),
