@@ -168,16 +168,14 @@ impl ResultFile {
     }
 }
 
-/// The result files found, by file name, and the directories searched.
+/// The result files found, by file name, and the directories searched. The weight histogram
+/// reads the quantization example's models from `models/` beside `quantization.json`.
 #[derive(Debug, Clone, Default)]
 pub struct Inputs {
     /// `quantization.json` and the like, each from the first directory holding it.
     pub files: BTreeMap<String, ResultFile>,
     /// The directories searched, in order.
     pub searched: Vec<PathBuf>,
-    /// `models/small-f32.safetensors` and `models/small-int8.safetensors` (the quantization
-    /// example's models), from the first directory holding both.
-    pub models: Option<(PathBuf, PathBuf)>,
 }
 
 impl Inputs {
@@ -215,13 +213,6 @@ impl Inputs {
                         .files
                         .insert(name.to_owned(), ResultFile::read(&path)?);
                 }
-            }
-            let (f32_model, int8_model) = (
-                dir.join("models/small-f32.safetensors"),
-                dir.join("models/small-int8.safetensors"),
-            );
-            if inputs.models.is_none() && f32_model.is_file() && int8_model.is_file() {
-                inputs.models = Some((f32_model, int8_model));
             }
         }
         Ok(inputs)
@@ -567,13 +558,24 @@ fn quantization_section(
             ));
         }
     }
-    if let Some((f32_model, int8_model)) = &inputs.models
+    // The weights of the run whose figures the table shows: its models lie beside its JSON.
+    let models = inputs
+        .get("quantization.json")
+        .and_then(|f| f.path.parent())
+        .map(|d| {
+            (
+                d.join("models/small-f32.safetensors"),
+                d.join("models/small-int8.safetensors"),
+            )
+        })
+        .filter(|(a, b)| a.is_file() && b.is_file());
+    if let Some((f32_model, int8_model)) = &models
         && let Some(svg) = weight_plot(f32_model, int8_model)?
     {
         plots.push(("weights-dense.svg".into(), svg));
         md.push_str(&format!(
             "![Float and int8 weights of the dense layer](img/weights-dense.svg)\n\n\
-                 Weights from `{}` and `{}`.\n\n",
+             Weights from `{}` and `{}`.\n\n",
             shown(f32_model),
             shown(int8_model)
         ));
