@@ -13,9 +13,16 @@
 //! ```
 
 pub mod codecs;
+pub mod plot;
+pub mod report;
 
 pub use pare_distill as distill;
 pub use pare_mnist as mnist;
 pub use pare_prune as prune;
 pub use pare_quant as quant;
 pub use pare_tensor as tensor;
+
+/// The README's code samples, compiled and run as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -249,6 +249,53 @@ pub enum MnistError {
         /// The number of elements given.
         len: usize,
     },
+    /// A mirror URL that is not `http://` or `https://`.
+    #[error("mirror {url:?} is not an http:// or https:// URL")]
+    BadMirror {
+        /// The URL given.
+        url: String,
+    },
+    /// An empty list of mirrors.
+    #[error("no mirror given: the list of mirror URLs is empty")]
+    NoMirrors,
+    /// No directory was given, its variable is unset and the platform has no cache directory.
+    #[error("no data directory: set {var} (this platform has no cache directory to download into)")]
+    NoCacheDir {
+        /// The variable to set.
+        var: &'static str,
+    },
+    /// Files are missing and no mirror could be reached (no network, or every host down).
+    #[error(
+        "{dataset} files missing in {}: {}; no mirror could be reached (tried {}): put the files          there, set {dir_var} to a directory holding them, or set {mirror_var} to a mirror that          can be reached",
+        dir.display(),
+        missing.join(", "),
+        mirrors.join(", ")
+    )]
+    Unreachable {
+        /// `MNIST` or `Fashion-MNIST`.
+        dataset: &'static str,
+        /// Where the files were looked for and would have been written.
+        dir: PathBuf,
+        /// The files still missing.
+        missing: Vec<String>,
+        /// The mirrors tried, in order.
+        mirrors: Vec<String>,
+        /// The variable naming the data directory.
+        dir_var: &'static str,
+        /// The variable naming the mirrors.
+        mirror_var: &'static str,
+    },
+    /// Mirrors answered, but none gave a copy of the file that passes its SHA-256 check.
+    #[error(
+        "could not download {file}: {}",
+        attempts.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    )]
+    DownloadFailed {
+        /// The file name.
+        file: String,
+        /// What each mirror did, in the order tried.
+        attempts: Vec<DownloadAttempt>,
+    },
     /// Images and labels of different lengths given to [`Dataset::new`](crate::Dataset::new).
     #[error("{images} images but {labels} labels")]
     LengthMismatch {
@@ -256,6 +303,69 @@ pub enum MnistError {
         images: usize,
         /// Number of labels.
         labels: usize,
+    },
+}
+
+/// One mirror's try at one file, in [`MnistError::DownloadFailed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadAttempt {
+    /// The file's URL on that mirror.
+    pub url: String,
+    /// What went wrong.
+    pub failure: DownloadFailure,
+}
+
+impl std::fmt::Display for DownloadAttempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.url, self.failure)
+    }
+}
+
+/// Why a mirror gave no good copy of a file. The partial download, if any, has been deleted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DownloadFailure {
+    /// The host could not be resolved or connected to, or did not answer in time.
+    #[error("unreachable ({message})")]
+    Unreachable {
+        /// The HTTP client's message.
+        message: String,
+    },
+    /// The server answered with another status than 200.
+    #[error("HTTP status {status}")]
+    Status {
+        /// The status code.
+        status: u16,
+    },
+    /// The connection failed part-way.
+    #[error("transfer failed ({message})")]
+    Transport {
+        /// The HTTP client's message.
+        message: String,
+    },
+    /// The body ended before the length the server announced.
+    #[error("truncated: received {received} of the {expected} bytes announced")]
+    Truncated {
+        /// The `Content-Length`.
+        expected: u64,
+        /// Bytes received.
+        received: u64,
+    },
+    /// The server announced more bytes than a good copy can have.
+    #[error("announced {bytes} bytes, more than the {limit} a good copy can have")]
+    TooLarge {
+        /// The `Content-Length`.
+        bytes: u64,
+        /// The most accepted.
+        limit: u64,
+    },
+    /// The file's SHA-256 is not the published one (nor do its decompressed contents match).
+    #[error("SHA-256 mismatch: expected {expected}, got {found}")]
+    ChecksumMismatch {
+        /// The published digest.
+        expected: String,
+        /// The digest of what was received.
+        found: String,
     },
 }
 

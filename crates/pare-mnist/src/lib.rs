@@ -6,6 +6,9 @@
 //!   allocated, so a corrupt or hostile file is an error, never a panic or a huge allocation.
 //! - [`Mnist::load`] / [`Mnist::from_env`] (`MNIST_DIR`): the four standard files, by their
 //!   usual names, as training and test [`Dataset`]s.
+//! - [`Mnist::load_or_download`] (feature `download`, on by default): the same, fetching the
+//!   files that are missing from public mirrors first, each checked against its published
+//!   SHA-256; [`DownloadConfig`] and [`Mirrors`] choose other mirrors (`PARE_MNIST_MIRROR`).
 //! - [`Dataset`]: NHWC `f32` images in [0, 1] and `u8` labels, with a Keras-style
 //!   [`split_validation`](Dataset::split_validation), [`subset`](Dataset::subset),
 //!   [`gather`](Dataset::gather) and seeded shuffled [`batches`](Dataset::batches)
@@ -49,6 +52,8 @@
 //! ```
 
 mod dataset;
+#[cfg(feature = "download")]
+mod download;
 mod error;
 mod idx;
 mod mnist;
@@ -56,6 +61,11 @@ mod mnist;
 mod test_util;
 
 pub use dataset::{Batch, Batcher, Batches, Dataset, IndexBatches, Shuffle};
-pub use error::{MnistError, Result};
+#[cfg(feature = "download")]
+pub use download::{
+    DEBIAN_FASHION_MNIST_DIR, DataSet, DownloadConfig, FASHION_MNIST_DIR_VAR, Mirrors, RemoteFile,
+    download_missing,
+};
+pub use error::{DownloadAttempt, DownloadFailure, MnistError, Result};
 pub use idx::{IdxData, IdxType, IdxValues, read_idx, write_idx};
 pub use mnist::{MNIST_DIR_VAR, Mnist, MnistFiles, NUM_CLASSES, load_pair};

@@ -16,6 +16,15 @@ pub const MNIST_DIR_VAR: &str = "MNIST_DIR";
 /// Number of classes in MNIST and Fashion-MNIST; labels are below it.
 pub const NUM_CLASSES: usize = 10;
 
+/// `(stem, kind)` of the four files, in the order train images, train labels, test images, test
+/// labels: `train-images-idx3-ubyte` is stem `train-images`, kind `idx3`.
+pub(crate) const STANDARD_FILES: [(&str, &str); 4] = [
+    ("train-images", "idx3"),
+    ("train-labels", "idx1"),
+    ("t10k-images", "idx3"),
+    ("t10k-labels", "idx1"),
+];
+
 /// Where the four files of an MNIST-format data set are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MnistFiles {
@@ -46,11 +55,13 @@ impl MnistFiles {
                 dir: dir.to_owned(),
             });
         }
+        let [train_images, train_labels, test_images, test_labels] =
+            STANDARD_FILES.map(|(stem, kind)| find_one(dir, stem, kind));
         Ok(Self {
-            train_images: find_one(dir, "train-images", "idx3")?,
-            train_labels: find_one(dir, "train-labels", "idx1")?,
-            test_images: find_one(dir, "t10k-images", "idx3")?,
-            test_labels: find_one(dir, "t10k-labels", "idx1")?,
+            train_images: train_images?,
+            train_labels: train_labels?,
+            test_images: test_images?,
+            test_labels: test_labels?,
         })
     }
 }
@@ -69,7 +80,7 @@ fn candidate_names(stem: &str, kind: &str) -> Vec<String> {
     ]
 }
 
-fn find_one(dir: &Path, stem: &str, kind: &str) -> Result<PathBuf> {
+pub(crate) fn find_one(dir: &Path, stem: &str, kind: &str) -> Result<PathBuf> {
     let names = candidate_names(stem, kind);
     names
         .iter()
