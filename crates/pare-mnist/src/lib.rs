@@ -57,5 +57,5 @@ mod test_util;
 
 pub use dataset::{Batch, Batcher, Batches, Dataset, IndexBatches, Shuffle};
 pub use error::{MnistError, Result};
-pub use idx::{IdxData, IdxType, IdxValues, read_idx, write_idx};
+pub use idx::{IdxData, IdxType, IdxValues, read_idx, read_idx_bytes, write_idx};
 pub use mnist::{MNIST_DIR_VAR, Mnist, MnistFiles, NUM_CLASSES, load_pair};
