@@ -287,12 +287,12 @@ pub fn load_sparse_verified(
 /// [`SPARSE_ENCODING`]; the bytes say which format they are.
 pub fn encode_i8(weights: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
     let bitmask = SparseTensor::encode(weights.view()).ok()?;
-    let gaps = GapCoded::encode(weights.view()).ok()?;
-    // Declined only past its size caps, where the other two still serve.
+    // These two decline only past their size caps, where the bitmask still serves.
+    let gaps = GapCoded::encode(weights.view()).ok();
     let entropy = EntropyCoded::encode(weights.view()).ok();
     let mut best = (bitmask.encoded_len(), 0);
-    if gaps.encoded_len() < best.0 {
-        best = (gaps.encoded_len(), 1);
+    if let Some(g) = gaps.as_ref().filter(|g| g.encoded_len() < best.0) {
+        best = (g.encoded_len(), 1);
     }
     if let Some(e) = entropy.as_ref().filter(|e| e.encoded_len() < best.0) {
         best = (e.encoded_len(), 2);
@@ -300,9 +300,9 @@ pub fn encode_i8(weights: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
     if best.0 >= weights.len() {
         return None;
     }
-    Some(match (best.1, entropy) {
-        (2, Some(e)) => e.to_bytes(),
-        (1, _) => gaps.to_bytes(),
+    Some(match (best.1, entropy, gaps) {
+        (2, Some(e), _) => e.to_bytes(),
+        (1, _, Some(g)) => g.to_bytes(),
         _ => bitmask.to_bytes(),
     })
 }

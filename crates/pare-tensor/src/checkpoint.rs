@@ -42,7 +42,20 @@ pub fn load_verified(
     model: &mut Sequential,
     path: &Path,
 ) -> Result<(HashMap<String, String>, Integrity)> {
-    let ((tensors, meta), integrity) = read_f32_tensors(&crate::io::read_file(path)?, path)?;
+    load_bytes(model, &crate::io::read_file(path)?, path)
+}
+
+/// [`load_verified`] for a checkpoint's bytes already in memory; `path` only names the file
+/// in errors.
+///
+/// # Errors
+/// As [`load_verified`], except [`TensorError::Io`].
+pub fn load_bytes(
+    model: &mut Sequential,
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(HashMap<String, String>, Integrity)> {
+    let ((tensors, meta), integrity) = read_f32_tensors(bytes, path)?;
     for (name, t) in &tensors {
         if let Some(index) = t.iter().position(|v| !v.is_finite()) {
             return Err(TensorError::NonFinite {

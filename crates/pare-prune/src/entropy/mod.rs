@@ -353,8 +353,8 @@ impl EntropyCoded {
     }
 }
 
-/// The [`ELEMENTS_PER_BYTE`] cap.
-fn check_density(len: usize, stream_len: usize) -> Result<()> {
+/// The [`ELEMENTS_PER_BYTE`] cap (also the gap format's, over its whole encoding).
+pub(crate) fn check_density(len: usize, stream_len: usize) -> Result<()> {
     let max = stream_len.saturating_mul(ELEMENTS_PER_BYTE);
     if len > max {
         return Err(PruneError::TooLarge {
