@@ -411,6 +411,18 @@ mod tests {
 
     /// Found by tests/corruption.rs: 32 bytes declaring an all-zero f32 tensor of 2^33
     /// elements (no codes needed) parsed, and `decode` asked for 32 GiB.
+    /// Found by the `sparse_gaps` fuzz target: dims `[2^63 + …, 0]` (no element, no codes)
+    /// parsed, and ndarray refused the shape in `decode`, which panicked.
+    #[test]
+    fn a_zero_dimension_beside_a_huge_one_is_a_size_error() {
+        let crash: [u8; 32] = [
+            80, 83, 82, 71, 1, 2, 2, 2, 64, 0, 64, 0, 0, 0, 0, 247, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0,
+        ];
+        let r = GapCoded::<i8>::from_bytes(&crash);
+        assert!(matches!(r, Err(PruneError::SizeOverflow { .. })), "{r:?}");
+    }
+
     #[test]
     fn a_forged_huge_empty_tensor_is_refused_before_decoding() {
         let mut b = GAP_MAGIC.to_vec();
