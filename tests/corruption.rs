@@ -491,6 +491,29 @@ fn corruptions(c: &Case, others: &[&[u8]], seed: u64) -> Vec<(String, Vec<u8>)> 
             }
         }
     }
+    // Two little-endian u64 fields at once, one 0 and one huge: an empty dimension beside
+    // huge ones holds no element, yet is no shape an array can have (the fuzzers found this).
+    for i in (0..n.min(64)).step_by(4) {
+        for j in (0..n.min(64)).step_by(4) {
+            if i == j || i + 8 > n || j + 8 > n || i.abs_diff(j) < 8 {
+                continue;
+            }
+            for huge in [1u64 << 40, 1 << 63, u64::MAX] {
+                let mut m = b.clone();
+                m[i..i + 8].copy_from_slice(&0u64.to_le_bytes());
+                m[j..j + 8].copy_from_slice(&huge.to_le_bytes());
+                // And cut after the later field plus a zero u64: a header with nothing stored
+                // (nnz = 0), as a forged file would be.
+                let mut short = m[..i.max(j) + 8].to_vec();
+                short.extend(0u64.to_le_bytes());
+                out.push((
+                    format!("u64 at {i} = 0 and at {j} = {huge}, header only"),
+                    short,
+                ));
+                out.push((format!("u64 at {i} = 0 and at {j} = {huge}"), m));
+            }
+        }
+    }
     // Safetensors headers: every number set to each field value, and pairs of numbers set to
     // 2^32 (products overflow u64 at three of them, usize products at two).
     let numbers = header_numbers(b);
