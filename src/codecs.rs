@@ -88,13 +88,26 @@ mod tests {
             QuantizedModel::from_bytes(&sparse),
             Err(QuantError::UnknownEncoding { .. })
         ));
-        // Corrupt sparse bytes (the end of the last kernel's stream overwritten) are the
-        // codec's typed error.
+        // Corrupt sparse bytes (the end of the last kernel's stream overwritten): the
+        // checksum names the kernel before the codec sees them ...
         let n = sparse.len();
         let mut cut = sparse.clone();
         cut[n - 40..].fill(0xff);
         assert!(matches!(
             QuantizedModel::from_bytes_with(&cut, &SparseCodec),
+            Err(QuantError::Tensor(pare_tensor::TensorError::ChecksumMismatch {
+                tensor: Some(t),
+                ..
+            })) if t == "dense.kernel"
+        ));
+        // ... and in a file without checksums they are the codec's typed error.
+        let st = safetensors::SafeTensors::deserialize(&cut).unwrap();
+        let (_, header) = safetensors::SafeTensors::read_metadata(&cut).unwrap();
+        let mut meta = header.metadata().clone().unwrap();
+        meta.retain(|k, _| !pare_tensor::io::is_checksum_key(k));
+        let unchecked = safetensors::serialize(st.tensors(), Some(meta)).unwrap();
+        assert!(matches!(
+            QuantizedModel::from_bytes_with(&unchecked, &SparseCodec),
             Err(QuantError::Codec { .. })
         ));
     }

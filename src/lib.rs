@@ -5,7 +5,8 @@
 //! - [`mnist`]: IDX reader and MNIST / Fashion-MNIST data sets;
 //! - [`quant`]: int8 quantization and the integer-only engine;
 //! - [`prune`]: magnitude pruning, sparse storage and kernels;
-//! - [`distill`]: knowledge distillation.
+//! - [`distill`]: knowledge distillation;
+//! - [`inspect`]: what a checkpoint, model file or IDX file holds, checksums checked.
 //!
 //! ```
 //! let model = pare::tensor::models::small_cnn(0);
@@ -13,6 +14,7 @@
 //! ```
 
 pub mod codecs;
+pub mod inspect;
 pub mod plot;
 pub mod report;
 

@@ -7,7 +7,7 @@ use pare_tensor::TensorError;
 #[non_exhaustive]
 pub enum DistillError {
     /// A hyper-parameter is outside its valid range.
-    #[error("invalid hyper-parameter {name} = {value}: {reason}")]
+    #[error("{}", pare_tensor::hyper_parameter_message(name, value, reason))]
     BadHyperParameter {
         /// Name of the parameter (`alpha`, `temperature`, `beta`, ...).
         name: &'static str,

@@ -40,7 +40,7 @@ impl HintConfig {
             return Err(DistillError::BadHyperParameter {
                 name: "beta",
                 value: self.beta.to_string(),
-                reason: "must be finite and >= 0",
+                reason: "must be >= 0",
             });
         }
         Ok(())

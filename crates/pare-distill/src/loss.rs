@@ -36,7 +36,7 @@ impl KdConfig {
             return Err(DistillError::BadHyperParameter {
                 name: "temperature",
                 value: self.temperature.to_string(),
-                reason: "must be finite and > 0",
+                reason: "must be > 0",
             });
         }
         Ok(())

@@ -256,6 +256,24 @@ pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxData> {
     }
 }
 
+/// Parses the bytes of an IDX file, gzipped or not, already in memory (a download, a fuzzer's
+/// input), with every check of [`read_idx`]; `path` only names the source in errors.
+///
+/// # Errors
+/// As [`read_idx`], except [`MnistError::Io`].
+pub fn read_idx_bytes(bytes: &[u8], path: &Path) -> Result<IdxData> {
+    let source = Source {
+        path,
+        gzip: bytes.starts_with(&GZIP_MAGIC),
+        len: bytes.len() as u64,
+    };
+    if source.gzip {
+        read_stream(MultiGzDecoder::new(bytes), &source)
+    } else {
+        read_stream(bytes, &source)
+    }
+}
+
 /// Where the bytes come from, for error messages and the allocation bound.
 struct Source<'a> {
     path: &'a Path,
@@ -575,6 +593,15 @@ mod tests {
         assert_eq!(data.values(), &IdxValues::I16(vec![1, -2, 258, -32768]));
         let data = read_idx(put(&dir, "b", &gzip(&bytes))).unwrap();
         assert_eq!(data.values(), &IdxValues::I16(vec![1, -2, 258, -32768]));
+        // The same bytes in memory, raw and gzipped, read the same; errors name the source.
+        let name = Path::new("download");
+        assert_eq!(read_idx_bytes(&bytes, name).unwrap(), data);
+        assert_eq!(read_idx_bytes(&gzip(&bytes), name).unwrap(), data);
+        let err = read_idx_bytes(&bytes[..bytes.len() - 1], name).unwrap_err();
+        assert!(matches!(err, MnistError::Truncated { .. }), "{err}");
+        assert!(err.to_string().starts_with("download"), "{err}");
+        let gz = gzip(&bytes);
+        assert!(read_idx_bytes(&gz[..gz.len() - 3], name).is_err());
     }
 
     /// Awkward values for each element type, `n` of them, from a small LCG.

@@ -67,5 +67,5 @@ pub use download::{
     download_missing,
 };
 pub use error::{DownloadAttempt, DownloadFailure, MnistError, Result};
-pub use idx::{IdxData, IdxType, IdxValues, read_idx, write_idx};
+pub use idx::{IdxData, IdxType, IdxValues, read_idx, read_idx_bytes, write_idx};
 pub use mnist::{MNIST_DIR_VAR, Mnist, MnistFiles, NUM_CLASSES, load_pair};

@@ -14,9 +14,19 @@
 //!
 //! The metadata entry [`METADATA_KEY`] holds a short JSON object
 //! `{"format":"pare-prune","version":1,"sparse":["dense.kernel",…]}` naming the sparse tensors;
-//! other metadata entries are the caller's. Loading checks every tensor's type, the sparse
-//! bytes (every length, count and popcount, before allocating) and the shapes against the
-//! model, and leaves the model untouched on any error. The round trip is exact, bit for bit.
+//! the entries `crc32c` and `crc32c:<tensor>` hold the CRC-32C of the header and of each
+//! tensor's stored bytes (see [`pare_tensor::io`]); other metadata entries are the caller's.
+//! Dense tensors come first, then sparse ones, each group sorted by name, and the caller's
+//! metadata is sorted by key, so the same model gives the same bytes.
+//!
+//! Loading first checks the checksums: a damaged tensor is
+//! [`pare_tensor::TensorError::ChecksumMismatch`] naming it (inside [`PruneError::Tensor`]),
+//! before its bytes are decoded. Files written before the checksums existed have none and load
+//! as [`Integrity::Unchecked`] ([`read_sparse_verified`] / [`load_sparse_verified`] say which);
+//! old readers ignore the entries, so the format version is unchanged. Loading then checks
+//! every tensor's type, the sparse bytes (every length, count and popcount, before allocating)
+//! and the shapes against the model, and leaves the model untouched on any error. The round
+//! trip is exact, bit for bit.
 //!
 //! # int8 weights ([`encode_i8`] / [`decode_i8`])
 //!
@@ -34,7 +44,9 @@ use std::path::Path;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 use pare_tensor::Sequential;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+pub use pare_tensor::io::Integrity;
+use pare_tensor::io::{Blob, is_checksum_key, safetensors_bytes};
+use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::entropy::{ENTROPY_MAGIC, EntropyCoded};
 use crate::error::{PruneError, Result};
@@ -65,33 +77,31 @@ pub fn to_sparse_bytes(model: &Sequential, metadata: HashMap<String, String>) ->
     if metadata.contains_key(METADATA_KEY) {
         return Err(bad(format!("metadata key {METADATA_KEY:?} is reserved")));
     }
-    let mut sparse = Vec::new();
-    let mut blobs: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
-    for p in model.params() {
+    let mut params = model.params();
+    params.sort_by(|a, b| a.name.cmp(&b.name));
+    let (mut dense, mut sparse) = (Vec::new(), Vec::new());
+    for p in params {
         match choose_encoding(p.value.view()) {
             Storage::Sparse(s) => {
                 let bytes = s.to_bytes();
-                sparse.push(p.name.clone());
-                blobs.push((p.name.clone(), Dtype::U8, vec![bytes.len()], bytes));
+                sparse.push(Blob::new(
+                    p.name.clone(),
+                    Dtype::U8,
+                    vec![bytes.len()],
+                    bytes,
+                ));
             }
-            Storage::Dense(a) => {
-                let bytes = a.iter().flat_map(|v| v.to_le_bytes()).collect();
-                blobs.push((p.name.clone(), Dtype::F32, a.shape().to_vec(), bytes));
-            }
+            Storage::Dense(a) => dense.push(Blob::f32(p.name.clone(), &a)),
         }
     }
-    let json = serde_json::json!({ "format": FORMAT, "version": VERSION, "sparse": sparse });
-    let mut metadata = metadata;
-    metadata.insert(METADATA_KEY.to_owned(), json.to_string());
-    let views = blobs
-        .iter()
-        .map(|(n, dtype, shape, data)| {
-            TensorView::new(*dtype, shape.clone(), data)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| bad(format!("tensor {n}: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| bad(e.to_string()))
+    let names: Vec<&str> = sparse.iter().map(|b| b.name.as_str()).collect();
+    let json = serde_json::json!({ "format": FORMAT, "version": VERSION, "sparse": names });
+    let mut metadata: Vec<(String, String)> = metadata.into_iter().collect();
+    metadata.push((METADATA_KEY.to_owned(), json.to_string()));
+    metadata.sort();
+    // F32 data first, so it stays 4-byte aligned for readers that map the file.
+    dense.extend(sparse);
+    safetensors_bytes(&metadata, &dense).map_err(|e| bad(e.to_string()))
 }
 
 /// Writes `model`'s parameters to `path` as a sparse model file, atomically (temporary file and
@@ -120,11 +130,24 @@ pub type SparseFile = (Vec<(String, ArrayD<f32>)>, HashMap<String, String>);
 /// [`METADATA_KEY`] JSON, a sparse tensor that is not 1-D `U8` or does not decode, a dense
 /// tensor that is not `F32`, a listed tensor that is absent.
 pub fn read_sparse_bytes(bytes: &[u8]) -> Result<SparseFile> {
+    Ok(read_sparse_verified(bytes)?.0)
+}
+
+/// [`read_sparse_bytes`], also saying whether the file's checksums were verified or it has
+/// none.
+///
+/// # Errors
+/// As [`read_sparse_bytes`]; [`PruneError::Tensor`] holding
+/// [`pare_tensor::TensorError::ChecksumMismatch`] (naming the tensor) for damaged data.
+pub fn read_sparse_verified(bytes: &[u8]) -> Result<(SparseFile, Integrity)> {
     let st =
         SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let (_, header) = SafeTensors::read_metadata(bytes)
         .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    // Before any sparse bytes are decoded: damage is reported as damage, naming the tensor.
+    let integrity = pare_tensor::io::verify(&st, header.metadata().as_ref())?;
     let mut metadata = header.metadata().clone().unwrap_or_default();
+    metadata.retain(|k, _| !is_checksum_key(k));
     let json = metadata
         .remove(METADATA_KEY)
         .ok_or_else(|| bad(format!("no {METADATA_KEY:?} entry in the metadata")))?;
@@ -181,7 +204,7 @@ pub fn read_sparse_bytes(bytes: &[u8]) -> Result<SparseFile> {
         out.push((name, value));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok((out, metadata))
+    Ok(((out, metadata), integrity))
 }
 
 /// Loads a sparse model file's bytes into `model`, by parameter name. Every parameter must be
@@ -192,7 +215,14 @@ pub fn read_sparse_bytes(bytes: &[u8]) -> Result<SparseFile> {
 /// As [`read_sparse_bytes`]; [`PruneError::FileMismatch`] listing every missing, unexpected
 /// or mis-shaped tensor.
 pub fn load_sparse_bytes(model: &mut Sequential, bytes: &[u8]) -> Result<HashMap<String, String>> {
-    let (tensors, metadata) = read_sparse_bytes(bytes)?;
+    Ok(load_sparse_bytes_verified(model, bytes)?.0)
+}
+
+fn load_sparse_bytes_verified(
+    model: &mut Sequential,
+    bytes: &[u8],
+) -> Result<(HashMap<String, String>, Integrity)> {
+    let ((tensors, metadata), integrity) = read_sparse_verified(bytes)?;
     let mut by_name: HashMap<String, ArrayD<f32>> = tensors.into_iter().collect();
     let mut mismatches = Vec::new();
     let shapes = model.param_shapes();
@@ -220,7 +250,7 @@ pub fn load_sparse_bytes(model: &mut Sequential, bytes: &[u8]) -> Result<HashMap
             p.value = v;
         }
     }
-    Ok(metadata)
+    Ok((metadata, integrity))
 }
 
 /// Loads a file written by [`save_sparse`] into `model` (see [`load_sparse_bytes`]).
@@ -228,11 +258,25 @@ pub fn load_sparse_bytes(model: &mut Sequential, bytes: &[u8]) -> Result<HashMap
 /// # Errors
 /// [`PruneError::Io`] if the file cannot be read; otherwise as [`load_sparse_bytes`].
 pub fn load_sparse(model: &mut Sequential, path: &Path) -> Result<HashMap<String, String>> {
+    Ok(load_sparse_verified(model, path)?.0)
+}
+
+/// [`load_sparse`], also saying whether the file's checksums were verified or it has none.
+///
+/// # Errors
+/// As [`load_sparse`]; a checksum mismatch names the tensor and `path`.
+pub fn load_sparse_verified(
+    model: &mut Sequential,
+    path: &Path,
+) -> Result<(HashMap<String, String>, Integrity)> {
     let bytes = std::fs::read(path).map_err(|source| PruneError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    load_sparse_bytes(model, &bytes)
+    load_sparse_bytes_verified(model, &bytes).map_err(|e| match e {
+        PruneError::Tensor(t) => PruneError::Tensor(t.in_file(path)),
+        e => e,
+    })
 }
 
 /// Encodes an int8 weight tensor in the smallest of the three sparse formats —
@@ -243,12 +287,12 @@ pub fn load_sparse(model: &mut Sequential, path: &Path) -> Result<HashMap<String
 /// [`SPARSE_ENCODING`]; the bytes say which format they are.
 pub fn encode_i8(weights: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
     let bitmask = SparseTensor::encode(weights.view()).ok()?;
-    let gaps = GapCoded::encode(weights.view()).ok()?;
-    // Declined only past its size caps, where the other two still serve.
+    // These two decline only past their size caps, where the bitmask still serves.
+    let gaps = GapCoded::encode(weights.view()).ok();
     let entropy = EntropyCoded::encode(weights.view()).ok();
     let mut best = (bitmask.encoded_len(), 0);
-    if gaps.encoded_len() < best.0 {
-        best = (gaps.encoded_len(), 1);
+    if let Some(g) = gaps.as_ref().filter(|g| g.encoded_len() < best.0) {
+        best = (g.encoded_len(), 1);
     }
     if let Some(e) = entropy.as_ref().filter(|e| e.encoded_len() < best.0) {
         best = (e.encoded_len(), 2);
@@ -256,9 +300,9 @@ pub fn encode_i8(weights: ArrayViewD<'_, i8>) -> Option<Vec<u8>> {
     if best.0 >= weights.len() {
         return None;
     }
-    Some(match (best.1, entropy) {
-        (2, Some(e)) => e.to_bytes(),
-        (1, _) => gaps.to_bytes(),
+    Some(match (best.1, entropy, gaps) {
+        (2, Some(e), _) => e.to_bytes(),
+        (1, _, Some(g)) => g.to_bytes(),
         _ => bitmask.to_bytes(),
     })
 }
@@ -411,7 +455,10 @@ mod tests {
     fn container(tensors: &[(&str, Dtype, Vec<usize>, Vec<u8>)], meta: Option<&str>) -> Vec<u8> {
         let views: Vec<_> = tensors
             .iter()
-            .map(|(n, d, s, b)| (n.to_string(), TensorView::new(*d, s.clone(), b).unwrap()))
+            .map(|(n, d, s, b)| {
+                let v = safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap();
+                (n.to_string(), v)
+            })
             .collect();
         let md = meta.map(|m| HashMap::from([(METADATA_KEY.to_string(), m.to_string())]));
         safetensors::tensor::serialize(views, md).unwrap()
@@ -523,6 +570,44 @@ mod tests {
             to_sparse_bytes(&model, HashMap::from([(METADATA_KEY.into(), "x".into())])),
             Err(PruneError::BadFile { .. })
         ));
+    }
+
+    #[test]
+    fn damaged_tensors_are_named_and_old_files_load_unchecked() {
+        let model = pruned_small(3, 0.8);
+        let bytes = to_sparse_bytes(&model, HashMap::new()).unwrap();
+        assert_eq!(bytes, to_sparse_bytes(&model, HashMap::new()).unwrap());
+        let (_, integrity) = read_sparse_verified(&bytes).unwrap();
+        assert_eq!(integrity, Integrity::Verified);
+        // The last stored tensor is the last sparse one by name: dense.kernel.
+        let mut b = bytes.clone();
+        *b.last_mut().unwrap() ^= 0x80;
+        let dir = std::env::temp_dir().join(format!("pare-prune-crc-{}", std::process::id()));
+        let path = dir.join("p.safetensors");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&path, &b).unwrap();
+        let mut m = small_cnn(0);
+        let before = bits(&m);
+        match load_sparse_verified(&mut m, &path) {
+            Err(PruneError::Tensor(pare_tensor::TensorError::ChecksumMismatch {
+                path: Some(p),
+                tensor: Some(t),
+                ..
+            })) => assert_eq!((p, t.as_str()), (path.clone(), "dense.kernel")),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(bits(&m), before);
+        // Written without checksums (as pare did before them): loads, unchecked.
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        let mut meta = header.metadata().clone().unwrap();
+        meta.retain(|k, _| !is_checksum_key(k));
+        let old = safetensors::tensor::serialize(st.tensors(), Some(meta)).unwrap();
+        std::fs::write(&path, &old).unwrap();
+        let (_, integrity) = load_sparse_verified(&mut m, &path).unwrap();
+        assert_eq!(integrity, Integrity::Unchecked);
+        assert_eq!(bits(&m), bits(&model));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

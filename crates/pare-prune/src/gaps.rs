@@ -29,10 +29,16 @@
 //! as `g >> k` one-bits, a zero bit, then the `k` low bits of `g`, least significant first.
 //! [`GapCoded::from_bytes`] walks the whole code stream before accepting it: every position in
 //! range, exactly `nnz` codes, no stray bits or bytes after them; it allocates nothing larger
-//! than its input.
+//! than its input. A few bytes of gaps can describe any number of zeros, so, as for
+//! [`crate::entropy`], the element count is capped at [`MAX_ELEMENTS`] and at
+//! [`ELEMENTS_PER_BYTE`](crate::entropy::ELEMENTS_PER_BYTE) per byte of the whole encoding
+//! (the encoder declines tensors beyond either; the bitmask stores them): [`GapCoded::decode`]
+//! then allocates at most that many elements per input byte, never what a forged header asks
+//! for.
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
 
+use crate::entropy::{MAX_ELEMENTS, check_density};
 use crate::error::{PruneError, Result};
 use crate::sparse::{MAX_RANK, SparseElement, SparseShape, dtype_name, element_count, read_u64};
 
@@ -148,6 +154,18 @@ fn walk(codes: &[u8], k: u8, nnz: u64, len: usize, mut at: impl FnMut(usize)) ->
     Ok(())
 }
 
+/// The [`MAX_ELEMENTS`] cap.
+fn check_elements(len: usize) -> Result<()> {
+    if len > MAX_ELEMENTS {
+        return Err(PruneError::TooLarge {
+            what: "element count",
+            value: len,
+            max: MAX_ELEMENTS,
+        });
+    }
+    Ok(())
+}
+
 fn header_len(rank: usize) -> usize {
     16 + 8 * rank
 }
@@ -157,7 +175,10 @@ impl<T: SparseElement> GapCoded<T> {
     /// parameter that gives the shortest code stream.
     ///
     /// # Errors
-    /// [`PruneError::BadHeaderField`] if the rank exceeds [`MAX_RANK`].
+    /// [`PruneError::BadHeaderField`] if the rank exceeds [`MAX_RANK`];
+    /// [`PruneError::TooLarge`] beyond [`MAX_ELEMENTS`] elements, or beyond
+    /// [`ELEMENTS_PER_BYTE`](crate::entropy::ELEMENTS_PER_BYTE) elements per byte of the encoding (a huge, nearly empty tensor,
+    /// which the bitmask format stores).
     pub fn encode(dense: ArrayViewD<'_, T>) -> Result<Self> {
         if dense.ndim() > MAX_RANK {
             return Err(PruneError::BadHeaderField {
@@ -165,6 +186,7 @@ impl<T: SparseElement> GapCoded<T> {
                 value: dense.ndim() as u64,
             });
         }
+        check_elements(dense.len())?;
         let (mut gaps, mut values) = (Vec::new(), Vec::new());
         let mut run = 0u64;
         for &v in dense.iter() {
@@ -192,12 +214,14 @@ impl<T: SparseElement> GapCoded<T> {
                 w.push(g >> b & 1 == 1);
             }
         }
-        Ok(GapCoded {
+        let coded = GapCoded {
             shape: dense.shape().to_vec(),
             k,
             codes: w.bytes,
             values,
-        })
+        };
+        check_density(coded.len(), coded.encoded_len())?;
+        Ok(coded)
     }
 
     /// The dense tensor, bit for bit.
@@ -313,6 +337,8 @@ impl<T: SparseElement> GapCoded<T> {
         let dims: Vec<u64> = (0..rank).map(|i| read_u64(bytes, 8 + 8 * i)).collect();
         let nnz = read_u64(bytes, 8 + 8 * rank);
         let len = element_count(dims.iter().copied(), T::SIZE)?;
+        check_elements(len)?;
+        check_density(len, bytes.len())?;
         if nnz > len as u64 {
             return Err(PruneError::InconsistentSparse {
                 reason: "nnz exceeds the element count",
@@ -366,6 +392,7 @@ impl<T: SparseElement> SparseShape for GapCoded<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entropy::ELEMENTS_PER_BYTE;
     use crate::sparse::SparseTensor;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -380,6 +407,50 @@ mod tests {
                 0
             }
         })
+    }
+
+    /// Found by tests/corruption.rs: 32 bytes declaring an all-zero f32 tensor of 2^33
+    /// elements (no codes needed) parsed, and `decode` asked for 32 GiB.
+    /// Found by the `sparse_gaps` fuzz target: dims `[2^63 + …, 0]` (no element, no codes)
+    /// parsed, and ndarray refused the shape in `decode`, which panicked.
+    #[test]
+    fn a_zero_dimension_beside_a_huge_one_is_a_size_error() {
+        let crash: [u8; 32] = [
+            80, 83, 82, 71, 1, 2, 2, 2, 64, 0, 64, 0, 0, 0, 0, 247, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0,
+        ];
+        let r = GapCoded::<i8>::from_bytes(&crash);
+        assert!(matches!(r, Err(PruneError::SizeOverflow { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn a_forged_huge_empty_tensor_is_refused_before_decoding() {
+        let mut b = GAP_MAGIC.to_vec();
+        b.extend([GAP_VERSION, 1, 2, 0]); // f32, rank 2, k = 0
+        for d in [1u64 << 32, 2] {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(0u64.to_le_bytes()); // nnz
+        let r = GapCoded::<f32>::from_bytes(&b);
+        assert!(matches!(r, Err(PruneError::TooLarge { .. })), "{r:?}");
+        // The largest empty tensor these 32 bytes may hold: 2^14 elements per byte.
+        let mut ok = b.clone();
+        ok[8..16].copy_from_slice(&((32 * ELEMENTS_PER_BYTE as u64) / 2).to_le_bytes());
+        assert_eq!(
+            GapCoded::<f32>::from_bytes(&ok).unwrap().decode().len(),
+            32 << 14
+        );
+        ok[8..16].copy_from_slice(&((32 * ELEMENTS_PER_BYTE as u64) / 2 + 1).to_le_bytes());
+        assert!(GapCoded::<f32>::from_bytes(&ok).is_err());
+        // The encoder declines what the reader would refuse; the int8 codec then stores the
+        // bitmask.
+        let zeros = ArrayD::<i8>::zeros(IxDyn(&[1 << 10, 1 << 10]));
+        assert!(matches!(
+            GapCoded::encode(zeros.view()),
+            Err(PruneError::TooLarge { .. })
+        ));
+        let bytes = crate::file::encode_i8(zeros.view()).expect("smaller than dense");
+        assert_eq!(bytes[..4], crate::sparse::MAGIC);
     }
 
     #[test]
@@ -546,9 +617,9 @@ mod tests {
         assert!(matches!(r, Err(InconsistentSparse { .. })), "{r:?}");
         let r = GapCoded::<i8>::from_bytes(&header(1, 2, 0, &[1, 1], &[0]));
         assert!(matches!(r, Err(InconsistentSparse { .. })), "{r:?}");
-        // Huge declared size with nothing stored: accepted without allocating it.
-        let huge = GapCoded::<i8>::from_bytes(&header(1 << 40, 0, 0, &[], &[])).unwrap();
-        assert_eq!((huge.len(), huge.nnz()), (1 << 40, 0));
+        // Huge declared size with nothing stored: refused, since decoding would allocate it.
+        let r = GapCoded::<i8>::from_bytes(&header(1 << 40, 0, 0, &[], &[]));
+        assert!(matches!(r, Err(TooLarge { .. })), "{r:?}");
         let r = GapCoded::<i8>::from_bytes(&header(u64::MAX, 0, 0, &[], &[]));
         assert!(matches!(r, Err(SizeOverflow { .. })), "{r:?}");
     }

@@ -362,14 +362,20 @@ pub(crate) fn read_u64(bytes: &[u8], at: usize) -> u64 {
 }
 
 /// Product of the dimensions, if it fits in `usize` and the dense tensor's bytes fit in `isize`.
+/// The product of the non-zero dimensions must fit in `isize` too, as ndarray requires of any
+/// shape: `[0, 2^40, 2^40]` holds no element but is not a shape an array can have.
 pub(crate) fn element_count(dims: impl Iterator<Item = u64> + Clone, size: usize) -> Result<usize> {
     let overflow = || PruneError::SizeOverflow {
         dims: dims.clone().collect(),
     };
-    let mut len: usize = 1;
+    let (mut len, mut nonzero) = (1usize, 1usize);
     for d in dims.clone() {
         let d = usize::try_from(d).map_err(|_| overflow())?;
         len = len.checked_mul(d).ok_or_else(overflow)?;
+        nonzero = nonzero.checked_mul(d.max(1)).ok_or_else(overflow)?;
+    }
+    if nonzero > isize::MAX as usize {
+        return Err(overflow());
     }
     match len.checked_mul(size) {
         Some(bytes) if bytes <= isize::MAX as usize => Ok(len),
@@ -501,6 +507,35 @@ mod tests {
         let back = SparseTensor::<f32>::from_bytes(&bytes).unwrap();
         assert_eq!(back.shape(), a.shape());
         assert_eq!(bits(&back.decode()), bits(a));
+    }
+
+    /// Found by the `sparse_bitmask` fuzz target: dims `[2^40, 0]` hold no element, so every
+    /// length check passed, but ndarray refused the shape in `decode` and it panicked.
+    #[test]
+    fn a_zero_dimension_beside_huge_ones_is_a_size_error() {
+        let crash: [u8; 160] = [
+            80, 83, 80, 84, 1, 2, 18, 0, 64, 0, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0,
+            4, 0, 0, 0, 0, 0, 0, 0, 136, 64, 68, 36, 34, 2, 17, 129, 136, 72, 68, 4, 34, 2, 17, 17,
+            136, 8, 68, 4, 34, 34, 16, 17, 136, 136, 68, 68, 32, 61, 34, 254, 245, 236, 80, 83, 37,
+            17, 7, 254, 245, 16, 7, 245, 236, 16, 7, 254, 236, 16, 254, 245, 16, 7, 245, 236, 7,
+            254, 236, 16, 210, 254, 0, 0, 0, 127, 119, 183, 187, 251, 224, 2, 17, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 68, 32, 34, 16, 254, 245, 16, 16, 7, 245, 236, 7, 254, 7, 245, 236, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        for r in [
+            SparseTensor::<i8>::from_bytes(&crash).map(|t| t.decode()),
+            SparseTensor::<f32>::from_bytes(&crash).map(|_| ArrayD::zeros(IxDyn(&[0]))),
+        ] {
+            assert!(r.is_err(), "{r:?}");
+        }
+        assert!(matches!(
+            element_count([0u64, 1 << 40, 1 << 40].into_iter(), 1),
+            Err(PruneError::SizeOverflow { .. })
+        ));
+        assert_eq!(
+            element_count([0u64, 1 << 20, 1 << 20].into_iter(), 4).unwrap(),
+            0
+        );
     }
 
     #[test]

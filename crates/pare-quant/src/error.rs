@@ -126,7 +126,7 @@ pub enum QuantError {
         non_finite: u64,
     },
     /// A hyper-parameter outside its valid range.
-    #[error("invalid {name} = {value}: {reason}")]
+    #[error("{}", pare_tensor::hyper_parameter_message(name, value, reason))]
     InvalidParameter {
         /// The parameter.
         name: &'static str,

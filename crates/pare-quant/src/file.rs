@@ -36,6 +36,14 @@
 //!   number of calibration examples;
 //! - `codec`: the [`WeightCodec`]'s name, present exactly when a kernel is stored encoded.
 //!
+//! - `crc32c` and `crc32c:<tensor>`: the CRC-32C of the header and of each tensor's data
+//!   (see [`pare_tensor::io`]), written by every pare since the checksums were added and
+//!   checked on load before anything else is parsed, so a flipped byte is
+//!   [`pare_tensor::TensorError::ChecksumMismatch`] naming the tensor (or the header) rather
+//!   than a silently different model. Files without them (older pare) still load;
+//!   [`QuantizedModel::load_verified`] says which it was ([`Integrity`]). Old readers ignore
+//!   the entries, so the format version did not change.
+//!
 //! Other entries are ignored, so tools may annotate a file.
 //!
 //! `layers` holds one entry per layer, separated by `;`. An entry is `name:op` (just `op` when
@@ -61,8 +69,8 @@
 //! the scales at load. The only redundancy is the kernel shapes, in both the `layers` entry and
 //! the `I8` tensors, so that the metadata alone describes the network and an encoded kernel's
 //! shape is known before it is decoded (loading checks that the two agree). The small CNN's
-//! header is 504 bytes (version 1's was 1,160), its file 21,088 bytes, 20,576 of them
-//! tensor data.
+//! header is 640 bytes (504 of architecture, 136 of checksums; version 1's was 1,160), its
+//! file 21,224 bytes, 20,576 of them tensor data.
 //!
 //! Files are written byte for byte the same for the same model (the header's order is fixed),
 //! and every shape, length, dtype and parameter is checked at load. Version 1 files (one
@@ -83,6 +91,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use ndarray::{ArrayD, ArrayViewD, IxDyn};
+use pare_tensor::io::{Blob, Integrity, safetensors_bytes};
 use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::error::{QuantError, Result};
@@ -216,7 +225,7 @@ impl QuantizedModel {
     /// [`QuantError::Io`] if the file cannot be read; otherwise as
     /// [`from_bytes`](Self::from_bytes).
     pub fn load(path: &Path) -> Result<Self> {
-        Self::decode(&read(path)?, None)
+        Ok(Self::load_verified(path, None)?.0)
     }
 
     /// Reads a model file whose weights may be encoded by `codec`.
@@ -224,7 +233,7 @@ impl QuantizedModel {
     /// # Errors
     /// As [`load`](Self::load) and [`from_bytes_with`](Self::from_bytes_with).
     pub fn load_with(path: &Path, codec: &dyn WeightCodec) -> Result<Self> {
-        Self::decode(&read(path)?, Some(codec))
+        Ok(Self::load_verified(path, Some(codec))?.0)
     }
 
     /// Parses a model file's bytes. Every length, shape, dtype and parameter is checked before
@@ -310,24 +319,66 @@ impl QuantizedModel {
         // 4-byte types first, so every tensor's data is aligned to its element size.
         let bias_dtype = if full { Dtype::I32 } else { Dtype::F32 };
         let mut tensors = vec![
-            Blob::new(BIAS_TENSOR.into(), bias_dtype, vec![bias.len() / 4], bias),
+            Blob::new(BIAS_TENSOR, bias_dtype, vec![bias.len() / 4], bias),
             Blob::new(
-                SCALE_TENSOR.into(),
+                SCALE_TENSOR,
                 Dtype::F32,
                 vec![scales.len()],
                 scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
             ),
         ];
         tensors.extend(kernels);
-        Ok(container(&metadata, &tensors))
+        let metadata: Vec<(String, String)> = metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        Ok(safetensors_bytes(&metadata, &tensors)?)
     }
 
     fn decode(bytes: &[u8], codec: Option<&dyn WeightCodec>) -> Result<Self> {
+        Ok(Self::decode_verified(bytes, codec)?.0)
+    }
+
+    /// [`load_with`](Self::load_with) (or [`load`](Self::load) when `codec` is `None`), also
+    /// saying whether the file's checksums were verified or it has none (written by an older
+    /// pare or another tool).
+    ///
+    /// # Errors
+    /// As [`load_with`](Self::load_with); a checksum mismatch is
+    /// [`QuantError::Tensor`] holding [`pare_tensor::TensorError::ChecksumMismatch`], which
+    /// names the damaged tensor and the file.
+    pub fn load_verified(
+        path: &Path,
+        codec: Option<&dyn WeightCodec>,
+    ) -> Result<(Self, Integrity)> {
+        Self::decode_verified(&read(path)?, codec).map_err(|e| match e {
+            QuantError::Tensor(t) => QuantError::Tensor(t.in_file(path)),
+            e => e,
+        })
+    }
+
+    /// [`from_bytes_with`](Self::from_bytes_with) (or [`from_bytes`](Self::from_bytes)),
+    /// also returning the checksum status.
+    ///
+    /// # Errors
+    /// As [`from_bytes_with`](Self::from_bytes_with); damaged data is
+    /// [`pare_tensor::TensorError::ChecksumMismatch`] (inside [`QuantError::Tensor`]).
+    pub fn from_bytes_verified(
+        bytes: &[u8],
+        codec: Option<&dyn WeightCodec>,
+    ) -> Result<(Self, Integrity)> {
+        Self::decode_verified(bytes, codec)
+    }
+
+    fn decode_verified(bytes: &[u8], codec: Option<&dyn WeightCodec>) -> Result<(Self, Integrity)> {
         let st = SafeTensors::deserialize(bytes)
             .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let (_, header) = SafeTensors::read_metadata(bytes)
             .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let metadata = header.metadata().as_ref();
+        // Before anything is parsed or decoded: a damaged file is reported as damaged, naming
+        // the tensor, rather than as whatever its garbage happens to look like.
+        let integrity = pare_tensor::io::verify(&st, metadata)?;
         let entry = |key: &str| metadata.and_then(|m| m.get(key)).map(String::as_str);
         let get =
             |key: &str| entry(key).ok_or_else(|| bad(format!("no {key:?} entry in the metadata")));
@@ -459,7 +510,7 @@ impl QuantizedModel {
                 st.len()
             )));
         }
-        QuantizedModel::from_parts(ModelParts {
+        let model = QuantizedModel::from_parts(ModelParts {
             mode,
             input_type,
             output_type,
@@ -468,76 +519,8 @@ impl QuantizedModel {
             layers,
             provenance,
         })
-        .map_err(|e| bad(e.to_string()))
-    }
-}
-
-/// One tensor to write.
-struct Blob {
-    name: String,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    data: Vec<u8>,
-}
-
-impl Blob {
-    fn new(name: String, dtype: Dtype, shape: Vec<usize>, data: Vec<u8>) -> Self {
-        Blob {
-            name,
-            dtype,
-            shape,
-            data,
-        }
-    }
-}
-
-/// A safetensors file with `metadata` in this order and the tensors' data in this order. The
-/// safetensors crate's writer takes the metadata as a `HashMap`, whose order changes from run
-/// to run; writing the header here keeps files byte-identical. The layout is the crate's: u64
-/// header length, JSON header padded with spaces to a multiple of 8, data.
-fn container(metadata: &[(&str, String)], tensors: &[Blob]) -> Vec<u8> {
-    let json = |s: &str| serde_json::Value::from(s).to_string();
-    let mut header = String::from("{\"__metadata__\":{");
-    for (i, (key, value)) in metadata.iter().enumerate() {
-        if i > 0 {
-            header.push(',');
-        }
-        let _ = write!(header, "{}:{}", json(key), json(value));
-    }
-    header.push('}');
-    let mut offset = 0usize;
-    for t in tensors {
-        let end = offset + t.data.len();
-        let shape: Vec<String> = t.shape.iter().map(usize::to_string).collect();
-        let _ = write!(
-            header,
-            ",{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{offset},{end}]}}",
-            json(&t.name),
-            dtype_name(t.dtype),
-            shape.join(",")
-        );
-        offset = end;
-    }
-    header.push('}');
-    while !header.len().is_multiple_of(8) {
-        header.push(' ');
-    }
-    let mut out = Vec::with_capacity(8 + header.len() + offset);
-    out.extend((header.len() as u64).to_le_bytes());
-    out.extend(header.as_bytes());
-    for t in tensors {
-        out.extend(&t.data);
-    }
-    out
-}
-
-fn dtype_name(dtype: Dtype) -> &'static str {
-    match dtype {
-        Dtype::I8 => "I8",
-        Dtype::U8 => "U8",
-        Dtype::I32 => "I32",
-        Dtype::F32 => "F32",
-        other => unreachable!("container: pare-quant writes no {other:?} tensors"),
+        .map_err(|e| bad(e.to_string()))?;
+        Ok((model, integrity))
     }
 }
 

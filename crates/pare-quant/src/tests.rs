@@ -612,7 +612,26 @@ fn file_layout_of_the_small_cnn() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    assert_eq!(metadata(&bytes), expected);
+    let mut meta = metadata(&bytes);
+    let checksums: Vec<String> = meta
+        .keys()
+        .filter(|k| pare_tensor::io::is_checksum_key(k))
+        .cloned()
+        .collect();
+    meta.retain(|k, _| !pare_tensor::io::is_checksum_key(k));
+    assert_eq!(meta, expected);
+    let mut checksums = checksums;
+    checksums.sort();
+    assert_eq!(
+        checksums,
+        [
+            "crc32c",
+            "crc32c:bias",
+            "crc32c:conv2d.kernel",
+            "crc32c:dense.kernel",
+            "crc32c:scale"
+        ]
+    );
 
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut names = st.names();
@@ -657,11 +676,12 @@ fn file_layout_of_the_small_cnn() {
     order.push(q.layers()[4].output.unwrap().scale);
     assert_eq!(f32_values(scale.data()), order);
 
-    // The header is what issue #4 was about: a few hundred bytes, the rest is payload.
+    // The header is a few hundred bytes, the rest is payload: 504 bytes of architecture and
+    // 136 of checksums (five entries of 8 hex digits).
     let payload = 108 + 20_280 + 22 * 4 + 25 * 4;
     assert_eq!(bytes.len(), 8 + header_len(&bytes) + payload);
     assert!(
-        header_len(&bytes) <= 520,
+        header_len(&bytes) <= 656,
         "header {} bytes",
         header_len(&bytes)
     );
@@ -874,7 +894,8 @@ fn pruned_model_round_trips_through_a_codec() {
 }
 
 /// Rebuilds a file with each tensor passed through `edit` (`None` drops it) and the metadata
-/// passed through `meta`.
+/// passed through `meta`. The checksums are dropped, as another tool's writer would: the file
+/// is then unchecked, and what rejects an edit is the parser's own check, not a checksum.
 fn rewrite(
     bytes: &[u8],
     edit: impl Fn(&str, Dtype, &[usize], &[u8]) -> Option<(Dtype, Vec<usize>, Vec<u8>)>,
@@ -882,6 +903,7 @@ fn rewrite(
 ) -> Vec<u8> {
     let st = SafeTensors::deserialize(bytes).unwrap();
     let mut metadata = metadata(bytes);
+    metadata.retain(|k, _| !pare_tensor::io::is_checksum_key(k));
     meta(&mut metadata);
     let kept: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = st
         .tensors()
@@ -1002,7 +1024,17 @@ fn corrupt_containers_and_tensors_are_errors() {
             "notes".into(),
             TensorView::new(Dtype::U8, vec![1], &one).unwrap(),
         ));
-        safetensors::tensor::serialize(views, Some(metadata(&bytes))).unwrap()
+        let mut meta = metadata(&bytes);
+        let checked = safetensors::tensor::serialize(views.clone(), Some(meta.clone())).unwrap();
+        // With the checksums kept, the header's (which covers the tensor names) catches it.
+        assert!(matches!(
+            QuantizedModel::from_bytes(&checked),
+            Err(QuantError::Tensor(
+                pare_tensor::TensorError::ChecksumMismatch { tensor: None, .. }
+            ))
+        ));
+        meta.retain(|k, _| !pare_tensor::io::is_checksum_key(k));
+        safetensors::tensor::serialize(views, Some(meta)).unwrap()
     };
     assert_bad(&extra, "extra tensor");
     // Lengths that do not fit the architecture.
@@ -1576,4 +1608,43 @@ fn fused_conv_pool_engine_matches_the_layer_by_layer_path() {
             );
         }
     }
+}
+
+#[test]
+fn a_flipped_weight_byte_names_the_tensor_and_the_file() {
+    use pare_tensor::{TensorError, io::Integrity};
+    let (_, q) = small_quantized();
+    let bytes = q.to_bytes().unwrap();
+    let dir = std::env::temp_dir().join(format!("pare-quant-crc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("m.pare");
+    std::fs::write(&path, &bytes).unwrap();
+    let (back, integrity) = QuantizedModel::load_verified(&path, None).unwrap();
+    assert_eq!(integrity, Integrity::Verified);
+    same_model(&q, &back);
+    // The last byte of the file is the last kernel code of dense.kernel.
+    let mut flipped = bytes.clone();
+    *flipped.last_mut().unwrap() ^= 0x04;
+    std::fs::write(&path, &flipped).unwrap();
+    let err = QuantizedModel::load(&path).unwrap_err();
+    let QuantError::Tensor(TensorError::ChecksumMismatch {
+        path: Some(p),
+        tensor: Some(t),
+        ..
+    }) = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!((p, t.as_str()), (&path, "dense.kernel"));
+    assert!(
+        err.to_string()
+            .contains("m.pare: tensor \"dense.kernel\" is corrupt"),
+        "{err}"
+    );
+    // The same file without checksums (an older pare) loads, unchecked.
+    let old = rewrite(&bytes, keep, same_meta);
+    let (back, integrity) = QuantizedModel::from_bytes_verified(&old, None).unwrap();
+    assert_eq!(integrity, Integrity::Unchecked);
+    same_model(&q, &back);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,14 @@
 //! Saving and loading a model's parameters as safetensors, by name.
+//!
+//! A checkpoint is a plain safetensors file of `F32` tensors named `layer.kernel`,
+//! `layer.bias`, …, sorted by name, with the caller's metadata and the CRC-32C entries of
+//! [`crate::io`] (`crc32c` for the header, `crc32c:<tensor>` per tensor). Other safetensors
+//! readers ignore the checksums; files from other tools (or an older pare) have none and load
+//! as [`Integrity::Unchecked`].
 
 use crate::error::{Result, TensorError};
-use crate::io::{load_f32_tensors, save_f32_tensors};
+pub use crate::io::Integrity;
+use crate::io::{read_f32_tensors, save_f32_tensors};
 use crate::nn::Sequential;
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,9 +23,47 @@ pub fn save(model: &Sequential, path: &Path, metadata: HashMap<String, String>) 
 
 /// Loads parameters saved by [`save`] (or by PyTorch / Keras / candle under the same names)
 /// into `model`. Any missing, unexpected or mis-shaped tensor is an error listing them all, and
-/// the model is left untouched. Returns the file's metadata.
+/// the model is left untouched. Returns the file's metadata (without the checksum entries).
+///
+/// # Errors
+/// As [`load_verified`].
 pub fn load(model: &mut Sequential, path: &Path) -> Result<HashMap<String, String>> {
-    let (tensors, meta) = load_f32_tensors(path)?;
+    Ok(load_verified(model, path)?.0)
+}
+
+/// [`load`], also saying whether the file's checksums were verified or it had none.
+///
+/// # Errors
+/// [`TensorError::Io`]; [`TensorError::BadCheckpoint`] for a file that is not a safetensors
+/// file of `F32` tensors; [`TensorError::ChecksumMismatch`] naming the damaged tensor and the
+/// file; [`TensorError::NonFinite`] for a NaN or infinite weight (in a file without checksums,
+/// where nothing else could catch it); [`TensorError::CheckpointMismatch`].
+pub fn load_verified(
+    model: &mut Sequential,
+    path: &Path,
+) -> Result<(HashMap<String, String>, Integrity)> {
+    load_bytes(model, &crate::io::read_file(path)?, path)
+}
+
+/// [`load_verified`] for a checkpoint's bytes already in memory; `path` only names the file
+/// in errors.
+///
+/// # Errors
+/// As [`load_verified`], except [`TensorError::Io`].
+pub fn load_bytes(
+    model: &mut Sequential,
+    bytes: &[u8],
+    path: &Path,
+) -> Result<(HashMap<String, String>, Integrity)> {
+    let ((tensors, meta), integrity) = read_f32_tensors(bytes, path)?;
+    for (name, t) in &tensors {
+        if let Some(index) = t.iter().position(|v| !v.is_finite()) {
+            return Err(TensorError::NonFinite {
+                what: format!("{}: tensor {name:?}", path.display()),
+                index,
+            });
+        }
+    }
     let mut by_name: HashMap<_, _> = tensors.into_iter().collect();
     let mut mismatches = Vec::new();
     for (name, shape) in model.param_shapes() {
@@ -51,7 +96,7 @@ pub fn load(model: &mut Sequential, path: &Path) -> Result<HashMap<String, Strin
             p.value = v;
         }
     }
-    Ok(meta)
+    Ok((meta, integrity))
 }
 
 #[cfg(test)]
@@ -75,7 +120,75 @@ mod tests {
         save(&a, &path, meta.clone()).unwrap();
         let got = load(&mut b, &path).unwrap();
         assert_eq!(a.params(), b.params());
-        assert_eq!(got.get("model"), Some(&"small".to_string()));
+        assert_eq!(got, meta);
+        let (_, integrity) = load_verified(&mut b, &path).unwrap();
+        assert_eq!(integrity, Integrity::Verified);
+        // Same parameters and metadata, same bytes.
+        let again = tmp("rt2.safetensors");
+        save(&a, &again, meta).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            std::fs::read(&again).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_flipped_weight_byte_is_an_error_naming_tensor_and_file() {
+        let path = tmp("flip.safetensors");
+        save(&small_cnn(1), &path, HashMap::new()).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let n = bytes.len();
+        bytes[n - 5] ^= 0x10; // inside the last tensor's data: dense.kernel (sorted by name)
+        std::fs::write(&path, &bytes).unwrap();
+        let mut m = small_cnn(0);
+        let before = m.params().into_iter().cloned().collect::<Vec<_>>();
+        let err = load(&mut m, &path).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, TensorError::ChecksumMismatch { tensor: Some(t), path: Some(p), .. }
+                if t == "dense.kernel" && p == &path),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("flip.safetensors") && msg.contains("dense.kernel"),
+            "{msg}"
+        );
+        assert_eq!(before, m.params().into_iter().cloned().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn files_without_checksums_load_unchecked_but_non_finite_weights_do_not() {
+        // What PyTorch's or candle's safetensors writer produces: no pare checksums.
+        let a = small_cnn(1);
+        let data: Vec<(String, Vec<u8>, Vec<usize>)> = a
+            .params()
+            .iter()
+            .map(|p| {
+                let d = p.value.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (p.name.clone(), d, p.value.shape().to_vec())
+            })
+            .collect();
+        let write = |data: &[(String, Vec<u8>, Vec<usize>)], path: &Path| {
+            let views = data.iter().map(|(n, d, s)| {
+                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d);
+                (n.clone(), v.unwrap())
+            });
+            let bytes = safetensors::tensor::serialize(views, None).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        };
+        let path = tmp("foreign.safetensors");
+        write(&data, &path);
+        let mut b = small_cnn(2);
+        let (_, integrity) = load_verified(&mut b, &path).unwrap();
+        assert_eq!(integrity, Integrity::Unchecked);
+        assert_eq!(a.params(), b.params());
+        let mut nan = data.clone();
+        nan[0].1[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+        write(&nan, &path);
+        assert!(matches!(
+            load(&mut b, &path),
+            Err(TensorError::NonFinite { index: 0, .. })
+        ));
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub enum TensorError {
         classes: usize,
     },
     /// A hyper-parameter is outside its valid range.
-    #[error("invalid hyper-parameter {name} = {value}: {reason}")]
+    #[error("{}", hyper_parameter_message(name, value, reason))]
     BadHyperParameter {
         /// Name of the parameter (`learning_rate`, `batch_size`, ...).
         name: &'static str,
@@ -89,17 +89,98 @@ pub enum TensorError {
     /// A training callback or objective failed.
     #[error("callback failed: {0}")]
     Callback(Box<dyn std::error::Error + Send + Sync>),
-    /// Training produced a non-finite loss (diverged).
-    #[error("training diverged: loss is {loss} at step {step}")]
+    /// Training produced a non-finite loss or gradient (diverged); nothing was updated or
+    /// saved at this step.
+    #[error(
+        "training diverged at epoch {epoch}, step {step}: {what} is {value} (try a lower learning rate)"
+    )]
     Diverged {
-        /// The loss value.
-        loss: f32,
-        /// Global step.
+        /// What became non-finite: `the loss`, or `the gradient of <parameter>`.
+        what: String,
+        /// The first non-finite value found.
+        value: f32,
+        /// Epoch index, from 0.
+        epoch: usize,
+        /// Global step (the optimizer's iteration count).
         step: u64,
+    },
+    /// A tensor's data (or the header) does not match the CRC-32C the file recorded when it
+    /// was written: the file is damaged.
+    #[error(
+        "{}{} is corrupt: its CRC-32C is {computed:08x}, the file recorded {stored:08x}",
+        file_prefix(path.as_deref()),
+        tensor.as_ref().map_or("the header".to_string(), |t| format!("tensor {t:?}"))
+    )]
+    ChecksumMismatch {
+        /// File involved, when known.
+        path: Option<PathBuf>,
+        /// The tensor whose data differs; `None` for the header (metadata, names, dtypes,
+        /// shapes).
+        tensor: Option<String>,
+        /// The checksum the file recorded.
+        stored: u32,
+        /// The checksum of the bytes now in the file.
+        computed: u32,
+    },
+    /// A file records checksums, but one is missing, malformed or names no tensor.
+    #[error("{}damaged checksums: {reason}", file_prefix(path.as_deref()))]
+    BadChecksums {
+        /// File involved, when known.
+        path: Option<PathBuf>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Tensors and metadata that cannot be written as a safetensors container.
+    #[error("cannot write the safetensors container: {reason}")]
+    InvalidContainer {
+        /// What is wrong.
+        reason: String,
     },
     /// The data set is empty.
     #[error("{0} is empty")]
     Empty(&'static str),
+}
+
+/// The message of a rejected hyper-parameter, shared by the crates' errors:
+/// `batch_size = 0: must be >= 1`, or for a NaN or infinite value
+/// `learning_rate is infinite: must be finite and > 0`.
+pub fn hyper_parameter_message(name: &str, value: &str, reason: &str) -> String {
+    let what = match value {
+        "NaN" => "NaN",
+        "inf" | "-inf" => "infinite",
+        _ => return format!("{name} = {value}: {reason}"),
+    };
+    let range = reason.strip_prefix("must be ").unwrap_or(reason);
+    format!("{name} is {what}: must be finite and {range}")
+}
+
+fn file_prefix(path: Option<&std::path::Path>) -> String {
+    path.map_or(String::new(), |p| format!("{}: ", p.display()))
+}
+
+impl TensorError {
+    /// Names `path` in a checksum error that does not name a file yet (the readers of bytes
+    /// cannot know it); other errors are returned unchanged.
+    pub fn in_file(self, file: &std::path::Path) -> TensorError {
+        match self {
+            TensorError::ChecksumMismatch {
+                path: None,
+                tensor,
+                stored,
+                computed,
+            } => TensorError::ChecksumMismatch {
+                path: Some(file.to_path_buf()),
+                tensor,
+                stored,
+                computed,
+            },
+            TensorError::BadChecksums { path: None, reason } => TensorError::BadChecksums {
+                path: Some(file.to_path_buf()),
+                reason,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Result alias of pare-tensor.

@@ -45,7 +45,7 @@ pub mod train;
 #[cfg(test)]
 mod graph_tests;
 
-pub use error::{Result, TensorError};
+pub use error::{Result, TensorError, hyper_parameter_message};
 pub use graph::{Activation, FakeQuantSpec, Grads, Graph, Op, ParamHook, Var};
 pub use kernels::conv::Padding;
 pub use nn::{Layer, Module, Param, Sequential};

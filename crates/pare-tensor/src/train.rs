@@ -68,7 +68,17 @@ impl FitConfig {
         if self.batch_size == 0 {
             return bad("batch_size", "0".into(), "must be >= 1");
         }
-        if !(0.0..1.0).contains(&self.validation_split) {
+        if self.epochs == 0 {
+            return bad("epochs", "0".into(), "must be >= 1");
+        }
+        if self.threads == Some(0) {
+            return bad(
+                "threads",
+                "0".into(),
+                "must be >= 1 (or None: one per rayon thread)",
+            );
+        }
+        if !(0.0..1.0).contains(&self.validation_split) || !self.validation_split.is_finite() {
             return bad(
                 "validation_split",
                 self.validation_split.to_string(),
@@ -253,6 +263,20 @@ fn first_non_finite(x: &ArrayViewD<'_, f32>) -> Option<usize> {
         }),
         None => x.iter().position(|v| !v.is_finite()),
     }
+}
+
+/// The first non-finite gradient value, by parameter name order (so the report is the same on
+/// every run), with its parameter.
+fn first_non_finite_grad(grads: &Grads) -> Option<(String, f32)> {
+    let mut bad: Vec<(&String, f32)> = grads
+        .iter()
+        .filter_map(|(n, g)| {
+            let i = first_non_finite(&g.view())?;
+            g.iter().nth(i).map(|&v| (n, v))
+        })
+        .collect();
+    bad.sort_by(|a, b| a.0.cmp(b.0));
+    bad.first().map(|(n, v)| ((*n).clone(), *v))
 }
 
 /// Copies the examples at `idx` into one contiguous batch.
@@ -460,12 +484,24 @@ impl<'a> Fit<'a> {
                     .map(|p| p.len() as f32 / idx.len() as f32)
                     .collect();
                 let loss: f32 = parts.iter().zip(&weights).map(|(p, w)| p.0 * w).sum();
+                // Checked before the update and before any callback, so a diverged run
+                // changes no weight and saves nothing.
+                let diverged = |what: String, value: f32| TensorError::Diverged {
+                    what,
+                    value,
+                    epoch,
+                    step,
+                };
                 if !loss.is_finite() {
                     bar.abandon();
-                    return Err(TensorError::Diverged { loss, step });
+                    return Err(diverged("the loss".into(), loss));
                 }
                 correct += parts.iter().map(|p| p.1).sum::<usize>();
                 let grads = Grads::weighted_sum(parts.into_iter().map(|p| p.2).zip(weights));
+                if let Some((name, value)) = first_non_finite_grad(&grads) {
+                    bar.abandon();
+                    return Err(diverged(format!("the gradient of {name}"), value));
+                }
                 let mut params = model.params_mut();
                 params.extend(objective.params_mut());
                 opt.step(params, &grads);
@@ -789,6 +825,140 @@ mod tests {
             predict(&model, x.view(), 0),
             Err(TensorError::BadHyperParameter { .. })
         ));
+    }
+
+    #[test]
+    fn divergence_stops_with_epoch_and_step_before_any_update_or_callback() {
+        /// Saves the model at the end of every step and epoch, as a checkpointing callback
+        /// would; records what it saw.
+        struct Saver {
+            dir: std::path::PathBuf,
+            steps: Vec<u64>,
+            epochs: usize,
+        }
+        impl Callback for Saver {
+            fn on_batch_end(&mut self, step: u64, model: &mut Sequential) -> Result<()> {
+                self.steps.push(step);
+                crate::checkpoint::save(
+                    model,
+                    &self.dir.join(format!("s{step}")),
+                    Default::default(),
+                )
+            }
+            fn on_epoch_end(&mut self, _: &EpochLog, _: &mut Sequential) -> Result<()> {
+                self.epochs += 1;
+                Ok(())
+            }
+        }
+        let (x, y) = toy_data(64, 5);
+        // Two stacked linear layers (no ReLU to die): at a learning rate of 1e3 each update
+        // multiplies the weights, and within a few steps a loss or gradient overflows.
+        let mut rng = <StdRng as SeedableRng>::seed_from_u64(0);
+        let mut model = Sequential::new(&[28, 28, 1])
+            .push(crate::nn::Flatten::new("flatten"))
+            .push(crate::nn::Dense::new("dense", 784, 16, &mut rng))
+            .push(crate::nn::Dense::new("dense_1", 16, 2, &mut rng));
+        let mut sgd = crate::optim::Sgd::new(1e3, 0.0, false).unwrap();
+        let dir = std::env::temp_dir().join(format!("pare-diverge-{}", std::process::id()));
+        let mut saver = Saver {
+            dir: dir.clone(),
+            steps: vec![],
+            epochs: 0,
+        };
+        let cfg = FitConfig {
+            epochs: 50,
+            batch_size: 8,
+            verbose: false,
+            ..Default::default()
+        };
+        let err = Fit::new(cfg)
+            .callback(&mut saver)
+            .run(&mut model, &mut sgd, x.view(), &y)
+            .unwrap_err();
+        let TensorError::Diverged {
+            what,
+            value,
+            epoch,
+            step,
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert!(!value.is_finite(), "{err}");
+        assert!(
+            what == "the loss" || what.starts_with("the gradient of "),
+            "{err}"
+        );
+        // The diverged step reached neither the optimizer nor the callbacks.
+        assert_eq!(sgd.iterations(), *step);
+        assert_eq!(saver.steps.last().map_or(0, |s| s + 1), *step);
+        assert!(!dir.join(format!("s{step}")).exists());
+        assert_eq!(saver.epochs, *epoch);
+        assert_eq!(*epoch as u64, step / 8, "8 steps per epoch");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("epoch {epoch}, step {step}")),
+            "{msg}"
+        );
+        assert!(
+            model
+                .params()
+                .iter()
+                .all(|p| p.value.iter().all(|v| v.is_finite()))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn each_fit_setting_is_checked_and_named() {
+        let ok = FitConfig::default();
+        assert!(ok.validate().is_ok());
+        for (cfg, text) in [
+            (
+                FitConfig {
+                    batch_size: 0,
+                    ..ok.clone()
+                },
+                "batch_size = 0: must be >= 1",
+            ),
+            (
+                FitConfig {
+                    epochs: 0,
+                    ..ok.clone()
+                },
+                "epochs = 0: must be >= 1",
+            ),
+            (
+                FitConfig {
+                    threads: Some(0),
+                    ..ok.clone()
+                },
+                "threads = 0",
+            ),
+            (
+                FitConfig {
+                    validation_split: 1.0,
+                    ..ok.clone()
+                },
+                "validation_split = 1: must be in [0, 1)",
+            ),
+            (
+                FitConfig {
+                    validation_split: f32::NAN,
+                    ..ok.clone()
+                },
+                "validation_split is NaN: must be finite and in [0, 1)",
+            ),
+        ] {
+            let err = cfg.validate().unwrap_err();
+            assert!(matches!(err, TensorError::BadHyperParameter { .. }));
+            assert!(err.to_string().starts_with(text), "{err} vs {text}");
+        }
+        let inf = crate::optim::Sgd::new(f32::INFINITY, 0.0, false).unwrap_err();
+        assert_eq!(
+            inf.to_string(),
+            "learning_rate is infinite: must be finite and > 0"
+        );
     }
 
     #[test]

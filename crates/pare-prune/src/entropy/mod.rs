@@ -353,8 +353,8 @@ impl EntropyCoded {
     }
 }
 
-/// The [`ELEMENTS_PER_BYTE`] cap.
-fn check_density(len: usize, stream_len: usize) -> Result<()> {
+/// The [`ELEMENTS_PER_BYTE`] cap (also the gap format's, over its whole encoding).
+pub(crate) fn check_density(len: usize, stream_len: usize) -> Result<()> {
     let max = stream_len.saturating_mul(ELEMENTS_PER_BYTE);
     if len > max {
         return Err(PruneError::TooLarge {
@@ -482,6 +482,19 @@ mod tests {
         // Deterministic: the same tensor always gives the same bytes.
         assert_eq!(EntropyCoded::encode(a.view()).unwrap().to_bytes(), bytes);
         e
+    }
+
+    /// Found by the `sparse_entropy` fuzz target: a zero dimension beside a huge one passed the
+    /// element-count checks (0 elements), and ndarray refused the shape in `decode`, which
+    /// panicked.
+    #[test]
+    fn a_zero_dimension_beside_a_huge_one_is_a_size_error() {
+        let crash: [u8; 32] = [
+            80, 83, 69, 67, 2, 2, 18, 64, 18, 64, 80, 8, 3, 116, 104, 114, 102, 45, 0, 2, 81, 0, 0,
+            0, 0, 0, 0, 0, 0, 67, 117, 47,
+        ];
+        assert!(EntropyCoded::from_bytes(&crash).is_err());
+        assert!(EntropyCoded::decode_bytes(&crash).is_err());
     }
 
     #[test]
