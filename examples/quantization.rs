@@ -116,7 +116,12 @@ fn quantize(a: Args) -> Result<()> {
         ..Default::default()
     };
     let started = Instant::now();
-    Fit::new(cfg).run(&mut model, &mut Adam::new(AdamConfig::default())?, x.view(), &y)?;
+    Fit::new(cfg).run(
+        &mut model,
+        &mut Adam::new(AdamConfig::default())?,
+        x.view(),
+        &y,
+    )?;
     let train_seconds = started.elapsed().as_secs_f64();
     let f32_path = results.model_path("small-f32.safetensors")?;
     pare::tensor::checkpoint::save(&model, &f32_path, Default::default())?;
@@ -175,8 +180,15 @@ fn quantize(a: Args) -> Result<()> {
     let float_us = median_micros(a.latency_runs, |i| {
         black_box(predict(&model, image(i), 1).expect("valid input")[[0, 0]]);
     });
-    let (lean, graph) = (pare::tensor::infer::forward(&model, image(0))?, predict(&model, image(0), 1)?);
-    if lean.iter().zip(&graph).any(|(l, r)| (l - r).abs() > 1e-4 * (1.0 + r.abs())) {
+    let (lean, graph) = (
+        pare::tensor::infer::forward(&model, image(0))?,
+        predict(&model, image(0), 1)?,
+    );
+    if lean
+        .iter()
+        .zip(&graph)
+        .any(|(l, r)| (l - r).abs() > 1e-4 * (1.0 + r.abs()))
+    {
         bail!("the graph-free float path disagrees with predict");
     }
     let float_lean_us = median_micros(a.latency_runs, |i| {
@@ -207,20 +219,49 @@ fn quantize(a: Args) -> Result<()> {
         a.seed,
         calibration.shape()[0],
         config.observer,
-        if a.per_tensor { "per-tensor" } else { "per-channel" },
+        if a.per_tensor {
+            "per-tensor"
+        } else {
+            "per-channel"
+        },
     );
     let vs_float = |acc: f32| format!("{:+.2} pp", (acc - float_accuracy) * 100.0);
     let size_cells = |s: FileSize| [common::bytes(s.bytes), common::bytes(s.gzip_bytes)];
     let rows = [
-        ("float32", float_accuracy, "-".into(), f32_size, format!("{float_lean_us:.1} µs")),
-        ("int8 (full integer)", int8_accuracy, vs_float(int8_accuracy), int8_size, format!("{int8_us:.1} µs")),
-        ("int8 (dynamic range)", dynamic_accuracy, vs_float(dynamic_accuracy), dynamic_size, "-".into()),
+        (
+            "float32",
+            float_accuracy,
+            "-".into(),
+            f32_size,
+            format!("{float_lean_us:.1} µs"),
+        ),
+        (
+            "int8 (full integer)",
+            int8_accuracy,
+            vs_float(int8_accuracy),
+            int8_size,
+            format!("{int8_us:.1} µs"),
+        ),
+        (
+            "int8 (dynamic range)",
+            dynamic_accuracy,
+            vs_float(dynamic_accuracy),
+            dynamic_size,
+            "-".into(),
+        ),
     ]
     .map(|(name, acc, delta, size, latency)| {
         let [raw, gz] = size_cells(size);
         vec![name.to_string(), common::pct(acc), delta, raw, gz, latency]
     });
-    let header = ["model", "accuracy", "vs float", "bytes", "gzip bytes", "batch-1"];
+    let header = [
+        "model",
+        "accuracy",
+        "vs float",
+        "bytes",
+        "gzip bytes",
+        "batch-1",
+    ];
     common::print_table(&header, &rows);
     println!(
         "float32 batch-1 through predict (records a graph): {float_us:.1} µs; int8 with float \
@@ -235,7 +276,13 @@ fn quantize(a: Args) -> Result<()> {
     println!("\nper-layer SQNR on the calibration images:");
     let sqnr_rows: Vec<Vec<String>> = sqnr
         .iter()
-        .map(|s| vec![s.layer.clone(), s.op.to_string(), format!("{:.1}", s.sqnr_db)])
+        .map(|s| {
+            vec![
+                s.layer.clone(),
+                s.op.to_string(),
+                format!("{:.1}", s.sqnr_db),
+            ]
+        })
         .collect();
     common::print_table(&["layer", "op", "SQNR dB"], &sqnr_rows);
     if a.all_observers {
@@ -244,7 +291,12 @@ fn quantize(a: Args) -> Result<()> {
 
     let sqnr_json: serde_json::Map<String, Value> = sqnr
         .iter()
-        .map(|s| (s.layer.clone(), json!(s.sqnr_db.is_finite().then_some(s.sqnr_db))))
+        .map(|s| {
+            (
+                s.layer.clone(),
+                json!(s.sqnr_db.is_finite().then_some(s.sqnr_db)),
+            )
+        })
         .collect();
     let path = results.write_json(
         "quantization.json",
@@ -298,5 +350,8 @@ fn print_observers(rows: &[Value]) {
             ]
         })
         .collect();
-    common::print_table(&["observer", "int8 accuracy", "vs float", "= simulation"], &rows);
+    common::print_table(
+        &["observer", "int8 accuracy", "vs float", "= simulation"],
+        &rows,
+    );
 }

@@ -82,7 +82,11 @@ fn train(a: Args) -> Result<()> {
         Reference::Teacher => 1,
         Reference::Student => 3,
     });
-    let limit = if a.quick { a.limit.or(Some(2000)) } else { a.limit };
+    let limit = if a.quick {
+        a.limit.or(Some(2000))
+    } else {
+        a.limit
+    };
     let results = common::results(a.quick);
     let data = common::load_data(a.data_dir.as_deref())?;
     let train = match limit {

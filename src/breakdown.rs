@@ -202,7 +202,8 @@ impl FileBreakdown {
                         f.elements,
                         f.bitmask_bytes,
                         f.gap_bytes,
-                        f.entropy_coded_bytes.map_or("-".to_string(), |e| e.to_string()),
+                        f.entropy_coded_bytes
+                            .map_or("-".to_string(), |e| e.to_string()),
                         f.bound.bytes(),
                         f.bound.mask_bits / 8.0,
                         f.bound.values_bits / 8.0
@@ -271,6 +272,9 @@ mod tests {
         assert!(matches!(tensors(&f), Err(Error::BadModelFile { .. })));
         f.extend_from_slice(&[0; 8]);
         let (header, parts) = tensors(&f).unwrap();
-        assert_eq!((header, parts[0].bytes, parts[0].stored_as), (8 + table.len(), 16, "f32"));
+        assert_eq!(
+            (header, parts[0].bytes, parts[0].stored_as),
+            (8 + table.len(), 16, "f32")
+        );
     }
 }

@@ -50,7 +50,13 @@ pub fn accuracy(logits: ArrayView2<'_, f32>, labels: &[usize]) -> f32 {
 /// # Panics
 /// If the two have different numbers of rows.
 pub fn agreement(a: ArrayView2<'_, f32>, b: ArrayView2<'_, f32>) -> f64 {
-    assert_eq!(a.nrows(), b.nrows(), "agreement: {} vs {} rows", a.nrows(), b.nrows());
+    assert_eq!(
+        a.nrows(),
+        b.nrows(),
+        "agreement: {} vs {} rows",
+        a.nrows(),
+        b.nrows()
+    );
     let class = |r: ndarray::ArrayView1<'_, f32>| pare_tensor::train::argmax(&r.to_vec());
     let same = a
         .rows()
@@ -137,7 +143,10 @@ pub type Job<'a, E> = &'a mut dyn FnMut() -> std::result::Result<(), E>;
 ///
 /// # Errors
 /// The first error a job returns.
-pub fn interleaved_medians<E>(rounds: usize, jobs: &mut [Job<'_, E>]) -> std::result::Result<Vec<f64>, E> {
+pub fn interleaved_medians<E>(
+    rounds: usize,
+    jobs: &mut [Job<'_, E>],
+) -> std::result::Result<Vec<f64>, E> {
     let mut times = vec![Vec::with_capacity(rounds); jobs.len()];
     for _ in 0..rounds {
         for (job, t) in jobs.iter_mut().zip(&mut times) {
@@ -245,10 +254,17 @@ mod tests {
     #[test]
     fn interleaved_medians_stop_at_the_first_error() {
         let mut calls = 0;
-        let r = interleaved_medians(5, &mut [&mut || {
-            calls += 1;
-            if calls == 2 { Err("second call") } else { Ok(()) }
-        }]);
+        let r = interleaved_medians(
+            5,
+            &mut [&mut || {
+                calls += 1;
+                if calls == 2 {
+                    Err("second call")
+                } else {
+                    Ok(())
+                }
+            }],
+        );
         assert_eq!(r, Err("second call"));
     }
 }

@@ -75,13 +75,15 @@ impl RunInfo {
 
 fn rayon_threads() -> usize {
     // pare's kernels run on rayon's global pool; its size is what a timing depends on.
-    std::thread::available_parallelism().map_or(1, |n| n.get()).min(
-        std::env::var("RAYON_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|&n: &usize| n > 0)
-            .unwrap_or(usize::MAX),
-    )
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(
+            std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n: &usize| n > 0)
+                .unwrap_or(usize::MAX),
+        )
 }
 
 fn git_commit(dir: &Path) -> Option<String> {
@@ -205,6 +207,24 @@ impl Results {
         pare_tensor::io::write_atomic(&path, text.as_bytes())?;
         Ok(path)
     }
+}
+
+/// A training run's per-epoch figures as JSON arrays (`loss`, `accuracy`, `val_loss`,
+/// `val_accuracy`, `seconds`), the learning curves a plot is drawn from.
+///
+/// ```
+/// let h = pare::tensor::train::History::default();
+/// assert_eq!(pare::results::history_json(&h)["loss"], serde_json::json!([]));
+/// ```
+pub fn history_json(h: &pare_tensor::train::History) -> Value {
+    let e = &h.epochs;
+    json!({
+        "loss": e.iter().map(|e| e.loss).collect::<Vec<_>>(),
+        "accuracy": e.iter().map(|e| e.accuracy).collect::<Vec<_>>(),
+        "val_loss": e.iter().map(|e| e.val_loss).collect::<Vec<_>>(),
+        "val_accuracy": e.iter().map(|e| e.val_accuracy).collect::<Vec<_>>(),
+        "seconds": e.iter().map(|e| e.seconds).collect::<Vec<_>>(),
+    })
 }
 
 #[cfg(test)]

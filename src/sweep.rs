@@ -31,17 +31,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayViewD, Axis};
+use pare_distill::{Distiller, KdConfig, TeacherCache};
 use pare_prune::file::save_sparse;
 use pare_prune::report::{DeadChannels, remove_dead_channels_checked};
 use pare_prune::{
     ChannelPlan, ConstantSparsity, MaskKind, Norm, PolynomialDecay, PruneCallback,
     remove_dead_channels,
 };
-use pare_distill::{Distiller, KdConfig, TeacherCache};
 use pare_quant::{ActQuant, ConvertConfig, Mode, ObserverKind, QuantizedModel, convert};
 use pare_tensor::Sequential;
 use pare_tensor::optim::{Adam, AdamConfig, LrSchedule};
-use pare_tensor::train::{Evaluation, Fit, FitConfig, History, Objective, evaluate};
+use pare_tensor::train::{Callback, Evaluation, Fit, FitConfig, History, Objective, evaluate};
 use serde_json::{Value, json};
 
 use crate::codecs::SparseCodec;
@@ -195,6 +195,26 @@ impl PruneRecipe {
         )?)
     }
 
+    /// Trains `model` in place with these settings (a fresh Adam whose cosine, if any, spans
+    /// the run), `callback` (a [`PruneCallback`], say) called at every step.
+    ///
+    /// # Errors
+    /// Invalid settings or data.
+    pub fn train(
+        &self,
+        model: &mut Sequential,
+        callback: Option<&mut dyn Callback>,
+        s: &Splits<'_>,
+    ) -> Result<History> {
+        let steps = self.end_step(s.y.len()) as usize;
+        let mut opt = adam(self.learning_rate, self.cosine, steps)?;
+        let mut fit = Fit::new(self.fit_config());
+        if let Some(c) = callback {
+            fit = fit.callback(c);
+        }
+        Ok(fit.run(model, &mut opt, s.x.view(), s.y)?)
+    }
+
     fn fine_tune(
         &self,
         base: &Sequential,
@@ -202,17 +222,7 @@ impl PruneRecipe {
         s: &Splits<'_>,
     ) -> Result<(Sequential, History)> {
         let mut model = base.clone();
-        let mut opt = adam(
-            self.learning_rate,
-            self.cosine,
-            self.end_step(s.y.len()) as usize,
-        )?;
-        let history = Fit::new(self.fit_config()).callback(callback).run(
-            &mut model,
-            &mut opt,
-            s.x.view(),
-            s.y,
-        )?;
+        let history = self.train(&mut model, Some(callback), s)?;
         Ok((model, history))
     }
 
@@ -324,8 +334,33 @@ pub fn save_int8(model: &Sequential, mode: Mode, s: &Splits<'_>, path: &Path) ->
     })
 }
 
+/// Saves `model` with pare-prune's sparse tensors at `path` ([`save_sparse`]) and checks that
+/// the file loads back to the same weights; returns its size.
+///
+/// # Errors
+/// File errors; [`Error::Check`] if the weights do not come back the same.
+pub fn save_sparse_checked(
+    model: &Sequential,
+    path: &Path,
+    metadata: HashMap<String, String>,
+) -> Result<FileSize> {
+    save_sparse(model, path, metadata)?;
+    let mut back = model.clone();
+    back.params_mut()
+        .into_iter()
+        .for_each(|p| p.value.fill(f32::NAN));
+    pare_prune::load_sparse(&mut back, path)?;
+    if back.params() != model.params() {
+        return Err(Error::Check {
+            what: path.display().to_string(),
+            reason: "does not reload to the same weights".into(),
+        });
+    }
+    FileSize::read(path)
+}
+
 /// One pruned model: its float and int8 accuracy and file sizes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SweepPoint {
     /// Final sparsity of the schedule.
     pub sparsity: f32,
@@ -337,10 +372,12 @@ pub struct SweepPoint {
     pub f32_model: FileSize,
     /// The int8 model's file.
     pub int8_model: FileSize,
+    /// The pruning fine-tune's history.
+    pub history: History,
 }
 
 impl SweepPoint {
-    /// `{"sparsity", "f32_accuracy", "int8_accuracy", "f32_model", "int8_model"}`.
+    /// `{"sparsity", "f32_accuracy", "int8_accuracy", "f32_model", "int8_model", "history"}`.
     pub fn to_json(&self) -> Value {
         json!({
             "sparsity": self.sparsity,
@@ -348,6 +385,7 @@ impl SweepPoint {
             "int8_accuracy": self.int8_accuracy,
             "f32_model": self.f32_model.to_json(),
             "int8_model": self.int8_model.to_json(),
+            "history": crate::results::history_json(&self.history),
         })
     }
 }
@@ -376,6 +414,7 @@ pub fn sweep_point(
         int8_accuracy: int8.accuracy,
         f32_model: FileSize::read(f32_path)?,
         int8_model: int8.size,
+        history: pruned.history,
     })
 }
 
@@ -602,7 +641,10 @@ pub fn kd_sweep(
     alphas: &[f32],
     temperatures: &[f32],
     seeds: &[u64],
-    (train, test): ((ArrayViewD<'_, f32>, &[usize]), (ArrayViewD<'_, f32>, &[usize])),
+    (train, test): (
+        (ArrayViewD<'_, f32>, &[usize]),
+        (ArrayViewD<'_, f32>, &[usize]),
+    ),
     mut done: impl FnMut(&KdCell),
 ) -> Result<Vec<KdCell>> {
     let quiet = StudentRecipe {
@@ -679,9 +721,10 @@ mod tests {
         };
         std::fs::create_dir_all(&dir).unwrap();
         let mut started = vec![];
-        let rows =
-            sparsity_sweep(&recipe, &base, &[0.5, 0.9], None, &s, files, |sp| started.push(sp))
-                .unwrap();
+        let rows = sparsity_sweep(&recipe, &base, &[0.5, 0.9], None, &s, files, |sp| {
+            started.push(sp)
+        })
+        .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(started, [0.5, 0.9]);
         assert_eq!(rows.len(), 2);
@@ -729,10 +772,18 @@ mod tests {
         // The same seed and settings train the same student.
         let again = recipe
             .train(
-                Some(&mut Distiller::new(&teacher, KdConfig { alpha: 0.1, temperature: 1.0 })
+                Some(
+                    &mut Distiller::new(
+                        &teacher,
+                        KdConfig {
+                            alpha: 0.1,
+                            temperature: 1.0,
+                        },
+                    )
                     .unwrap()
                     .with_cache(&cache)
-                    .unwrap()),
+                    .unwrap(),
+                ),
                 0,
                 (x.view(), &y),
                 (x.view(), &y),

@@ -33,8 +33,15 @@ pub fn parse<T: clap::Parser>() -> T {
             e.exit();
         }
         let text = e.render().to_string();
-        let mut line = text.lines().next().unwrap_or("error: bad arguments").to_owned();
-        if let Some(values) = text.lines().find(|l| l.trim_start().starts_with("[possible")) {
+        let mut line = text
+            .lines()
+            .next()
+            .unwrap_or("error: bad arguments")
+            .to_owned();
+        if let Some(values) = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("[possible"))
+        {
             line = format!("{line} {}", values.trim());
         }
         eprintln!("{line}");
@@ -174,16 +181,4 @@ pub fn thousands(n: usize) -> String {
         out.push(ch);
     }
     out
-}
-
-/// Per-epoch figures of a training run, for the results file (the plots are drawn from them).
-pub fn history_json(h: &pare::tensor::train::History) -> serde_json::Value {
-    let e = &h.epochs;
-    serde_json::json!({
-        "loss": e.iter().map(|e| e.loss).collect::<Vec<_>>(),
-        "accuracy": e.iter().map(|e| e.accuracy).collect::<Vec<_>>(),
-        "val_loss": e.iter().map(|e| e.val_loss).collect::<Vec<_>>(),
-        "val_accuracy": e.iter().map(|e| e.val_accuracy).collect::<Vec<_>>(),
-        "seconds": e.iter().map(|e| e.seconds).collect::<Vec<_>>(),
-    })
 }

@@ -167,7 +167,11 @@ impl fmt::Display for DeadChannels {
                 "{}: {dead} of {} {} dead (every weight pruned, output exactly zero); kept {:?}",
                 l.layer,
                 l.channels,
-                if l.channels == 1 { "channel" } else { "channels" },
+                if l.channels == 1 {
+                    "channel"
+                } else {
+                    "channels"
+                },
                 l.kept
             )?;
         }
@@ -259,7 +263,11 @@ mod tests {
         // 3 and −3 once each: 2 bits.
         let k = ArrayD::from_shape_vec(IxDyn(&[8]), vec![0i8, 3, 0, 0, 0, -3, 0, 0]).unwrap();
         let b = Order0Bound::of(k.view());
-        assert_abs_diff_eq!(b.mask_bits, 4.0 + 6.0 * (4.0f64 / 3.0).log2(), epsilon = 1e-12);
+        assert_abs_diff_eq!(
+            b.mask_bits,
+            4.0 + 6.0 * (4.0f64 / 3.0).log2(),
+            epsilon = 1e-12
+        );
         assert_abs_diff_eq!(b.values_bits, 2.0, epsilon = 1e-12);
         assert_eq!(entropy_bits(&[]), 0.0);
         assert_eq!(entropy_bits(&[0, 5]), 0.0);
@@ -272,9 +280,7 @@ mod tests {
         let k = model.param_mut("conv2d.kernel").unwrap();
         let cout = k.value.shape()[3];
         for c in [0, 3] {
-            k.value
-                .index_axis_mut(ndarray::Axis(3), c)
-                .fill(0.0);
+            k.value.index_axis_mut(ndarray::Axis(3), c).fill(0.0);
         }
         let b = model.param_mut("conv2d.bias").unwrap();
         b.value[[0]] = -0.5;
@@ -291,8 +297,14 @@ mod tests {
         assert_eq!(l.kept.len(), cout - 2);
         assert!(r.report.params_after < r.report.params_before);
         assert!(r.report.max_abs_logit_diff < 1e-4);
-        assert_eq!(r.report.plan(), vec![("conv2d".to_string(), l.kept.clone())]);
+        assert_eq!(
+            r.report.plan(),
+            vec![("conv2d".to_string(), l.kept.clone())]
+        );
         let text = r.report.to_string();
-        assert!(text.starts_with(&format!("conv2d: 2 of {cout} channels dead")), "{text}");
+        assert!(
+            text.starts_with(&format!("conv2d: 2 of {cout} channels dead")),
+            "{text}"
+        );
     }
 }

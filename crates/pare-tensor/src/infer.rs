@@ -56,7 +56,10 @@ pub fn forward(model: &Sequential, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>
     for layer in &model.layers {
         v = match layer {
             Layer::Conv2d(c) => {
-                let x4 = v.view().into_dimensionality::<Ix4>().map_err(shape_err(&c.name))?;
+                let x4 = v
+                    .view()
+                    .into_dimensionality::<Ix4>()
+                    .map_err(shape_err(&c.name))?;
                 let [kh, kw, cin, cout] = c.kernel_shape();
                 let (_, h, w, _) = x4.dim();
                 let win = Window::new([n, h, w, cin], [kh, kw], c.strides, c.padding)
@@ -75,7 +78,10 @@ pub fn forward(model: &Sequential, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>
                     .map_err(shape_err(&c.name))?
             }
             Layer::Dense(d) => {
-                let x2 = v.view().into_dimensionality::<Ix2>().map_err(shape_err(&d.name))?;
+                let x2 = v
+                    .view()
+                    .into_dimensionality::<Ix2>()
+                    .map_err(shape_err(&d.name))?;
                 let k = d
                     .kernel
                     .value
@@ -88,7 +94,10 @@ pub fn forward(model: &Sequential, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>
                 y
             }
             Layer::MaxPool2d(p) => {
-                let x4 = v.view().into_dimensionality::<Ix4>().map_err(shape_err(&p.name))?;
+                let x4 = v
+                    .view()
+                    .into_dimensionality::<Ix4>()
+                    .map_err(shape_err(&p.name))?;
                 let (_, h, w, c) = x4.dim();
                 let win = Window::new([n, h, w, c], p.pool, p.strides, p.padding)
                     .ok_or_else(|| bad(&p.name, format!("does not fit {:?}", x4.shape())))?;
@@ -101,7 +110,8 @@ pub fn forward(model: &Sequential, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>
             }
             Layer::Reshape(r) => {
                 let s: Vec<usize> = std::iter::once(n).chain(r.shape.iter().copied()).collect();
-                v.into_shape_with_order(IxDyn(&s)).map_err(shape_err(&r.name))?
+                v.into_shape_with_order(IxDyn(&s))
+                    .map_err(shape_err(&r.name))?
             }
             Layer::ReLU(_) => v.mapv(|x| x.max(0.0)),
             Layer::LeakyReLU(l) => v.mapv(|x| if x > 0.0 { x } else { l.alpha * x }),
