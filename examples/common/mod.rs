@@ -67,6 +67,15 @@ pub fn rate(s: &str) -> std::result::Result<f32, String> {
     }
 }
 
+/// A fraction in [0, 1].
+pub fn fraction(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(_) => Err("must be in [0, 1]".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Adam's rate schedule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LrSchedule {
