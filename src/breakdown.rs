@@ -122,7 +122,8 @@ pub fn tensors(file: &[u8]) -> Result<(usize, Vec<TensorBytes>)> {
     Ok((8 + n, parts.into_iter().map(|p| p.1).collect()))
 }
 
-/// How a model file stores its kernels, e.g. `int8, kernels entropy-coded + bitmask`.
+/// How a model file stores its kernels, in file order, repeats merged: e.g. `dense int8 +
+/// entropy-coded`.
 ///
 /// # Errors
 /// As [`tensors`].
@@ -134,7 +135,7 @@ pub fn kernel_storage(file: &[u8]) -> Result<String> {
         .map(|p| p.stored_as)
         .collect();
     formats.dedup();
-    Ok(format!("int8, kernels {}", formats.join(" + ")))
+    Ok(formats.join(" + "))
 }
 
 impl FileBreakdown {
@@ -182,48 +183,83 @@ impl FileBreakdown {
         self.kernels.iter().map(|k| k.formats.bound.bytes()).sum()
     }
 
-    /// A table of the breakdown, one row per part: `[part, bytes, stored as]`, header first,
-    /// total last.
-    pub fn rows(&self) -> Vec<[String; 3]> {
+    /// Column names of [`rows`](Self::rows).
+    pub const HEADER: [&'static str; 8] = [
+        "part",
+        "bytes",
+        "stored as",
+        "non-zero",
+        "bitmask",
+        "gaps",
+        "entropy",
+        "bound",
+    ];
+
+    /// A table of the breakdown, one row per part (columns [`HEADER`](Self::HEADER)), header
+    /// first, total last. For each int8 kernel: its non-zeros, its bytes in each sparse format
+    /// and its order-0 bound; `-` elsewhere.
+    pub fn rows(&self) -> Vec<[String; 8]> {
+        let dash = || "-".to_string();
         let mut rows = vec![[
             "header".to_string(),
             self.header.to_string(),
-            "safetensors JSON: tensor table, architecture".to_string(),
+            "JSON".to_string(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
         ]];
         for t in &self.tensors {
-            let note = match self.kernels.iter().find(|k| k.name == t.name) {
+            let row = match self.kernels.iter().find(|k| k.name == t.name) {
                 Some(k) => {
                     let f = &k.formats;
-                    format!(
-                        "{}; {} of {} non-zero; bitmask {}, gaps {}, entropy {}; \
-                         order-0 bound {:.0} (mask {:.0} + values {:.0})",
-                        t.stored_as,
-                        f.nonzeros,
-                        f.elements,
-                        f.bitmask_bytes,
-                        f.gap_bytes,
-                        f.entropy_coded_bytes
-                            .map_or("-".to_string(), |e| e.to_string()),
-                        f.bound.bytes(),
-                        f.bound.mask_bits / 8.0,
-                        f.bound.values_bits / 8.0
-                    )
+                    [
+                        t.name.clone(),
+                        t.bytes.to_string(),
+                        t.stored_as.to_string(),
+                        format!("{}/{}", f.nonzeros, f.elements),
+                        f.bitmask_bytes.to_string(),
+                        f.gap_bytes.to_string(),
+                        f.entropy_coded_bytes.map_or_else(dash, |e| e.to_string()),
+                        format!("{:.0}", f.bound.bytes()),
+                    ]
                 }
-                None => format!("{} ({})", t.stored_as, t.dtype),
+                None => [
+                    t.name.clone(),
+                    t.bytes.to_string(),
+                    format!("{} ({})", t.stored_as, t.dtype),
+                    dash(),
+                    dash(),
+                    dash(),
+                    dash(),
+                    dash(),
+                ],
             };
-            rows.push([t.name.clone(), t.bytes.to_string(), note]);
+            rows.push(row);
         }
         rows.push([
             "total".to_string(),
             self.total_bytes().to_string(),
-            format!(
-                "kernels {} bytes, {:.1} % of their order-0 bound {:.0}",
-                self.kernel_bytes(),
-                100.0 * self.kernel_bytes() as f64 / self.bound_bytes(),
-                self.bound_bytes()
-            ),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            dash(),
+            format!("{:.0}", self.bound_bytes()),
         ]);
         rows
+    }
+
+    /// Two lines: the kernels' bytes against their order-0 bound, and what the bound is.
+    pub fn summary(&self) -> String {
+        format!(
+            "kernels {} bytes, {:.1} % of their order-0 bound {:.0}\n(the bound: positions as \
+             independent bits, plus the non-zero values' empirical entropy)",
+            self.kernel_bytes(),
+            100.0 * self.kernel_bytes() as f64 / self.bound_bytes(),
+            self.bound_bytes()
+        )
     }
 
     /// The breakdown as JSON (`header_bytes`, `tensors`, `kernels`, `kernels_bytes`,

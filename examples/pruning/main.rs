@@ -17,25 +17,25 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod report;
+mod steps;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Parser;
 use common::LrSchedule;
 use ndarray::Axis;
 use pare::breakdown::FileBreakdown;
-use pare::measure::{FileSize, accuracy, interleaved_medians};
-use pare::prune::{LayerSparsity, Norm, SparseSequential, prunable_params, sparsity_report};
+use pare::measure::FileSize;
+use pare::prune::{LayerSparsity, sparsity_report};
 use pare::quant::Mode;
 use pare::sweep::{
     EVAL_BATCH, Int8File, PruneRecipe, Pruned, Splits, Structured, SweepPoint, save_int8,
-    save_sparse_checked, sparsity_sweep, sweep_point,
+    save_sparse_checked, sparsity_sweep,
 };
 use pare::tensor::models::small_cnn;
-use pare::tensor::train::{History, evaluate, predict};
+use pare::tensor::train::{History, evaluate};
 
 const SWEEP: [f32; 6] = [0.5, 0.6, 0.7, 0.8, 0.9, 0.95];
 const QUICK_SWEEP: [f32; 3] = [0.5, 0.8, 0.95];
@@ -102,12 +102,9 @@ fn main() -> ExitCode {
 /// Everything the experiment measured, for the report.
 struct Outcome {
     args: Args,
-    epochs: usize,
-    prune_epochs: usize,
     train_images: usize,
     test_images: usize,
     recipe: PruneRecipe,
-    scope: String,
     base_acc: f32,
     base_size: FileSize,
     base_history: History,
@@ -125,7 +122,6 @@ struct Outcome {
     structured: Structured,
     structured_size: FileSize,
     structured_int8: Int8File,
-    filters: (usize, usize),
     seconds: Vec<f64>,
     sparse_layers: Vec<String>,
     sparse_acc: f32,
@@ -137,11 +133,7 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
     let prune_epochs = a.prune_epochs.unwrap_or(if a.quick { 1 } else { 2 });
     let file = |name: &str| results.model_path(&format!("{name}.safetensors"));
     let data = common::load_data(a.data_dir.as_deref())?;
-    let train = if a.quick {
-        data.train().take(3000)
-    } else {
-        data.train().clone()
-    };
+    let train = data.train().take(if a.quick { 3000 } else { usize::MAX });
     let (x, y) = common::xy(&train);
     let (tx, ty) = common::xy(data.test());
     let calibration = x.slice_axis(Axis(0), (0..100.min(y.len())).into());
@@ -159,11 +151,8 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
         a.seed
     );
     let mut baseline = small_cnn(a.seed);
-    let prunable = prunable_params(&baseline);
     let only = a.prune_only.as_deref();
-    if let Some(bad) = only.into_iter().flatten().find(|n| !prunable.contains(n)) {
-        bail!("--prune-only: {bad:?} is not a prunable kernel; the model has {prunable:?}");
-    }
+    steps::check_prunable(&baseline, only)?;
     // TFMOT's mask frequency, 100 steps; every step in quick mode, too short for 100.
     let frequency = if a.quick { 1 } else { 100 };
     let recipe = PruneRecipe {
@@ -174,28 +163,22 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
         seed: a.seed,
         ..Default::default()
     };
-    let meta = |stage: &str| {
-        let pairs = [
-            ("model", "small_cnn"),
-            ("stage", stage),
-            ("seed", &a.seed.to_string()),
-        ];
-        HashMap::from(pairs.map(|(k, v)| (k.to_string(), v.to_string())))
-    };
+    let meta = |stage: &str| steps::metadata(a.seed, stage);
 
     // 1. Baseline: the float model, batch 32, 10 % held out.
-    let (lr, schedule) = (a.lr, a.lr_schedule.name());
-    println!(
-        "\n== baseline: small CNN, {}, batch 32, Adam {lr} {schedule}",
-        common::count(epochs, "epoch")
-    );
+    let (lr, cosine) = (a.lr, a.lr_schedule.cosine());
     let base_recipe = PruneRecipe {
         epochs,
         batch_size: 32,
         learning_rate: lr,
-        cosine: a.lr_schedule.cosine(),
+        cosine,
         ..recipe.clone()
     };
+    let schedule = a.lr_schedule.name();
+    println!(
+        "\n== baseline: small CNN, {}, batch 32, Adam {lr} {schedule}",
+        common::count(epochs, "epoch")
+    );
     let base_history = base_recipe.train(&mut baseline, None, &s)?;
     let base_acc = evaluate(&baseline, tx.view(), &ty, EVAL_BATCH)?.accuracy;
     let base_path = file("baseline-f32")?;
@@ -204,7 +187,7 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
 
     // 2. Pruned to 80 % with the tutorial's schedule, stripped, dead channels cut out.
     println!(
-        "\n== pruning: PolynomialDecay 0.50 -> 0.80 over steps 0..{} (masks every {}), {}, \
+        "\n== pruning: PolynomialDecay 0.50 -> 0.80 over steps 0..{} (masks every {})\n   {}, \
          batch 128, Adam {} {}",
         recipe.end_step(y.len()),
         common::count(frequency as usize, "step"),
@@ -237,80 +220,16 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
     let breakdown = FileBreakdown::of(&pruned_int8.model, &bytes)?;
 
     // 4. Only the dense kernel pruned, harder; the conv kernel (108 weights) left dense.
-    let mut dense_only = Vec::new();
-    for &sp in &DENSE_ONLY {
-        let tag = format!("{:.0}", sp * 100.0);
-        println!(
-            "\n== {DENSE_KERNEL} only to {tag} %: PolynomialDecay {:.2} -> {sp:.2}, {}",
-            sp.min(0.5),
-            common::count(prune_epochs, "epoch")
-        );
-        let paths = (
-            file(&format!("dense-only-{tag}-f32"))?,
-            file(&format!("dense-only-{tag}-int8"))?,
-        );
-        let only = [DENSE_KERNEL.to_string()];
-        let p = sweep_point(
-            &recipe,
-            &baseline,
-            sp,
-            Some(&only),
-            &s,
-            (&paths.0, &paths.1),
-            meta("pruned"),
-        )?;
-        println!(
-            "test accuracy {}, int8 {}; int8 file {} bytes, {} gzip",
-            common::pct(p.f32_accuracy),
-            common::pct(p.int8_accuracy),
-            p.int8_model.bytes,
-            p.int8_model.gzip_bytes
-        );
-        dense_only.push(p);
-    }
+    let dense_only = steps::dense_only(&recipe, &baseline, &s, &file, &meta("pruned"))?;
 
     // 5. Structured: half of the conv filters pruned whole (L1), then cut out.
-    println!(
-        "\n== structured: half of the conv filters (L1), {}, batch 128",
-        common::count(prune_epochs, "epoch")
-    );
-    let structured = recipe.structured(&baseline, 0.5, Norm::L1, &s)?;
-    let st_path = file("structured-f32")?;
-    pare::tensor::checkpoint::save(&structured.model, &st_path, meta("structured"))?;
-    let structured_int8 = save_int8(
-        &structured.model,
-        Mode::FullInteger,
-        &s,
-        &file("structured-int8")?,
-    )?;
-    let filters =
-        |m: &pare::tensor::Sequential| m.param("conv2d.bias").map_or(0, |p| p.value.len());
-    println!(
-        "kept filters {:?}; {} parameters (baseline {}), test accuracy {}",
-        structured.kept,
-        structured.model.num_params(),
-        baseline.num_params(),
-        common::pct(structured.accuracy)
-    );
+    let (structured, structured_size, structured_int8) =
+        steps::structured(&recipe, &baseline, &s, &file, &meta("structured"))?;
 
     // 6. Inference over the test set: median of 5 rounds, each running every model in turn.
-    println!(
-        "\n== inference time over {} test images (median of 5 interleaved rounds)",
-        ty.len()
-    );
-    let sparse = SparseSequential::new(&main.model, 0.5)?;
-    let seconds = interleaved_medians::<pare::Error>(
-        5,
-        &mut [
-            &mut || Ok(predict(&baseline, tx.view(), EVAL_BATCH).map(drop)?),
-            &mut || Ok(predict(&main.model, tx.view(), EVAL_BATCH).map(drop)?),
-            &mut || Ok(sparse.predict(tx.view(), EVAL_BATCH).map(drop)?),
-            &mut || Ok(base_int8.model.predict(tx.view()).map(drop)?),
-            &mut || Ok(pruned_int8.model.predict(tx.view()).map(drop)?),
-            &mut || Ok(predict(&structured.model, tx.view(), EVAL_BATCH).map(drop)?),
-        ],
-    )?;
-    let sparse_acc = accuracy(sparse.predict(tx.view(), EVAL_BATCH)?.view(), &ty);
+    let models = [&baseline, &main.model, &structured.model];
+    let (seconds, sparse_layers, sparse_acc) =
+        steps::time_models(models, [&base_int8.model, &pruned_int8.model], &s)?;
 
     // 7. The sweep of the final sparsity, if asked.
     let sweep = if a.sweep {
@@ -331,11 +250,8 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
     };
 
     Ok(Outcome {
-        epochs,
-        prune_epochs,
         train_images: y.len(),
         test_images: ty.len(),
-        scope: only.map_or(String::new(), |n| format!(" ({} only)", n.join(", "))),
         base_acc,
         base_size: FileSize::read(&base_path)?,
         base_history,
@@ -349,16 +265,11 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
         dynamic_range,
         breakdown,
         dense_only,
-        structured_size: FileSize::read(&st_path)?,
-        filters: (filters(&structured.model), filters(&baseline)),
+        structured_size,
         structured,
         structured_int8,
         seconds,
-        sparse_layers: sparse
-            .sparse_layers()
-            .iter()
-            .map(|l| l.to_string())
-            .collect(),
+        sparse_layers,
         sparse_acc,
         sweep,
         main,

@@ -1,11 +1,12 @@
 //! The pruning experiment's tables and its results file.
 
 use anyhow::Result;
-use pare::breakdown::kernel_storage;
+use pare::breakdown::{FileBreakdown, kernel_storage};
 use pare::measure::FileSize;
 use pare::prune::LayerSparsity;
 use pare::results::{Results, history_json};
 use pare::sweep::SweepPoint;
+use pare::tensor::Sequential;
 use pare::tensor::train::History;
 use serde_json::{Value, json};
 
@@ -13,6 +14,13 @@ use crate::{DENSE_KERNEL, Outcome, common};
 
 /// Size targets for a pruned int8 file: gzip bytes, raw bytes, gzip ratio to the f32 baseline.
 const TARGETS: (usize, usize, f64) = (5_000, 8_000, 15.0);
+
+/// " (dense.kernel only)" when `--prune-only` chose kernels, else nothing: "80 %" alone means
+/// every kernel, as in TFMOT's tutorial.
+fn scope(o: &Outcome) -> String {
+    let only = o.args.prune_only.as_ref();
+    only.map_or(String::new(), |n| format!(" ({} only)", n.join(", ")))
+}
 
 /// TFMOT's per-layer sparsity table.
 pub fn print_layers(layers: &[LayerSparsity]) {
@@ -31,13 +39,14 @@ pub fn print(o: &Outcome, results: &Results) -> Result<()> {
     let path = results.model_path("pruned-int8.safetensors")?;
     println!("\nbytes of {}:", path.display());
     let rows: Vec<Vec<String>> = o.breakdown.rows().iter().map(|r| r.to_vec()).collect();
-    common::print_table(&["part", "bytes", "stored as"], &rows);
+    common::print_table(&FileBreakdown::HEADER, &rows);
+    println!("{}", o.breakdown.summary());
 
     let storage = |f: &str| -> Result<String> {
         let bytes = std::fs::read(results.model_path(&format!("{f}.safetensors"))?)?;
         Ok(kernel_storage(&bytes)?)
     };
-    let p80 = format!("pruned 80 %{}", o.scope);
+    let p80 = format!("pruned 80 %{}", scope(o));
     let (q, all, dr) = (&o.pruned_int8, &o.all_channels_int8, &o.dynamic_range);
     let mut rows = vec![
         row("baseline f32", o.base_acc, o.base_size, "dense f32".into()),
@@ -63,7 +72,7 @@ pub fn print(o: &Outcome, results: &Results) -> Result<()> {
             &format!("{p80} int8"),
             q.accuracy,
             o.pruned_int8_dense,
-            "int8, kernels dense int8".into(),
+            "dense int8".into(),
         ),
         row(
             &format!("{p80} int8"),
@@ -75,7 +84,7 @@ pub fn print(o: &Outcome, results: &Results) -> Result<()> {
             &format!("{p80} int8"),
             all.accuracy,
             all.size,
-            storage("pruned-int8-all-channels")? + ", dead channels kept",
+            storage("pruned-int8-all-channels")? + ", all channels",
         ),
         row(
             &format!("{p80} dyn-range"),
@@ -100,7 +109,10 @@ pub fn print(o: &Outcome, results: &Results) -> Result<()> {
             storage(&file)?,
         ));
     }
-    let st = format!("structured {}/{} filters", o.filters.0, o.filters.1);
+    let filters = |m: &Sequential| m.param("conv2d.bias").map_or(0, |p| p.value.len());
+    // The stripped model keeps the baseline's architecture.
+    let (kept, all) = (filters(&o.structured.model), filters(&o.main.stripped));
+    let st = format!("structured {kept}/{all} filters");
     let (sa, sq) = (o.structured.accuracy, &o.structured_int8);
     rows.push(row(
         &format!("{st} f32"),
@@ -126,7 +138,14 @@ pub fn print(o: &Outcome, results: &Results) -> Result<()> {
         })
         .collect();
     println!();
-    let header = ["model", "test acc", "bytes", "gzip", "vs f32", "stored as"];
+    let header = [
+        "model",
+        "test acc",
+        "bytes",
+        "gzip",
+        "vs f32",
+        "weights stored as",
+    ];
     common::print_table(&header, &cells);
 
     print_targets(&targets(o));
@@ -172,7 +191,7 @@ fn targets(o: &Outcome) -> Vec<Target> {
         let name = format!("{DENSE_KERNEL} {:.0} % int8", p.sparsity * 100.0);
         (name, p.int8_model)
     });
-    std::iter::once((format!("pruned 80 %{} int8", o.scope), o.pruned_int8.size))
+    std::iter::once((format!("pruned 80 %{} int8", scope(o)), o.pruned_int8.size))
         .chain(dense_only)
         .map(|(name, size)| Target {
             name,
@@ -308,8 +327,8 @@ pub fn json(o: &Outcome) -> Result<Value> {
         "seed": a.seed,
         "train_images": o.train_images,
         "test_images": o.test_images,
-        "epochs": o.epochs,
-        "prune_epochs": o.prune_epochs,
+        "epochs": o.base_history.epochs.len(),
+        "prune_epochs": o.recipe.epochs,
         "baseline_lr": a.lr,
         "baseline_lr_schedule": a.lr_schedule.name(),
         "prune_lr": a.prune_lr,

@@ -164,7 +164,7 @@ impl fmt::Display for DeadChannels {
             let dead = l.channels - l.kept.len();
             writeln!(
                 f,
-                "{}: {dead} of {} {} dead (every weight pruned, output exactly zero); kept {:?}",
+                "{}: {dead} of {} {} dead (every weight pruned, output exactly zero)\n  kept {:?}",
                 l.layer,
                 l.channels,
                 if l.channels == 1 {
