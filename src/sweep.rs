@@ -533,6 +533,9 @@ pub fn observer_sweep(
     Ok(rows)
 }
 
+/// Images with their labels.
+pub type Labelled<'a> = (ArrayViewD<'a, f32>, &'a [usize]);
+
 /// How a student is trained, distilled or from scratch: a fresh model from `build(seed)`,
 /// Keras' Adam (rate 1e-3), `epochs` epochs of `batch_size`, batch order from the same seed, so
 /// a distilled and a scratch student of one seed start from the same weights and see the same
@@ -569,8 +572,8 @@ impl StudentRecipe {
         &self,
         objective: Option<&mut dyn Objective>,
         seed: u64,
-        (x, y): (ArrayViewD<'_, f32>, &[usize]),
-        (test_x, test_y): (ArrayViewD<'_, f32>, &[usize]),
+        (x, y): Labelled<'_>,
+        (test_x, test_y): Labelled<'_>,
     ) -> Result<TrainedStudent> {
         let mut model = (self.build)(seed);
         let mut opt = Adam::new(AdamConfig::default())?;
@@ -641,10 +644,7 @@ pub fn kd_sweep(
     alphas: &[f32],
     temperatures: &[f32],
     seeds: &[u64],
-    (train, test): (
-        (ArrayViewD<'_, f32>, &[usize]),
-        (ArrayViewD<'_, f32>, &[usize]),
-    ),
+    (train, test): (Labelled<'_>, Labelled<'_>),
     mut done: impl FnMut(&KdCell),
 ) -> Result<Vec<KdCell>> {
     let quiet = StudentRecipe {

@@ -59,11 +59,11 @@ pub fn dense_only(
         );
         let only = [DENSE_KERNEL.to_string()];
         let p = sweep_point(
-            &recipe,
-            &baseline,
+            recipe,
+            baseline,
             sp,
             Some(&only),
-            &s,
+            s,
             (&paths.0, &paths.1),
             meta.clone(),
         )?;
