@@ -1,7 +1,7 @@
 //! Tells the workspace-level tests what this machine has, so that a test whose data or runtime
 //! is absent shows as *ignored* in cargo's summary instead of passing without having run:
 //!
-//! - `pare_mnist`: the MNIST files are where the tests look (`MNIST_DIR`, else
+//! - `pare_mnist`: the MNIST files are where the tests look (`MNIST_DIR` when set, else
 //!   `../shared/data/mnist` beside the checkout, else pare's download cache);
 //! - `pare_onnxruntime`: a Python with onnxruntime is at `PARE_PYTHON`, else in the venv that
 //!   `tools/setup-onnx.sh` makes under `target/onnx-venv`.
@@ -43,12 +43,13 @@ fn main() {
 }
 
 fn mnist_candidates(root: &Path) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
     if let Some(d) = env::var_os("MNIST_DIR").filter(|d| !d.is_empty()) {
-        // Relative paths are taken from the workspace root, where `cargo test` is run.
-        dirs.push(root.join(d));
+        // Relative paths are taken from the workspace root, where `cargo test` is run. A set
+        // MNIST_DIR is the only place looked at, as the tests' loader does: a wrong one must
+        // not be papered over by another copy.
+        return vec![root.join(d)];
     }
-    dirs.push(root.join("../shared/data/mnist"));
+    let mut dirs = vec![root.join("../shared/data/mnist")];
     let cache = env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));

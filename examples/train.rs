@@ -1,84 +1,108 @@
 //! Trains one of the reference CNNs on MNIST and reports accuracy and speed.
 //!
-//! `cargo run --release --example train -- --model small|teacher|student --epochs N
-//! [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--test-each-epoch]
-//! [--lr-schedule constant|cosine] [--save PATH]`
-//! `--save PATH` writes the trained weights as a safetensors checkpoint.
-//! `--lr-schedule cosine` decays Adam's rate to 0 over the run (Keras' `CosineDecay`).
+//! Run: `cargo run --release --example train -- --model small` (`--help` lists every flag).
 //! `--test-each-epoch` scores the test set after every epoch to show the learning curve; it is
-//! a diagnostic only and selects nothing. Writes `target/pare/train-<model>.json`.
+//! a diagnostic only and selects nothing.
+//!
+//! Writes `target/pare/train-<model>.json` (`target/pare/quick/` with `--quick`) and, with
+//! `--save PATH`, the trained weights as a safetensors checkpoint.
 
 mod common;
 
-use anyhow::{Result, bail};
-use pare::tensor::models::Reference;
-use pare::tensor::train::{Callback, Fit, FitConfig, evaluate};
-use serde_json::json;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
-fn main() -> Result<()> {
-    let mut model_kind = Reference::Small;
-    let (mut epochs, mut batch_size, mut seed, mut limit) = (None, 32usize, 0u64, None::<usize>);
-    let mut data_dir: Option<PathBuf> = None;
-    let mut quick = false;
-    let mut test_each_epoch = false;
-    let mut cosine = false;
-    let mut save: Option<PathBuf> = None;
-    let mut args = lexopt::Parser::from_env();
-    while let Some(arg) = args.next()? {
-        use lexopt::prelude::*;
-        match arg {
-            Long("model") => {
-                model_kind = args
-                    .value()?
-                    .string()?
-                    .parse()
-                    .map_err(anyhow::Error::msg)?
-            }
-            Long("epochs") => epochs = Some(args.value()?.parse()?),
-            Long("batch-size") => batch_size = args.value()?.parse()?,
-            Long("seed") => seed = args.value()?.parse()?,
-            Long("limit") => limit = Some(args.value()?.parse()?),
-            Long("data-dir") => data_dir = Some(args.value()?.into()),
-            Long("quick") => quick = true,
-            Long("test-each-epoch") => test_each_epoch = true,
-            Long("save") => save = Some(args.value()?.into()),
-            Long("lr-schedule") => {
-                cosine = common::parse_cosine("--lr-schedule", &args.value()?.string()?)?
-            }
-            Long("help") => {
-                println!(
-                    "train --model small|teacher|student [--epochs N] [--batch-size 32] [--seed S] [--limit N] [--data-dir DIR] [--test-each-epoch] [--lr-schedule constant|cosine] [--save PATH] [--quick]"
-                );
-                return Ok(());
-            }
-            _ => bail!(arg.unexpected()),
-        }
-    }
-    let epochs = epochs.unwrap_or(match model_kind {
+use anyhow::Result;
+use clap::Parser;
+use common::LrSchedule;
+use pare::tensor::models::Reference;
+use pare::tensor::train::{Callback, EpochLog, Fit, FitConfig, evaluate};
+use serde_json::json;
+
+/// The reference models.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Model {
+    /// The TensorFlow quantization tutorial's small CNN (20,410 parameters).
+    Small,
+    /// The Keras distillation example's teacher (256/512 filters).
+    Teacher,
+    /// Its student (16/32 filters).
+    Student,
+}
+
+/// Trains one of the reference CNNs on MNIST.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Which model.
+    #[arg(long, value_enum, default_value_t = Model::Small)]
+    model: Model,
+    /// Epochs [default: 5 for small, 1 for teacher, 3 for student].
+    #[arg(long, value_parser = common::positive)]
+    epochs: Option<usize>,
+    /// Batch size.
+    #[arg(long, default_value_t = 32, value_parser = common::positive)]
+    batch_size: usize,
+    /// Seed of the initial weights and of the batch order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Train on the first N training images only [default: all; 2000 with --quick].
+    #[arg(long, value_parser = common::positive)]
+    limit: Option<usize>,
+    /// Directory of the MNIST IDX files [default: $MNIST_DIR].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Score the test set after every epoch (a diagnostic; it changes nothing).
+    #[arg(long)]
+    test_each_epoch: bool,
+    /// Adam's rate schedule (rate 1e-3).
+    #[arg(long, value_enum, default_value_t = LrSchedule::Constant)]
+    lr_schedule: LrSchedule,
+    /// Save the trained weights to this safetensors file.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// CI-sized run: 2000 training images; results under target/pare/quick/.
+    #[arg(long)]
+    quick: bool,
+}
+
+fn main() -> ExitCode {
+    let args: Args = common::parse();
+    common::run(|| train(args))
+}
+
+fn train(a: Args) -> Result<()> {
+    let kind = match a.model {
+        Model::Small => Reference::Small,
+        Model::Teacher => Reference::Teacher,
+        Model::Student => Reference::Student,
+    };
+    let epochs = a.epochs.unwrap_or(match kind {
         Reference::Small => 5,
         Reference::Teacher => 1,
         Reference::Student => 3,
     });
-    if quick {
-        limit = Some(limit.unwrap_or(2000));
-    }
-    let data = common::load_data(data_dir.as_deref())?;
+    let limit = if a.quick {
+        a.limit.or(Some(2000))
+    } else {
+        a.limit
+    };
+    let results = common::results(a.quick);
+    let data = common::load_data(a.data_dir.as_deref())?;
     let train = match limit {
         Some(n) => data.train().take(n),
         None => data.train().clone(),
     };
     let (x, y) = common::xy(&train);
     let (tx, ty) = common::xy(data.test());
-    let mut model = model_kind.build(seed);
-    if batch_size == 0 {
-        bail!("--batch-size must be at least 1");
-    }
-    let mut adam = common::adam(cosine, epochs * y.len().div_ceil(batch_size))?;
+
+    let mut model = kind.build(a.seed);
+    let steps = epochs * y.len().div_ceil(a.batch_size);
+    let mut adam = pare::sweep::adam(1e-3, a.lr_schedule.cosine(), steps)?;
     let cfg = FitConfig {
         epochs,
-        batch_size,
-        seed,
+        batch_size: a.batch_size,
+        seed: a.seed,
         ..Default::default()
     };
     let mut curve = TestCurve {
@@ -87,58 +111,60 @@ fn main() -> Result<()> {
         accuracy: vec![],
     };
     let mut fit = Fit::new(cfg);
-    if test_each_epoch {
+    if a.test_each_epoch {
         fit = fit.callback(&mut curve);
     }
     let history = fit.run(&mut model, &mut adam, x, &y)?;
     let eval = evaluate(&model, tx, &ty, 256)?;
-    if let Some(path) = &save {
+    if let Some(path) = &a.save {
         let meta = std::collections::HashMap::from([
-            ("model".to_string(), model_kind.name().to_string()),
+            ("model".to_string(), kind.name().to_string()),
             ("epochs".to_string(), epochs.to_string()),
-            ("seed".to_string(), seed.to_string()),
-            (
-                "lr_schedule".to_string(),
-                common::schedule_name(cosine).to_string(),
-            ),
+            ("seed".to_string(), a.seed.to_string()),
+            ("lr_schedule".to_string(), a.lr_schedule.name().to_string()),
             ("train_images".to_string(), y.len().to_string()),
         ]);
         pare::tensor::checkpoint::save(&model, path, meta)?;
         println!("saved the weights to {}", path.display());
     }
+
     let secs: Vec<f64> = history.epochs.iter().map(|e| e.seconds).collect();
     let ips = y.len() as f64 * secs.len() as f64 / secs.iter().sum::<f64>();
-    let mut rows = vec![];
-    for e in &history.epochs {
-        rows.push(vec![
-            format!("{}", e.epoch + 1),
-            format!("{:.4}", e.loss),
-            common::pct(e.accuracy),
-            format!("{:.2}", e.seconds),
-        ]);
-    }
+    let rows: Vec<Vec<String>> = history
+        .epochs
+        .iter()
+        .map(|e| {
+            vec![
+                format!("{}", e.epoch + 1),
+                format!("{:.4}", e.loss),
+                common::pct(e.accuracy),
+                format!("{:.2}", e.seconds),
+            ]
+        })
+        .collect();
     println!(
-        "\n{} ({} parameters), {} training images, batch {batch_size}, seed {seed}",
-        model_kind.name(),
+        "\n{} ({} parameters), {} training images, batch {}, seed {}",
+        kind.name(),
         model.num_params(),
-        y.len()
+        y.len(),
+        a.batch_size,
+        a.seed
     );
     common::print_table(&["epoch", "loss", "train acc", "seconds"], &rows);
     println!(
-        "test accuracy: {} on {} images; {:.0} training images/s",
+        "test accuracy: {} on {} images; {ips:.0} training images/s",
         common::pct(eval.accuracy),
         ty.len(),
-        ips
     );
-    let path = common::write_json(
-        &format!("train-{}.json", model_kind.name()),
-        &json!({
-            "model": model_kind.name(),
+    let path = results.write_json(
+        &format!("train-{}.json", kind.name()),
+        json!({
+            "model": kind.name(),
             "params": model.num_params(),
             "epochs": epochs,
-            "batch_size": batch_size,
-            "seed": seed,
-            "lr_schedule": common::schedule_name(cosine),
+            "batch_size": a.batch_size,
+            "seed": a.seed,
+            "lr_schedule": a.lr_schedule.name(),
             "train_images": y.len(),
             "threads": rayon::current_num_threads(),
             "test_accuracy": eval.accuracy,
@@ -164,7 +190,7 @@ struct TestCurve<'a> {
 impl Callback for TestCurve<'_> {
     fn on_epoch_end(
         &mut self,
-        log: &pare::tensor::train::EpochLog,
+        log: &EpochLog,
         model: &mut pare::tensor::Sequential,
     ) -> pare::tensor::Result<()> {
         let e = evaluate(model, self.x.clone(), self.y, 256)?;

@@ -8,15 +8,32 @@
 //! - [`distill`]: knowledge distillation;
 //! - [`inspect`]: what a checkpoint, model file or IDX file holds, checksums checked.
 //!
+//! and holds what composes them, so that a program of your own can do what the examples do:
+//!
+//! - [`codecs`]: pare-prune's sparse formats inside pare-quant's int8 model files;
+//! - [`breakdown`]: where the bytes of such a file go, against the kernels' entropy bound;
+//! - [`sweep`]: pruning recipes (TFMOT's schedule, strip, dead channels cut, int8 file) and the
+//!   sparsity sweep;
+//! - [`measure`]: accuracy, file sizes raw and gzipped, timing medians, summaries over seeds;
+//! - [`results`]: results files that say how they were made;
+//! - [`plot`] and [`report`]: the SVG figures and the results page, rebuilt from those files.
+//!
 //! ```
 //! let model = pare::tensor::models::small_cnn(0);
 //! assert_eq!(model.num_params(), 20_410);
 //! ```
 
+pub mod breakdown;
 pub mod codecs;
+pub mod error;
 pub mod inspect;
+pub mod measure;
 pub mod plot;
 pub mod report;
+pub mod results;
+pub mod sweep;
+
+pub use error::{Error, Result};
 
 pub use pare_distill as distill;
 pub use pare_mnist as mnist;

@@ -24,8 +24,9 @@ fn accuracy(pred: &[usize], labels: &[usize]) -> f32 {
 }
 
 #[test]
+#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn int8_small_cnn_keeps_float_accuracy_on_mnist() {
-    let Some(data) = common::mnist() else { return };
+    let data = common::mnist();
     let (train, model, _) = common::small_cnn_one_epoch(&data);
     let x = train.images().view().into_dyn();
 

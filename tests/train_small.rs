@@ -11,8 +11,9 @@ mod common;
 use pare::tensor::train::evaluate;
 
 #[test]
+#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn small_cnn_learns_mnist_in_one_epoch_on_6000_images() {
-    let Some(data) = common::mnist() else { return };
+    let data = common::mnist();
     let (_, model, h) = common::small_cnn_one_epoch_with(&data, 16, 3e-3);
     let test = data.test();
     let eval = evaluate(

@@ -1,35 +1,130 @@
-//! Helpers shared by the examples: data loading, result files, tables.
+//! What every example shares: flag parsing with one-line errors, `error: ...` on failure, the
+//! data, where results go, and the table printer.
 #![allow(dead_code)]
 
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
 use anyhow::{Context, Result};
+use pare::mnist::{Dataset, Mnist};
+use pare::results::Results;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use pare::mnist::{Dataset, Mnist};
-use std::path::{Path, PathBuf};
-
-/// Where examples write their JSON and models: `<workspace>/target/pare`.
-pub fn out_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join("pare")
+/// Runs an example's body: an error is one line `error: ...` (its causes joined by `: `, never
+/// a backtrace, whatever `RUST_BACKTRACE` says) and exit status 1.
+pub fn run(body: impl FnOnce() -> Result<()>) -> ExitCode {
+    match body() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
-/// Loads MNIST (or Fashion-MNIST) from `--data-dir`, else `MNIST_DIR`, else the shared copy
-/// beside the repository.
+/// Parses the flags; `--help` and `--version` print and exit 0, a usage error prints clap's
+/// first line (it names the flag and the value) and exits 2.
+pub fn parse<T: clap::Parser>() -> T {
+    T::try_parse().unwrap_or_else(|e| {
+        use clap::error::ErrorKind;
+        if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+            e.exit();
+        }
+        let text = e.render().to_string();
+        let mut line = text
+            .lines()
+            .next()
+            .unwrap_or("error: bad arguments")
+            .to_owned();
+        if let Some(values) = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("[possible"))
+        {
+            line = format!("{line} {}", values.trim());
+        }
+        eprintln!("{line}");
+        std::process::exit(2);
+    })
+}
+
+/// A count that must be at least 1 (`--epochs 0` is a usage error).
+pub fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A learning rate: finite and positive.
+pub fn rate(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        Ok(_) => Err("must be finite and positive".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A fraction in [0, 1].
+pub fn fraction(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        Ok(_) => Err("must be in [0, 1]".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Adam's rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LrSchedule {
+    /// The rate stays as it starts (Keras' default).
+    Constant,
+    /// The rate decays to 0 along a cosine over the run (Keras' `CosineDecay`).
+    Cosine,
+}
+
+impl LrSchedule {
+    /// Whether the rate decays.
+    pub fn cosine(self) -> bool {
+        self == LrSchedule::Cosine
+    }
+    /// The name the flag takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            LrSchedule::Constant => "constant",
+            LrSchedule::Cosine => "cosine",
+        }
+    }
+}
+
+/// `<workspace>/target/pare`: full runs write here, `--quick` runs under `quick/`.
+pub fn results(quick: bool) -> Results {
+    Results::new(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/pare"),
+        quick,
+    )
+}
+
+/// MNIST (or Fashion-MNIST) from `--data-dir`, else `MNIST_DIR`, else the shared copy beside
+/// the repository.
 pub fn load_data(dir: Option<&Path>) -> Result<Mnist> {
-    if let Some(d) = dir {
-        return Mnist::load(d).with_context(|| format!("loading MNIST from {}", d.display()));
-    }
-    if std::env::var_os("MNIST_DIR").is_some() {
-        return Ok(Mnist::from_env()?);
-    }
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
-    if shared.is_dir() {
-        return Mnist::load(&shared).context("loading ../shared/data/mnist");
-    }
-    Ok(Mnist::from_env()?)
+    let dir: PathBuf = match (dir, std::env::var_os("MNIST_DIR")) {
+        (Some(d), _) => d.to_owned(),
+        (None, Some(d)) if !d.is_empty() => PathBuf::from(d),
+        (None, Some(_)) => anyhow::bail!("MNIST_DIR is empty: set it to the MNIST directory"),
+        (None, None) => {
+            let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
+            anyhow::ensure!(
+                shared.is_dir(),
+                "no MNIST: set MNIST_DIR (or pass --data-dir) to the directory of the four \
+                 IDX files"
+            );
+            shared
+        }
+    };
+    Mnist::load(&dir).with_context(|| format!("loading MNIST from {}", dir.display()))
 }
 
 /// Images as a dynamic-rank view and labels as class indices.
@@ -37,31 +132,15 @@ pub fn xy(d: &Dataset) -> (ndarray::ArrayViewD<'_, f32>, Vec<usize>) {
     (d.images().view().into_dyn(), d.labels_usize())
 }
 
-/// Writes `value` as pretty JSON to `target/pare/<name>` atomically; returns the path.
-pub fn write_json(name: &str, value: &serde_json::Value) -> Result<PathBuf> {
-    let path = out_dir().join(name);
-    let text = serde_json::to_string_pretty(value)? + "\n";
-    pare::tensor::io::write_atomic(&path, text.as_bytes())?;
-    Ok(path)
-}
-
-/// Size of `bytes` after gzip at level 9 (what `gzip -9` gives, bar the file-name header).
-pub fn gzip_len(bytes: &[u8]) -> usize {
-    use std::io::Write;
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    e.write_all(bytes).expect("writing to a Vec cannot fail");
-    e.finish().expect("writing to a Vec cannot fail").len()
-}
-
-/// Prints a two-column-or-more table with aligned columns.
-pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
-    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+/// Prints a table with aligned columns.
+pub fn print_table<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.len());
+            w[i] = w[i].max(c.as_ref().chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let line = |cells: Vec<&str>| {
         let s: Vec<String> = cells
             .iter()
             .enumerate()
@@ -69,16 +148,11 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
             .collect();
         println!("| {} |", s.join(" | "));
     };
-    line(header.iter().map(|s| s.to_string()).collect());
-    println!(
-        "|{}|",
-        w.iter()
-            .map(|n| "-".repeat(n + 2))
-            .collect::<Vec<_>>()
-            .join("|")
-    );
+    line(header.to_vec());
+    let rule: Vec<String> = w.iter().map(|n| "-".repeat(n + 2)).collect();
+    println!("|{}|", rule.join("|"));
     for r in rows {
-        line(r.clone());
+        line(r.iter().map(AsRef::as_ref).collect());
     }
 }
 
@@ -87,41 +161,33 @@ pub fn pct(x: f32) -> String {
     format!("{:.2} %", x * 100.0)
 }
 
-/// Parses a `--lr-schedule`-style value: `constant` (Keras' plain rate) or `cosine`; returns
-/// whether the rate decays along a cosine.
-pub fn parse_cosine(flag: &str, value: &str) -> Result<bool> {
-    match value {
-        "constant" => Ok(false),
-        "cosine" => Ok(true),
-        other => anyhow::bail!("{flag}: expected constant or cosine, got {other}"),
+/// Bytes, with KiB in parentheses from 10 KiB on: `20480 (20.0 KiB)`.
+pub fn bytes(n: usize) -> String {
+    if n >= 10 * 1024 {
+        format!("{n} ({:.1} KiB)", n as f64 / 1024.0)
+    } else {
+        n.to_string()
     }
 }
 
-/// The name [`parse_cosine`] reads back.
-pub fn schedule_name(cosine: bool) -> &'static str {
-    if cosine { "cosine" } else { "constant" }
-}
-
-/// Keras' Adam (rate 1e-3), its rate constant or decayed to 0 along a cosine over `steps`
-/// updates.
-pub fn adam(cosine: bool, steps: usize) -> Result<pare::tensor::optim::Adam> {
-    adam_with(1e-3, cosine, steps)
-}
-
-/// [`adam`] starting from `rate`.
-pub fn adam_with(rate: f32, cosine: bool, steps: usize) -> Result<pare::tensor::optim::Adam> {
-    use pare::tensor::optim::{Adam, AdamConfig, LrSchedule};
-    let schedule = if cosine {
-        LrSchedule::CosineDecay {
-            decay_steps: steps as u64,
-            alpha: 0.0,
-        }
+/// `1 epoch`, `2 epochs`.
+pub fn count(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
     } else {
-        LrSchedule::Constant
-    };
-    Ok(Adam::new(AdamConfig {
-        learning_rate: rate,
-        schedule,
-        ..Default::default()
-    })?)
+        format!("{n} {noun}s")
+    }
+}
+
+/// 1433610 -> "1,433,610".
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
 }

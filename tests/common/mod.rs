@@ -6,20 +6,30 @@ use pare::tensor::Sequential;
 use pare::tensor::models::small_cnn;
 use pare::tensor::optim::{Adam, AdamConfig};
 use pare::tensor::train::{Fit, FitConfig, History};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// MNIST from `MNIST_DIR`, else the shared copy beside the repository; `None` (with a message)
-/// when neither exists, so the test can skip instead of failing on a machine without data.
-pub fn mnist() -> Option<Mnist> {
-    if std::env::var_os("MNIST_DIR").is_some() {
-        return Some(Mnist::from_env().expect("MNIST_DIR is set but does not hold MNIST"));
+/// MNIST from `MNIST_DIR`, else the shared copy beside the repository, else pare's download
+/// cache: the places the build script looks before it sets `pare_mnist`. Tests that call this
+/// carry `#[cfg_attr(not(pare_mnist), ignore = ...)]`, so they run only where the data is (or
+/// under `PARE_REQUIRE_DATA=1`, where a missing data set must fail, naming `MNIST_DIR`).
+///
+/// # Panics
+/// When no MNIST is found or it does not load.
+pub fn mnist() -> Mnist {
+    if let Some(dir) = std::env::var_os("MNIST_DIR").filter(|d| !d.is_empty()) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+        return Mnist::load(&dir)
+            .unwrap_or_else(|e| panic!("MNIST_DIR={} does not hold MNIST: {e}", dir.display()));
     }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|c| c.join("pare/mnist"));
     let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
-    if shared.is_dir() {
-        return Some(Mnist::load(&shared).expect("../shared/data/mnist holds MNIST"));
-    }
-    eprintln!("skipping: set MNIST_DIR to the MNIST directory to run this test");
-    None
+    let Some(dir) = std::iter::once(shared).chain(cache).find(|d| d.is_dir()) else {
+        panic!("no MNIST: set MNIST_DIR to the directory of the four MNIST IDX files");
+    };
+    Mnist::load(&dir).unwrap_or_else(|e| panic!("loading MNIST from {}: {e}", dir.display()))
 }
 
 /// The first 6,000 training images and the small CNN (seed 0) trained on them for one epoch

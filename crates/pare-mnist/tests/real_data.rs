@@ -1,8 +1,8 @@
-//! Tests on the real MNIST and Fashion-MNIST files. They skip, saying so, when the data is not
-//! on this machine.
+//! Tests on the real MNIST and Fashion-MNIST files. They show as ignored, saying why, when the
+//! build script did not find the data (`build.rs`: cfgs `pare_mnist`, `pare_fashion_mnist`).
 //!
-//! MNIST: `MNIST_DIR`, else `shared/data/mnist` beside the checkout. Fashion-MNIST: Debian's
-//! `dataset-fashion-mnist` package, `/usr/share/datasets/fashion-mnist`.
+//! MNIST: `MNIST_DIR`, else `shared/data/mnist` beside the checkout, else pare's download cache.
+//! Fashion-MNIST: Debian's `dataset-fashion-mnist` package, `/usr/share/datasets/fashion-mnist`.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -14,23 +14,28 @@ const FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
 fn mnist_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("MNIST_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir));
+        return Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(dir));
     }
-    let fallback = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
-    fallback.is_dir().then_some(fallback)
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|c| c.join("pare/mnist"));
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
+    std::iter::once(shared).chain(cache).find(|d| d.is_dir())
 }
 
 /// MNIST, loaded once for all the tests in this file.
-fn mnist() -> Option<&'static Mnist> {
-    static DATA: OnceLock<Option<Mnist>> = OnceLock::new();
-    DATA.get_or_init(|| match mnist_dir() {
-        Some(dir) => Some(Mnist::load(&dir).unwrap_or_else(|e| panic!("loading MNIST: {e}"))),
-        None => {
-            eprintln!("skipping: MNIST not found (set MNIST_DIR or put it in shared/data/mnist)");
-            None
-        }
+///
+/// # Panics
+/// When it is not found (the tests run only where the build found it, or under
+/// `PARE_REQUIRE_DATA=1`) or does not load.
+fn mnist() -> &'static Mnist {
+    static DATA: OnceLock<Mnist> = OnceLock::new();
+    DATA.get_or_init(|| {
+        let dir = mnist_dir()
+            .unwrap_or_else(|| panic!("no MNIST: set MNIST_DIR to the directory of its files"));
+        Mnist::load(&dir).unwrap_or_else(|e| panic!("loading MNIST from {}: {e}", dir.display()))
     })
-    .as_ref()
 }
 
 fn class_counts(labels: &[u8]) -> [usize; NUM_CLASSES] {
@@ -42,8 +47,9 @@ fn class_counts(labels: &[u8]) -> [usize; NUM_CLASSES] {
 }
 
 #[test]
+#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn mnist_shapes_labels_and_pixels() {
-    let Some(m) = mnist() else { return };
+    let m = mnist();
     assert_eq!(m.image_size(), (28, 28));
     assert_eq!(m.train().images().shape(), &[60_000, 28, 28, 1]);
     assert_eq!(m.test().images().shape(), &[10_000, 28, 28, 1]);
@@ -71,8 +77,9 @@ fn mnist_shapes_labels_and_pixels() {
 }
 
 #[test]
+#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn mnist_validation_split_and_batches() {
-    let Some(m) = mnist() else { return };
+    let m = mnist();
     let (train, val) = m.train().split_validation(0.1).unwrap();
     assert_eq!((train.len(), val.len()), (54_000, 6_000));
     assert_eq!(val.labels()[0], m.train().labels()[54_000]);
@@ -100,12 +107,12 @@ fn mnist_validation_split_and_batches() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pare_fashion_mnist),
+    ignore = "needs Fashion-MNIST: apt-get install dataset-fashion-mnist"
+)]
 fn fashion_mnist_loads_unchanged() {
     let dir = Path::new(FASHION_DIR);
-    if !dir.is_dir() {
-        eprintln!("skipping: {FASHION_DIR} not found (apt-get install dataset-fashion-mnist)");
-        return;
-    }
     let f = Mnist::load(dir).unwrap();
     assert_eq!(f.image_size(), (28, 28));
     assert_eq!(f.train().images().shape(), &[60_000, 28, 28, 1]);

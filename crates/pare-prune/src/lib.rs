@@ -9,7 +9,8 @@
 //!   `prune_low_magnitude` + `UpdatePruningStep`), and [`sparsity_report`].
 //! * [`strip`](mod@strip): the plain model with its zeros ([`strip()`]); [`structured`]: whole
 //!   channels cut out of the model ([`remove_dead_channels`]), smaller and faster with no
-//!   sparse kernel.
+//!   sparse kernel; [`report`]: what pruning did in figures (each kernel in each sparse format
+//!   against its order-0 entropy bound, the dead channels cut out).
 //! * [`sparse`]: storing a pruned tensor as a bitmask plus its non-zeros (f32 or i8), with a
 //!   checked byte format, and picking it only when it is smaller than dense; [`gaps`]: the
 //!   positions as Rice-coded gaps instead, smaller at high sparsity; [`entropy`]: an int8
@@ -66,6 +67,7 @@ pub mod gaps;
 pub mod inference;
 pub mod kernels;
 pub mod mask;
+pub mod report;
 pub mod schedule;
 pub mod sparse;
 pub mod strip;
@@ -82,6 +84,7 @@ pub use mask::{
     ChannelMask, MaskKind, Norm, Pooling, apply_mask, block_mask, channel_mask, compute_masks,
     global_magnitude_masks, kept_count, magnitude_mask, nm_mask, sparsity_of,
 };
+pub use report::{DeadChannels, KernelFormats, Order0Bound, remove_dead_channels_checked};
 pub use schedule::{ConstantSparsity, PolynomialDecay, PruningSchedule};
 pub use sparse::{SparseShape, SparseTensor, Storage, choose_encoding};
 pub use strip::strip;

@@ -12,6 +12,7 @@
 //! - [`optim`]: `Adam` and `Sgd` with Keras' rules and defaults.
 //! - [`train`]: `fit` / `evaluate` / `predict` with callbacks and replaceable objectives.
 //! - [`checkpoint`]: parameters to and from safetensors files.
+//! - [`infer`]: a model run on the kernels without the graph, for batch-1 latency.
 //!
 //! ```
 //! use pare_tensor::{models, optim::{Adam, AdamConfig}, train::{evaluate, Fit, FitConfig}};
@@ -35,6 +36,7 @@ pub mod checkpoint;
 mod error;
 pub mod gradcheck;
 mod graph;
+pub mod infer;
 pub mod io;
 pub mod kernels;
 pub mod models;
