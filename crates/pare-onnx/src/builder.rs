@@ -141,7 +141,7 @@ impl GraphBuilder {
     }
 
     /// Transposes the cursor to `layout` if it is a 4-D value in the other one.
-    pub fn to_layout(&mut self, cur: &mut Cursor, layout: Layout) {
+    pub fn transpose_to(&mut self, cur: &mut Cursor, layout: Layout) {
         if cur.shape.len() != 3 {
             // A flat value has one layout.
             cur.layout = Layout::Nhwc;
@@ -165,7 +165,7 @@ impl GraphBuilder {
     /// Reshapes an NHWC value to the per-example `shape`, the batch axis kept (`0` in ONNX's
     /// `Reshape` copies the input's size).
     pub fn reshape(&mut self, cur: &mut Cursor, layer: &str, shape: &[usize]) {
-        self.to_layout(cur, Layout::Nhwc);
+        self.transpose_to(cur, Layout::Nhwc);
         let target: Vec<i64> = std::iter::once(0)
             .chain(shape.iter().map(|&d| d as i64))
             .collect();

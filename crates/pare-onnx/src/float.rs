@@ -31,7 +31,7 @@ pub fn export_float(model: &Sequential) -> Result<ModelProto> {
         let out_shape = m.output_shape(&cur.shape)?;
         match layer {
             Layer::Conv2d(c) => {
-                g.to_layout(&mut cur, Layout::Nchw);
+                g.transpose_to(&mut cur, Layout::Nchw);
                 let [kh, kw, _, _] = c.kernel_shape();
                 let mut attrs =
                     window_attributes(name, &cur.shape, [kh, kw], c.strides, c.padding)?;
@@ -44,7 +44,7 @@ pub fn export_float(model: &Sequential) -> Result<ModelProto> {
                 activation(&mut g, &mut cur, c.activation, name);
             }
             Layer::MaxPool2d(p) => {
-                g.to_layout(&mut cur, Layout::Nchw);
+                g.transpose_to(&mut cur, Layout::Nchw);
                 let attrs = window_attributes(name, &cur.shape, p.pool, p.strides, p.padding)?;
                 cur.name = g.node("MaxPool", &[&cur.name], attrs, name);
                 cur.shape = out_shape;
@@ -76,7 +76,7 @@ pub fn export_float(model: &Sequential) -> Result<ModelProto> {
             }
         }
     }
-    g.to_layout(&mut cur, Layout::Nhwc);
+    g.transpose_to(&mut cur, Layout::Nhwc);
     Ok(g.finish(
         "pare_float",
         &cur.name,

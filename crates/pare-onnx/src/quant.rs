@@ -156,7 +156,7 @@ pub fn export_qdq(model: &QuantizedModel) -> Result<ModelProto> {
                 relu,
             } => {
                 let p = parts(layer)?;
-                g.to_layout(&mut cur, Layout::Nchw);
+                g.transpose_to(&mut cur, Layout::Nchw);
                 let mut attrs = window_attributes(
                     name,
                     &cur.shape,
@@ -196,7 +196,7 @@ pub fn export_qdq(model: &QuantizedModel) -> Result<ModelProto> {
                 strides,
                 padding,
             } => {
-                g.to_layout(&mut cur, Layout::Nchw);
+                g.transpose_to(&mut cur, Layout::Nchw);
                 let attrs =
                     window_attributes(name, &cur.shape, *pool, *strides, tensor_padding(*padding))?;
                 let x = dq(&mut g, &cur, in_q, &format!("{name}/input"));
@@ -219,7 +219,7 @@ pub fn export_qdq(model: &QuantizedModel) -> Result<ModelProto> {
         }
         cur.shape = layer.output_shape.clone();
     }
-    g.to_layout(&mut cur, Layout::Nhwc);
+    g.transpose_to(&mut cur, Layout::Nhwc);
     let logits = dq(&mut g, &cur, in_q, "logits");
     Ok(g.finish(
         "pare_qdq",
@@ -342,7 +342,7 @@ pub fn export_qoperator(model: &QuantizedModel) -> Result<ModelProto> {
                 relu,
             } => {
                 let p = parts(layer)?;
-                g.to_layout(&mut cur, Layout::Nchw);
+                g.transpose_to(&mut cur, Layout::Nchw);
                 let mut attrs = window_attributes(
                     name,
                     &cur.shape,
@@ -402,7 +402,7 @@ pub fn export_qoperator(model: &QuantizedModel) -> Result<ModelProto> {
                 strides,
                 padding,
             } => {
-                g.to_layout(&mut cur, Layout::Nchw);
+                g.transpose_to(&mut cur, Layout::Nchw);
                 let attrs =
                     window_attributes(name, &cur.shape, *pool, *strides, tensor_padding(*padding))?;
                 cur.name = g.node("MaxPool", &[&cur.name], attrs, name);
@@ -425,7 +425,7 @@ pub fn export_qoperator(model: &QuantizedModel) -> Result<ModelProto> {
         }
         cur.shape = layer.output_shape.clone();
     }
-    g.to_layout(&mut cur, Layout::Nhwc);
+    g.transpose_to(&mut cur, Layout::Nhwc);
     let input_type = if uint8 {
         DataType::Uint8
     } else {

@@ -146,9 +146,9 @@ fn the_exports_carry_pares_scales_zero_points_and_codes() {
         let k = init(&m, "conv2d/kernel");
         assert_eq!(k.dims, [12, 1, 3, 3]);
         let codes = k.i8_values().unwrap();
-        // [out, in, kh, kw] from [kh, kw, in, out].
+        // [out, in, kh, kw] from [kh, kw, in, out] (one input channel).
         for (o, i, y, x) in [(0, 0, 0, 0), (5, 0, 2, 1), (11, 0, 1, 2)] {
-            assert_eq!(codes[((o * 1 + i) * 3 + y) * 3 + x], w.kernel[[y, x, i, o]]);
+            assert_eq!(codes[((o + i) * 3 + y) * 3 + x], w.kernel[[y, x, i, o]]);
         }
         assert_eq!(
             init(&m, "conv2d/kernel_scale").f32_values().unwrap(),
