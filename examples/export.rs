@@ -49,6 +49,10 @@ struct Args {
     /// Run the file on onnxruntime and pare on the MNIST test images and compare.
     #[arg(long)]
     compare: bool,
+    /// Let onnxruntime fuse a QDQ model into its int8 kernels (session.qdqisint8allowed; by
+    /// default on x86 it runs float operators on the dequantized values).
+    #[arg(long)]
+    int8_kernels: bool,
     /// Batch-1 runs timed for each latency median.
     #[arg(long, default_value_t = 1000)]
     latency_runs: usize,
@@ -147,10 +151,16 @@ fn run(args: Args) -> Result<()> {
     };
     let (tx, ty) = common::xy(&test);
     let runtime = OnnxRuntime::in_workspace(Path::new(env!("CARGO_MANIFEST_DIR")))?;
+    let config: &[(&str, &str)] = if args.int8_kernels {
+        &[("session.qdqisint8allowed", "1")]
+    } else {
+        &[]
+    };
+    let ort = |input| runtime.run_with(&args.out, input, args.latency_runs, config);
     let one = |i: usize| tx.slice_axis(Axis(0), (i % ty.len()..i % ty.len() + 1).into());
     let (ours, theirs, run, pare_us, codes) = match args.format {
         Format::Float => {
-            let run = runtime.run(&args.out, Input::F32(tx.view()), args.latency_runs)?;
+            let run = ort(Input::F32(tx.view()))?;
             let us = median_latency_us(args.latency_runs, |i| {
                 predict(&float, one(i), 1).expect("a checked model runs");
             });
@@ -164,7 +174,7 @@ fn run(args: Args) -> Result<()> {
         }
         Format::Qdq => {
             let q = int8.as_ref().expect("int8 model for qdq");
-            let run = runtime.run(&args.out, Input::F32(tx.view()), args.latency_runs)?;
+            let run = ort(Input::F32(tx.view()))?;
             let mut it = Interpreter::new(q)?;
             let us = median_latency_us(args.latency_runs, |i| {
                 it.invoke(one(i)).expect("a checked model runs");
@@ -174,7 +184,7 @@ fn run(args: Args) -> Result<()> {
         Format::QOperator => {
             let q = int8.as_ref().expect("int8 model for qoperator");
             let x = q.quantize_input(tx.view())?;
-            let run = runtime.run(&args.out, Input::I8(x.view()), args.latency_runs)?;
+            let run = ort(Input::I8(x.view()))?;
             let mut it = Interpreter::new(q)?;
             let us = median_latency_us(args.latency_runs, |i| {
                 let i = i % ty.len();
@@ -205,10 +215,11 @@ fn run(args: Args) -> Result<()> {
         theirs.as_standard_layout().as_slice().expect("contiguous"),
     );
     println!(
-        "\n{} test images, onnxruntime {} (1 thread) vs pare:\n",
+        "\n{} test images, onnxruntime {} (1 thread) vs pare (1 thread):",
         ty.len(),
         run.version
     );
+    println!("onnxruntime ran: {}\n", run.optimized_ops.join(" "));
     common::print_table(
         &["runtime", "accuracy", "argmax agreement", "batch-1 latency"],
         &[
@@ -235,7 +246,10 @@ fn run(args: Args) -> Result<()> {
         ),
         None => println!("\nmax |logit difference| {diff:.3e}"),
     }
-    let name = format!("export-{}.json", args.format);
+    let name = match args.int8_kernels {
+        true => format!("export-{}-int8-kernels.json", args.format),
+        false => format!("export-{}.json", args.format),
+    };
     let path = common::write_json(
         &if args.quick {
             format!("quick/{name}")
@@ -262,6 +276,8 @@ fn run(args: Args) -> Result<()> {
             "latency_us_onnxruntime": run.latency_us,
             "latency_us_pare": pare_us,
             "latency_runs": args.latency_runs,
+            "onnxruntime_int8_kernels": args.int8_kernels,
+            "onnxruntime_ops": run.optimized_ops,
         }),
     )?;
     println!("wrote {}", path.display());

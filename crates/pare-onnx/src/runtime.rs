@@ -40,6 +40,9 @@ pub struct Run {
     pub latency_us: f64,
     /// onnxruntime's version.
     pub version: String,
+    /// The operators of the graph onnxruntime runs, after its optimizations (fusions show
+    /// here: `QLinearConv` where a QDQ group was fused).
+    pub optimized_ops: Vec<String>,
 }
 
 /// A Python interpreter with onnxruntime and the tool script.
@@ -93,6 +96,23 @@ impl OnnxRuntime {
     /// [`OnnxError::Runtime`] when the tool fails (its stderr is in the message: a checker
     /// error, an operator onnxruntime lacks), [`OnnxError::Io`] on the temporary files.
     pub fn run(&self, model: &Path, input: Input<'_>, latency_runs: usize) -> Result<Run> {
+        self.run_with(model, input, latency_runs, &[])
+    }
+
+    /// [`run`](Self::run) with onnxruntime session config entries, e.g.
+    /// `("session.qdqisint8allowed", "1")`, which lets onnxruntime fuse a QDQ model with int8
+    /// activations into its int8 kernels on x86 (by default it runs the float operators on the
+    /// dequantized values there).
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    pub fn run_with(
+        &self,
+        model: &Path,
+        input: Input<'_>,
+        latency_runs: usize,
+        config: &[(&str, &str)],
+    ) -> Result<Run> {
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "pare-onnx-run-{}-{}",
@@ -104,12 +124,19 @@ impl OnnxRuntime {
             move |source| OnnxError::Io { path, source }
         };
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let result = self.run_in(&dir, model, input, latency_runs);
+        let result = self.run_in(&dir, model, input, latency_runs, config);
         let _ = std::fs::remove_dir_all(&dir);
         result
     }
 
-    fn run_in(&self, dir: &Path, model: &Path, input: Input<'_>, runs: usize) -> Result<Run> {
+    fn run_in(
+        &self,
+        dir: &Path,
+        model: &Path,
+        input: Input<'_>,
+        runs: usize,
+        config: &[(&str, &str)],
+    ) -> Result<Run> {
         let (dtype, shape, bytes): (&str, Vec<usize>, Vec<u8>) = match input {
             Input::F32(x) => (
                 "float32",
@@ -137,6 +164,11 @@ impl OnnxRuntime {
             .args(["--output".as_ref(), y_path.as_os_str()])
             .args(["--report".as_ref(), report.as_os_str()])
             .args(["--latency-runs", &runs.to_string()])
+            .args(
+                config
+                    .iter()
+                    .flat_map(|(k, v)| ["--config".to_string(), format!("{k}={v}")]),
+            )
             .output()
             .map_err(|source| OnnxError::Io {
                 path: self.python.clone(),
@@ -195,6 +227,14 @@ impl OnnxRuntime {
             output,
             latency_us: r["latency_us_median"].as_f64().unwrap_or(f64::NAN),
             version: r["onnxruntime"].as_str().unwrap_or("?").to_string(),
+            optimized_ops: r["optimized_ops"]
+                .as_array()
+                .map(|ops| {
+                    ops.iter()
+                        .filter_map(|o| o.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }
