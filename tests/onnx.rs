@@ -21,7 +21,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ndarray::{Array2, ArrayD, Axis, Ix2};
+use ndarray::{Array2, ArrayD, Ix2};
 use pare::mnist::Mnist;
 use pare::onnx::compare::{CodeDiff, agreement, argmaxes, max_abs_diff};
 use pare::onnx::runtime::{Input, OnnxRuntime, Output};
@@ -46,15 +46,36 @@ struct Fixture {
     dir: PathBuf,
 }
 
+impl Fixture {
+    /// `model` converted to int8 with the first 100 training images.
+    fn convert(&self, model: &Sequential, input_type: InputType) -> QuantizedModel {
+        let calibration = self.data.train().take(100);
+        let config = ConvertConfig {
+            input_type,
+            ..Default::default()
+        };
+        convert(model, calibration.images().view().into_dyn(), &config).unwrap()
+    }
+
+    /// The first 2,000 test images quantized with `q`'s input parameters.
+    fn test_codes(&self, q: &QuantizedModel) -> ArrayD<i8> {
+        let test = self.data.test().take(2000);
+        q.quantize_input(test.images().view().into_dyn()).unwrap()
+    }
+
+    /// The 10,000 test images and their labels.
+    fn test_set(&self) -> (ndarray::ArrayViewD<'_, f32>, Vec<usize>) {
+        let test = self.data.test();
+        (test.images().view().into_dyn(), test.labels_usize())
+    }
+}
+
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let data = common::mnist().expect("needs MNIST: set MNIST_DIR");
-        let (train, model, _) = common::small_cnn_one_epoch(&data);
-        let x = train.images().view().into_dyn();
-        let calibration = x.slice_axis(Axis(0), (0..100).into());
-        let config = ConvertConfig::default();
-        let int8 = convert(&model, calibration.view(), &config).unwrap();
+        // Trained on the first 6,000 training images, calibrated on the first 100 of them.
+        let (_, model, _) = common::small_cnn_one_epoch(&data);
         let mut pruned = model.clone();
         let names = prunable_params(&pruned);
         let kernels: Vec<(String, ArrayD<f32>)> = names
@@ -72,13 +93,16 @@ fn fixture() -> &'static Fixture {
             )
             .unwrap();
         }
-        let pruned_int8 = convert(&pruned, calibration.view(), &config).unwrap();
-        let dir = root().join("target/pare/onnx-test");
-        Fixture {
+        let mut f = Fixture {
             data,
-            models: vec![("small", model, int8), ("pruned", pruned, pruned_int8)],
-            dir,
+            models: Vec::new(),
+            dir: root().join("target/pare/onnx-test"),
+        };
+        for (stem, m) in [("small", model), ("pruned", pruned)] {
+            let q = f.convert(&m, InputType::Float);
+            f.models.push((stem, m, q));
         }
+        f
     })
 }
 
@@ -116,11 +140,18 @@ fn f32_output(o: Output) -> Array2<f32> {
     }
 }
 
-fn i8_output(o: Output) -> Array2<i8> {
+fn i8_output<D: ndarray::Dimension>(o: Output) -> ndarray::Array<i8, D> {
     match o {
-        Output::I8(a) => a.into_dimensionality::<Ix2>().unwrap(),
+        Output::I8(a) => a.into_dimensionality::<D>().unwrap(),
         other => panic!("expected int8 codes, got {other:?}"),
     }
+}
+
+/// Exports `q` in QOperator form to `<name>.onnx` and runs it on onnxruntime.
+fn qoperator_codes(q: &QuantizedModel, name: &str, input: Input<'_>) -> ArrayD<i8> {
+    let path = fixture().dir.join(format!("{name}.onnx"));
+    pare::onnx::save(&pare::onnx::export_qoperator(q).unwrap(), &path).unwrap();
+    i8_output(runtime().run(&path, input, 0).unwrap().output)
 }
 
 #[test]
@@ -131,10 +162,7 @@ fn i8_output(o: Output) -> Array2<i8> {
 #[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn float_exports_give_pares_logits_on_onnxruntime() {
     let f = fixture();
-    let (tx, ty) = (
-        f.data.test().images().view().into_dyn(),
-        f.data.test().labels_usize(),
-    );
+    let (tx, ty) = f.test_set();
     for (stem, float, int8) in &f.models {
         let files = exported("float", stem, float, int8);
         let ours = predict(float, tx.view(), 500).unwrap();
@@ -166,10 +194,7 @@ fn float_exports_give_pares_logits_on_onnxruntime() {
 #[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn qoperator_codes_match_the_integer_engine() {
     let f = fixture();
-    let (tx, ty) = (
-        f.data.test().images().view().into_dyn(),
-        f.data.test().labels_usize(),
-    );
+    let (tx, ty) = f.test_set();
     for (stem, float, int8) in &f.models {
         let files = exported("qoperator", stem, float, int8);
         let codes = int8.quantize_input(tx.view()).unwrap();
@@ -216,25 +241,11 @@ fn a_qlinearconv_rounds_as_pares_conv_but_at_half_steps() {
     let (_, float, _) = &f.models[0];
     let mut head = float.clone();
     head.layers.truncate(2);
-    let train = f.data.train().take(100);
-    let q = convert(
-        &head,
-        train.images().view().into_dyn(),
-        &ConvertConfig::default(),
-    )
-    .unwrap();
-    let tx = f.data.test().take(2000);
-    let codes = q.quantize_input(tx.images().view().into_dyn()).unwrap();
+    let q = f.convert(&head, InputType::Float);
+    let codes = f.test_codes(&q);
     let ours = q.predict_i8(codes.view()).unwrap();
-    let path = f.dir.join("small-conv-qoperator.onnx");
-    pare::onnx::save(&pare::onnx::export_qoperator(&q).unwrap(), &path).unwrap();
-    let theirs = i8_output_any(
-        runtime()
-            .run(&path, Input::I8(codes.view()), 0)
-            .unwrap()
-            .output,
-    );
-    let d = CodeDiff::new(ours.as_slice().unwrap(), &theirs);
+    let theirs = qoperator_codes(&q, "small-conv-qoperator", Input::I8(codes.view()));
+    let d = CodeDiff::new(ours.as_slice().unwrap(), theirs.as_slice().unwrap());
     println!(
         "conv layer: {:.3} % of {} codes equal, differences {}",
         100.0 * d.equal_fraction(),
@@ -248,13 +259,6 @@ fn a_qlinearconv_rounds_as_pares_conv_but_at_half_steps() {
     );
 }
 
-fn i8_output_any(o: Output) -> Vec<i8> {
-    match o {
-        Output::I8(a) => a.iter().copied().collect(),
-        other => panic!("expected int8 codes, got {other:?}"),
-    }
-}
-
 #[test]
 #[cfg_attr(
     not(pare_onnxruntime),
@@ -264,24 +268,10 @@ fn i8_output_any(o: Output) -> Vec<i8> {
 fn a_uint8_input_model_runs_on_uint8_codes() {
     let f = fixture();
     let (_, float, _) = &f.models[0];
-    let train = f.data.train().take(100);
-    let config = ConvertConfig {
-        input_type: InputType::Uint8,
-        ..Default::default()
-    };
-    let q = convert(float, train.images().view().into_dyn(), &config).unwrap();
-    let tx = f.data.test().take(2000);
-    let codes = q.quantize_input(tx.images().view().into_dyn()).unwrap();
-    let codes_u8 = codes.mapv(|v| (v as u8) ^ 0x80);
+    let q = f.convert(float, InputType::Uint8);
+    let codes_u8 = f.test_codes(&q).mapv(|v| (v as u8) ^ 0x80);
     let ours = q.predict_u8(codes_u8.view()).unwrap();
-    let path = f.dir.join("small-uint8-qoperator.onnx");
-    pare::onnx::save(&pare::onnx::export_qoperator(&q).unwrap(), &path).unwrap();
-    let theirs = i8_output(
-        runtime()
-            .run(&path, Input::U8(codes_u8.view()), 0)
-            .unwrap()
-            .output,
-    );
+    let theirs = qoperator_codes(&q, "small-uint8-qoperator", Input::U8(codes_u8.view()));
     let d = CodeDiff::new(ours.as_slice().unwrap(), theirs.as_slice().unwrap());
     println!("uint8 qoperator: differences {}", d.histogram_line());
     assert!(
@@ -299,10 +289,7 @@ fn a_uint8_input_model_runs_on_uint8_codes() {
 #[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn qdq_exports_keep_pares_int8_predictions() {
     let f = fixture();
-    let (tx, ty) = (
-        f.data.test().images().view().into_dyn(),
-        f.data.test().labels_usize(),
-    );
+    let (tx, ty) = f.test_set();
     for (stem, float, int8) in &f.models {
         let files = exported("qdq", stem, float, int8);
         let ours = int8.predict(tx.view()).unwrap();

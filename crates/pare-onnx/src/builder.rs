@@ -323,6 +323,22 @@ pub(crate) fn window_attributes(
     ])
 }
 
+/// [`window_attributes`] of a convolution, with its (unit) dilations.
+///
+/// # Errors
+/// As [`window_attributes`].
+pub(crate) fn conv_attributes(
+    layer: &str,
+    input: &[usize],
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    padding: pare_tensor::Padding,
+) -> crate::Result<Vec<AttributeProto>> {
+    let mut attrs = window_attributes(layer, input, kernel, strides, padding)?;
+    attrs.push(ints("dilations", &[1, 1]));
+    Ok(attrs)
+}
+
 /// A conv kernel `[kh, kw, in, out]` (pare, TensorFlow) as ONNX's `[out, in, kh, kw]`.
 pub(crate) fn oihw<T: Copy>(kernel: &ndarray::ArrayD<T>) -> (Vec<usize>, Vec<T>) {
     let k = kernel

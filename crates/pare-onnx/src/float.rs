@@ -3,7 +3,9 @@
 use pare_tensor::nn::Layer;
 use pare_tensor::{Activation, Sequential};
 
-use crate::builder::{Cursor, GraphBuilder, Layout, float, ints, oihw, window_attributes};
+use crate::builder::{
+    Cursor, GraphBuilder, Layout, conv_attributes, float, oihw, window_attributes,
+};
 use crate::error::{OnnxError, Result};
 use crate::proto::{DataType, ModelProto};
 
@@ -33,9 +35,7 @@ pub fn export_float(model: &Sequential) -> Result<ModelProto> {
             Layer::Conv2d(c) => {
                 g.transpose_to(&mut cur, Layout::Nchw);
                 let [kh, kw, _, _] = c.kernel_shape();
-                let mut attrs =
-                    window_attributes(name, &cur.shape, [kh, kw], c.strides, c.padding)?;
-                attrs.push(ints("dilations", &[1, 1]));
+                let attrs = conv_attributes(name, &cur.shape, [kh, kw], c.strides, c.padding)?;
                 let (dims, w) = oihw(&c.kernel.value);
                 let w = g.f32s(format!("{name}/kernel"), &dims, &w);
                 let b = bias(&mut g, name, &c.bias.value);

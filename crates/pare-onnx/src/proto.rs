@@ -186,6 +186,13 @@ pub struct ValueInfoProto {
     pub doc_string: String,
 }
 
+impl ValueInfoProto {
+    /// The element type of a tensor value ([`DataType`] as its number), if it has one.
+    pub fn elem_type(&self) -> Option<i32> {
+        Some(self.r#type.as_ref()?.tensor_type.as_ref()?.elem_type)
+    }
+}
+
 /// `TypeProto`, tensors only.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TypeProto {

@@ -6,7 +6,8 @@
 use pare_quant::{ActQuant, Bias, InputType, LayerKind, Mode, QuantizedLayer, QuantizedModel};
 
 use crate::builder::{
-    Cursor, GraphBuilder, Layout, MS_DOMAIN, float, int, ints, oihw, window_attributes,
+    Cursor, GraphBuilder, Layout, MS_DOMAIN, conv_attributes, float, int, ints, oihw,
+    window_attributes,
 };
 use crate::error::{OnnxError, Result};
 use crate::proto::{DataType, ModelProto};
@@ -157,14 +158,13 @@ pub fn export_qdq(model: &QuantizedModel) -> Result<ModelProto> {
             } => {
                 let p = parts(layer)?;
                 g.transpose_to(&mut cur, Layout::Nchw);
-                let mut attrs = window_attributes(
+                let attrs = conv_attributes(
                     name,
                     &cur.shape,
                     *kernel_size,
                     *strides,
                     tensor_padding(*padding),
                 )?;
-                attrs.push(ints("dilations", &[1, 1]));
                 let x = dq(&mut g, &cur, in_q, &format!("{name}/input"));
                 let (dims, codes) = oihw(&p.weights.kernel);
                 let w = qdq_weights(&mut g, name, &dims, &codes, &p.weights.scale, 0);
@@ -343,14 +343,13 @@ pub fn export_qoperator(model: &QuantizedModel) -> Result<ModelProto> {
             } => {
                 let p = parts(layer)?;
                 g.transpose_to(&mut cur, Layout::Nchw);
-                let mut attrs = window_attributes(
+                let attrs = conv_attributes(
                     name,
                     &cur.shape,
                     *kernel_size,
                     *strides,
                     tensor_padding(*padding),
                 )?;
-                attrs.push(ints("dilations", &[1, 1]));
                 let (dims, codes) = oihw(&p.weights.kernel);
                 cur.name = qlinear_conv(&mut g, name, &cur.name, in_q, &p, &dims, &codes, attrs);
                 if *relu {

@@ -102,28 +102,8 @@ fn qdq_and_qoperator_graphs_have_the_expected_operators() {
     ]);
     assert_eq!(ops(&qop), expected);
     let g = qop.graph.as_ref().unwrap();
-    assert_eq!(
-        g.input[0]
-            .r#type
-            .as_ref()
-            .unwrap()
-            .tensor_type
-            .as_ref()
-            .unwrap()
-            .elem_type,
-        DataType::Int8 as i32
-    );
-    assert_eq!(
-        g.output[0]
-            .r#type
-            .as_ref()
-            .unwrap()
-            .tensor_type
-            .as_ref()
-            .unwrap()
-            .elem_type,
-        DataType::Int8 as i32
-    );
+    assert_eq!(g.input[0].elem_type(), Some(DataType::Int8 as i32));
+    assert_eq!(g.output[0].elem_type(), Some(DataType::Int8 as i32));
 }
 
 fn init<'a>(m: &'a ModelProto, name: &str) -> &'a proto::TensorProto {
@@ -191,17 +171,7 @@ fn a_uint8_input_model_takes_uint8_codes() {
     let m = export_qoperator(&q).unwrap();
     assert_eq!(&ops(&m)[..2], ["DequantizeLinear", "QuantizeLinear"]);
     let g = m.graph.as_ref().unwrap();
-    assert_eq!(
-        g.input[0]
-            .r#type
-            .as_ref()
-            .unwrap()
-            .tensor_type
-            .as_ref()
-            .unwrap()
-            .elem_type,
-        DataType::Uint8 as i32
-    );
+    assert_eq!(g.input[0].elem_type(), Some(DataType::Uint8 as i32));
     let zp = init(&m, "input_u8/zero_point");
     assert_eq!(
         zp.raw_data,
