@@ -8,25 +8,25 @@
 //! converted to int8 first, calibrated on `--calibration-size` training images; an int8 model
 //! exported as float gives its dequantized network. `--compare` runs the file on onnxruntime
 //! (`tools/setup-onnx.sh` installs it) on the MNIST test images and prints accuracy, agreement
-//! and batch-1 latency beside pare's own, and writes `target/pare/export-<format>.json`
-//! (`target/pare/quick/` with `--quick`, which uses 1,000 test images).
+//! and batch-1 latency beside pare's own, into `target/pare/export-<format>.json` too
+//! (`target/pare/quick/` with `--quick`: 1,000 test images).
 
 mod common;
-
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use ndarray::Axis;
+use pare::codecs::SparseCodec;
 use pare::onnx::compare::{CodeDiff, agreement, argmaxes, max_abs_diff, median_latency_us};
 use pare::onnx::runtime::{Input, OnnxRuntime, Output};
-use pare::onnx::{FileSize, Format};
-use pare::quant::{ConvertConfig, Interpreter, QuantizedModel, convert};
+use pare::onnx::{ActivationType, FileSize, Format, QOperatorOptions};
+use pare::quant::{ConvertConfig, InputType, Interpreter, QuantizedModel, convert};
 use pare::tensor::Sequential;
 use pare::tensor::models::Reference;
 use pare::tensor::train::predict;
 use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 /// Export a pare model to ONNX; optionally compare onnxruntime with pare on MNIST.
 #[derive(Parser, Debug)]
@@ -53,6 +53,10 @@ struct Args {
     /// default on x86 it runs float operators on the dequantized values).
     #[arg(long)]
     int8_kernels: bool,
+    /// QOperator with uint8 activations (int8 + 128), the type onnxruntime's x86 kernels
+    /// are fastest on; the codes are the same bar the offset.
+    #[arg(long)]
+    uint8_activations: bool,
     /// Batch-1 runs timed for each latency median.
     #[arg(long, default_value_t = 1000)]
     latency_runs: usize,
@@ -64,14 +68,15 @@ struct Args {
     data_dir: Option<PathBuf>,
 }
 
-/// The model as read: an int8 model, or a float network (to be converted if asked).
+/// An int8 model, or a float network (converted if asked).
 enum Loaded {
     Int8(QuantizedModel),
     Float(Sequential),
 }
 
 fn load(args: &Args) -> Result<Loaded> {
-    let int8_err = match QuantizedModel::load(&args.model) {
+    // The sparse codec reads dense kernels too, so it takes every pare int8 file.
+    let int8_err = match QuantizedModel::load_with(&args.model, &SparseCodec) {
         Ok(q) => return Ok(Loaded::Int8(q)),
         Err(e) => e,
     };
@@ -121,23 +126,26 @@ fn run(args: Args) -> Result<()> {
         }
     };
     // 2. Export.
-    let onnx = pare::onnx::export(args.format, Some(&float), int8.as_ref())?;
+    let activations = match args.uint8_activations {
+        true => ActivationType::Uint8,
+        false => ActivationType::Int8,
+    };
+    let options = QOperatorOptions { activations };
+    let onnx = pare::onnx::export_with(args.format, Some(&float), int8.as_ref(), &options)?;
     let size = pare::onnx::save(&onnx, &args.out)?;
-    println!(
-        "{}: {} ONNX, {} bytes ({} gzipped), opset {}",
-        args.out.display(),
-        args.format,
-        size.raw,
-        size.gzip,
-        pare::onnx::OPSET
-    );
     let pare_size = match &int8 {
-        Some(q) if args.format != Format::Float => FileSize::of(&q.to_bytes()?),
+        Some(q) if args.format != Format::Float => FileSize::of(&q.to_bytes_with(&SparseCodec)?),
         _ => FileSize::of(&std::fs::read(&args.model).context("reading --model")?),
     };
     println!(
-        "pare's own file: {} bytes ({} gzipped)",
-        pare_size.raw, pare_size.gzip
+        "{}: {} ONNX (opset {}), {} bytes ({} gzipped); pare's own file {} bytes ({} gzipped)",
+        args.out.display(),
+        args.format,
+        pare::onnx::OPSET,
+        size.raw,
+        size.gzip,
+        pare_size.raw,
+        pare_size.gzip
     );
     let Some(data) = data.filter(|_| args.compare) else {
         return Ok(());
@@ -184,7 +192,14 @@ fn run(args: Args) -> Result<()> {
         Format::QOperator => {
             let q = int8.as_ref().expect("int8 model for qoperator");
             let x = q.quantize_input(tx.view())?;
-            let run = ort(Input::I8(x.view()))?;
+            // uint8 codes are the int8 ones + 128, for a uint8 model or uint8 activations.
+            let x_u8 = x.mapv(|v| (v as u8) ^ 0x80);
+            let uint8_input = args.uint8_activations || q.input_type() == InputType::Uint8;
+            let run = ort(if uint8_input {
+                Input::U8(x_u8.view())
+            } else {
+                Input::I8(x.view())
+            })?;
             let mut it = Interpreter::new(q)?;
             let us = median_latency_us(args.latency_runs, |i| {
                 let i = i % ty.len();
@@ -192,15 +207,17 @@ fn run(args: Args) -> Result<()> {
                     .expect("a checked model runs");
             });
             let ours = q.predict_i8(x.view())?;
-            let Output::I8(theirs) = &run.output else {
-                bail!("onnxruntime returned float logits for a QOperator model");
+            let theirs: Vec<i8> = match &run.output {
+                Output::I8(t) => t.iter().copied().collect(),
+                Output::U8(t) => t.iter().map(|&v| (v ^ 0x80) as i8).collect(),
+                Output::F32(_) => bail!("onnxruntime returned float logits for a QOperator model"),
             };
-            let d = CodeDiff::new(
-                ours.as_slice().expect("contiguous"),
-                &theirs.iter().copied().collect::<Vec<_>>(),
-            );
+            let d = CodeDiff::new(ours.as_slice().expect("contiguous"), &theirs);
             let logits = ours.mapv(|v| v as f32);
-            let theirs = Output::F32(theirs.mapv(|v| v as f32).into_dyn());
+            let theirs = Output::F32(ndarray::ArrayD::from_shape_vec(
+                ours.shape(),
+                theirs.iter().map(|&v| v as f32).collect(),
+            )?);
             (logits, theirs, run, us, Some(d))
         }
     };
@@ -214,12 +231,9 @@ fn run(args: Args) -> Result<()> {
         ours.as_slice().expect("contiguous"),
         theirs.as_standard_layout().as_slice().expect("contiguous"),
     );
-    println!(
-        "\n{} test images, onnxruntime {} (1 thread) vs pare (1 thread):",
-        ty.len(),
-        run.version
-    );
-    println!("onnxruntime ran: {}\n", run.optimized_ops.join(" "));
+    let (n, v, ops) = (ty.len(), &run.version, run.optimized_ops.join(" "));
+    println!("\n{n} test images, onnxruntime {v} vs pare, one thread each; onnxruntime ran:");
+    println!("{ops}\n");
     common::print_table(
         &["runtime", "accuracy", "argmax agreement", "batch-1 latency"],
         &[
@@ -246,16 +260,14 @@ fn run(args: Args) -> Result<()> {
         ),
         None => println!("\nmax |logit difference| {diff:.3e}"),
     }
-    let name = match args.int8_kernels {
-        true => format!("export-{}-int8-kernels.json", args.format),
-        false => format!("export-{}.json", args.format),
+    let variant = match (args.int8_kernels, args.uint8_activations) {
+        (true, _) => "-int8-kernels",
+        (_, true) => "-uint8",
+        _ => "",
     };
+    let dir = if args.quick { "quick/" } else { "" };
     let path = common::write_json(
-        &if args.quick {
-            format!("quick/{name}")
-        } else {
-            name
-        },
+        &format!("{dir}export-{}{variant}.json", args.format),
         &json!({
             "command": std::env::args().collect::<Vec<_>>().join(" "),
             "quick": args.quick,
@@ -277,6 +289,7 @@ fn run(args: Args) -> Result<()> {
             "latency_us_pare": pare_us,
             "latency_runs": args.latency_runs,
             "onnxruntime_int8_kernels": args.int8_kernels,
+            "uint8_activations": args.uint8_activations,
             "onnxruntime_ops": run.optimized_ops,
         }),
     )?;

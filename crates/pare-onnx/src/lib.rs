@@ -62,7 +62,9 @@ use prost::Message;
 pub use builder::{IR_VERSION, MS_DOMAIN, OPSET};
 pub use error::{OnnxError, Result};
 pub use float::export_float;
-pub use quant::{export_qdq, export_qoperator};
+pub use quant::{
+    ActivationType, QOperatorOptions, export_qdq, export_qoperator, export_qoperator_with,
+};
 
 /// The three forms a model exports to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -183,6 +185,19 @@ pub fn export(
     float: Option<&Sequential>,
     int8: Option<&QuantizedModel>,
 ) -> Result<proto::ModelProto> {
+    export_with(format, float, int8, &QOperatorOptions::default())
+}
+
+/// [`export`] with the [`QOperatorOptions`] a QOperator export takes.
+///
+/// # Errors
+/// As [`export`].
+pub fn export_with(
+    format: Format,
+    float: Option<&Sequential>,
+    int8: Option<&QuantizedModel>,
+    options: &QOperatorOptions,
+) -> Result<proto::ModelProto> {
     let missing = |what: &str| OnnxError::Unsupported {
         layer: "model".into(),
         reason: format!("the {format} form needs {what}"),
@@ -190,7 +205,9 @@ pub fn export(
     match format {
         Format::Float => export_float(float.ok_or_else(|| missing("a float model"))?),
         Format::Qdq => export_qdq(int8.ok_or_else(|| missing("an int8 model"))?),
-        Format::QOperator => export_qoperator(int8.ok_or_else(|| missing("an int8 model"))?),
+        Format::QOperator => {
+            export_qoperator_with(int8.ok_or_else(|| missing("an int8 model"))?, options)
+        }
     }
 }
 

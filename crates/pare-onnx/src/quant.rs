@@ -68,12 +68,61 @@ fn output_of(layer: &QuantizedLayer) -> Result<ActQuant> {
     })
 }
 
-/// Scale and zero-point initializers of per-tensor activation parameters.
+/// The integer type of a QOperator model's activations.
+///
+/// uint8 codes are the int8 codes plus 128 with the zero point plus 128: the same real values
+/// and the same integer arithmetic (`QLinearConv` sums `(x − zero_point) · w`), so both give the
+/// same codes bar the offset. onnxruntime's x86 kernels are tuned for uint8 activations with
+/// int8 weights, the pair its own quantizer writes, and run the small CNN about 2.5× faster so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ActivationType {
+    /// int8 codes, as pare's engine holds them.
+    #[default]
+    Int8,
+    /// uint8 codes: int8 + 128, zero point + 128.
+    Uint8,
+}
+
+impl ActivationType {
+    fn data_type(self) -> DataType {
+        match self {
+            ActivationType::Int8 => DataType::Int8,
+            ActivationType::Uint8 => DataType::Uint8,
+        }
+    }
+}
+
+/// How [`export_qoperator_with`] writes a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QOperatorOptions {
+    /// int8 (default) or uint8 activations, input and output.
+    pub activations: ActivationType,
+}
+
+/// Scale and zero-point initializers of per-tensor activation parameters (int8).
 fn act_params(g: &mut GraphBuilder, stem: &str, q: ActQuant) -> (String, String) {
+    act_params_as(g, stem, q, ActivationType::Int8)
+}
+
+/// [`act_params`] with the zero point in `codes`' type.
+fn act_params_as(
+    g: &mut GraphBuilder,
+    stem: &str,
+    q: ActQuant,
+    codes: ActivationType,
+) -> (String, String) {
     (
         g.scale(format!("{stem}/scale"), q.scale),
-        g.zero_point(format!("{stem}/zero_point"), q.zero_point),
+        zero_point_as(g, format!("{stem}/zero_point"), q.zero_point, codes),
     )
+}
+
+/// An int8 zero point (or code) as a scalar of `codes`' type.
+fn zero_point_as(g: &mut GraphBuilder, name: String, zp: i32, codes: ActivationType) -> String {
+    match codes {
+        ActivationType::Int8 => g.zero_point(name, zp),
+        ActivationType::Uint8 => g.u8s(name, &[], &[(zp + 128) as u8]),
+    }
 }
 
 /// Weight scales and (zero) zero points: a vector along the output channels, or scalars for
@@ -308,21 +357,40 @@ fn qdq_bias(
 /// - max-pool → `MaxPool` on int8; reshape → `Reshape`; a separate ReLU → `Clip`;
 /// - leaky ReLU → onnxruntime's `com.microsoft.QLinearLeakyRelu` (no standard int8 form).
 ///
-/// onnxruntime requantizes in float where pare uses gemmlowp's fixed-point multiplier, so a
-/// code can differ by one where the product lands within rounding error of a half step.
+/// onnxruntime requantizes in f32 and rounds once; pare rounds twice, as gemmlowp and TFLite
+/// do, so where the exact value lies just below a half step pare's code is one higher
+/// (`docs/onnx.md` has the figures).
 ///
 /// # Errors
 /// [`OnnxError::Unsupported`] for a dynamic-range model.
 pub fn export_qoperator(model: &QuantizedModel) -> Result<ModelProto> {
+    export_qoperator_with(model, &QOperatorOptions::default())
+}
+
+/// [`export_qoperator`] with uint8 activations if asked ([`ActivationType`]): then the input
+/// is uint8 codes (int8 + 128) whatever the model declares, and the output uint8 codes.
+///
+/// # Errors
+/// [`OnnxError::Unsupported`] for a dynamic-range model.
+pub fn export_qoperator_with(
+    model: &QuantizedModel,
+    options: &QOperatorOptions,
+) -> Result<ModelProto> {
     let mut in_q = full_integer(model)?;
+    let codes = options.activations;
+    let act_params =
+        |g: &mut GraphBuilder, stem: &str, q: ActQuant| act_params_as(g, stem, q, codes);
     let mut g = GraphBuilder::default();
-    let uint8 = model.input_type() == InputType::Uint8;
     let mut cur = Cursor {
         name: "input".into(),
         layout: Layout::Nhwc,
         shape: model.input_shape().to_vec(),
     };
-    if uint8 {
+    let input_type = match codes {
+        ActivationType::Int8 if model.input_type() == InputType::Uint8 => DataType::Uint8,
+        other => other.data_type(),
+    };
+    if input_type != codes.data_type() {
         // uint8 code − (zp + 128) is the int8 code − zp: dequantizing and quantizing again is
         // exact, as |code − zp| ≤ 255 survives the float round trip.
         let (scale, zp) = in_q.to_uint8();
@@ -350,10 +418,11 @@ pub fn export_qoperator(model: &QuantizedModel) -> Result<ModelProto> {
                     *strides,
                     tensor_padding(*padding),
                 )?;
-                let (dims, codes) = oihw(&p.weights.kernel);
-                cur.name = qlinear_conv(&mut g, name, &cur.name, in_q, &p, &dims, &codes, attrs);
+                let (dims, kernel) = oihw(&p.weights.kernel);
+                let w = (dims.as_slice(), kernel.as_slice());
+                cur.name = qlinear_conv(&mut g, name, &cur.name, in_q, &p, w, attrs, codes);
                 if *relu {
-                    clip_at(&mut g, &mut cur, p.output.zero_point, name);
+                    clip_at(&mut g, &mut cur, p.output.zero_point, name, codes);
                 }
                 in_q = p.output;
             }
@@ -364,7 +433,7 @@ pub fn export_qoperator(model: &QuantizedModel) -> Result<ModelProto> {
                 let (cin, cout) = (k.shape()[0], k.shape()[1]);
                 // As a 1×1 conv on `[batch, in, 1, 1]`: the kernel `[in, out]` becomes
                 // `[out, in, 1, 1]`.
-                let codes: Vec<i8> = k.t().iter().copied().collect();
+                let kernel: Vec<i8> = k.t().iter().copied().collect();
                 let attrs = vec![
                     ints("kernel_shape", &[1, 1]),
                     ints("strides", &[1, 1]),
@@ -378,21 +447,13 @@ pub fn export_qoperator(model: &QuantizedModel) -> Result<ModelProto> {
                     vec![],
                     &format!("{name}/as_image"),
                 );
-                let y = qlinear_conv(
-                    &mut g,
-                    name,
-                    &x4,
-                    in_q,
-                    &p,
-                    &[cout, cin, 1, 1],
-                    &codes,
-                    attrs,
-                );
+                let w = (&[cout, cin, 1, 1][..], kernel.as_slice());
+                let y = qlinear_conv(&mut g, name, &x4, in_q, &p, w, attrs, codes);
                 let flat = shape_init(&mut g, &format!("{name}/flat"), &[0, cout as i64]);
                 cur.name = g.node("Reshape", &[&y, &flat], vec![], &format!("{name}/flat"));
                 cur.shape = vec![cout];
                 if *relu {
-                    clip_at(&mut g, &mut cur, p.output.zero_point, name);
+                    clip_at(&mut g, &mut cur, p.output.zero_point, name, codes);
                 }
                 in_q = p.output;
             }
@@ -407,7 +468,7 @@ pub fn export_qoperator(model: &QuantizedModel) -> Result<ModelProto> {
                 cur.name = g.node("MaxPool", &[&cur.name], attrs, name);
             }
             LayerKind::Reshape { shape } => g.reshape(&mut cur, name, shape),
-            LayerKind::Relu => clip_at(&mut g, &mut cur, in_q.zero_point, name),
+            LayerKind::Relu => clip_at(&mut g, &mut cur, in_q.zero_point, name, codes),
             LayerKind::LeakyRelu { alpha } => {
                 let out = output_of(layer)?;
                 let (xs, xz) = act_params(&mut g, &format!("{name}/input"), in_q);
@@ -425,16 +486,11 @@ pub fn export_qoperator(model: &QuantizedModel) -> Result<ModelProto> {
         cur.shape = layer.output_shape.clone();
     }
     g.transpose_to(&mut cur, Layout::Nhwc);
-    let input_type = if uint8 {
-        DataType::Uint8
-    } else {
-        DataType::Int8
-    };
     Ok(g.finish(
         "pare_qoperator",
         &cur.name,
         ("input", input_type, model.input_shape()),
-        ("logits", DataType::Int8, model.output_shape()),
+        ("logits", codes.data_type(), model.output_shape()),
         doc(model, "QOperator"),
         metadata(model, "qoperator"),
     ))
@@ -451,14 +507,14 @@ fn qlinear_conv(
     x: &str,
     in_q: ActQuant,
     p: &Parts<'_>,
-    dims: &[usize],
-    codes: &[i8],
+    (dims, kernel): (&[usize], &[i8]),
     attrs: Vec<crate::proto::AttributeProto>,
+    codes: ActivationType,
 ) -> String {
-    let (xs, xz) = act_params(g, &format!("{layer}/input"), in_q);
-    let w = g.i8s(format!("{layer}/kernel"), dims, codes);
+    let (xs, xz) = act_params_as(g, &format!("{layer}/input"), in_q, codes);
+    let w = g.i8s(format!("{layer}/kernel"), dims, kernel);
     let (ws, wz) = weight_params(g, layer, &p.weights.scale);
-    let (ys, yz) = act_params(g, &format!("{layer}/output"), p.output);
+    let (ys, yz) = act_params_as(g, &format!("{layer}/output"), p.output, codes);
     let b = g.i32s(format!("{layer}/bias"), &[p.bias.len()], p.bias);
     g.node(
         "QLinearConv",
@@ -469,11 +525,17 @@ fn qlinear_conv(
 }
 
 /// pare's ReLU on int8 codes: a clamp below at the zero point (the code of real 0).
-fn clip_at(g: &mut GraphBuilder, cur: &mut Cursor, zero_point: i32, layer: &str) {
+fn clip_at(
+    g: &mut GraphBuilder,
+    cur: &mut Cursor,
+    zero_point: i32,
+    layer: &str,
+    codes: ActivationType,
+) {
     if zero_point <= i8::MIN as i32 {
         return;
     }
-    let lo = g.zero_point(format!("{layer}/relu_floor"), zero_point);
+    let lo = zero_point_as(g, format!("{layer}/relu_floor"), zero_point, codes);
     cur.name = g.node("Clip", &[&cur.name, &lo], vec![], &format!("{layer}/relu"));
 }
 

@@ -29,6 +29,8 @@ pub enum Output {
     F32(ArrayD<f32>),
     /// int8 codes.
     I8(ArrayD<i8>),
+    /// uint8 codes (QOperator models with uint8 activations).
+    U8(ArrayD<u8>),
 }
 
 /// One run of a model on onnxruntime.
@@ -215,6 +217,9 @@ impl OnnxRuntime {
             Some("int8") if raw.len() == n => {
                 let v = raw.iter().map(|&b| b as i8).collect();
                 Output::I8(ArrayD::from_shape_vec(IxDyn(&dims), v).expect("length checked"))
+            }
+            Some("uint8") if raw.len() == n => {
+                Output::U8(ArrayD::from_shape_vec(IxDyn(&dims), raw).expect("length checked"))
             }
             other => {
                 return Err(bad(format!(

@@ -180,6 +180,42 @@ fn a_uint8_input_model_takes_uint8_codes() {
 }
 
 #[test]
+fn uint8_activations_shift_every_zero_point_by_128() {
+    let q = int8_small_cnn(InputType::Float);
+    let options = QOperatorOptions {
+        activations: ActivationType::Uint8,
+    };
+    let (i8m, u8m) = (
+        export_qoperator(&q).unwrap(),
+        export_qoperator_with(&q, &options).unwrap(),
+    );
+    assert_eq!(ops(&i8m), ops(&u8m));
+    let g = u8m.graph.as_ref().unwrap();
+    assert_eq!(g.input[0].elem_type(), Some(DataType::Uint8 as i32));
+    assert_eq!(g.output[0].elem_type(), Some(DataType::Uint8 as i32));
+    let mut zero_points = 0;
+    for (a, b) in i8m
+        .graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .zip(&g.initializer)
+    {
+        assert_eq!(a.name, b.name);
+        if a.name.ends_with("/zero_point") {
+            zero_points += 1;
+            assert_eq!(b.data_type, DataType::Uint8 as i32, "{}", b.name);
+            assert_eq!(b.raw_data[0], a.raw_data[0] ^ 0x80, "{}", b.name);
+        } else {
+            // Scales, kernels (int8 either way), biases and shapes are the same.
+            assert_eq!(a, b);
+        }
+    }
+    assert_eq!(zero_points, 4); // conv and dense, input and output each
+}
+
+#[test]
 fn dynamic_range_and_custom_layers_are_errors() {
     let calibration = images(4, &[28, 28, 1], 2);
     let config = ConvertConfig {
