@@ -37,6 +37,7 @@ pub use error::{Error, Result};
 
 pub use pare_distill as distill;
 pub use pare_mnist as mnist;
+pub use pare_onnx as onnx;
 pub use pare_prune as prune;
 pub use pare_quant as quant;
 pub use pare_tensor as tensor;

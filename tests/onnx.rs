@@ -1,0 +1,424 @@
+//! The ONNX exports run on onnxruntime itself (through `tools/onnx_run.py` in the venv
+//! `tools/setup-onnx.sh` makes) on the 10,000 MNIST test images, against pare's own engines:
+//! the small CNN trained one epoch on 6,000 images, converted to int8 with 100 calibration
+//! images, and a copy pruned to 80 % (magnitude masks, no fine-tuning) exported with its zeros.
+//!
+//! - float: max |logit difference| ≤ 1e-4 and the same argmax on every image;
+//! - QOperator int8: onnxruntime's int8 codes never differ from `predict_i8`'s by more than 1;
+//!   a conv layer's codes are equal on ≥ 99.9 % of elements, the logits on ≥ 99.5 %.
+//!
+//!   onnxruntime requantizes in f32 and rounds once, exactly (it matches an f64 reference on
+//!   all but 12 of the 16.2 million conv outputs of 2,000 images); pare rounds as gemmlowp and
+//!   TFLite do, twice (`SaturatingRoundingDoublingHighMul`, then `RoundingDivideByPOT`), which
+//!   gives one more where the exact value lies just below a half step: +1 on 0.036 % of the
+//!   small CNN's pooled conv outputs. Each such input moves the dense layer's logits by about
+//!   0.01 of a step, which crosses a rounding boundary on ~0.2 % of the logits (99.80 %
+//!   equal, measured, seed 0);
+//! - QDQ: argmax agreement ≥ 99.9 % with pare's int8 engine, accuracy within 0.05 pp.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ndarray::{Array2, ArrayD, Ix2};
+use pare::mnist::Mnist;
+use pare::onnx::compare::{CodeDiff, agreement, argmaxes, max_abs_diff};
+use pare::onnx::runtime::{Input, OnnxRuntime, Output};
+use pare::onnx::{
+    ActivationType, ExportedFile, Format, QOperatorOptions, export_qoperator_with, keras, write_all,
+};
+use pare::prune::{MaskKind, apply_mask, compute_masks, prunable_params};
+use pare::quant::{ConvertConfig, InputType, QuantizedModel, convert};
+use pare::tensor::Sequential;
+use pare::tensor::train::predict;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn runtime() -> OnnxRuntime {
+    OnnxRuntime::in_workspace(root()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The trained float model, its int8 conversion, and the pruned pair; MNIST's test set.
+struct Fixture {
+    data: Mnist,
+    models: Vec<(&'static str, Sequential, QuantizedModel)>,
+    dir: PathBuf,
+}
+
+impl Fixture {
+    /// `model` converted to int8 with the first 100 training images.
+    fn convert(&self, model: &Sequential, input_type: InputType) -> QuantizedModel {
+        let calibration = self.data.train().take(100);
+        let config = ConvertConfig {
+            input_type,
+            ..Default::default()
+        };
+        convert(model, calibration.images().view().into_dyn(), &config).unwrap()
+    }
+
+    /// The first 2,000 test images quantized with `q`'s input parameters.
+    fn test_codes(&self, q: &QuantizedModel) -> ArrayD<i8> {
+        let test = self.data.test().take(2000);
+        q.quantize_input(test.images().view().into_dyn()).unwrap()
+    }
+
+    /// The 10,000 test images and their labels.
+    fn test_set(&self) -> (ndarray::ArrayViewD<'_, f32>, Vec<usize>) {
+        let test = self.data.test();
+        (test.images().view().into_dyn(), test.labels_usize())
+    }
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let data = common::mnist().expect("needs MNIST: set MNIST_DIR");
+        // Trained on the first 6,000 training images, calibrated on the first 100 of them.
+        let (_, model, _) = common::small_cnn_one_epoch(&data);
+        let mut pruned = model.clone();
+        let names = prunable_params(&pruned);
+        let kernels: Vec<(String, ArrayD<f32>)> = names
+            .iter()
+            .map(|n| (n.clone(), pruned.param(n).unwrap().value.clone()))
+            .collect();
+        let views: Vec<(&str, _)> = kernels
+            .iter()
+            .map(|(n, k)| (n.as_str(), k.view()))
+            .collect();
+        for (name, mask) in compute_masks(&views, 0.8, MaskKind::Magnitude).unwrap() {
+            apply_mask(
+                pruned.param_mut(&name).unwrap().value.view_mut(),
+                mask.view(),
+            )
+            .unwrap();
+        }
+        let mut f = Fixture {
+            data,
+            models: Vec::new(),
+            dir: root().join("target/pare/onnx-test"),
+        };
+        for (stem, m) in [("small", model), ("pruned", pruned)] {
+            let q = f.convert(&m, InputType::Float);
+            f.models.push((stem, m, q));
+        }
+        f
+    })
+}
+
+/// Writes the three files of one model; `test` keeps the tests, which run in parallel, off
+/// each other's files.
+fn exported(
+    test: &str,
+    stem: &str,
+    float: &Sequential,
+    int8: &QuantizedModel,
+) -> Vec<ExportedFile> {
+    let dir = fixture().dir.join(test);
+    let files = write_all(&dir, stem, Some(float), Some(int8)).unwrap();
+    for f in &files {
+        println!(
+            "{stem} {}: {} bytes, {} gzipped",
+            f.format, f.size.raw, f.size.gzip
+        );
+    }
+    files
+}
+
+fn file(files: &[ExportedFile], format: Format) -> &Path {
+    &files.iter().find(|f| f.format == format).unwrap().path
+}
+
+fn accuracy(pred: &[usize], labels: &[usize]) -> f64 {
+    agreement(pred, labels)
+}
+
+fn f32_output(o: Output) -> Array2<f32> {
+    match o {
+        Output::F32(a) => a.into_dimensionality::<Ix2>().unwrap(),
+        other => panic!("expected float logits, got {other:?}"),
+    }
+}
+
+fn i8_output<D: ndarray::Dimension>(o: Output) -> ndarray::Array<i8, D> {
+    match o {
+        Output::I8(a) => a.into_dimensionality::<D>().unwrap(),
+        other => panic!("expected int8 codes, got {other:?}"),
+    }
+}
+
+/// Exports `q` in QOperator form to `<name>.onnx` and runs it on onnxruntime.
+fn qoperator_codes(q: &QuantizedModel, name: &str, input: Input<'_>) -> ArrayD<i8> {
+    let path = fixture().dir.join(format!("{name}.onnx"));
+    pare::onnx::save(&pare::onnx::export_qoperator(q).unwrap(), &path).unwrap();
+    i8_output(runtime().run(&path, input, 0).unwrap().output)
+}
+
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
+fn float_exports_give_pares_logits_on_onnxruntime() {
+    let f = fixture();
+    let (tx, ty) = f.test_set();
+    for (stem, float, int8) in &f.models {
+        let files = exported("float", stem, float, int8);
+        let ours = predict(float, tx.view(), 500).unwrap();
+        let run = runtime()
+            .run(file(&files, Format::Float), Input::F32(tx.view()), 200)
+            .unwrap();
+        let theirs = f32_output(run.output);
+        let diff = max_abs_diff(ours.as_slice().unwrap(), theirs.as_slice().unwrap());
+        let (a, b) = (argmaxes(ours.view()), argmaxes(theirs.view()));
+        println!(
+            "{stem} float: max |logit diff| {diff:.2e}, argmax agreement {:.4}, accuracy \
+             onnxruntime {:.4} / pare {:.4}, onnxruntime {} batch-1 {:.1} us",
+            agreement(&a, &b),
+            accuracy(&b, &ty),
+            accuracy(&a, &ty),
+            run.version,
+            run.latency_us
+        );
+        assert!(diff <= 1e-4, "{stem}: max |logit difference| {diff}");
+        assert_eq!(a, b, "{stem}: argmax differs");
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
+fn qoperator_codes_match_the_integer_engine() {
+    let f = fixture();
+    let (tx, ty) = f.test_set();
+    for (stem, float, int8) in &f.models {
+        let files = exported("qoperator", stem, float, int8);
+        let codes = int8.quantize_input(tx.view()).unwrap();
+        let ours = int8.predict_i8(codes.view()).unwrap();
+        let run = runtime()
+            .run(
+                file(&files, Format::QOperator),
+                Input::I8(codes.view()),
+                200,
+            )
+            .unwrap();
+        let theirs = i8_output(run.output);
+        let d = CodeDiff::new(ours.as_slice().unwrap(), theirs.as_slice().unwrap());
+        let (a, b) = (argmaxes(ours.view()), argmaxes(theirs.view()));
+        println!(
+            "{stem} qoperator: {:.3} % of {} codes equal, differences {}; argmax agreement \
+             {:.4}, accuracy onnxruntime {:.4} / pare {:.4}, batch-1 {:.1} us",
+            100.0 * d.equal_fraction(),
+            d.total,
+            d.histogram_line(),
+            agreement(&a, &b),
+            accuracy(&b, &ty),
+            accuracy(&a, &ty),
+            run.latency_us
+        );
+        assert!(
+            d.equal_fraction() >= 0.995,
+            "{stem}: {}",
+            d.histogram_line()
+        );
+        assert!(d.max_abs <= 1, "{stem}: {}", d.histogram_line());
+
+        // uint8 activations: the same arithmetic, every code shifted by 128.
+        let path = f.dir.join(format!("qoperator/{stem}-qoperator-uint8.onnx"));
+        let options = QOperatorOptions {
+            activations: ActivationType::Uint8,
+        };
+        pare::onnx::save(&export_qoperator_with(int8, &options).unwrap(), &path).unwrap();
+        let codes_u8 = codes.mapv(|v| (v as u8) ^ 0x80);
+        let run = runtime()
+            .run(&path, Input::U8(codes_u8.view()), 200)
+            .unwrap();
+        let Output::U8(theirs_u8) = run.output else {
+            panic!("{stem}: expected uint8 codes, got {:?}", run.output)
+        };
+        assert_eq!(theirs_u8.mapv(|v| (v ^ 0x80) as i8), theirs.into_dyn());
+        println!(
+            "{stem} qoperator, uint8 activations: the int8 form's codes + 128, batch-1 {:.1} us",
+            run.latency_us
+        );
+    }
+}
+
+/// One `QLinearConv` against pare's conv: the model cut after its conv layer.
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
+fn a_qlinearconv_rounds_as_pares_conv_but_at_half_steps() {
+    let f = fixture();
+    let (_, float, _) = &f.models[0];
+    let mut head = float.clone();
+    head.layers.truncate(2);
+    let q = f.convert(&head, InputType::Float);
+    let codes = f.test_codes(&q);
+    let ours = q.predict_i8(codes.view()).unwrap();
+    let theirs = qoperator_codes(&q, "small-conv-qoperator", Input::I8(codes.view()));
+    let d = CodeDiff::new(ours.as_slice().unwrap(), theirs.as_slice().unwrap());
+    println!(
+        "conv layer: {:.3} % of {} codes equal, differences {}",
+        100.0 * d.equal_fraction(),
+        d.total,
+        d.histogram_line()
+    );
+    assert!(
+        d.equal_fraction() >= 0.999 && d.max_abs <= 1,
+        "{}",
+        d.histogram_line()
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
+fn a_uint8_input_model_runs_on_uint8_codes() {
+    let f = fixture();
+    let (_, float, _) = &f.models[0];
+    let q = f.convert(float, InputType::Uint8);
+    let codes_u8 = f.test_codes(&q).mapv(|v| (v as u8) ^ 0x80);
+    let ours = q.predict_u8(codes_u8.view()).unwrap();
+    let theirs = qoperator_codes(&q, "small-uint8-qoperator", Input::U8(codes_u8.view()));
+    let d = CodeDiff::new(ours.as_slice().unwrap(), theirs.as_slice().unwrap());
+    println!("uint8 qoperator: differences {}", d.histogram_line());
+    assert!(
+        d.equal_fraction() >= 0.995 && d.max_abs <= 1,
+        "{}",
+        d.histogram_line()
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
+fn qdq_exports_keep_pares_int8_predictions() {
+    let f = fixture();
+    let (tx, ty) = f.test_set();
+    for (stem, float, int8) in &f.models {
+        let files = exported("qdq", stem, float, int8);
+        let ours = int8.predict(tx.view()).unwrap();
+        let (a, accuracy_pare) = {
+            let a = argmaxes(ours.view());
+            let acc = accuracy(&a, &ty);
+            (a, acc)
+        };
+        // onnxruntime's default on x86 runs the float operators on the dequantized values;
+        // `session.qdqisint8allowed` lets it fuse the groups into its int8 kernels.
+        for (kernels, config) in [
+            ("float kernels", &[][..]),
+            ("int8 kernels", &[("session.qdqisint8allowed", "1")][..]),
+        ] {
+            let run = runtime()
+                .run_with(
+                    file(&files, Format::Qdq),
+                    Input::F32(tx.view()),
+                    200,
+                    config,
+                )
+                .unwrap();
+            let fused = run.optimized_ops.iter().any(|o| o == "QLinearConv");
+            assert_eq!(fused, !config.is_empty(), "{stem}: {:?}", run.optimized_ops);
+            let theirs = f32_output(run.output);
+            let b = argmaxes(theirs.view());
+            let acc_ort = accuracy(&b, &ty);
+            println!(
+                "{stem} qdq ({kernels}): argmax agreement {:.4}, accuracy onnxruntime \
+                 {acc_ort:.4} / pare int8 {accuracy_pare:.4} ({:+.2} pp), batch-1 {:.1} us",
+                agreement(&a, &b),
+                100.0 * (acc_ort - accuracy_pare),
+                run.latency_us
+            );
+            assert!(
+                agreement(&a, &b) >= 0.999,
+                "{stem} ({kernels}): argmax agreement {}",
+                agreement(&a, &b)
+            );
+            assert!(
+                (acc_ort - accuracy_pare).abs() <= 0.0005 + 1e-12,
+                "{stem} ({kernels}): {acc_ort} vs {accuracy_pare}"
+            );
+        }
+    }
+}
+
+/// Writes an `.h5` in Keras' layout with h5py, converts it with the shipped script, and
+/// imports it; Keras 2 (`model_weights/<layer>/<layer>/kernel:0`) and Keras 3
+/// (`layers/<layer>/vars/0`).
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+fn keras_h5_files_import_through_the_script() {
+    let rt = runtime();
+    let dir = root().join("target/pare/onnx-test/keras");
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = pare::tensor::models::small_cnn(11);
+    // The weights as .npy-free raw f32 the Python side reads back with numpy.
+    let mut writes = String::new();
+    for p in source.params() {
+        let raw = dir.join(format!("{}.bin", p.name));
+        let bytes: Vec<u8> = p.value.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&raw, bytes).unwrap();
+        let (layer, var) = p.name.rsplit_once('.').unwrap();
+        let shape: Vec<String> = p.value.shape().iter().map(|d| d.to_string()).collect();
+        let i = if var == "kernel" { 0 } else { 1 };
+        writes += &format!(
+            "a = np.fromfile({raw:?}, '<f4').reshape(({},))\n\
+             k2.create_dataset('model_weights/{layer}/{layer}/{var}:0', data=a)\n\
+             k3.create_dataset('layers/{layer}/vars/{i}', data=a)\n",
+            shape.join(", "),
+            raw = raw.to_str().unwrap()
+        );
+    }
+    let (h2, h3) = (dir.join("model.h5"), dir.join("model.weights.h5"));
+    let script = format!(
+        "import h5py, numpy as np\nk2 = h5py.File({h2:?}, 'w')\nk3 = h5py.File({h3:?}, 'w')\n\
+         k2.create_dataset('optimizer_weights/Adam/iter:0', data=np.zeros(1))\n\
+         {writes}k2.close(); k3.close()\n",
+        h2 = h2.to_str().unwrap(),
+        h3 = h3.to_str().unwrap()
+    );
+    let status = std::process::Command::new(rt.python())
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for h5 in [h2, h3] {
+        let out = h5.with_extension("safetensors");
+        let status = std::process::Command::new(rt.python())
+            .arg(root().join("tools/keras_to_safetensors.py"))
+            .args([&h5, &out])
+            .status()
+            .unwrap();
+        assert!(status.success(), "{}", h5.display());
+        let mut model = pare::tensor::models::small_cnn(0);
+        keras::load_keras_weights(&mut model, &out).unwrap();
+        assert_eq!(model.params(), source.params(), "{}", h5.display());
+        // A model of another architecture names the first layer that disagrees.
+        let mut other = pare::tensor::models::teacher_cnn(8, 4, 0);
+        let err = keras::load_keras_weights(&mut other, &out).unwrap_err();
+        println!("{}: {err}", h5.display());
+        assert!(
+            matches!(err, pare::onnx::OnnxError::KerasShape { ref layer, .. } if layer == "conv2d"),
+            "{err}"
+        );
+    }
+}
