@@ -265,12 +265,9 @@ fn run(args: Args) -> Result<()> {
         (_, true) => "-uint8",
         _ => "",
     };
-    let dir = if args.quick { "quick/" } else { "" };
-    let path = common::write_json(
-        &format!("{dir}export-{}{variant}.json", args.format),
-        &json!({
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
-            "quick": args.quick,
+    let path = common::results(args.quick).write_json(
+        &format!("export-{}{variant}.json", args.format),
+        json!({
             "format": args.format.name(),
             "model": args.model.display().to_string(),
             "onnx_bytes": size.raw,

@@ -75,7 +75,7 @@ impl Fixture {
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let data = common::mnist().expect("needs MNIST: set MNIST_DIR");
+        let data = common::mnist();
         // Trained on the first 6,000 training images, calibrated on the first 100 of them.
         let (_, model, _) = common::small_cnn_one_epoch(&data);
         let mut pruned = model.clone();

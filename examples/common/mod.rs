@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use pare::mnist::{Dataset, Mnist};
 use pare::results::Results;
 
@@ -108,23 +108,21 @@ pub fn results(quick: bool) -> Results {
 }
 
 /// MNIST (or Fashion-MNIST) from `--data-dir`, else `MNIST_DIR`, else the shared copy beside
-/// the repository.
+/// the repository, else pare's cache directory, downloading (SHA-256 checked) what is missing.
 pub fn load_data(dir: Option<&Path>) -> Result<Mnist> {
-    let dir: PathBuf = match (dir, std::env::var_os("MNIST_DIR")) {
-        (Some(d), _) => d.to_owned(),
-        (None, Some(d)) if !d.is_empty() => PathBuf::from(d),
-        (None, Some(_)) => anyhow::bail!("MNIST_DIR is empty: set it to the MNIST directory"),
-        (None, None) => {
-            let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
-            anyhow::ensure!(
-                shared.is_dir(),
-                "no MNIST: set MNIST_DIR (or pass --data-dir) to the directory of the four \
-                 IDX files"
-            );
-            shared
-        }
+    if let Some(d) = std::env::var_os("MNIST_DIR").filter(|_| dir.is_none()) {
+        anyhow::ensure!(
+            !d.is_empty(),
+            "MNIST_DIR is empty: set it to the MNIST directory"
+        );
+    }
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
+    let dir: Option<PathBuf> = match dir {
+        Some(d) => Some(d.to_owned()),
+        None if std::env::var_os("MNIST_DIR").is_none() && shared.is_dir() => Some(shared),
+        None => None,
     };
-    Mnist::load(&dir).with_context(|| format!("loading MNIST from {}", dir.display()))
+    Ok(Mnist::load_or_download(dir.as_deref())?)
 }
 
 /// Images as a dynamic-rank view and labels as class indices.
