@@ -85,6 +85,9 @@ struct Args {
     /// CI-sized run: 3000 training and 1000 test images; results under target/pare/quick/.
     #[arg(long)]
     quick: bool,
+    /// Also write the final models as ONNX (float, QDQ and QOperator) into this directory.
+    #[arg(long, value_name = "DIR")]
+    onnx: Option<PathBuf>,
     /// Directory of the MNIST IDX files [default: $MNIST_DIR].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -153,6 +156,7 @@ fn quantize(a: Args) -> Result<()> {
     // 4. Files: f32 checkpoint vs int8 model, raw and gzipped; the file reloads the same.
     let int8_path = results.model_path("small-int8.safetensors")?;
     int8.save(&int8_path)?;
+    common::write_onnx(a.onnx.as_deref(), "small", Some(&model), Some(&int8))?;
     let f32_size = FileSize::read(&f32_path)?;
     let int8_size = FileSize::read(&int8_path)?;
     let dynamic_size = FileSize::of(&dynamic.to_bytes()?);

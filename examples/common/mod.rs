@@ -189,3 +189,25 @@ pub fn thousands(n: usize) -> String {
     }
     out
 }
+
+/// `--onnx DIR`: writes `DIR/<stem>-float.onnx`, `-qdq.onnx` and `-qoperator.onnx` (whichever
+/// models are given) and lists them with their sizes raw and gzipped.
+pub fn write_onnx(
+    dir: Option<&Path>,
+    stem: &str,
+    float: Option<&pare::tensor::Sequential>,
+    int8: Option<&pare::quant::QuantizedModel>,
+) -> Result<()> {
+    let Some(dir) = dir else { return Ok(()) };
+    let files = pare::onnx::write_all(dir, stem, float, int8)?;
+    println!("\nONNX files (onnxruntime runs them; tests/onnx.rs checks they agree with pare):");
+    let rows: Vec<Vec<String>> = files
+        .iter()
+        .map(|f| {
+            let path = f.path.display().to_string();
+            vec![path, bytes(f.size.raw), bytes(f.size.gzip)]
+        })
+        .collect();
+    print_table(&["file", "bytes", "gzipped"], &rows);
+    Ok(())
+}

@@ -80,6 +80,9 @@ struct Args {
     /// Test on the first N test images only [default: all; 2000 with --quick].
     #[arg(long, value_parser = common::positive)]
     test_limit: Option<usize>,
+    /// Also write each distilled student as ONNX (float, QDQ and QOperator) into this directory.
+    #[arg(long, value_name = "DIR")]
+    onnx: Option<PathBuf>,
     /// Directory of the MNIST IDX files [default: $MNIST_DIR].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -165,6 +168,8 @@ fn distil(a: Args) -> Result<()> {
         // Full-integer int8 with TFLite's defaults (min-max observer, per-channel weights).
         let q = pare::quant::convert(&s.model, calibration.view(), &Default::default())?;
         runs.int8.push(accuracy(q.predict(tx.view())?.view(), &ty));
+        let stem = format!("student-seed{seed}");
+        common::write_onnx(a.onnx.as_deref(), &stem, Some(&s.model), Some(&q))?;
         runs.params = s.model.num_params();
         runs.distilled.push(s.evaluation.accuracy);
         runs.distilled_h.push(s.history);

@@ -78,6 +78,9 @@ struct Args {
     /// results under target/pare/quick/.
     #[arg(long)]
     quick: bool,
+    /// Also write the final models as ONNX (float, QDQ and QOperator) into this directory.
+    #[arg(long, value_name = "DIR")]
+    onnx: Option<PathBuf>,
     /// Directory of the MNIST IDX files [default: $MNIST_DIR].
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -209,6 +212,8 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
     // 3. int8, kernels stored in pare-prune's sparse formats where smaller.
     println!("\n== int8 conversion (pare-quant), weights stored sparse where smaller");
     let pruned_int8 = save_int8(&main.model, Mode::FullInteger, &s, &file("pruned-int8")?)?;
+    let pruned = (Some(&main.model), Some(&pruned_int8.model));
+    common::write_onnx(a.onnx.as_deref(), "pruned", pruned.0, pruned.1)?;
     // The same, keeping every channel (the architecture TFMOT's strip leaves).
     let all_channels = file("pruned-int8-all-channels")?;
     let all_channels_int8 = save_int8(&main.stripped, Mode::FullInteger, &s, &all_channels)?;
