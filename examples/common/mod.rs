@@ -179,15 +179,7 @@ pub fn count(n: usize, noun: &str) -> String {
 
 /// 1433610 -> "1,433,610".
 pub fn thousands(n: usize) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
+    pare::plot::group_thousands(n as u64)
 }
 
 /// `--onnx DIR`: writes `DIR/<stem>-float.onnx`, `-qdq.onnx` and `-qoperator.onnx` (whichever

@@ -222,11 +222,21 @@ fn routes(
         .collect()
 }
 
+/// Where the build script found MNIST: `MNIST_DIR`, else the shared copy beside the checkout,
+/// else pare's download cache (a fresh machine after its first download).
 fn mnist_dir() -> PathBuf {
-    match std::env::var_os("MNIST_DIR").filter(|d| !d.is_empty()) {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist"),
+    if let Some(d) = std::env::var_os("MNIST_DIR").filter(|d| !d.is_empty()) {
+        return Path::new(env!("CARGO_MANIFEST_DIR")).join(d);
     }
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist");
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|c| c.join("pare/mnist"));
+    std::iter::once(shared.clone())
+        .chain(cache)
+        .find(|d| d.is_dir())
+        .unwrap_or(shared)
 }
 
 /// The real MNIST files, served by a mirror, pass the digests compiled into the crate (the
