@@ -8,19 +8,20 @@
 //! converted to int8 first, calibrated on `--calibration-size` training images; an int8 model
 //! exported as float gives its dequantized network. `--compare` runs the file on onnxruntime
 //! (`tools/setup-onnx.sh` installs it) on the MNIST test images and prints accuracy, agreement
-//! and batch-1 latency beside pare's own, into `target/pare/export-<format>.json` too
-//! (`target/pare/quick/` with `--quick`: 1,000 test images).
+//! and batch-1 latency beside pare's own, into `target/pare/export-<model>-<format>.json` too
+//! (`target/pare/quick/` with `--quick`: 1,000 test images). QOperator codes are compared with
+//! pare's engine under onnxruntime's rounding rule (bit for bit) and under pare's default,
+//! TFLite's.
 
 mod common;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
 use ndarray::Axis;
 use pare::codecs::SparseCodec;
 use pare::onnx::compare::{CodeDiff, agreement, argmaxes, max_abs_diff, median_latency_us};
 use pare::onnx::runtime::{Input, OnnxRuntime, Output};
 use pare::onnx::{ActivationType, FileSize, Format, QOperatorOptions};
-use pare::quant::{ConvertConfig, InputType, Interpreter, QuantizedModel, convert};
+use pare::quant::{ConvertConfig, InputType, Interpreter, QuantizedModel, Rounding, convert};
 use pare::tensor::Sequential;
 use pare::tensor::models::Reference;
 use pare::tensor::train::predict;
@@ -29,7 +30,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Export a pare model to ONNX; optionally compare onnxruntime with pare on MNIST.
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
+#[command(version)]
 struct Args {
     /// A pare int8 model file, or a float safetensors checkpoint of --arch.
     #[arg(long)]
@@ -44,7 +46,7 @@ struct Args {
     #[arg(long, default_value = "small")]
     arch: Reference,
     /// Training images that calibrate a float checkpoint exported as qdq or qoperator.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = common::positive)]
     calibration_size: usize,
     /// Run the file on onnxruntime and pare on the MNIST test images and compare.
     #[arg(long)]
@@ -58,7 +60,7 @@ struct Args {
     #[arg(long)]
     uint8_activations: bool,
     /// Batch-1 runs timed for each latency median.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = common::positive)]
     latency_runs: usize,
     /// 1,000 test images instead of 10,000; JSON under target/pare/quick/.
     #[arg(long)]
@@ -92,19 +94,10 @@ fn load(args: &Args) -> Result<Loaded> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run(|| run(common::parse()))
 }
 
 fn run(args: Args) -> Result<()> {
-    if args.calibration_size == 0 || args.latency_runs == 0 {
-        bail!("--calibration-size and --latency-runs must be at least 1");
-    }
     let loaded = load(&args)?;
     let data = if args.compare || matches!(loaded, Loaded::Float(_)) && args.format != Format::Float
     {
@@ -207,12 +200,17 @@ fn run(args: Args) -> Result<()> {
                     .expect("a checked model runs");
             });
             let ours = q.predict_i8(x.view())?;
+            let ort_rule = q.clone().with_rounding(Rounding::OnnxRuntime)?;
+            let ours_ort = ort_rule.predict_i8(x.view())?;
             let theirs: Vec<i8> = match &run.output {
                 Output::I8(t) => t.iter().copied().collect(),
                 Output::U8(t) => t.iter().map(|&v| (v ^ 0x80) as i8).collect(),
                 Output::F32(_) => bail!("onnxruntime returned float logits for a QOperator model"),
             };
-            let d = CodeDiff::new(ours.as_slice().expect("contiguous"), &theirs);
+            let d = (
+                CodeDiff::new(ours_ort.as_slice().expect("contiguous"), &theirs),
+                CodeDiff::new(ours.as_slice().expect("contiguous"), &theirs),
+            );
             let logits = ours.mapv(|v| v as f32);
             let theirs = Output::F32(ndarray::ArrayD::from_shape_vec(
                 ours.shape(),
@@ -252,11 +250,14 @@ fn run(args: Args) -> Result<()> {
         ],
     );
     match &codes {
-        Some(d) => println!(
-            "\nint8 logits equal on {:.3} % of {} codes; differences {}",
+        Some((d, dt)) => println!(
+            "\nint8 logits equal on {:.3} % of {} codes with onnxruntime's rounding (differences \
+             {}), on {:.3} % with TFLite's ({})",
             100.0 * d.equal_fraction(),
             d.total,
-            d.histogram_line()
+            d.histogram_line(),
+            100.0 * dt.equal_fraction(),
+            dt.histogram_line()
         ),
         None => println!("\nmax |logit difference| {diff:.3e}"),
     }
@@ -265,8 +266,12 @@ fn run(args: Args) -> Result<()> {
         (_, true) => "-uint8",
         _ => "",
     };
+    let stem = args
+        .model
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy());
     let path = common::results(args.quick).write_json(
-        &format!("export-{}{variant}.json", args.format),
+        &format!("export-{stem}-{}{variant}.json", args.format),
         json!({
             "format": args.format.name(),
             "model": args.model.display().to_string(),
@@ -280,8 +285,10 @@ fn run(args: Args) -> Result<()> {
             "accuracy_pare": acc_pare,
             "argmax_agreement": agree,
             "max_abs_logit_difference": diff,
-            "codes_equal_fraction": codes.as_ref().map(|d| d.equal_fraction()),
-            "code_differences": codes.as_ref().map(|d| d.histogram_line()),
+            "codes_equal_fraction": codes.as_ref().map(|d| d.0.equal_fraction()),
+            "code_differences": codes.as_ref().map(|d| d.0.histogram_line()),
+            "codes_equal_fraction_tflite_rounding": codes.as_ref().map(|d| d.1.equal_fraction()),
+            "code_differences_tflite_rounding": codes.as_ref().map(|d| d.1.histogram_line()),
             "latency_us_onnxruntime": run.latency_us,
             "latency_us_pare": pare_us,
             "latency_runs": args.latency_runs,

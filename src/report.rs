@@ -424,6 +424,7 @@ pub fn build(inputs: &Inputs) -> Result<Report> {
     quantization_section(inputs, &mut md, &mut plots, &mut missing)?;
     pruning_section(inputs, &mut md, &mut plots, &mut missing)?;
     distillation_section(inputs, &mut md, &mut plots, &mut missing)?;
+    onnx_section(inputs, &mut md, &mut missing)?;
     Ok(Report {
         markdown: md,
         plots,
@@ -432,6 +433,101 @@ pub fn build(inputs: &Inputs) -> Result<Report> {
 }
 
 type Plots = Vec<(String, String)>;
+
+/// The exported models (`export-<model>-<format>.json` from `examples/export.rs --compare`):
+/// sizes, onnxruntime's accuracy beside pare's, agreement and batch-1 latency, each file one
+/// run of both runtimes.
+fn onnx_section(inputs: &Inputs, md: &mut String, missing: &mut Vec<String>) -> Result<()> {
+    md.push_str(
+        "## ONNX export (`pare-onnx`), checked by onnxruntime
+
+",
+    );
+    let runs: Vec<&ResultFile> = inputs
+        .files
+        .iter()
+        .filter(|(n, _)| n.starts_with("export-"))
+        .map(|(_, f)| f)
+        .collect();
+    let reproduce = "cargo run --release --example export -- --model \
+                     target/pare/models/small-int8.safetensors --format qoperator --out \
+                     target/pare/onnx/small-qoperator.onnx --compare";
+    if runs.is_empty() {
+        missing.push("export-*.json".into());
+        missing_note(md, inputs, "export-*.json", reproduce);
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for f in &runs {
+        md.push_str(&f.run_line(&shown(&f.path)));
+        md.push('\n');
+        let text = |k: &str| f.value(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+        let model = text("model");
+        let model = Path::new(&model)
+            .file_stem()
+            .map_or(model.clone(), |s| s.to_string_lossy().into_owned());
+        let kernels = f.value("onnxruntime_int8_kernels").and_then(Value::as_bool);
+        let format = match (text("format").as_str(), kernels) {
+            ("qdq", Some(true)) => "qdq (int8 kernels)".to_owned(),
+            (fmt, _) => fmt.to_owned(),
+        };
+        let agreement = match f.opt_f64("codes_equal_fraction") {
+            Some(eq) => format!(
+                "argmax {}; codes {} ({} with TFLite rounding)",
+                pct(f.f64("argmax_agreement")?),
+                pct(eq),
+                f.opt_f64("codes_equal_fraction_tflite_rounding")
+                    .map_or("–".into(), pct)
+            ),
+            None => format!(
+                "argmax {}; max |Δlogit| {:.1e}",
+                pct(f.f64("argmax_agreement")?),
+                f.f64("max_abs_logit_difference")?
+            ),
+        };
+        rows.push(vec![
+            format!("{model}{}", if f.is_quick() { " (quick)" } else { "" }),
+            format,
+            format!(
+                "{} / {}",
+                bytes(f.f64("onnx_gzip_bytes")?),
+                bytes(f.f64("pare_gzip_bytes")?)
+            ),
+            format!(
+                "{} / {}",
+                pct(f.f64("accuracy_onnxruntime")?),
+                pct(f.f64("accuracy_pare")?)
+            ),
+            agreement,
+            format!(
+                "{:.1} / {:.1} µs",
+                f.f64("latency_us_onnxruntime")?,
+                f.f64("latency_us_pare")?
+            ),
+        ]);
+    }
+    md.push('\n');
+    table(
+        md,
+        &[
+            "model",
+            "ONNX form",
+            "gzip: ONNX / pare",
+            "accuracy: onnxruntime / pare",
+            "agreement",
+            "batch-1: onnxruntime / pare",
+        ],
+        &rows,
+    );
+    md.push_str(
+        "Codes are compared with pare's engine under onnxruntime's rounding rule \
+         (`Rounding::OnnxRuntime`), which reproduces onnxruntime bit for bit; pare's default is \
+         TFLite's fixed-point rule. Reproduce a row: `",
+    );
+    md.push_str(reproduce);
+    md.push_str("` (see [onnx.md](onnx.md) for every form).\n\n");
+    Ok(())
+}
 
 fn training_section(
     inputs: &Inputs,

@@ -44,9 +44,23 @@ pub fn small_cnn_one_epoch_with(
     batch_size: usize,
     learning_rate: f32,
 ) -> (Dataset, Sequential, History) {
+    let (train, model, history) = one_epoch_with(data, small_cnn(0), batch_size, learning_rate);
+    (train, model, history)
+}
+
+/// `model` trained as [`small_cnn_one_epoch`] trains the small CNN.
+pub fn one_epoch(data: &Mnist, model: Sequential) -> Sequential {
+    one_epoch_with(data, model, 32, 1e-3).1
+}
+
+fn one_epoch_with(
+    data: &Mnist,
+    mut model: Sequential,
+    batch_size: usize,
+    learning_rate: f32,
+) -> (Dataset, Sequential, History) {
     let train = data.train().take(6000);
     let (x, y) = (train.images().view().into_dyn(), train.labels_usize());
-    let mut model = small_cnn(0);
     let mut adam = Adam::new(AdamConfig {
         learning_rate,
         ..Default::default()

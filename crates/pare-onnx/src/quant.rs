@@ -357,9 +357,11 @@ fn qdq_bias(
 /// - max-pool → `MaxPool` on int8; reshape → `Reshape`; a separate ReLU → `Clip`;
 /// - leaky ReLU → onnxruntime's `com.microsoft.QLinearLeakyRelu` (no standard int8 form).
 ///
-/// onnxruntime requantizes in f32 and rounds once; pare rounds twice, as gemmlowp and TFLite
-/// do, so where the exact value lies just below a half step pare's code is one higher
-/// (`docs/onnx.md` has the figures).
+/// onnxruntime requantizes in f32 and rounds once (ties to even), and builds its leaky-ReLU
+/// table in f32; pare's default engine rounds as TFLite does, twice. The model's
+/// [`with_rounding`](pare_quant::QuantizedModel::with_rounding)`(Rounding::OnnxRuntime)` runs
+/// pare's engine under onnxruntime's rule, and then its codes equal onnxruntime's on this
+/// export bit for bit (`tests/onnx.rs`, `docs/onnx.md`).
 ///
 /// # Errors
 /// [`OnnxError::Unsupported`] for a dynamic-range model.

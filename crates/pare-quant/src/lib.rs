@@ -95,6 +95,8 @@ mod model;
 pub mod observer;
 pub mod params;
 mod report;
+#[cfg(test)]
+mod rounding_tests;
 mod simulate;
 #[cfg(test)]
 mod tests;
@@ -105,8 +107,8 @@ pub use error::{QuantError, Result};
 pub use file::WeightCodec;
 pub use fixedpoint::{multiply_by_quantized_multiplier, quantize_multiplier};
 pub use kernels::{
-    Activation, Kernel, LeakyReluParams, PackedWeights, Padding, Requant, Window2d, gemm_i8_acc,
-    gemm_i8_requant, im2col_i8, max_pool_i8,
+    Activation, Kernel, LeakyReluParams, PackedWeights, Padding, Requant, Rounding, Window2d,
+    gemm_i8_acc, gemm_i8_requant, im2col_i8, max_pool_i8,
 };
 pub use model::{
     ActQuant, Bias, InputType, LayerKind, MAX_ELEMENTS, Mode, OutputType, Provenance,

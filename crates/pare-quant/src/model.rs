@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{QuantError, Result};
 use crate::kernels::{
     Activation, ConvPool, Im2col, Kernel, LeakyReluParams, PackedWeights, Padding, Requant,
-    Window2d, activation_range,
+    Rounding, Window2d, activation_range, onnxruntime_leaky_relu_table,
 };
 use crate::observer::ObserverKind;
 use crate::params::{QMAX_I8, QMIN_I8, QMIN_WEIGHT, QuantParams};
@@ -387,6 +387,8 @@ pub struct QuantizedModel {
     /// Largest activation and patch matrix of one example, in elements.
     pub(crate) max_activation: usize,
     pub(crate) max_patches: usize,
+    /// The engine's rounding rule (a run-time choice, not stored in the file).
+    pub(crate) rounding: Rounding,
 }
 
 /// The parts of a model before it is checked.
@@ -418,6 +420,11 @@ impl QuantizedModel {
     /// Checks every part (shapes chain, weights fit, parameters in range, multipliers
     /// representable), fills in the layer shapes and prepares the engine.
     pub(crate) fn from_parts(parts: ModelParts) -> Result<Self> {
+        Self::from_parts_with(parts, Rounding::Tflite)
+    }
+
+    /// [`from_parts`](Self::from_parts) with the engine prepared for `rounding`.
+    fn from_parts_with(parts: ModelParts, rounding: Rounding) -> Result<Self> {
         let ModelParts {
             mode,
             input_type,
@@ -478,7 +485,8 @@ impl QuantizedModel {
                     ));
                 }
             }
-            let (out_shape, prep, patches) = prepare_layer(layer, &shape, params.as_ref())?;
+            let (out_shape, prep, patches) =
+                prepare_layer(layer, &shape, params.as_ref(), rounding)?;
             let n = elements(&out_shape).ok_or_else(|| {
                 bad_layer(
                     layer,
@@ -496,7 +504,8 @@ impl QuantizedModel {
                 params = layer.output;
             }
         }
-        if full {
+        // The fused conv + pool kernel has a fixed-point output stage only.
+        if full && rounding == Rounding::Tflite {
             fuse_conv_pool(&layers, &mut prepared);
         }
         let float = (!full).then(|| dequantized_model(&input_shape, input, &layers));
@@ -512,7 +521,40 @@ impl QuantizedModel {
             float,
             max_activation,
             max_patches,
+            rounding,
         })
+    }
+
+    /// The same model with its integer engine rounding as `rounding` prescribes: TFLite's
+    /// fixed-point rule (the default, what [`convert`](crate::convert()) and
+    /// [`load`](Self::load) give) or onnxruntime's f32 rule, to reproduce that runtime's int8
+    /// outputs bit for bit (as the ONNX export's tests do). Weights, scales and zero points are
+    /// unchanged; only how accumulators are rescaled differs, by at most one code per layer.
+    ///
+    /// # Errors
+    /// Only if the model's parameters are invalid under the new rule, which they are not for a
+    /// model that loaded or converted: both rules accept the same scales.
+    pub fn with_rounding(self, rounding: Rounding) -> Result<Self> {
+        if rounding == self.rounding {
+            return Ok(self);
+        }
+        Self::from_parts_with(
+            ModelParts {
+                mode: self.mode,
+                input_type: self.input_type,
+                output_type: self.output_type,
+                input_shape: self.input_shape,
+                input: self.input,
+                layers: self.layers,
+                provenance: self.provenance,
+            },
+            rounding,
+        )
+    }
+
+    /// The integer engine's rounding rule (see [`with_rounding`](Self::with_rounding)).
+    pub fn rounding(&self) -> Rounding {
+        self.rounding
     }
 
     /// Full integer or dynamic range.
@@ -679,6 +721,7 @@ fn prepare_layer(
     layer: &QuantizedLayer,
     input: &[usize],
     in_q: Option<&ActQuant>,
+    rounding: Rounding,
 ) -> Result<(Vec<usize>, Option<Prepared>, usize)> {
     let full = in_q.is_some();
     let requant = |w: &QuantizedWeights, relu: bool| -> Result<Option<(Requant, Vec<i32>)>> {
@@ -691,7 +734,8 @@ fn prepare_layer(
             Activation::None
         };
         let (lo, hi) = activation_range(act, o.scale, o.zero_point)?;
-        let rq = Requant::from_scales(i.scale, &w.scale, o.scale, o.zero_point, lo, hi)?;
+        let rq =
+            Requant::from_scales_with(rounding, i.scale, &w.scale, o.scale, o.zero_point, lo, hi)?;
         let bias = match &w.bias {
             Bias::Int32(b) => b.clone(),
             Bias::Float(_) => unreachable!("prepare_layer: float bias in a full-integer model"),
@@ -797,14 +841,16 @@ fn prepare_layer(
             }
             let prep = match (in_q, layer.output.as_ref()) {
                 (Some(i), Some(o)) => {
-                    let p = LeakyReluParams::from_scales(
-                        i.scale,
-                        i.zero_point,
-                        o.scale,
-                        o.zero_point,
-                        *alpha,
-                    )?;
-                    Some(Prepared::Lut(Box::new(p.table())))
+                    let (is, iz, os, oz) = (i.scale, i.zero_point, o.scale, o.zero_point);
+                    let table = match rounding {
+                        Rounding::Tflite => {
+                            LeakyReluParams::from_scales(is, iz, os, oz, *alpha)?.table()
+                        }
+                        Rounding::OnnxRuntime => {
+                            onnxruntime_leaky_relu_table(is, iz, os, oz, *alpha)?
+                        }
+                    };
+                    Some(Prepared::Lut(Box::new(table)))
                 }
                 _ => None,
             };

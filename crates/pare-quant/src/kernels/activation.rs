@@ -96,6 +96,36 @@ impl LeakyReluParams {
     }
 }
 
+/// The code table of onnxruntime's `com.microsoft.QLinearLeakyRelu`, indexed by `q as u8`:
+/// each code dequantized in f32 (`s_in · (q − z_in)`), the slope applied in f32, and
+/// quantized back as `MlasQuantizeLinear` does (`x / s_out` rounded to nearest, ties to even,
+/// plus `z_out`, clamped). One rounding, where TFLite's [`LeakyReluParams`] rounds twice.
+///
+/// # Errors
+/// As [`LeakyReluParams::from_scales`].
+pub fn onnxruntime_leaky_relu_table(
+    input_scale: f32,
+    input_zero_point: i32,
+    output_scale: f32,
+    output_zero_point: i32,
+    alpha: f32,
+) -> Result<[i8; 256]> {
+    // The same checks as TFLite's form, so a model valid under one rule is valid under both.
+    LeakyReluParams::from_scales(
+        input_scale,
+        input_zero_point,
+        output_scale,
+        output_zero_point,
+        alpha,
+    )?;
+    Ok(std::array::from_fn(|i| {
+        let x = input_scale * (i as u8 as i8 as i32 - input_zero_point) as f32;
+        let y = if x >= 0.0 { x } else { alpha * x };
+        let q = (y / output_scale).round_ties_even() + output_zero_point as f32;
+        q.clamp(QMIN_I8 as f32, QMAX_I8 as f32) as i8
+    }))
+}
+
 /// Applies a 256-entry code table (indexed by the byte `q as u8`) in place.
 pub fn apply_table(table: &[i8; 256], data: &mut [i8]) {
     for v in data {
@@ -168,5 +198,29 @@ mod tests {
             LeakyReluParams::from_scales(1.0, 0, 1e-12, 0, 0.1),
             Err(QuantError::InvalidMultiplier { .. })
         ));
+    }
+
+    #[test]
+    fn onnxruntime_table_rounds_once_ties_to_even() {
+        // s_in = 0.5, z_in = 0, s_out = 1, z_out = 0, alpha = 0.5: input code q is 0.5·q,
+        // its leaky value 0.25·q below zero; hand-worked: q = 3 → 1.5 → 2 (even), q = 5 →
+        // 2.5 → 2, q = -2 → -0.5 → -0 (even), q = -6 → -1.5 → -2, q = -10 → -2.5 → -2.
+        let t = onnxruntime_leaky_relu_table(0.5, 0, 1.0, 0, 0.5).unwrap();
+        for (q, want) in [(3i8, 2i8), (5, 2), (-2, 0), (-6, -2), (-10, -2), (127, 64)] {
+            assert_eq!(t[q as u8 as usize], want, "q {q}");
+        }
+        // Within half a step of the exact value everywhere, on a realistic parameter set.
+        let (si, zi, so, zo, alpha) = (0.031_f32, -5, 0.027_f32, -100, 0.2_f32);
+        let t = onnxruntime_leaky_relu_table(si, zi, so, zo, alpha).unwrap();
+        for q in -128i32..=127 {
+            let x = si as f64 * (q - zi) as f64;
+            let y = if x >= 0.0 { x } else { alpha as f64 * x };
+            let exact = (y / so as f64 + zo as f64).clamp(-128.0, 127.0);
+            let got = t[q as u8 as usize] as f64;
+            assert!((got - exact).abs() <= 0.5 + 1e-4, "q {q}: {got} vs {exact}");
+        }
+        // The same parameters are rejected as by TFLite's form.
+        assert!(onnxruntime_leaky_relu_table(0.0, 0, 1.0, 0, 0.2).is_err());
+        assert!(onnxruntime_leaky_relu_table(1.0, 0, 1.0, 0, f32::NAN).is_err());
     }
 }

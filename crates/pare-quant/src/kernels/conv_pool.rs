@@ -26,7 +26,7 @@ pub(crate) const MAX_PATCH: usize = 16;
 const MAX_ROW: usize = 8;
 
 /// A prepared conv (valid padding) + max-pool (valid, stride = size) pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ConvPool {
     /// Conv input `[h, w, cin]`.
     input: [usize; 3],

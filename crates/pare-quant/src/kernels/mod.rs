@@ -74,7 +74,7 @@ mod window_avx2;
 #[cfg(target_arch = "x86_64")]
 mod window_avx512;
 
-pub use activation::{LeakyReluParams, apply_table};
+pub use activation::{LeakyReluParams, apply_table, onnxruntime_leaky_relu_table};
 pub(crate) use conv_pool::ConvPool;
 pub use window::{
     Im2col, Padding, Window2d, im2col_i8, im2col_i8_into, max_pool_i8, max_pool_i8_into,
@@ -274,12 +274,45 @@ fn check_zero_point(zero_point: i32) -> Result<()> {
     Ok(())
 }
 
-/// The output stage of an int8 layer: per-tensor or per-output-channel fixed-point multipliers,
-/// the output zero point and the clamping range.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How an int8 output stage rescales an int32 accumulator: the rounding rule of the runtime
+/// whose results pare reproduces bit for bit.
+///
+/// The two rules agree except where the exact value lies within about one part in 2^22 of a
+/// half step, which on a small CNN is a few codes in a thousand per layer: enough that a model
+/// checked against a runtime must use that runtime's rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Rounding {
+    /// TFLite's reference kernels: the real multiplier as a 31-bit fixed-point number and a
+    /// shift ([`quantize_multiplier`]), applied by gemmlowp's two roundings
+    /// ([`multiply_by_quantized_multiplier`]). Leaky ReLU as TFLite's `LEAKY_RELU`.
+    #[default]
+    Tflite,
+    /// onnxruntime's CPU kernels (MLAS `MlasRequantizeOutput`, as `QLinearConv` and
+    /// `QLinearMatMul` use it): the multiplier `(s_in · s_w) / s_out` computed in f32, the
+    /// accumulator converted to f32 and multiplied by it, then one rounding to nearest with ties
+    /// to even. Leaky ReLU as `com.microsoft.QLinearLeakyRelu`'s f32 lookup table.
+    OnnxRuntime,
+}
+
+impl std::fmt::Display for Rounding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Rounding::Tflite => "tflite",
+            Rounding::OnnxRuntime => "onnxruntime",
+        })
+    }
+}
+
+/// The output stage of an int8 layer: per-tensor or per-output-channel multipliers (fixed point,
+/// or f32 under [`Rounding::OnnxRuntime`]), the output zero point and the clamping range.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Requant {
     multiplier: Vec<i32>,
     shift: Vec<i32>,
+    /// f32 multipliers, present under [`Rounding::OnnxRuntime`]; they then replace the
+    /// fixed-point ones.
+    float_multiplier: Option<Vec<f32>>,
     zero_point: i32,
     act_min: i32,
     act_max: i32,
@@ -340,6 +373,7 @@ impl Requant {
         Ok(Requant {
             multiplier,
             shift,
+            float_multiplier: None,
             zero_point,
             act_min,
             act_max,
@@ -385,6 +419,50 @@ impl Requant {
         Self::per_channel(multiplier, shift, output_zero_point, act_min, act_max)
     }
 
+    /// [`from_scales`](Self::from_scales) with a chosen [`Rounding`]. Under
+    /// [`Rounding::OnnxRuntime`] the multipliers are onnxruntime's
+    /// `X_scale * W_scale[c] / Y_scale`, evaluated in f32 in that order; the fixed-point ones
+    /// are still computed, so the same scales are rejected under both rules.
+    ///
+    /// # Errors
+    /// As [`from_scales`](Self::from_scales).
+    pub fn from_scales_with(
+        rounding: Rounding,
+        input_scale: f32,
+        weight_scales: &[f32],
+        output_scale: f32,
+        output_zero_point: i32,
+        act_min: i32,
+        act_max: i32,
+    ) -> Result<Self> {
+        let mut rq = Self::from_scales(
+            input_scale,
+            weight_scales,
+            output_scale,
+            output_zero_point,
+            act_min,
+            act_max,
+        )?;
+        if rounding == Rounding::OnnxRuntime {
+            rq.float_multiplier = Some(
+                weight_scales
+                    .iter()
+                    .map(|&ws| input_scale * ws / output_scale)
+                    .collect(),
+            );
+        }
+        Ok(rq)
+    }
+
+    /// The rounding rule this stage applies.
+    pub fn rounding(&self) -> Rounding {
+        if self.float_multiplier.is_some() {
+            Rounding::OnnxRuntime
+        } else {
+            Rounding::Tflite
+        }
+    }
+
     /// Number of channels: 1 per tensor, else one per output column.
     pub fn channels(&self) -> usize {
         self.multiplier.len()
@@ -422,14 +500,25 @@ impl Requant {
         } else {
             column
         };
-        let v = multiply_by_quantized_multiplier(acc, self.multiplier[c], self.shift[c])
-            .wrapping_add(self.zero_point);
+        let v = match &self.float_multiplier {
+            // MLAS clamps in f32 before it converts; the bounds are integers, so clamping the
+            // rounded value is the same. `as i32` saturates, and the clamp is inside i8 anyway.
+            Some(m) => {
+                ((acc as f32 * m[c]).round_ties_even() as i32).saturating_add(self.zero_point)
+            }
+            None => multiply_by_quantized_multiplier(acc, self.multiplier[c], self.shift[c])
+                .wrapping_add(self.zero_point),
+        };
         v.clamp(self.act_min, self.act_max) as i8
     }
 
     /// Per-column parameters of the 16-column block starting at `j0`, for the SIMD paths:
     /// multiplier, left shift, right shift (padding lanes: multiplier 0, shifts 0).
     pub(crate) fn block_params(&self, j0: usize, n: usize) -> [[i32; NR]; 3] {
+        debug_assert!(
+            self.float_multiplier.is_none(),
+            "Requant::block_params: the SIMD output stages are fixed point only"
+        );
         let [mut mult, mut left, mut right] = [[0i32; NR]; 3];
         for l in 0..NR.min(n.saturating_sub(j0)) {
             let c = if self.multiplier.len() == 1 {
@@ -678,6 +767,26 @@ fn run(kernel: Kernel, g: &Gemm<'_>, out: Out<'_>) -> Result<()> {
 
 /// Rows `r0 .. r0 + out.len() / n` on the calling thread.
 fn run_rows(kernel: Kernel, g: &Gemm<'_>, r0: usize, out: Out<'_>) {
+    let out = match out {
+        Out::Requant(o, rq)
+            if rq.rounding() == Rounding::OnnxRuntime && kernel != Kernel::Portable =>
+        {
+            // The SIMD output stages are fixed point: take their accumulators and apply the
+            // f32 stage here, a few rows at a time so the scratch stays small.
+            const ROWS: usize = 32;
+            let n = g.b.n();
+            let mut acc = vec![0i32; ROWS.min(o.len() / n) * n];
+            for (b, ob) in o.chunks_mut(ROWS * n).enumerate() {
+                let acc = &mut acc[..ob.len()];
+                run_rows(kernel, g, r0 + b * ROWS, Out::Acc(acc));
+                for (i, (o, &a)) in ob.iter_mut().zip(acc.iter()).enumerate() {
+                    *o = rq.apply(a, i % n);
+                }
+            }
+            return;
+        }
+        other => other,
+    };
     match kernel {
         Kernel::Portable => portable::gemm(g, r0, out),
         #[cfg(target_arch = "x86_64")]

@@ -904,3 +904,90 @@ fn fused_conv_pool_declines_what_it_cannot_run() {
     let w25 = Array2::<i8>::zeros((25, 4));
     assert!(ConvPool::new([8, 8, 1], &conv5, w25.view(), &bias, 0, &rq, &pool).is_none());
 }
+
+#[test]
+fn onnxruntime_rounding_is_one_f32_rounding_ties_to_even() {
+    // s_in · s_w / s_out = 0.5 exactly: every odd accumulator lands on a tie.
+    let ort =
+        Requant::from_scales_with(Rounding::OnnxRuntime, 1.0, &[0.5], 1.0, 0, -128, 127).unwrap();
+    let tfl = Requant::from_scales(1.0, &[0.5], 1.0, 0, -128, 127).unwrap();
+    assert_eq!(ort.rounding(), Rounding::OnnxRuntime);
+    assert_eq!(tfl.rounding(), Rounding::Tflite);
+    // Ties to even (MLAS' cvtps2dq); gemmlowp's SaturatingRoundingDoublingHighMul rounds
+    // ties toward +inf (with no shift after it, as here).
+    for (acc, even, tflite) in [(3, 2, 2), (5, 2, 3), (-3, -2, -1), (-5, -2, -2), (7, 4, 4)] {
+        assert_eq!(ort.apply(acc, 0) as i32, even, "acc {acc}");
+        assert_eq!(tfl.apply(acc, 0) as i32, tflite, "acc {acc}");
+    }
+    // Saturation and the zero point are the same under both rules.
+    let ort =
+        Requant::from_scales_with(Rounding::OnnxRuntime, 1.0, &[1.0], 1.0, 10, -128, 127).unwrap();
+    assert_eq!(ort.apply(i32::MAX, 0), 127);
+    assert_eq!(ort.apply(i32::MIN, 0), -128);
+    assert_eq!(ort.apply(-3, 0), 7);
+    // The multiplier is onnxruntime's f32 expression, evaluated in its order.
+    let (si, sw, so) = (0.003_921_569_f32, 0.012_3_f32, 0.171_f32);
+    let ort =
+        Requant::from_scales_with(Rounding::OnnxRuntime, si, &[sw], so, 0, -128, 127).unwrap();
+    let m = si * sw / so;
+    for acc in [-100_000, -1234, 0, 1, 999, 54_321] {
+        let want = ((acc as f32 * m).round_ties_even() as i32).clamp(-128, 127);
+        assert_eq!(ort.apply(acc, 0) as i32, want);
+    }
+}
+
+#[test]
+fn every_kernel_gives_the_same_bits_under_onnxruntime_rounding() {
+    let mut rng = StdRng::seed_from_u64(41);
+    for &(m, k, n) in &[
+        (1, 7, 1),
+        (7, 63, 17),
+        (65, 33, 16),
+        (129, 100, 40),
+        (300, 75, 12),
+    ] {
+        for per_channel in [false, true] {
+            let a = random_i8(&mut rng, (m, k));
+            let b = random_i8(&mut rng, (k, n));
+            let za = rng.random_range(-128..=127);
+            let bias: Vec<i32> = (0..n).map(|_| rng.random_range(-5000..5000)).collect();
+            let channels = if per_channel { n } else { 1 };
+            let ws: Vec<f32> = (0..channels)
+                .map(|_| rng.random_range(0.001f32..0.05))
+                .collect();
+            let rq = Requant::from_scales_with(
+                Rounding::OnnxRuntime,
+                0.02,
+                &ws,
+                rng.random_range(0.05f32..0.5),
+                rng.random_range(-20..20),
+                -128,
+                127,
+            )
+            .unwrap();
+            let acc = reference_acc(&a, za, &b, Some(&bias));
+            let want = Array2::from_shape_fn((m, n), |(i, j)| rq.apply(acc[[i, j]], j));
+            let packed = PackedWeights::new(b.view());
+            for kernel in [Kernel::Portable, Kernel::Avx2, Kernel::Avx512Vnni] {
+                if !kernel.is_available() {
+                    continue;
+                }
+                let mut out = Array2::<i8>::zeros((m, n));
+                gemm_i8_requant_with(
+                    kernel,
+                    a.view(),
+                    za,
+                    &packed,
+                    Some(&bias),
+                    &rq,
+                    out.view_mut(),
+                )
+                .unwrap();
+                assert_eq!(
+                    out, want,
+                    "{kernel:?} m {m} k {k} n {n} per_channel {per_channel}"
+                );
+            }
+        }
+    }
+}
