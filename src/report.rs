@@ -161,8 +161,8 @@ impl ResultFile {
             "Run: {command}; commit {}; machine {} ({} threads); date {}{load}; from \
              `{display_path}`.",
             s("run.commit"),
-            s("run.machine.cpu"),
-            s("run.machine.threads"),
+            s("run.cpu"),
+            s("run.threads"),
             s("run.date"),
         )
     }
@@ -459,6 +459,7 @@ fn onnx_section(inputs: &Inputs, md: &mut String, missing: &mut Vec<String>) -> 
     }
     let mut rows = Vec::new();
     for f in &runs {
+        md.push_str("- ");
         md.push_str(&f.run_line(&shown(&f.path)));
         md.push('\n');
         let text = |k: &str| f.value(k).and_then(Value::as_str).unwrap_or("?").to_owned();
@@ -480,7 +481,7 @@ fn onnx_section(inputs: &Inputs, md: &mut String, missing: &mut Vec<String>) -> 
                     .map_or("–".into(), pct)
             ),
             None => format!(
-                "argmax {}; max |Δlogit| {:.1e}",
+                "argmax {}; max Δlogit {:.1e}",
                 pct(f.f64("argmax_agreement")?),
                 f.f64("max_abs_logit_difference")?
             ),
@@ -1015,7 +1016,7 @@ mod tests {
             "int8_matches_simulation": 1.0, "int8_to_float_size_ratio": 0.2573,
             "per_layer_sqnr_db": {"conv2d": 43.3, "dense": 42.5},
             "run": {"command": "cargo run --release --example quantization", "commit": "abc1234",
-                    "machine": {"cpu": "Test CPU", "threads": 2}, "date": "2026-12-03"},
+                    "cpu": "Test CPU", "threads": 2, "date": "2026-12-03"},
             "quick": false
         })
     }
