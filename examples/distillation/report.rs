@@ -20,6 +20,15 @@ pub struct Runs {
     pub params: usize,
 }
 
+/// Test accuracy after each epoch (the students train with the test set as validation data,
+/// for this curve only).
+fn test_curve(h: &History) -> Vec<Option<f64>> {
+    h.epochs
+        .iter()
+        .map(|e| e.val_accuracy.map(decimal))
+        .collect()
+}
+
 fn mean_epoch_seconds(histories: &[History]) -> Option<f64> {
     let secs: Vec<f64> = histories
         .iter()
@@ -151,6 +160,8 @@ pub fn report(o: &Outcome) -> serde_json::Value {
             "distilled_accuracy": decimals(&runs.distilled),
             "scratch_accuracy": decimals(&runs.scratch),
             "distilled_int8_accuracy": decimals(&runs.int8),
+            "distilled_accuracy_per_epoch": runs.distilled_h.iter().map(test_curve).collect::<Vec<_>>(),
+            "scratch_accuracy_per_epoch": runs.scratch_h.iter().map(test_curve).collect::<Vec<_>>(),
             "distilled": distilled.to_json(),
             "scratch": scratch.to_json(),
             "teacher_params": *teacher_params,
