@@ -32,6 +32,7 @@
 //! # Ok::<(), pare_tensor::TensorError>(())
 //! ```
 
+pub mod builder;
 pub mod checkpoint;
 mod error;
 pub mod gradcheck;
