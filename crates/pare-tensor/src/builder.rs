@@ -388,7 +388,8 @@ impl fmt::Debug for ModelBuilder {
 }
 
 impl ModelBuilder {
-    /// Appends a layer.
+    /// Appends a layer (Keras' `model.add`, hence the name).
+    #[allow(clippy::should_implement_trait)]
     pub fn add(mut self, spec: impl LayerSpec + 'static) -> ModelBuilder {
         self.specs.push(Box::new(spec));
         self
@@ -533,7 +534,7 @@ fn thousands(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

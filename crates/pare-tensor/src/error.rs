@@ -99,7 +99,7 @@ pub enum TensorError {
         what: String,
         /// The first non-finite value found.
         value: f32,
-        /// Epoch index, from 0.
+        /// The epoch, from 1 as the progress lines count.
         epoch: usize,
         /// Global step (the optimizer's iteration count).
         step: u64,

@@ -32,7 +32,9 @@
 //! # Ok::<(), pare_tensor::TensorError>(())
 //! ```
 
+pub mod augment;
 pub mod builder;
+pub mod callbacks;
 pub mod checkpoint;
 mod error;
 pub mod gradcheck;
@@ -43,6 +45,7 @@ pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod optim;
+pub mod schedule;
 pub mod train;
 
 #[cfg(test)]

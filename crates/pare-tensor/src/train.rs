@@ -5,6 +5,7 @@
 //! distillation taps intermediate layers), and [`Callback`]s run at batch and epoch boundaries
 //! (pruning updates its masks there and puts them into the step's graph).
 
+pub use crate::augment::Augmentation;
 use crate::error::{Result, TensorError};
 use crate::graph::{Grads, Graph, Var};
 use crate::nn::{Param, Sequential};
@@ -39,6 +40,13 @@ pub struct FitConfig {
     /// and backward on its slice of the batch in its own graph; gradients are averaged. Same
     /// seed and same shard count give bit-identical weights.
     pub threads: Option<usize>,
+    /// Clip the gradients by their global norm before each update, as Keras'
+    /// `global_clipnorm` and PyTorch's `clip_grad_norm_` do (see [`clip_by_global_norm`]);
+    /// `None` (the default) for no clipping.
+    pub clip_global_norm: Option<f32>,
+    /// Random changes to each training batch (none by default); validation data is never
+    /// augmented.
+    pub augmentation: Augmentation,
 }
 
 impl Default for FitConfig {
@@ -51,6 +59,8 @@ impl Default for FitConfig {
             validation_split: 0.0,
             verbose: true,
             threads: None,
+            clip_global_norm: None,
+            augmentation: Augmentation::default(),
         }
     }
 }
@@ -78,6 +88,12 @@ impl FitConfig {
                 "must be >= 1 (or None: one per rayon thread)",
             );
         }
+        if let Some(c) = self.clip_global_norm
+            && !(c.is_finite() && c > 0.0)
+        {
+            return bad("clip_global_norm", c.to_string(), "must be > 0");
+        }
+        self.augmentation.validate()?;
         if !(0.0..1.0).contains(&self.validation_split) || !self.validation_split.is_finite() {
             return bad(
                 "validation_split",
@@ -92,7 +108,7 @@ impl FitConfig {
 /// One epoch's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochLog {
-    /// Epoch index, from 0.
+    /// The epoch, counted from 1 as the progress lines print it (`epoch 1/5`).
     pub epoch: usize,
     /// Mean training loss over the epoch.
     pub loss: f32,
@@ -113,6 +129,9 @@ pub struct EpochLog {
 pub struct History {
     /// Per-epoch figures.
     pub epochs: Vec<EpochLog>,
+    /// The epoch (1-based) after which a callback stopped training
+    /// ([`Callback::stop_training`]), if one did.
+    pub stopped_early: Option<usize>,
 }
 
 /// The data of one training step.
@@ -211,6 +230,20 @@ pub trait Callback {
     fn on_train_end(&mut self, model: &mut Sequential) -> Result<()> {
         let _ = model;
         Ok(())
+    }
+    /// After `on_epoch_end`, with the optimizer's learning rate
+    /// ([`Optimizer::learning_rate`]); a returned rate replaces it from the next step on
+    /// (Keras' `ReduceLROnPlateau`). Not called for optimizers whose rate cannot be set.
+    fn adjust_learning_rate(&mut self, log: &EpochLog, learning_rate: f32) -> Result<Option<f32>> {
+        let _ = (log, learning_rate);
+        Ok(None)
+    }
+    /// Polled after every step and every epoch: `true` ends training cleanly (Keras'
+    /// `model.stop_training = True`). A stop during an epoch still finishes that epoch's
+    /// validation, log and `on_epoch_end`; `fit` then returns its history, with
+    /// [`History::stopped_early`] set, and no error.
+    fn stop_training(&self) -> bool {
+        false
     }
 }
 
@@ -325,6 +358,25 @@ pub fn argmax(row: &[f32]) -> usize {
         }
     }
     best
+}
+
+/// Scales every gradient by `max_norm / max(norm, max_norm)`, where `norm` is the global L2
+/// norm over all of them (TensorFlow's `clip_by_global_norm`, Keras' `global_clipnorm`,
+/// PyTorch's `clip_grad_norm_`): the direction is kept, the length capped. Returns `norm`
+/// before clipping. Summed in f64 in name order, so the result does not depend on hash order.
+pub fn clip_by_global_norm(grads: &mut Grads, max_norm: f32) -> f32 {
+    let mut named: Vec<(&String, &ArrayD<f32>)> = grads.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let sq: f64 = named
+        .iter()
+        .map(|(_, g)| g.iter().map(|&v| v as f64 * v as f64).sum::<f64>())
+        .sum();
+    let norm = sq.sqrt() as f32;
+    if norm > max_norm {
+        let scale = max_norm / norm;
+        grads.scale(scale);
+    }
+    norm
 }
 
 /// Trains a model: `Fit::new(cfg).callback(&mut c).run(&mut model, &mut opt, x, y)`.
@@ -444,8 +496,10 @@ impl<'a> Fit<'a> {
                 let model_ref: &Sequential = model;
                 let obj_ref: &dyn Objective = objective;
                 let xs = x.view();
+                let augmentation = cfg.augmentation;
                 let run = |(mut g, part): (Graph, &[usize])| -> Result<(f32, usize, Grads)> {
-                    let xb = gather(&xs, part);
+                    let mut xb = gather(&xs, part);
+                    augmentation.apply(&mut xb, part, cfg.seed, epoch)?;
                     let labels: Vec<usize> = part.iter().map(|&i| y[i]).collect();
                     let xv = g.constant(crate::kernels::buffers::clone_array(&xb));
                     let batch = Batch {
@@ -489,7 +543,7 @@ impl<'a> Fit<'a> {
                 let diverged = |what: String, value: f32| TensorError::Diverged {
                     what,
                     value,
-                    epoch,
+                    epoch: epoch + 1,
                     step,
                 };
                 if !loss.is_finite() {
@@ -497,10 +551,13 @@ impl<'a> Fit<'a> {
                     return Err(diverged("the loss".into(), loss));
                 }
                 correct += parts.iter().map(|p| p.1).sum::<usize>();
-                let grads = Grads::weighted_sum(parts.into_iter().map(|p| p.2).zip(weights));
+                let mut grads = Grads::weighted_sum(parts.into_iter().map(|p| p.2).zip(weights));
                 if let Some((name, value)) = first_non_finite_grad(&grads) {
                     bar.abandon();
                     return Err(diverged(format!("the gradient of {name}"), value));
+                }
+                if let Some(max_norm) = cfg.clip_global_norm {
+                    clip_by_global_norm(&mut grads, max_norm);
                 }
                 let mut params = model.params_mut();
                 params.extend(objective.params_mut());
@@ -511,12 +568,16 @@ impl<'a> Fit<'a> {
                 loss_sum += loss as f64 * idx.len() as f64;
                 seen += idx.len();
                 bar.inc(1);
-                if bi % 25 == 0 || bi + 1 == steps {
+                let stop = self.callbacks.iter().any(|c| c.stop_training());
+                if bi % 25 == 0 || bi + 1 == steps || stop {
                     bar.set_message(format!(
                         "loss {:.4} acc {:.4}",
                         loss_sum / seen as f64,
                         correct as f64 / seen as f64
                     ));
+                }
+                if stop {
+                    break;
                 }
             }
             let seconds = start.elapsed().as_secs_f64();
@@ -534,7 +595,7 @@ impl<'a> Fit<'a> {
                 _ => (None, None),
             };
             let log = EpochLog {
-                epoch,
+                epoch: epoch + 1,
                 loss: (loss_sum / seen.max(1) as f64) as f32,
                 accuracy: correct as f32 / seen.max(1) as f32,
                 val_loss,
@@ -560,7 +621,27 @@ impl<'a> Fit<'a> {
             for c in self.callbacks.iter_mut() {
                 c.on_epoch_end(&log, model)?;
             }
+            if let Some(mut lr) = opt.learning_rate() {
+                for c in self.callbacks.iter_mut() {
+                    if let Some(new) = c.adjust_learning_rate(&log, lr)? {
+                        if !(new.is_finite() && new > 0.0) {
+                            return Err(TensorError::BadHyperParameter {
+                                name: "learning_rate",
+                                value: new.to_string(),
+                                reason: "must be > 0 (set by a callback)",
+                            });
+                        }
+                        opt.set_learning_rate(new);
+                        lr = new;
+                    }
+                }
+            }
+            let stop = self.callbacks.iter().any(|c| c.stop_training());
             history.epochs.push(log);
+            if stop {
+                history.stopped_early = Some(epoch + 1);
+                break;
+            }
         }
         for c in self.callbacks.iter_mut() {
             c.on_train_end(model)?;
@@ -893,8 +974,9 @@ mod tests {
         assert_eq!(sgd.iterations(), *step);
         assert_eq!(saver.steps.last().map_or(0, |s| s + 1), *step);
         assert!(!dir.join(format!("s{step}")).exists());
-        assert_eq!(saver.epochs, *epoch);
-        assert_eq!(*epoch as u64, step / 8, "8 steps per epoch");
+        // Epochs count from 1, as the progress lines print them.
+        assert_eq!(saver.epochs + 1, *epoch);
+        assert_eq!(*epoch as u64, step / 8 + 1, "8 steps per epoch");
         let msg = err.to_string();
         assert!(
             msg.contains(&format!("epoch {epoch}, step {step}")),
@@ -962,6 +1044,89 @@ mod tests {
     }
 
     #[test]
+    fn clipping_caps_the_global_norm_and_keeps_the_direction() {
+        // Gradients [3, 4] and [12]: global norm sqrt(9 + 16 + 144) = 13. Clipped to 6.5 they
+        // halve; clipped to 20 they stay.
+        let a = Param::new("a", ndarray::arr1(&[1.0f32, 1.0]).into_dyn());
+        let b = Param::new("b", ndarray::arr1(&[1.0f32]).into_dyn());
+        let grads = || {
+            let mut g = Graph::new();
+            let (av, bv) = (g.param(&a), g.param(&b));
+            let ca = g.constant(ndarray::arr1(&[3.0f32, 4.0]).into_dyn());
+            let cb = g.constant(ndarray::arr1(&[12.0f32]).into_dyn());
+            let (pa, pb) = (g.mul(av, ca), g.mul(bv, cb));
+            let (sa, sb) = (g.sum(pa), g.sum(pb));
+            let loss = g.add(sa, sb);
+            g.backward(loss)
+        };
+        let mut g = grads();
+        assert_eq!(clip_by_global_norm(&mut g, 6.5), 13.0);
+        assert_eq!(g.get("a").unwrap().as_slice().unwrap(), &[1.5, 2.0]);
+        assert_eq!(g.get("b").unwrap().as_slice().unwrap(), &[6.0]);
+        let mut g = grads();
+        assert_eq!(clip_by_global_norm(&mut g, 20.0), 13.0);
+        assert_eq!(g.get("b").unwrap().as_slice().unwrap(), &[12.0]);
+        // In fit: a tiny cap keeps every SGD step to lr · cap in global norm.
+        let (x, y) = toy_data(16, 2);
+        let mut model = small_cnn(0);
+        let before: Vec<Param> = model.params().into_iter().cloned().collect();
+        let mut sgd = crate::optim::Sgd::new(1.0, 0.0, false).unwrap();
+        let cfg = FitConfig {
+            epochs: 1,
+            batch_size: 16,
+            verbose: false,
+            clip_global_norm: Some(1e-3),
+            ..Default::default()
+        };
+        Fit::new(cfg)
+            .run(&mut model, &mut sgd, x.view(), &y)
+            .unwrap();
+        let moved: f64 = model
+            .params()
+            .iter()
+            .zip(&before)
+            .flat_map(|(p, q)| p.value.iter().zip(q.value.iter()))
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        approx::assert_abs_diff_eq!(moved, 1e-3, epsilon = 1e-5);
+        let bad = FitConfig {
+            clip_global_norm: Some(f32::INFINITY),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "clip_global_norm is infinite: must be finite and > 0"
+        );
+    }
+
+    #[test]
+    fn augmented_training_is_reproducible_and_changes_the_batches() {
+        let (x, y) = toy_data(32, 3);
+        let run = |aug: Augmentation| {
+            let mut model = small_cnn(0);
+            let mut adam = Adam::new(AdamConfig::default()).unwrap();
+            let cfg = FitConfig {
+                epochs: 1,
+                batch_size: 16,
+                verbose: false,
+                augmentation: aug,
+                ..Default::default()
+            };
+            Fit::new(cfg)
+                .run(&mut model, &mut adam, x.view(), &y)
+                .unwrap();
+            model
+        };
+        let aug = Augmentation {
+            pad_crop: 2,
+            horizontal_flip: true,
+        };
+        assert_eq!(run(aug).params(), run(aug).params());
+        assert_ne!(run(aug).params(), run(Augmentation::default()).params());
+    }
+
+    #[test]
     fn callbacks_see_every_step_in_order() {
         #[derive(Default)]
         struct Log(Vec<String>);
@@ -1000,7 +1165,7 @@ mod tests {
         assert_eq!(
             log.0,
             [
-                "begin", "b0", "e0", "b1", "e1", "epoch0", "b2", "e2", "b3", "e3", "epoch1"
+                "begin", "b0", "e0", "b1", "e1", "epoch1", "b2", "e2", "b3", "e3", "epoch2"
             ]
         );
     }
