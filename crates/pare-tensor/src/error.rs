@@ -36,6 +36,14 @@ pub enum TensorError {
         /// Number of classes the model outputs.
         classes: usize,
     },
+    /// A label is negative, so no class index.
+    #[error("label {label} at index {index} is not a class index (must be >= 0)")]
+    BadLabel {
+        /// Position of the label.
+        index: usize,
+        /// The label, printed.
+        label: String,
+    },
     /// A hyper-parameter is outside its valid range.
     #[error("{}", hyper_parameter_message(name, value, reason))]
     BadHyperParameter {

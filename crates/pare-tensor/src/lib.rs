@@ -36,6 +36,7 @@ pub mod augment;
 pub mod builder;
 pub mod callbacks;
 pub mod checkpoint;
+pub mod data;
 mod error;
 pub mod gradcheck;
 mod graph;

@@ -6,6 +6,7 @@
 //! (pruning updates its masks there and puts them into the step's graph).
 
 pub use crate::augment::Augmentation;
+use crate::data::{Inputs, Label, Labelled, class_indices};
 use crate::error::{Result, TensorError};
 use crate::graph::{Grads, Graph, Var};
 use crate::nn::{Param, Sequential};
@@ -382,7 +383,8 @@ pub fn clip_by_global_norm(grads: &mut Grads, max_norm: f32) -> f32 {
 /// Trains a model: `Fit::new(cfg).callback(&mut c).run(&mut model, &mut opt, x, y)`.
 pub struct Fit<'a> {
     cfg: FitConfig,
-    validation: Option<(ArrayViewD<'a, f32>, &'a [usize])>,
+    validation: Option<(ArrayViewD<'a, f32>, Vec<usize>)>,
+    bad_validation: Option<TensorError>,
     objective: Option<&'a mut dyn Objective>,
     callbacks: Vec<&'a mut dyn Callback>,
 }
@@ -393,14 +395,37 @@ impl<'a> Fit<'a> {
         Fit {
             cfg,
             validation: None,
+            bad_validation: None,
             objective: None,
             callbacks: Vec::new(),
         }
     }
     /// Explicit validation data (takes precedence over `validation_split`).
-    pub fn validation_data(mut self, x: ArrayViewD<'a, f32>, y: &'a [usize]) -> Fit<'a> {
-        self.validation = Some((x, y));
+    ///
+    /// Inputs of any dimension, labels of any integer type; a negative label is reported by
+    /// `run`.
+    pub fn validation_data<L: Label>(mut self, x: impl Inputs<'a>, y: &[L]) -> Fit<'a> {
+        match class_indices(y) {
+            Ok(y) => self.validation = Some((x.into_view(), y)),
+            Err(e) => self.bad_validation = Some(e),
+        }
         self
+    }
+    /// A whole labelled data set (a `pare_mnist::Dataset`) as validation data.
+    pub fn validation_dataset(self, data: &'a impl Labelled) -> Fit<'a> {
+        let y = data.class_labels();
+        self.validation_data(data.inputs(), &y)
+    }
+
+    /// [`Fit::run`] on a whole labelled data set (a `pare_mnist::Dataset`).
+    pub fn run_dataset(
+        self,
+        model: &mut Sequential,
+        opt: &mut dyn Optimizer,
+        data: &impl Labelled,
+    ) -> Result<History> {
+        let y = data.class_labels();
+        self.run(model, opt, data.inputs(), &y)
     }
     /// Replaces the loss (and the forward pass) of every step.
     pub fn objective(mut self, o: &'a mut dyn Objective) -> Fit<'a> {
@@ -413,14 +438,20 @@ impl<'a> Fit<'a> {
         self
     }
 
-    /// Runs the training and returns the history.
-    pub fn run(
+    /// Runs the training and returns the history: inputs `x` `[n, ...]` as any `f32` array or
+    /// view (of the model's input shape), labels `y` of any integer type.
+    pub fn run<'x, L: Label>(
         mut self,
         model: &mut Sequential,
         opt: &mut dyn Optimizer,
-        x: ArrayViewD<'_, f32>,
-        y: &[usize],
+        x: impl Inputs<'x>,
+        y: &[L],
     ) -> Result<History> {
+        let x = x.into_view();
+        let y = &class_indices(y)?[..];
+        if let Some(e) = self.bad_validation.take() {
+            return Err(e);
+        }
         let cfg = self.cfg.clone();
         cfg.validate()?;
         check_data(model, &x, Some(y))?;
@@ -584,7 +615,7 @@ impl<'a> Fit<'a> {
             bar.finish();
             let (val_loss, val_accuracy) = match (&self.validation, split_val) {
                 (Some((vx, vy)), _) => {
-                    let e = evaluate(model, vx.view(), vy, 256)?;
+                    let e = evaluate(model, vx.view(), &vy[..], 256)?;
                     (Some(e.loss), Some(e.accuracy))
                 }
                 (None, Some(at)) => {
@@ -651,11 +682,12 @@ impl<'a> Fit<'a> {
 }
 
 /// Logits of every example, computed in batches on an inference graph.
-pub fn predict(
+pub fn predict<'x>(
     model: &Sequential,
-    x: ArrayViewD<'_, f32>,
+    x: impl Inputs<'x>,
     batch_size: usize,
 ) -> Result<Array2<f32>> {
+    let x = x.into_view();
     if batch_size == 0 {
         return Err(TensorError::BadHyperParameter {
             name: "batch_size",
@@ -683,13 +715,25 @@ pub fn predict(
     Ok(out)
 }
 
-/// Mean cross-entropy and accuracy over a labelled data set.
-pub fn evaluate(
+/// [`evaluate`] on a whole labelled data set (a `pare_mnist::Dataset`).
+pub fn evaluate_dataset(
     model: &Sequential,
-    x: ArrayViewD<'_, f32>,
-    y: &[usize],
+    data: &impl Labelled,
     batch_size: usize,
 ) -> Result<Evaluation> {
+    evaluate(model, data.inputs(), &data.class_labels(), batch_size)
+}
+
+/// Mean cross-entropy and accuracy over a labelled data set: inputs as any `f32` array or
+/// view, labels of any integer type.
+pub fn evaluate<'x, L: Label>(
+    model: &Sequential,
+    x: impl Inputs<'x>,
+    y: &[L],
+    batch_size: usize,
+) -> Result<Evaluation> {
+    let x = x.into_view();
+    let y = &class_indices(y)?[..];
     check_data(model, &x, Some(y))?;
     if y.is_empty() {
         return Err(TensorError::Empty("evaluation data"));
