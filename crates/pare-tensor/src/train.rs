@@ -739,6 +739,38 @@ pub fn evaluate<'x, L: Label>(
         return Err(TensorError::Empty("evaluation data"));
     }
     let logits = predict(model, x, batch_size)?;
+    evaluate_logits(logits.view(), y)
+}
+
+/// Mean sparse cross-entropy (from logits, with a stable log-sum-exp) and arg-max accuracy of
+/// `logits` `[n, classes]` against labels of any integer type: the scoring of [`evaluate`],
+/// for models that produce logits some other way (an int8 engine, a sparse runtime).
+///
+/// # Errors
+/// No examples, a label count that is not `n`, or a label that is not a class.
+pub fn evaluate_logits<L: Label>(
+    logits: ndarray::ArrayView2<'_, f32>,
+    y: &[L],
+) -> Result<Evaluation> {
+    let y = &class_indices(y)?[..];
+    let (n, classes) = logits.dim();
+    if y.is_empty() {
+        return Err(TensorError::Empty("evaluation data"));
+    }
+    if y.len() != n {
+        return Err(TensorError::LengthMismatch {
+            what: "logits",
+            images: n,
+            labels: y.len(),
+        });
+    }
+    if let Some((index, &label)) = y.iter().enumerate().find(|(_, l)| **l >= classes) {
+        return Err(TensorError::LabelOutOfRange {
+            index,
+            label,
+            classes,
+        });
+    }
     let mut loss = 0f64;
     let mut correct = 0;
     for (row, &label) in logits.rows().into_iter().zip(y) {
