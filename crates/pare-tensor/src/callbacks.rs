@@ -409,6 +409,7 @@ mod tests {
             val_accuracy: Some(1.0 - val_loss),
             seconds: 0.0,
             examples_per_second: 0.0,
+            metrics: Vec::new(),
         }
     }
 

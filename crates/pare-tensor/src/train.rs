@@ -123,6 +123,17 @@ pub struct EpochLog {
     pub seconds: f64,
     /// Training examples per second.
     pub examples_per_second: f64,
+    /// The objective's other figures ([`Objective::step_with_metrics`]), each a mean over the
+    /// epoch's examples: distillation reports `student_loss` and `distillation_loss` here, as
+    /// Keras' `Distiller` does. Empty for plain cross-entropy.
+    pub metrics: Vec<(&'static str, f32)>,
+}
+
+impl EpochLog {
+    /// The objective's figure called `name`, if it reported one.
+    pub fn metric(&self, name: &str) -> Option<f32> {
+        self.metrics.iter().find(|m| m.0 == name).map(|m| m.1)
+    }
 }
 
 /// What `fit` returns: one log per epoch.
@@ -174,6 +185,17 @@ pub trait Objective: Sync {
         x: Var,
         batch: &Batch<'_>,
     ) -> Result<StepVars>;
+    /// [`Objective::step`] plus named scalar figures of the step to report per epoch in
+    /// [`EpochLog::metrics`] (each a mean over the batch, like the loss). None by default.
+    fn step_with_metrics(
+        &self,
+        g: &mut Graph,
+        model: &Sequential,
+        x: Var,
+        batch: &Batch<'_>,
+    ) -> Result<(StepVars, Vec<(&'static str, Var)>)> {
+        Ok((self.step(g, model, x, batch)?, Vec::new()))
+    }
     /// Extra trainable parameters owned by the objective (e.g. a hint projection).
     fn params_mut(&mut self) -> Vec<&mut Param> {
         Vec::new()
@@ -510,6 +532,7 @@ impl<'a> Fit<'a> {
             bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
             let start = Instant::now();
             let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+            let mut metric_sums: Vec<(&'static str, f64)> = Vec::new();
             for (bi, idx) in order.chunks(cfg.batch_size).enumerate() {
                 let step = opt.iterations();
                 for c in self.callbacks.iter_mut() {
@@ -528,7 +551,8 @@ impl<'a> Fit<'a> {
                 let obj_ref: &dyn Objective = objective;
                 let xs = x.view();
                 let augmentation = cfg.augmentation;
-                let run = |(mut g, part): (Graph, &[usize])| -> Result<(f32, usize, Grads)> {
+                type Shard = (f32, usize, Grads, Vec<(&'static str, f32)>);
+                let run = |(mut g, part): (Graph, &[usize])| -> Result<Shard> {
                     let mut xb = gather(&xs, part);
                     augmentation.apply(&mut xb, part, cfg.seed, epoch)?;
                     let labels: Vec<usize> = part.iter().map(|&i| y[i]).collect();
@@ -540,19 +564,21 @@ impl<'a> Fit<'a> {
                         epoch,
                         step,
                     };
-                    let vars = obj_ref.step(&mut g, model_ref, xv, &batch)?;
-                    let loss = g
-                        .value(vars.loss)
-                        .iter()
-                        .next()
-                        .copied()
-                        .unwrap_or(f32::NAN);
+                    let (vars, metric_vars) =
+                        obj_ref.step_with_metrics(&mut g, model_ref, xv, &batch)?;
+                    let scalar =
+                        |g: &Graph, v: Var| g.value(v).iter().next().copied().unwrap_or(f32::NAN);
+                    let loss = scalar(&g, vars.loss);
+                    let metrics: Vec<(&'static str, f32)> = metric_vars
+                        .into_iter()
+                        .map(|(name, v)| (name, scalar(&g, v)))
+                        .collect();
                     let correct = count_correct(g.value(vars.logits), &labels);
                     let grads = g.backward(vars.loss);
                     crate::kernels::buffers::give_array(xb);
-                    Ok((loss, correct, grads))
+                    Ok((loss, correct, grads, metrics))
                 };
-                let results: Vec<Result<(f32, usize, Grads)>> = if jobs.len() > 1 {
+                let results: Vec<Result<Shard>> = if jobs.len() > 1 {
                     jobs.into_par_iter()
                         .map(|job| crate::kernels::with_sequential_kernels(|| run(job)))
                         .collect()
@@ -582,7 +608,16 @@ impl<'a> Fit<'a> {
                     return Err(diverged("the loss".into(), loss));
                 }
                 correct += parts.iter().map(|p| p.1).sum::<usize>();
-                let mut grads = Grads::weighted_sum(parts.into_iter().map(|p| p.2).zip(weights));
+                for (p, w) in parts.iter().zip(&weights) {
+                    for (k, &(name, v)) in p.3.iter().enumerate() {
+                        if metric_sums.len() <= k {
+                            metric_sums.push((name, 0.0));
+                        }
+                        metric_sums[k].1 += (v * w) as f64 * idx.len() as f64;
+                    }
+                }
+                let mut grads =
+                    Grads::weighted_sum(parts.into_iter().map(|p| p.2).zip(weights.clone()));
                 if let Some((name, value)) = first_non_finite_grad(&grads) {
                     bar.abandon();
                     return Err(diverged(format!("the gradient of {name}"), value));
@@ -633,14 +668,23 @@ impl<'a> Fit<'a> {
                 val_accuracy,
                 seconds,
                 examples_per_second: seen as f64 / seconds.max(1e-9),
+                metrics: metric_sums
+                    .iter()
+                    .map(|&(name, sum)| (name, (sum / seen.max(1) as f64) as f32))
+                    .collect(),
             };
             if cfg.verbose {
                 let val = match (val_loss, val_accuracy) {
                     (Some(l), Some(a)) => format!(" val_loss {l:.4} val_acc {a:.4}"),
                     _ => String::new(),
                 };
+                let extra: String = log
+                    .metrics
+                    .iter()
+                    .map(|(name, v)| format!(" {name} {v:.4}"))
+                    .collect();
                 eprintln!(
-                    "epoch {}/{}: loss {:.4} acc {:.4}{val} ({:.1} s, {:.0} ex/s)",
+                    "epoch {}/{}: loss {:.4}{extra} acc {:.4}{val} ({:.1} s, {:.0} ex/s)",
                     epoch + 1,
                     cfg.epochs,
                     log.loss,
