@@ -47,6 +47,7 @@ impl QuantizedModel {
             }
             .into());
         }
+        self.check_batch(x.shape())?;
         let classes: usize = self.output_shape().iter().product();
         let n = x.shape().first().copied().unwrap_or(0);
         let mut logits = Array2::zeros((n, classes));
@@ -137,6 +138,12 @@ mod tests {
         assert!((e.loss - float.loss).abs() < 0.05, "{e:?} vs {float:?}");
         assert!(q.evaluate(x.view(), &y, 0).is_err());
         assert!(q.evaluate(x.view(), &y[..3], 4).is_err());
+        // The int8 side says shapes as the float side does.
+        let flat = ndarray::Array2::<f32>::zeros((10, 784));
+        assert_eq!(
+            q.evaluate(&flat, &[0u8; 10], 4).unwrap_err().to_string(),
+            "model input: expected [batch, 28, 28, 1], got [10, 784]"
+        );
 
         let report = q.sqnr_report(&model, x.view()).unwrap();
         assert_eq!(report.len(), model.layers.len() + 1);

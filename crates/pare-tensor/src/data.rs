@@ -105,3 +105,29 @@ mod tests {
         assert_eq!(class_indices(&[5u16, 0]).unwrap(), [5, 0]);
     }
 }
+
+#[cfg(test)]
+mod message_tests {
+    use crate::models::small_cnn;
+    use crate::nn::Conv2d;
+    use crate::{Module, Sequential};
+
+    #[test]
+    fn shape_errors_use_one_form() {
+        let model = small_cnn(0);
+        let flat = ndarray::Array2::<f32>::zeros((10, 784));
+        let err = crate::train::predict(&model, &flat, 4).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "model input: expected [batch, 28, 28, 1], got [batch, 784]"
+        );
+        // A conv built for 1 input channel given 4: the channel is named, the rest is any.
+        let conv = Conv2d::seeded("conv2d", 1, 2, [3, 3], 0);
+        let err = conv.output_shape(&[8, 8, 4]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "conv2d: expected [batch, _, _, 1], got [batch, 8, 8, 4]"
+        );
+        let _ = Sequential::new(&[1]);
+    }
+}

@@ -52,7 +52,7 @@ pub mod train;
 #[cfg(test)]
 mod graph_tests;
 
-pub use error::{Result, TensorError, hyper_parameter_message};
+pub use error::{Result, TensorError, batch_shape, hyper_parameter_message};
 
 /// The `ndarray` pare-tensor is built on (0.17): arrays a user builds with it are the arrays
 /// pare's functions take, whatever `ndarray` the user's own `Cargo.toml` names.
