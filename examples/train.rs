@@ -135,7 +135,7 @@ fn train(a: Args) -> Result<()> {
         .iter()
         .map(|e| {
             vec![
-                format!("{}", e.epoch + 1),
+                format!("{}", e.epoch),
                 format!("{:.4}", e.loss),
                 common::pct(e.accuracy),
                 format!("{:.2}", e.seconds),
@@ -196,7 +196,7 @@ impl Callback for TestCurve<'_> {
         let e = evaluate(model, self.x.clone(), self.y, 256)?;
         println!(
             "epoch {}: test accuracy {}",
-            log.epoch + 1,
+            log.epoch,
             common::pct(e.accuracy)
         );
         self.accuracy.push(e.accuracy);

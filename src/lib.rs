@@ -41,6 +41,10 @@ pub use pare_onnx as onnx;
 pub use pare_prune as prune;
 pub use pare_quant as quant;
 pub use pare_tensor as tensor;
+/// pare's `ndarray` (0.17), so a program of one's own never has to match its version.
+pub use pare_tensor::ndarray;
+/// pare's `rand` (0.9), so a program of one's own never has to match its version.
+pub use pare_tensor::rand;
 
 /// The README's code samples, compiled and run as doc tests so they cannot rot.
 #[cfg(doctest)]

@@ -3,7 +3,7 @@
 use crate::cache::TeacherCache;
 use crate::error::{DistillError, Result};
 use crate::hint::{Hint, layer_output_shape};
-use crate::loss::{KdConfig, kd_loss};
+use crate::loss::{KdConfig, kd_loss_parts};
 use ndarray::{ArrayD, ArrayViewD};
 use pare_tensor::train::{Batch, Evaluation, Objective, StepVars, evaluate};
 use pare_tensor::{Graph, Param, Sequential, Var};
@@ -144,7 +144,7 @@ impl<'t> Distiller<'t> {
         model: &Sequential,
         x: Var,
         batch: &Batch<'_>,
-    ) -> Result<StepVars> {
+    ) -> Result<(StepVars, Vec<(&'static str, Var)>)> {
         let (teacher_logits, teacher_feature) = self.teacher_outputs(batch)?;
         let taps: Vec<&str> = self
             .hint
@@ -153,15 +153,21 @@ impl<'t> Distiller<'t> {
             .collect();
         let (logits, features) = model.forward_with_taps(g, x, &taps);
         let t = g.constant(teacher_logits);
-        let mut loss = kd_loss(g, logits, t, batch.labels, &self.cfg)?;
+        let parts = kd_loss_parts(g, logits, t, batch.labels, &self.cfg)?;
+        let mut metrics = vec![
+            ("student_loss", parts.student_loss),
+            ("distillation_loss", parts.distillation_loss),
+        ];
+        let mut loss = parts.total;
         if let (Some(hint), Some(target)) = (&self.hint, teacher_feature) {
             let layer = &hint.config().student_layer;
             let feature = features[0].ok_or_else(|| unknown(model, "student", layer))?;
             let h = hint.loss(g, feature, target)?;
             let weighted = g.scale(h, hint.config().beta);
             loss = g.add(loss, weighted);
+            metrics.push(("hint_loss", h));
         }
-        Ok(StepVars { loss, logits })
+        Ok((StepVars { loss, logits }, metrics))
     }
 }
 
@@ -197,6 +203,19 @@ impl Objective for Distiller<'_> {
         x: Var,
         batch: &Batch<'_>,
     ) -> pare_tensor::Result<StepVars> {
+        Ok(self.try_step(g, model, x, batch)?.0)
+    }
+
+    /// The step, with Keras' `Distiller` figures: `student_loss` (the hard-label
+    /// cross-entropy, comparable with `val_loss`) and `distillation_loss` (T² · KL), plus
+    /// `hint_loss` with a hint. `EpochLog::loss` stays the minimised total.
+    fn step_with_metrics(
+        &self,
+        g: &mut Graph,
+        model: &Sequential,
+        x: Var,
+        batch: &Batch<'_>,
+    ) -> pare_tensor::Result<(StepVars, Vec<(&'static str, Var)>)> {
         Ok(self.try_step(g, model, x, batch)?)
     }
 
@@ -365,6 +384,16 @@ mod tests {
             .run(&mut student, &mut adam, x.view(), &y)
             .unwrap();
         assert!(h.epochs[2].loss < h.epochs[0].loss, "{h:?}");
+        // Keras' Distiller figures: the total is α · student_loss + (1 − α) · distillation_loss
+        // (α 0.1 by default), each a mean over the epoch.
+        for e in &h.epochs {
+            let (s, d) = (
+                e.metric("student_loss").unwrap(),
+                e.metric("distillation_loss").unwrap(),
+            );
+            let alpha = KdConfig::default().alpha;
+            assert_abs_diff_eq!(e.loss, alpha * s + (1.0 - alpha) * d, epsilon = 1e-4);
+        }
         let after = d.evaluate(&student, tx.view(), &ty, 16).unwrap();
         assert_eq!(after, evaluate(&student, tx.view(), &ty, 16).unwrap());
         assert!(

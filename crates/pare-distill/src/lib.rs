@@ -51,4 +51,4 @@ pub use cache::TeacherCache;
 pub use distiller::Distiller;
 pub use error::{DistillError, Result};
 pub use hint::{Hint, HintConfig, PROJECTION_NAME, hint_loss};
-pub use loss::{KdConfig, kd_loss};
+pub use loss::{KdConfig, KdLoss, kd_loss, kd_loss_parts};

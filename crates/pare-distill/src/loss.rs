@@ -43,6 +43,17 @@ impl KdConfig {
     }
 }
 
+/// The parts of the distillation loss, as Keras' `Distiller` reports them.
+#[derive(Debug, Clone, Copy)]
+pub struct KdLoss {
+    /// `α · student_loss + (1 − α) · distillation_loss`: what is minimised.
+    pub total: Var,
+    /// `CE(y, student)`: the hard-label cross-entropy, comparable with a validation loss.
+    pub student_loss: Var,
+    /// `T² · KL(softmax(teacher/T) ‖ softmax(student/T))`.
+    pub distillation_loss: Var,
+}
+
 /// Knowledge-distillation loss of a batch, as the Keras Distiller example computes it:
 ///
 /// `alpha · CE(labels, student) + (1 − alpha) · T² · KL(softmax(teacher / T) ‖ softmax(student / T))`
@@ -68,6 +79,20 @@ pub fn kd_loss(
     labels: &[usize],
     cfg: &KdConfig,
 ) -> Result<Var> {
+    Ok(kd_loss_parts(g, student_logits, teacher_logits, labels, cfg)?.total)
+}
+
+/// [`kd_loss`] with its two terms apart ([`KdLoss`]); the total is the same node values.
+///
+/// # Errors
+/// As [`kd_loss`].
+pub fn kd_loss_parts(
+    g: &mut Graph,
+    student_logits: Var,
+    teacher_logits: Var,
+    labels: &[usize],
+    cfg: &KdConfig,
+) -> Result<KdLoss> {
     cfg.validate()?;
     let (s, t) = (
         g.shape(student_logits).to_vec(),
@@ -90,7 +115,13 @@ pub fn kd_loss(
     let ce = g.softmax_cross_entropy(student_logits, labels);
     let hard = g.scale(ce, cfg.alpha);
     let soft = g.scale(kl, (1.0 - cfg.alpha) * cfg.temperature * cfg.temperature);
-    Ok(g.add(hard, soft))
+    let total = g.add(hard, soft);
+    let distillation_loss = g.scale(kl, cfg.temperature * cfg.temperature);
+    Ok(KdLoss {
+        total,
+        student_loss: ce,
+        distillation_loss,
+    })
 }
 
 /// Labels must be one per row and valid class indices (the graph op would panic otherwise).

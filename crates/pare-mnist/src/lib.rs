@@ -57,6 +57,8 @@ mod download;
 mod error;
 mod idx;
 mod mnist;
+#[cfg(feature = "tensor")]
+mod tensor;
 #[cfg(test)]
 mod test_util;
 

@@ -62,6 +62,7 @@
 pub mod callback;
 pub mod entropy;
 pub mod error;
+mod evaluate;
 pub mod file;
 pub mod gaps;
 pub mod inference;
@@ -76,6 +77,7 @@ pub mod structured;
 pub use callback::{LayerSparsity, MaskUpdate, PruneCallback, prunable_params, sparsity_report};
 pub use entropy::EntropyCoded;
 pub use error::{PruneError, Result};
+pub use evaluate::SparsityReport;
 pub use file::{load_sparse, save_sparse};
 pub use gaps::GapCoded;
 pub use inference::SparseSequential;

@@ -84,7 +84,7 @@ impl<'m> Interpreter<'m> {
         let expected = &self.model.input_shape;
         if shape.len() != expected.len() + 1 || shape[1..] != expected[..] {
             return Err(QuantError::ShapeMismatch {
-                op: "model input ([n, input shape...])",
+                op: "model input",
                 expected: std::iter::once(0).chain(expected.iter().copied()).collect(),
                 found: shape.to_vec(),
             });
@@ -411,10 +411,10 @@ impl QuantizedModel {
         Ok(Array2::from_shape_vec((n, classes), out).expect("predict: output is [n, outputs]"))
     }
 
-    fn check_batch(&self, shape: &[usize]) -> Result<()> {
+    pub(crate) fn check_batch(&self, shape: &[usize]) -> Result<()> {
         if shape.len() != self.input_shape.len() + 1 || shape[1..] != self.input_shape[..] {
             return Err(QuantError::ShapeMismatch {
-                op: "model input ([n, input shape...])",
+                op: "model input",
                 expected: std::iter::once(0)
                     .chain(self.input_shape.iter().copied())
                     .collect(),

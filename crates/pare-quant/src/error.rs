@@ -103,7 +103,7 @@ pub enum QuantError {
         ndim: usize,
     },
     /// Operands whose shapes do not fit together.
-    #[error("{op}: shape mismatch: expected {expected:?}, found {found:?}")]
+    #[error("{op}: expected {}, got {found:?}", expected_shape(expected))]
     ShapeMismatch {
         /// The operation.
         op: &'static str,
@@ -267,3 +267,18 @@ pub enum QuantError {
 
 /// Result type of this crate.
 pub type Result<T> = std::result::Result<T, QuantError>;
+
+/// An expected shape in pare's one form: a leading 0 (any batch) as `batch`, another 0 (any
+/// size) as `_`: `[batch, 28, 28, 1]`.
+fn expected_shape(dims: &[usize]) -> String {
+    let parts: Vec<String> = dims
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| match (i, d) {
+            (0, 0) => "batch".to_string(),
+            (_, 0) => "_".to_string(),
+            _ => d.to_string(),
+        })
+        .collect();
+    format!("[{}]", parts.join(", "))
+}

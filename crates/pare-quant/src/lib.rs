@@ -88,6 +88,7 @@
 mod convert;
 mod engine;
 pub mod error;
+mod evaluate;
 pub mod file;
 pub mod fixedpoint;
 pub mod kernels;
@@ -104,6 +105,7 @@ mod tests;
 pub use convert::{ConvertConfig, convert};
 pub use engine::Interpreter;
 pub use error::{QuantError, Result};
+pub use evaluate::SqnrReport;
 pub use file::WeightCodec;
 pub use fixedpoint::{multiply_by_quantized_multiplier, quantize_multiplier};
 pub use kernels::{

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum TensorError {
     /// An input batch does not have the shape a layer expects.
-    #[error("{layer}: expected input shape {expected:?} (batch dimension excluded), got {found:?}")]
+    #[error(
+        "{layer}: expected {}, got {}",
+        batch_shape(expected),
+        batch_shape(found)
+    )]
     InputShape {
         /// Layer (or model) that rejected the input.
         layer: String,
@@ -35,6 +39,14 @@ pub enum TensorError {
         label: usize,
         /// Number of classes the model outputs.
         classes: usize,
+    },
+    /// A label is negative, so no class index.
+    #[error("label {label} at index {index} is not a class index (must be >= 0)")]
+    BadLabel {
+        /// Position of the label.
+        index: usize,
+        /// The label, printed.
+        label: String,
     },
     /// A hyper-parameter is outside its valid range.
     #[error("{}", hyper_parameter_message(name, value, reason))]
@@ -99,7 +111,7 @@ pub enum TensorError {
         what: String,
         /// The first non-finite value found.
         value: f32,
-        /// Epoch index, from 0.
+        /// The epoch, from 1 as the progress lines count.
         epoch: usize,
         /// Global step (the optimizer's iteration count).
         step: u64,
@@ -139,6 +151,21 @@ pub enum TensorError {
     /// The data set is empty.
     #[error("{0} is empty")]
     Empty(&'static str),
+}
+
+/// A per-example shape in the one form every pare message uses: the batch dimension named,
+/// a dimension that may be anything (0 in `dims`) as `_`: `[batch, 28, 28, 1]`,
+/// `[batch, _, _, 4]`.
+pub fn batch_shape(dims: &[usize]) -> String {
+    let mut parts = vec!["batch".to_string()];
+    parts.extend(dims.iter().map(|&d| {
+        if d == 0 {
+            "_".to_string()
+        } else {
+            d.to_string()
+        }
+    }));
+    format!("[{}]", parts.join(", "))
 }
 
 /// The message of a rejected hyper-parameter, shared by the crates' errors:

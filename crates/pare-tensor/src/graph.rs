@@ -317,6 +317,13 @@ impl Grads {
         self.0.is_empty()
     }
 
+    /// Multiplies every gradient by `factor` (gradient clipping).
+    pub fn scale(&mut self, factor: f32) {
+        for g in self.0.values_mut() {
+            g.mapv_inplace(|v| v * factor);
+        }
+    }
+
     /// `Σ wᵢ · gradsᵢ`, summed in the given order (so the result is reproducible).
     pub fn weighted_sum(parts: impl IntoIterator<Item = (Grads, f32)>) -> Grads {
         let mut out: HashMap<String, ArrayD<f32>> = HashMap::new();

@@ -284,6 +284,7 @@ pub fn verify(
 /// [`TensorError::BadCheckpoint`] if the bytes are not safetensors (named `path`, which is
 /// only used in messages); otherwise as [`verify`], with `path`.
 pub fn verify_bytes(bytes: &[u8], path: &Path) -> Result<Integrity> {
+    sniff(bytes, path)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(path, e))?;
     let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(path, e))?;
     verify(&st, header.metadata().as_ref()).map_err(|e| e.in_file(path))
@@ -350,6 +351,31 @@ pub fn f32_tensors_bytes(
     safetensors_bytes(&metadata, &blobs)
 }
 
+/// Says in words that a file is not a pare file at all (a text file, an image, an empty
+/// file), before the safetensors parser reports "header too large" or the like: a
+/// safetensors file opens with the 8-byte length of a JSON header that starts with `{`.
+fn sniff(bytes: &[u8], path: &Path) -> Result<()> {
+    let header_len = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let fits = header_len.is_some_and(|n| n >= 2 && n <= (bytes.len() - 8) as u64);
+    if fits && bytes.get(8) == Some(&b'{') {
+        return Ok(());
+    }
+    let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(16)])
+        .chars()
+        .map(|c| if c.is_control() { '.' } else { c })
+        .collect();
+    Err(bad(
+        path,
+        format!(
+            "not a pare model or checkpoint file (those are safetensors files; this one is {} \
+             bytes and starts {start:?})",
+            bytes.len()
+        ),
+    ))
+}
+
 fn bad(path: &Path, e: impl std::fmt::Display) -> TensorError {
     TensorError::BadCheckpoint {
         path: path.to_path_buf(),
@@ -388,6 +414,7 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// [`TensorError::BadCheckpoint`] for bytes that are not safetensors or tensors that are not
 /// `F32`; [`TensorError::ChecksumMismatch`] / [`TensorError::BadChecksums`] for damaged data.
 pub fn read_f32_tensors(bytes: &[u8], path: &Path) -> Result<(TensorFile, Integrity)> {
+    sniff(bytes, path)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(path, e))?;
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(path, e))?;
     let integrity = verify(&st, meta.metadata().as_ref()).map_err(|e| e.in_file(path))?;
@@ -441,6 +468,16 @@ mod tests {
         assert_eq!(crc32c::crc32c(b"123456789"), 0xe306_9283);
         let st = SafeTensors::deserialize(&bytes).unwrap();
         let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+        for junk in [
+            &b"epoch,loss\n1,0.5\n"[..],
+            b"",
+            b"\x08\0\0\0\0\0\0\0[1,2]xyz",
+        ] {
+            let err = read_f32_tensors(junk, Path::new("x.csv"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("not a pare model or checkpoint file"), "{err}");
+        }
         let recorded = &header.metadata().as_ref().unwrap()["crc32c:b"];
         let data: Vec<u8> = [0.25f32; 4].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(recorded, &format!("{:08x}", crc32c::crc32c(&data)));

@@ -32,7 +32,11 @@
 //! # Ok::<(), pare_tensor::TensorError>(())
 //! ```
 
+pub mod augment;
+pub mod builder;
+pub mod callbacks;
 pub mod checkpoint;
+pub mod data;
 mod error;
 pub mod gradcheck;
 mod graph;
@@ -42,12 +46,27 @@ pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod optim;
+pub mod schedule;
 pub mod train;
 
 #[cfg(test)]
 mod graph_tests;
 
-pub use error::{Result, TensorError, hyper_parameter_message};
+pub use error::{Result, TensorError, batch_shape, hyper_parameter_message};
+
+/// The `ndarray` pare-tensor is built on (0.17): arrays a user builds with it are the arrays
+/// pare's functions take, whatever `ndarray` the user's own `Cargo.toml` names.
+pub use ndarray;
+/// The `rand` pare-tensor is built on (0.9): its `Rng`s fit the layer constructors, whatever
+/// `rand` the user's own `Cargo.toml` names. [`seeded_rng`] and the `*::seeded` constructors
+/// spare a user the import altogether.
+pub use rand;
+
+/// The generator every seeded constructor of pare uses (`StdRng`), from a seed: the same seed
+/// gives the same weights on every run and machine.
+pub fn seeded_rng(seed: u64) -> rand::rngs::StdRng {
+    <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed)
+}
 pub use graph::{Activation, FakeQuantSpec, Grads, Graph, Op, ParamHook, Var};
 pub use kernels::conv::Padding;
 pub use nn::{Layer, Module, Param, Sequential};

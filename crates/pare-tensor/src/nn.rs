@@ -96,6 +96,11 @@ impl Dense {
             activation: Activation::Linear,
         }
     }
+    /// [`Dense::new`] with the kernel drawn from [`crate::seeded_rng`]`(seed)`: no `rand` in
+    /// the caller's code.
+    pub fn seeded(name: &str, inputs: usize, units: usize, seed: u64) -> Dense {
+        Dense::new(name, inputs, units, &mut crate::seeded_rng(seed))
+    }
     /// Sets the fused activation.
     pub fn activation(mut self, a: Activation) -> Dense {
         self.activation = a;
@@ -189,6 +194,23 @@ impl Conv2d {
             padding: Padding::Valid,
             activation: Activation::Linear,
         }
+    }
+    /// [`Conv2d::new`] with the kernel drawn from [`crate::seeded_rng`]`(seed)`: no `rand` in
+    /// the caller's code.
+    pub fn seeded(
+        name: &str,
+        in_channels: usize,
+        filters: usize,
+        kernel_size: [usize; 2],
+        seed: u64,
+    ) -> Conv2d {
+        Conv2d::new(
+            name,
+            in_channels,
+            filters,
+            kernel_size,
+            &mut crate::seeded_rng(seed),
+        )
     }
     /// Sets both strides.
     pub fn strides(mut self, s: usize) -> Conv2d {

@@ -12,6 +12,17 @@ pub trait Optimizer {
     fn step(&mut self, params: Vec<&mut Param>, grads: &Grads);
     /// Number of steps taken so far.
     fn iterations(&self) -> u64;
+    /// The base learning rate (before any schedule built into the optimizer), for callbacks
+    /// such as [`crate::callbacks::ReduceLROnPlateau`]; `None` if the optimizer has none it
+    /// lets others change.
+    fn learning_rate(&self) -> Option<f32> {
+        None
+    }
+    /// Replaces the base learning rate (see [`Optimizer::learning_rate`]); the caller checks
+    /// that `lr` is finite and > 0. Does nothing by default.
+    fn set_learning_rate(&mut self, lr: f32) {
+        let _ = lr;
+    }
 }
 
 fn hp(name: &'static str, value: f32, ok: bool, reason: &'static str) -> Result<()> {
@@ -225,15 +236,23 @@ impl Optimizer for Adam {
     fn iterations(&self) -> u64 {
         self.t
     }
+    fn learning_rate(&self) -> Option<f32> {
+        Some(self.cfg.learning_rate)
+    }
+    fn set_learning_rate(&mut self, lr: f32) {
+        self.cfg.learning_rate = lr;
+    }
 }
 
 /// SGD with momentum as Keras does it: `u ← μ u − lr g`, `w ← w + u` (or `w ← w + μ u − lr g`
-/// with Nesterov).
+/// with Nesterov); with [`Sgd::weight_decay`], first `w ← w − lr · λ · w` (Keras' decoupled
+/// `weight_decay`).
 #[derive(Debug, Clone)]
 pub struct Sgd {
     learning_rate: f32,
     momentum: f32,
     nesterov: bool,
+    weight_decay: f32,
     t: u64,
     velocity: HashMap<String, ArrayD<f32>>,
 }
@@ -257,16 +276,45 @@ impl Sgd {
             learning_rate,
             momentum,
             nesterov,
+            weight_decay: 0.0,
             t: 0,
             velocity: HashMap::new(),
         })
     }
+
+    /// Decoupled weight decay `λ` (default 0), as Keras' `SGD(weight_decay=λ)`: each step
+    /// first shrinks every weight by `lr · λ · w`, outside the momentum. (PyTorch's SGD
+    /// `weight_decay` instead adds `λ w` to the gradient; without momentum the two agree.)
+    ///
+    /// # Errors
+    /// `λ` negative or not finite.
+    pub fn weight_decay(mut self, lambda: f32) -> Result<Sgd> {
+        hp("weight_decay", lambda, lambda >= 0.0, "must be >= 0")?;
+        self.weight_decay = lambda;
+        Ok(self)
+    }
+}
+
+/// `w ← w − lr · λ · w` on every parameter with a gradient: the decoupled weight decay of
+/// Keras' optimizers (`_apply_weight_decay`) and of PyTorch's AdamW, applied before the
+/// gradient update.
+fn decay_weights(params: &mut [&mut Param], grads: &Grads, lr: f32, lambda: f32) {
+    if lambda == 0.0 {
+        return;
+    }
+    let keep = 1.0 - lr * lambda;
+    for p in params.iter_mut() {
+        if grads.get(&p.name).is_some() {
+            p.value.mapv_inplace(|w| w * keep);
+        }
+    }
 }
 
 impl Optimizer for Sgd {
-    fn step(&mut self, params: Vec<&mut Param>, grads: &Grads) {
+    fn step(&mut self, mut params: Vec<&mut Param>, grads: &Grads) {
         self.t += 1;
         let (lr, mu, nesterov) = (self.learning_rate, self.momentum, self.nesterov);
+        decay_weights(&mut params, grads, lr, self.weight_decay);
         for p in params {
             let Some(g) = grads.get(&p.name) else {
                 continue;
@@ -283,6 +331,78 @@ impl Optimizer for Sgd {
     }
     fn iterations(&self) -> u64 {
         self.t
+    }
+    fn learning_rate(&self) -> Option<f32> {
+        Some(self.learning_rate)
+    }
+    fn set_learning_rate(&mut self, lr: f32) {
+        self.learning_rate = lr;
+    }
+}
+
+/// AdamW (Loshchilov & Hutter): Adam plus decoupled weight decay, as Keras' `AdamW` and
+/// PyTorch's `torch.optim.AdamW` do it: each step first `w ← w − lr_t · λ · w` (with the step's
+/// scheduled rate), then Keras' Adam update of [`Adam`].
+///
+/// Keras' defaults differ from PyTorch's (λ 0.004 / 0.01, ε 1e-7 / 1e-8); `AdamW::new` takes
+/// Keras' [`AdamConfig`] and a λ, so either can be had.
+#[derive(Debug, Clone)]
+pub struct AdamW {
+    adam: Adam,
+    weight_decay: f32,
+}
+
+impl AdamW {
+    /// Keras' default weight decay (`keras.optimizers.AdamW(weight_decay=0.004)`).
+    pub const KERAS_WEIGHT_DECAY: f32 = 0.004;
+
+    /// An AdamW optimizer with weight decay `weight_decay` (λ).
+    ///
+    /// # Errors
+    /// An out-of-range `cfg`, or λ negative or not finite.
+    pub fn new(cfg: AdamConfig, weight_decay: f32) -> Result<AdamW> {
+        hp(
+            "weight_decay",
+            weight_decay,
+            weight_decay >= 0.0,
+            "must be >= 0",
+        )?;
+        Ok(AdamW {
+            adam: Adam::new(cfg)?,
+            weight_decay,
+        })
+    }
+
+    /// The Adam part's configuration.
+    pub fn config(&self) -> &AdamConfig {
+        self.adam.config()
+    }
+
+    /// λ.
+    pub fn weight_decay(&self) -> f32 {
+        self.weight_decay
+    }
+
+    /// The learning rate the next update will use.
+    pub fn current_learning_rate(&self) -> f32 {
+        self.adam.current_learning_rate()
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, mut params: Vec<&mut Param>, grads: &Grads) {
+        let lr = self.adam.current_learning_rate();
+        decay_weights(&mut params, grads, lr, self.weight_decay);
+        self.adam.step(params, grads);
+    }
+    fn iterations(&self) -> u64 {
+        self.adam.iterations()
+    }
+    fn learning_rate(&self) -> Option<f32> {
+        self.adam.learning_rate()
+    }
+    fn set_learning_rate(&mut self, lr: f32) {
+        self.adam.set_learning_rate(lr);
     }
 }
 
@@ -434,5 +554,59 @@ mod tests {
         sgd.step(vec![&mut p], &g);
         assert_abs_diff_eq!(p.value[[0]], 0.71, epsilon = 1e-6);
         assert!(Sgd::new(0.1, 1.0, false).is_err());
+    }
+
+    #[test]
+    fn adamw_is_adam_after_decoupled_decay() {
+        // PyTorch's AdamW step: w ← w (1 − lr λ), then the Adam update. lr 0.1, λ 0.5, g 0.5,
+        // w0 = 1: w = 0.95, then Adam's first step moves it by 0.0999994 (see the Adam test):
+        // 0.8500006. Step 2: 0.8500006 · 0.95 = 0.8075006, minus Adam's second step
+        // (0.0999996): 0.707501.
+        let mut p = Param::new("w", arr1(&[1.0f32]).into_dyn());
+        let cfg = AdamConfig {
+            learning_rate: 0.1,
+            ..Default::default()
+        };
+        let mut opt = AdamW::new(cfg, 0.5).unwrap();
+        let g = grads_for(&p, &[0.5]);
+        opt.step(vec![&mut p], &g);
+        assert_abs_diff_eq!(p.value[[0]], 0.850_000_6, epsilon = 2e-6);
+        opt.step(vec![&mut p], &g);
+        assert_abs_diff_eq!(p.value[[0]], 0.707_501, epsilon = 3e-6);
+        // λ = 0 is Adam exactly.
+        let (mut a, mut b) = (p.clone(), p.clone());
+        let mut adam = Adam::new(cfg).unwrap();
+        let mut plain = AdamW::new(cfg, 0.0).unwrap();
+        adam.step(vec![&mut a], &g);
+        plain.step(vec![&mut b], &g);
+        assert_eq!(a, b);
+        // A parameter without a gradient is not decayed (it took no part in the step).
+        let mut frozen = Param::new("other", arr1(&[2.0f32]).into_dyn());
+        opt.step(vec![&mut frozen], &g);
+        assert_eq!(frozen.value[[0]], 2.0);
+        assert!(AdamW::new(cfg, -1.0).is_err());
+        assert!(AdamW::new(cfg, f32::NAN).is_err());
+    }
+
+    #[test]
+    fn sgd_weight_decay_is_keras_decoupled_decay() {
+        // lr 0.1, λ 0.2, μ 0, g 1, w 1: w ← 1 · (1 − 0.02) − 0.1 = 0.88.
+        let mut p = Param::new("w", arr1(&[1.0f32]).into_dyn());
+        let mut sgd = Sgd::new(0.1, 0.0, false)
+            .unwrap()
+            .weight_decay(0.2)
+            .unwrap();
+        let g = grads_for(&p, &[1.0]);
+        sgd.step(vec![&mut p], &g);
+        assert_abs_diff_eq!(p.value[[0]], 0.88, epsilon = 1e-6);
+        assert!(
+            Sgd::new(0.1, 0.0, false)
+                .unwrap()
+                .weight_decay(-0.1)
+                .is_err()
+        );
+        assert_eq!(sgd.learning_rate(), Some(0.1));
+        sgd.set_learning_rate(0.05);
+        assert_eq!(sgd.learning_rate(), Some(0.05));
     }
 }

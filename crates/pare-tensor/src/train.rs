@@ -5,6 +5,8 @@
 //! distillation taps intermediate layers), and [`Callback`]s run at batch and epoch boundaries
 //! (pruning updates its masks there and puts them into the step's graph).
 
+pub use crate::augment::Augmentation;
+use crate::data::{Inputs, Label, Labelled, class_indices};
 use crate::error::{Result, TensorError};
 use crate::graph::{Grads, Graph, Var};
 use crate::nn::{Param, Sequential};
@@ -39,6 +41,13 @@ pub struct FitConfig {
     /// and backward on its slice of the batch in its own graph; gradients are averaged. Same
     /// seed and same shard count give bit-identical weights.
     pub threads: Option<usize>,
+    /// Clip the gradients by their global norm before each update, as Keras'
+    /// `global_clipnorm` and PyTorch's `clip_grad_norm_` do (see [`clip_by_global_norm`]);
+    /// `None` (the default) for no clipping.
+    pub clip_global_norm: Option<f32>,
+    /// Random changes to each training batch (none by default); validation data is never
+    /// augmented.
+    pub augmentation: Augmentation,
 }
 
 impl Default for FitConfig {
@@ -51,6 +60,8 @@ impl Default for FitConfig {
             validation_split: 0.0,
             verbose: true,
             threads: None,
+            clip_global_norm: None,
+            augmentation: Augmentation::default(),
         }
     }
 }
@@ -78,6 +89,12 @@ impl FitConfig {
                 "must be >= 1 (or None: one per rayon thread)",
             );
         }
+        if let Some(c) = self.clip_global_norm
+            && !(c.is_finite() && c > 0.0)
+        {
+            return bad("clip_global_norm", c.to_string(), "must be > 0");
+        }
+        self.augmentation.validate()?;
         if !(0.0..1.0).contains(&self.validation_split) || !self.validation_split.is_finite() {
             return bad(
                 "validation_split",
@@ -92,7 +109,7 @@ impl FitConfig {
 /// One epoch's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EpochLog {
-    /// Epoch index, from 0.
+    /// The epoch, counted from 1 as the progress lines print it (`epoch 1/5`).
     pub epoch: usize,
     /// Mean training loss over the epoch.
     pub loss: f32,
@@ -106,6 +123,17 @@ pub struct EpochLog {
     pub seconds: f64,
     /// Training examples per second.
     pub examples_per_second: f64,
+    /// The objective's other figures ([`Objective::step_with_metrics`]), each a mean over the
+    /// epoch's examples: distillation reports `student_loss` and `distillation_loss` here, as
+    /// Keras' `Distiller` does. Empty for plain cross-entropy.
+    pub metrics: Vec<(&'static str, f32)>,
+}
+
+impl EpochLog {
+    /// The objective's figure called `name`, if it reported one.
+    pub fn metric(&self, name: &str) -> Option<f32> {
+        self.metrics.iter().find(|m| m.0 == name).map(|m| m.1)
+    }
 }
 
 /// What `fit` returns: one log per epoch.
@@ -113,6 +141,9 @@ pub struct EpochLog {
 pub struct History {
     /// Per-epoch figures.
     pub epochs: Vec<EpochLog>,
+    /// The epoch (1-based) after which a callback stopped training
+    /// ([`Callback::stop_training`]), if one did.
+    pub stopped_early: Option<usize>,
 }
 
 /// The data of one training step.
@@ -154,6 +185,17 @@ pub trait Objective: Sync {
         x: Var,
         batch: &Batch<'_>,
     ) -> Result<StepVars>;
+    /// [`Objective::step`] plus named scalar figures of the step to report per epoch in
+    /// [`EpochLog::metrics`] (each a mean over the batch, like the loss). None by default.
+    fn step_with_metrics(
+        &self,
+        g: &mut Graph,
+        model: &Sequential,
+        x: Var,
+        batch: &Batch<'_>,
+    ) -> Result<(StepVars, Vec<(&'static str, Var)>)> {
+        Ok((self.step(g, model, x, batch)?, Vec::new()))
+    }
     /// Extra trainable parameters owned by the objective (e.g. a hint projection).
     fn params_mut(&mut self) -> Vec<&mut Param> {
         Vec::new()
@@ -211,6 +253,20 @@ pub trait Callback {
     fn on_train_end(&mut self, model: &mut Sequential) -> Result<()> {
         let _ = model;
         Ok(())
+    }
+    /// After `on_epoch_end`, with the optimizer's learning rate
+    /// ([`Optimizer::learning_rate`]); a returned rate replaces it from the next step on
+    /// (Keras' `ReduceLROnPlateau`). Not called for optimizers whose rate cannot be set.
+    fn adjust_learning_rate(&mut self, log: &EpochLog, learning_rate: f32) -> Result<Option<f32>> {
+        let _ = (log, learning_rate);
+        Ok(None)
+    }
+    /// Polled after every step and every epoch: `true` ends training cleanly (Keras'
+    /// `model.stop_training = True`). A stop during an epoch still finishes that epoch's
+    /// validation, log and `on_epoch_end`; `fit` then returns its history, with
+    /// [`History::stopped_early`] set, and no error.
+    fn stop_training(&self) -> bool {
+        false
     }
 }
 
@@ -327,10 +383,30 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
+/// Scales every gradient by `max_norm / max(norm, max_norm)`, where `norm` is the global L2
+/// norm over all of them (TensorFlow's `clip_by_global_norm`, Keras' `global_clipnorm`,
+/// PyTorch's `clip_grad_norm_`): the direction is kept, the length capped. Returns `norm`
+/// before clipping. Summed in f64 in name order, so the result does not depend on hash order.
+pub fn clip_by_global_norm(grads: &mut Grads, max_norm: f32) -> f32 {
+    let mut named: Vec<(&String, &ArrayD<f32>)> = grads.iter().collect();
+    named.sort_by(|a, b| a.0.cmp(b.0));
+    let sq: f64 = named
+        .iter()
+        .map(|(_, g)| g.iter().map(|&v| v as f64 * v as f64).sum::<f64>())
+        .sum();
+    let norm = sq.sqrt() as f32;
+    if norm > max_norm {
+        let scale = max_norm / norm;
+        grads.scale(scale);
+    }
+    norm
+}
+
 /// Trains a model: `Fit::new(cfg).callback(&mut c).run(&mut model, &mut opt, x, y)`.
 pub struct Fit<'a> {
     cfg: FitConfig,
-    validation: Option<(ArrayViewD<'a, f32>, &'a [usize])>,
+    validation: Option<(ArrayViewD<'a, f32>, Vec<usize>)>,
+    bad_validation: Option<TensorError>,
     objective: Option<&'a mut dyn Objective>,
     callbacks: Vec<&'a mut dyn Callback>,
 }
@@ -341,14 +417,37 @@ impl<'a> Fit<'a> {
         Fit {
             cfg,
             validation: None,
+            bad_validation: None,
             objective: None,
             callbacks: Vec::new(),
         }
     }
     /// Explicit validation data (takes precedence over `validation_split`).
-    pub fn validation_data(mut self, x: ArrayViewD<'a, f32>, y: &'a [usize]) -> Fit<'a> {
-        self.validation = Some((x, y));
+    ///
+    /// Inputs of any dimension, labels of any integer type; a negative label is reported by
+    /// `run`.
+    pub fn validation_data<L: Label>(mut self, x: impl Inputs<'a>, y: &[L]) -> Fit<'a> {
+        match class_indices(y) {
+            Ok(y) => self.validation = Some((x.into_view(), y)),
+            Err(e) => self.bad_validation = Some(e),
+        }
         self
+    }
+    /// A whole labelled data set (a `pare_mnist::Dataset`) as validation data.
+    pub fn validation_dataset(self, data: &'a impl Labelled) -> Fit<'a> {
+        let y = data.class_labels();
+        self.validation_data(data.inputs(), &y)
+    }
+
+    /// [`Fit::run`] on a whole labelled data set (a `pare_mnist::Dataset`).
+    pub fn run_dataset(
+        self,
+        model: &mut Sequential,
+        opt: &mut dyn Optimizer,
+        data: &impl Labelled,
+    ) -> Result<History> {
+        let y = data.class_labels();
+        self.run(model, opt, data.inputs(), &y)
     }
     /// Replaces the loss (and the forward pass) of every step.
     pub fn objective(mut self, o: &'a mut dyn Objective) -> Fit<'a> {
@@ -361,14 +460,20 @@ impl<'a> Fit<'a> {
         self
     }
 
-    /// Runs the training and returns the history.
-    pub fn run(
+    /// Runs the training and returns the history: inputs `x` `[n, ...]` as any `f32` array or
+    /// view (of the model's input shape), labels `y` of any integer type.
+    pub fn run<'x, L: Label>(
         mut self,
         model: &mut Sequential,
         opt: &mut dyn Optimizer,
-        x: ArrayViewD<'_, f32>,
-        y: &[usize],
+        x: impl Inputs<'x>,
+        y: &[L],
     ) -> Result<History> {
+        let x = x.into_view();
+        let y = &class_indices(y)?[..];
+        if let Some(e) = self.bad_validation.take() {
+            return Err(e);
+        }
         let cfg = self.cfg.clone();
         cfg.validate()?;
         check_data(model, &x, Some(y))?;
@@ -427,6 +532,7 @@ impl<'a> Fit<'a> {
             bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
             let start = Instant::now();
             let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+            let mut metric_sums: Vec<(&'static str, f64)> = Vec::new();
             for (bi, idx) in order.chunks(cfg.batch_size).enumerate() {
                 let step = opt.iterations();
                 for c in self.callbacks.iter_mut() {
@@ -444,8 +550,11 @@ impl<'a> Fit<'a> {
                 let model_ref: &Sequential = model;
                 let obj_ref: &dyn Objective = objective;
                 let xs = x.view();
-                let run = |(mut g, part): (Graph, &[usize])| -> Result<(f32, usize, Grads)> {
-                    let xb = gather(&xs, part);
+                let augmentation = cfg.augmentation;
+                type Shard = (f32, usize, Grads, Vec<(&'static str, f32)>);
+                let run = |(mut g, part): (Graph, &[usize])| -> Result<Shard> {
+                    let mut xb = gather(&xs, part);
+                    augmentation.apply(&mut xb, part, cfg.seed, epoch)?;
                     let labels: Vec<usize> = part.iter().map(|&i| y[i]).collect();
                     let xv = g.constant(crate::kernels::buffers::clone_array(&xb));
                     let batch = Batch {
@@ -455,19 +564,21 @@ impl<'a> Fit<'a> {
                         epoch,
                         step,
                     };
-                    let vars = obj_ref.step(&mut g, model_ref, xv, &batch)?;
-                    let loss = g
-                        .value(vars.loss)
-                        .iter()
-                        .next()
-                        .copied()
-                        .unwrap_or(f32::NAN);
+                    let (vars, metric_vars) =
+                        obj_ref.step_with_metrics(&mut g, model_ref, xv, &batch)?;
+                    let scalar =
+                        |g: &Graph, v: Var| g.value(v).iter().next().copied().unwrap_or(f32::NAN);
+                    let loss = scalar(&g, vars.loss);
+                    let metrics: Vec<(&'static str, f32)> = metric_vars
+                        .into_iter()
+                        .map(|(name, v)| (name, scalar(&g, v)))
+                        .collect();
                     let correct = count_correct(g.value(vars.logits), &labels);
                     let grads = g.backward(vars.loss);
                     crate::kernels::buffers::give_array(xb);
-                    Ok((loss, correct, grads))
+                    Ok((loss, correct, grads, metrics))
                 };
-                let results: Vec<Result<(f32, usize, Grads)>> = if jobs.len() > 1 {
+                let results: Vec<Result<Shard>> = if jobs.len() > 1 {
                     jobs.into_par_iter()
                         .map(|job| crate::kernels::with_sequential_kernels(|| run(job)))
                         .collect()
@@ -489,7 +600,7 @@ impl<'a> Fit<'a> {
                 let diverged = |what: String, value: f32| TensorError::Diverged {
                     what,
                     value,
-                    epoch,
+                    epoch: epoch + 1,
                     step,
                 };
                 if !loss.is_finite() {
@@ -497,10 +608,22 @@ impl<'a> Fit<'a> {
                     return Err(diverged("the loss".into(), loss));
                 }
                 correct += parts.iter().map(|p| p.1).sum::<usize>();
-                let grads = Grads::weighted_sum(parts.into_iter().map(|p| p.2).zip(weights));
+                for (p, w) in parts.iter().zip(&weights) {
+                    for (k, &(name, v)) in p.3.iter().enumerate() {
+                        if metric_sums.len() <= k {
+                            metric_sums.push((name, 0.0));
+                        }
+                        metric_sums[k].1 += (v * w) as f64 * idx.len() as f64;
+                    }
+                }
+                let mut grads =
+                    Grads::weighted_sum(parts.into_iter().map(|p| p.2).zip(weights.clone()));
                 if let Some((name, value)) = first_non_finite_grad(&grads) {
                     bar.abandon();
                     return Err(diverged(format!("the gradient of {name}"), value));
+                }
+                if let Some(max_norm) = cfg.clip_global_norm {
+                    clip_by_global_norm(&mut grads, max_norm);
                 }
                 let mut params = model.params_mut();
                 params.extend(objective.params_mut());
@@ -511,19 +634,23 @@ impl<'a> Fit<'a> {
                 loss_sum += loss as f64 * idx.len() as f64;
                 seen += idx.len();
                 bar.inc(1);
-                if bi % 25 == 0 || bi + 1 == steps {
+                let stop = self.callbacks.iter().any(|c| c.stop_training());
+                if bi % 25 == 0 || bi + 1 == steps || stop {
                     bar.set_message(format!(
                         "loss {:.4} acc {:.4}",
                         loss_sum / seen as f64,
                         correct as f64 / seen as f64
                     ));
                 }
+                if stop {
+                    break;
+                }
             }
             let seconds = start.elapsed().as_secs_f64();
             bar.finish();
             let (val_loss, val_accuracy) = match (&self.validation, split_val) {
                 (Some((vx, vy)), _) => {
-                    let e = evaluate(model, vx.view(), vy, 256)?;
+                    let e = evaluate(model, vx.view(), &vy[..], 256)?;
                     (Some(e.loss), Some(e.accuracy))
                 }
                 (None, Some(at)) => {
@@ -534,21 +661,30 @@ impl<'a> Fit<'a> {
                 _ => (None, None),
             };
             let log = EpochLog {
-                epoch,
+                epoch: epoch + 1,
                 loss: (loss_sum / seen.max(1) as f64) as f32,
                 accuracy: correct as f32 / seen.max(1) as f32,
                 val_loss,
                 val_accuracy,
                 seconds,
                 examples_per_second: seen as f64 / seconds.max(1e-9),
+                metrics: metric_sums
+                    .iter()
+                    .map(|&(name, sum)| (name, (sum / seen.max(1) as f64) as f32))
+                    .collect(),
             };
             if cfg.verbose {
                 let val = match (val_loss, val_accuracy) {
                     (Some(l), Some(a)) => format!(" val_loss {l:.4} val_acc {a:.4}"),
                     _ => String::new(),
                 };
+                let extra: String = log
+                    .metrics
+                    .iter()
+                    .map(|(name, v)| format!(" {name} {v:.4}"))
+                    .collect();
                 eprintln!(
-                    "epoch {}/{}: loss {:.4} acc {:.4}{val} ({:.1} s, {:.0} ex/s)",
+                    "epoch {}/{}: loss {:.4}{extra} acc {:.4}{val} ({:.1} s, {:.0} ex/s)",
                     epoch + 1,
                     cfg.epochs,
                     log.loss,
@@ -560,7 +696,27 @@ impl<'a> Fit<'a> {
             for c in self.callbacks.iter_mut() {
                 c.on_epoch_end(&log, model)?;
             }
+            if let Some(mut lr) = opt.learning_rate() {
+                for c in self.callbacks.iter_mut() {
+                    if let Some(new) = c.adjust_learning_rate(&log, lr)? {
+                        if !(new.is_finite() && new > 0.0) {
+                            return Err(TensorError::BadHyperParameter {
+                                name: "learning_rate",
+                                value: new.to_string(),
+                                reason: "must be > 0 (set by a callback)",
+                            });
+                        }
+                        opt.set_learning_rate(new);
+                        lr = new;
+                    }
+                }
+            }
+            let stop = self.callbacks.iter().any(|c| c.stop_training());
             history.epochs.push(log);
+            if stop {
+                history.stopped_early = Some(epoch + 1);
+                break;
+            }
         }
         for c in self.callbacks.iter_mut() {
             c.on_train_end(model)?;
@@ -570,11 +726,12 @@ impl<'a> Fit<'a> {
 }
 
 /// Logits of every example, computed in batches on an inference graph.
-pub fn predict(
+pub fn predict<'x>(
     model: &Sequential,
-    x: ArrayViewD<'_, f32>,
+    x: impl Inputs<'x>,
     batch_size: usize,
 ) -> Result<Array2<f32>> {
+    let x = x.into_view();
     if batch_size == 0 {
         return Err(TensorError::BadHyperParameter {
             name: "batch_size",
@@ -602,18 +759,62 @@ pub fn predict(
     Ok(out)
 }
 
-/// Mean cross-entropy and accuracy over a labelled data set.
-pub fn evaluate(
+/// [`evaluate`] on a whole labelled data set (a `pare_mnist::Dataset`).
+pub fn evaluate_dataset(
     model: &Sequential,
-    x: ArrayViewD<'_, f32>,
-    y: &[usize],
+    data: &impl Labelled,
     batch_size: usize,
 ) -> Result<Evaluation> {
+    evaluate(model, data.inputs(), &data.class_labels(), batch_size)
+}
+
+/// Mean cross-entropy and accuracy over a labelled data set: inputs as any `f32` array or
+/// view, labels of any integer type.
+pub fn evaluate<'x, L: Label>(
+    model: &Sequential,
+    x: impl Inputs<'x>,
+    y: &[L],
+    batch_size: usize,
+) -> Result<Evaluation> {
+    let x = x.into_view();
+    let y = &class_indices(y)?[..];
     check_data(model, &x, Some(y))?;
     if y.is_empty() {
         return Err(TensorError::Empty("evaluation data"));
     }
     let logits = predict(model, x, batch_size)?;
+    evaluate_logits(logits.view(), y)
+}
+
+/// Mean sparse cross-entropy (from logits, with a stable log-sum-exp) and arg-max accuracy of
+/// `logits` `[n, classes]` against labels of any integer type: the scoring of [`evaluate`],
+/// for models that produce logits some other way (an int8 engine, a sparse runtime).
+///
+/// # Errors
+/// No examples, a label count that is not `n`, or a label that is not a class.
+pub fn evaluate_logits<L: Label>(
+    logits: ndarray::ArrayView2<'_, f32>,
+    y: &[L],
+) -> Result<Evaluation> {
+    let y = &class_indices(y)?[..];
+    let (n, classes) = logits.dim();
+    if y.is_empty() {
+        return Err(TensorError::Empty("evaluation data"));
+    }
+    if y.len() != n {
+        return Err(TensorError::LengthMismatch {
+            what: "logits",
+            images: n,
+            labels: y.len(),
+        });
+    }
+    if let Some((index, &label)) = y.iter().enumerate().find(|(_, l)| **l >= classes) {
+        return Err(TensorError::LabelOutOfRange {
+            index,
+            label,
+            classes,
+        });
+    }
     let mut loss = 0f64;
     let mut correct = 0;
     for (row, &label) in logits.rows().into_iter().zip(y) {
@@ -893,8 +1094,9 @@ mod tests {
         assert_eq!(sgd.iterations(), *step);
         assert_eq!(saver.steps.last().map_or(0, |s| s + 1), *step);
         assert!(!dir.join(format!("s{step}")).exists());
-        assert_eq!(saver.epochs, *epoch);
-        assert_eq!(*epoch as u64, step / 8, "8 steps per epoch");
+        // Epochs count from 1, as the progress lines print them.
+        assert_eq!(saver.epochs + 1, *epoch);
+        assert_eq!(*epoch as u64, step / 8 + 1, "8 steps per epoch");
         let msg = err.to_string();
         assert!(
             msg.contains(&format!("epoch {epoch}, step {step}")),
@@ -962,6 +1164,89 @@ mod tests {
     }
 
     #[test]
+    fn clipping_caps_the_global_norm_and_keeps_the_direction() {
+        // Gradients [3, 4] and [12]: global norm sqrt(9 + 16 + 144) = 13. Clipped to 6.5 they
+        // halve; clipped to 20 they stay.
+        let a = Param::new("a", ndarray::arr1(&[1.0f32, 1.0]).into_dyn());
+        let b = Param::new("b", ndarray::arr1(&[1.0f32]).into_dyn());
+        let grads = || {
+            let mut g = Graph::new();
+            let (av, bv) = (g.param(&a), g.param(&b));
+            let ca = g.constant(ndarray::arr1(&[3.0f32, 4.0]).into_dyn());
+            let cb = g.constant(ndarray::arr1(&[12.0f32]).into_dyn());
+            let (pa, pb) = (g.mul(av, ca), g.mul(bv, cb));
+            let (sa, sb) = (g.sum(pa), g.sum(pb));
+            let loss = g.add(sa, sb);
+            g.backward(loss)
+        };
+        let mut g = grads();
+        assert_eq!(clip_by_global_norm(&mut g, 6.5), 13.0);
+        assert_eq!(g.get("a").unwrap().as_slice().unwrap(), &[1.5, 2.0]);
+        assert_eq!(g.get("b").unwrap().as_slice().unwrap(), &[6.0]);
+        let mut g = grads();
+        assert_eq!(clip_by_global_norm(&mut g, 20.0), 13.0);
+        assert_eq!(g.get("b").unwrap().as_slice().unwrap(), &[12.0]);
+        // In fit: a tiny cap keeps every SGD step to lr · cap in global norm.
+        let (x, y) = toy_data(16, 2);
+        let mut model = small_cnn(0);
+        let before: Vec<Param> = model.params().into_iter().cloned().collect();
+        let mut sgd = crate::optim::Sgd::new(1.0, 0.0, false).unwrap();
+        let cfg = FitConfig {
+            epochs: 1,
+            batch_size: 16,
+            verbose: false,
+            clip_global_norm: Some(1e-3),
+            ..Default::default()
+        };
+        Fit::new(cfg)
+            .run(&mut model, &mut sgd, x.view(), &y)
+            .unwrap();
+        let moved: f64 = model
+            .params()
+            .iter()
+            .zip(&before)
+            .flat_map(|(p, q)| p.value.iter().zip(q.value.iter()))
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        approx::assert_abs_diff_eq!(moved, 1e-3, epsilon = 1e-5);
+        let bad = FitConfig {
+            clip_global_norm: Some(f32::INFINITY),
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "clip_global_norm is infinite: must be finite and > 0"
+        );
+    }
+
+    #[test]
+    fn augmented_training_is_reproducible_and_changes_the_batches() {
+        let (x, y) = toy_data(32, 3);
+        let run = |aug: Augmentation| {
+            let mut model = small_cnn(0);
+            let mut adam = Adam::new(AdamConfig::default()).unwrap();
+            let cfg = FitConfig {
+                epochs: 1,
+                batch_size: 16,
+                verbose: false,
+                augmentation: aug,
+                ..Default::default()
+            };
+            Fit::new(cfg)
+                .run(&mut model, &mut adam, x.view(), &y)
+                .unwrap();
+            model
+        };
+        let aug = Augmentation {
+            pad_crop: 2,
+            horizontal_flip: true,
+        };
+        assert_eq!(run(aug).params(), run(aug).params());
+        assert_ne!(run(aug).params(), run(Augmentation::default()).params());
+    }
+
+    #[test]
     fn callbacks_see_every_step_in_order() {
         #[derive(Default)]
         struct Log(Vec<String>);
@@ -1000,7 +1285,7 @@ mod tests {
         assert_eq!(
             log.0,
             [
-                "begin", "b0", "e0", "b1", "e1", "epoch0", "b2", "e2", "b3", "e3", "epoch1"
+                "begin", "b0", "e0", "b1", "e1", "epoch1", "b2", "e2", "b3", "e3", "epoch2"
             ]
         );
     }
