@@ -954,6 +954,7 @@ fn dequantized_model(
                     strides: *strides,
                     padding: to_tensor_padding(*padding),
                     activation: act(*relu),
+                    use_bias: true,
                 })
             }
             LayerKind::Dense { relu } => {
@@ -964,6 +965,7 @@ fn dequantized_model(
                     kernel,
                     bias,
                     activation: act(*relu),
+                    use_bias: true,
                 })
             }
             LayerKind::MaxPool2d {

@@ -34,11 +34,14 @@
 
 pub mod checkpoint;
 mod error;
+pub mod fold;
 pub mod gradcheck;
 mod graph;
 pub mod infer;
 pub mod io;
 pub mod kernels;
+pub mod layer_ops;
+mod layers;
 pub mod models;
 pub mod nn;
 pub mod optim;
@@ -46,8 +49,12 @@ pub mod train;
 
 #[cfg(test)]
 mod graph_tests;
+#[cfg(test)]
+mod layers_tests;
 
 pub use error::{Result, TensorError, hyper_parameter_message};
+pub use fold::fold_batch_norm;
 pub use graph::{Activation, FakeQuantSpec, Grads, Graph, Op, ParamHook, Var};
 pub use kernels::conv::Padding;
+pub use layer_ops::Pointwise;
 pub use nn::{Layer, Module, Param, Sequential};

@@ -393,6 +393,12 @@ impl<'a> Fit<'a> {
             .threads
             .unwrap_or_else(rayon::current_num_threads)
             .max(1);
+        // BatchNorm normalises with the whole batch's statistics (Keras): one graph per step.
+        let shards = if model.uses_batch_statistics() {
+            1
+        } else {
+            shards
+        };
         let mut default_obj = CrossEntropy;
         let objective: &mut dyn Objective = match self.objective.take() {
             Some(o) => o,
@@ -434,8 +440,9 @@ impl<'a> Fit<'a> {
                 }
                 let shard_len = idx.len().div_ceil(shards.min(idx.len() / MIN_SHARD).max(1));
                 let mut jobs = Vec::new();
-                for part in idx.chunks(shard_len) {
+                for (si, part) in idx.chunks(shard_len).enumerate() {
                     let mut g = Graph::new();
+                    g.set_seed(cfg.seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ si as u64);
                     for c in self.callbacks.iter() {
                         c.prepare_graph(&mut g)?;
                     }
@@ -444,7 +451,8 @@ impl<'a> Fit<'a> {
                 let model_ref: &Sequential = model;
                 let obj_ref: &dyn Objective = objective;
                 let xs = x.view();
-                let run = |(mut g, part): (Graph, &[usize])| -> Result<(f32, usize, Grads)> {
+                type Shard = (f32, usize, Grads, Vec<(String, ArrayD<f32>)>);
+                let run = |(mut g, part): (Graph, &[usize])| -> Result<Shard> {
                     let xb = gather(&xs, part);
                     let labels: Vec<usize> = part.iter().map(|&i| y[i]).collect();
                     let xv = g.constant(crate::kernels::buffers::clone_array(&xb));
@@ -465,9 +473,9 @@ impl<'a> Fit<'a> {
                     let correct = count_correct(g.value(vars.logits), &labels);
                     let grads = g.backward(vars.loss);
                     crate::kernels::buffers::give_array(xb);
-                    Ok((loss, correct, grads))
+                    Ok((loss, correct, grads, g.take_state_updates()))
                 };
-                let results: Vec<Result<(f32, usize, Grads)>> = if jobs.len() > 1 {
+                let results: Vec<Result<Shard>> = if jobs.len() > 1 {
                     jobs.into_par_iter()
                         .map(|job| crate::kernels::with_sequential_kernels(|| run(job)))
                         .collect()
@@ -497,6 +505,7 @@ impl<'a> Fit<'a> {
                     return Err(diverged("the loss".into(), loss));
                 }
                 correct += parts.iter().map(|p| p.1).sum::<usize>();
+                let state: Vec<_> = parts.iter_mut().flat_map(|p| p.3.drain(..)).collect();
                 let grads = Grads::weighted_sum(parts.into_iter().map(|p| p.2).zip(weights));
                 if let Some((name, value)) = first_non_finite_grad(&grads) {
                     bar.abandon();
@@ -505,6 +514,7 @@ impl<'a> Fit<'a> {
                 let mut params = model.params_mut();
                 params.extend(objective.params_mut());
                 opt.step(params, &grads);
+                model.apply_state_updates(state)?;
                 for c in self.callbacks.iter_mut() {
                     c.on_batch_end(step, model)?;
                 }
