@@ -90,6 +90,8 @@ mod engine;
 pub mod error;
 pub mod file;
 pub mod fixedpoint;
+#[cfg(test)]
+mod fold_tests;
 pub mod kernels;
 mod model;
 pub mod observer;
