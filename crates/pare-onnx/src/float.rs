@@ -68,10 +68,15 @@ pub fn export_float(model: &Sequential) -> Result<ModelProto> {
             Layer::LeakyReLU(l) => {
                 activation(&mut g, &mut cur, Activation::LeakyRelu(l.alpha), name)
             }
-            _ => {
+            other => {
+                let reason = if matches!(other, Layer::Custom(_)) {
+                    "custom layers have no ONNX form"
+                } else {
+                    "this kind of layer has no ONNX export yet (fold BatchNorm first)"
+                };
                 return Err(OnnxError::Unsupported {
                     layer: name.into(),
-                    reason: "custom layers have no ONNX form".into(),
+                    reason: reason.into(),
                 });
             }
         }

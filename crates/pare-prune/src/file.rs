@@ -77,7 +77,8 @@ pub fn to_sparse_bytes(model: &Sequential, metadata: HashMap<String, String>) ->
     if metadata.contains_key(METADATA_KEY) {
         return Err(bad(format!("metadata key {METADATA_KEY:?} is reserved")));
     }
-    let mut params = model.params();
+    // Non-trainable state (BatchNorm's moving statistics) is part of the model too.
+    let mut params = model.weights();
     params.sort_by(|a, b| a.name.cmp(&b.name));
     let (mut dense, mut sparse) = (Vec::new(), Vec::new());
     for p in params {
@@ -225,7 +226,13 @@ fn load_sparse_bytes_verified(
     let ((tensors, metadata), integrity) = read_sparse_verified(bytes)?;
     let mut by_name: HashMap<String, ArrayD<f32>> = tensors.into_iter().collect();
     let mut mismatches = Vec::new();
-    let shapes = model.param_shapes();
+    let mut shapes = model.param_shapes();
+    shapes.extend(
+        model
+            .non_trainable_params()
+            .iter()
+            .map(|p| (p.name.clone(), p.value.shape().to_vec())),
+    );
     for (name, shape) in &shapes {
         match by_name.get(name) {
             None => mismatches.push(format!("missing {name} {shape:?}")),
@@ -246,6 +253,11 @@ fn load_sparse_bytes_verified(
         return Err(PruneError::FileMismatch { mismatches });
     }
     for p in model.params_mut() {
+        if let Some(v) = by_name.remove(&p.name) {
+            p.value = v;
+        }
+    }
+    for p in model.non_trainable_params_mut() {
         if let Some(v) = by_name.remove(&p.name) {
             p.value = v;
         }

@@ -1,6 +1,9 @@
 //! Post-training quantization: a float [`Sequential`] plus calibration data to a
 //! [`QuantizedModel`], as TFLite's converter does it.
 //!
+//! 0. **BatchNorm folding**: a BatchNorm after a conv or dense layer without activation is
+//!    folded into it first ([`pare_tensor::fold_batch_norm`]), as TFLite's converter does; one
+//!    that cannot fold is an [`QuantError::UnsupportedLayer`].
 //! 1. **Plan**: each layer becomes one int8 operation. A conv or dense layer followed by a ReLU
 //!    layer (or carrying a fused ReLU) becomes one operation whose ReLU is a clamp of the output
 //!    range; a leaky ReLU becomes TFLite's `LEAKY_RELU` (two output multipliers); max-pool,
@@ -103,6 +106,7 @@ pub fn convert(
 ) -> Result<QuantizedModel> {
     config.validate()?;
     model.output_shape()?;
+    let model = &*folded(model)?;
     let mut layers = plan(model, config.per_channel)?;
     let full = config.mode == Mode::FullInteger;
     let mut input = None;
@@ -150,6 +154,23 @@ pub fn convert(
             n_calibration,
         ),
     })
+}
+
+/// `model` with its BatchNorms folded into the conv or dense layers before them
+/// ([`pare_tensor::fold_batch_norm`]), as TFLite's converter folds before it quantizes; `model`
+/// itself when it has none.
+pub(crate) fn folded(model: &Sequential) -> Result<std::borrow::Cow<'_, Sequential>> {
+    if model
+        .layers
+        .iter()
+        .any(|l| matches!(l, Layer::BatchNorm(_)))
+    {
+        Ok(std::borrow::Cow::Owned(pare_tensor::fold_batch_norm(
+            model,
+        )?))
+    } else {
+        Ok(std::borrow::Cow::Borrowed(model))
+    }
 }
 
 fn weight_params(scale: &[f32]) -> crate::params::QuantParams {
@@ -281,6 +302,13 @@ fn plan(model: &Sequential, per_channel: bool) -> Result<Vec<QuantizedLayer>> {
                 );
                 i += 1;
                 continue;
+            }
+            Layer::BatchNorm(b) => {
+                return Err(unsupported(
+                    &b.name,
+                    "a BatchNorm folds only into a Conv2d or Dense without activation directly \
+                     before it",
+                ));
             }
             Layer::Custom(m) => {
                 return Err(unsupported(
@@ -460,6 +488,8 @@ pub(crate) fn float_forward(
     visit: &mut Visit<'_>,
 ) -> Result<ArrayD<f32>> {
     let n = x.shape()[0];
+    // The quantized layers are those of the folded model (see `convert`).
+    let float = &*folded(float)?;
     let mut g = Graph::inference();
     if let Some(fq) = fq {
         let specs: HashMap<String, FakeQuantSpec> = fq

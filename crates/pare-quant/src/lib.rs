@@ -91,6 +91,8 @@ pub mod error;
 mod evaluate;
 pub mod file;
 pub mod fixedpoint;
+#[cfg(test)]
+mod fold_tests;
 pub mod kernels;
 mod model;
 pub mod observer;

@@ -1000,6 +1000,7 @@ fn dequantized_model(
                     strides: *strides,
                     padding: to_tensor_padding(*padding),
                     activation: act(*relu),
+                    use_bias: true,
                 })
             }
             LayerKind::Dense { relu } => {
@@ -1010,6 +1011,7 @@ fn dequantized_model(
                     kernel,
                     bias,
                     activation: act(*relu),
+                    use_bias: true,
                 })
             }
             LayerKind::MaxPool2d {

@@ -49,6 +49,7 @@ fn tiny_dense() -> Sequential {
         kernel: Param::new("d.kernel", kernel),
         bias: Param::new("d.bias", bias),
         activation: FloatActivation::Linear,
+        use_bias: true,
     })
 }
 

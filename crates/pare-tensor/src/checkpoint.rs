@@ -14,9 +14,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Writes every parameter of `model` to `path` (safetensors, f32, named `layer.kernel`, ...),
-/// with `metadata` in the header. The write is atomic.
+/// and its non-trainable state (`bn.moving_mean`, ...), with `metadata` in the header. The
+/// write is atomic.
 pub fn save(model: &Sequential, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
-    let params = model.params();
+    let params = model.weights();
     let tensors: Vec<_> = params.iter().map(|p| (p.name.clone(), &p.value)).collect();
     save_f32_tensors(path, &tensors, Some(metadata))
 }
@@ -66,7 +67,14 @@ pub fn load_bytes(
     }
     let mut by_name: HashMap<_, _> = tensors.into_iter().collect();
     let mut mismatches = Vec::new();
-    for (name, shape) in model.param_shapes() {
+    let mut shapes = model.param_shapes();
+    shapes.extend(
+        model
+            .non_trainable_params()
+            .iter()
+            .map(|p| (p.name.clone(), p.value.shape().to_vec())),
+    );
+    for (name, shape) in shapes.iter().cloned() {
         match by_name.get(&name) {
             None => mismatches.push(format!("missing {name} {shape:?}")),
             Some(t) if t.shape() != shape.as_slice() => mismatches.push(format!(
@@ -76,8 +84,7 @@ pub fn load_bytes(
             Some(_) => {}
         }
     }
-    let expected: std::collections::HashSet<String> =
-        model.param_shapes().into_iter().map(|(n, _)| n).collect();
+    let expected: std::collections::HashSet<String> = shapes.into_iter().map(|(n, _)| n).collect();
     let mut extra: Vec<_> = by_name
         .keys()
         .filter(|k| !expected.contains(*k))
@@ -92,6 +99,11 @@ pub fn load_bytes(
         });
     }
     for p in model.params_mut() {
+        if let Some(v) = by_name.remove(&p.name) {
+            p.value = v;
+        }
+    }
+    for p in model.non_trainable_params_mut() {
         if let Some(v) = by_name.remove(&p.name) {
             p.value = v;
         }

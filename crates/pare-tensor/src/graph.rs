@@ -238,6 +238,43 @@ pub enum Op {
     MaskMul(Var, ArrayD<f32>),
     /// Quantize-dequantize with a straight-through gradient inside the representable range.
     FakeQuant(Var, FakeQuantSpec),
+    /// Batch normalisation over the last axis (see [`Graph::batch_norm`]).
+    BatchNorm {
+        /// Input, channels last.
+        x: Var,
+        /// Scale `[c]`.
+        gamma: Var,
+        /// Offset `[c]`.
+        beta: Var,
+        /// The normalised input `(x − mean) / sqrt(var + ε)`.
+        xhat: ArrayD<f32>,
+        /// `1 / sqrt(var + ε)` per channel.
+        inv_std: Vec<f32>,
+        /// True when mean and variance are the batch's own (training), so they depend on `x`.
+        batch_stats: bool,
+    },
+    /// NHWC average pool, padding excluded from the count (TensorFlow's rule).
+    AvgPool {
+        /// Input.
+        x: Var,
+        /// Window geometry.
+        win: Window,
+    },
+    /// Mean over the spatial axes of NHWC input, to `[n, c]`.
+    GlobalAvgPool(Var),
+    /// NHWC depthwise convolution, kernel `[kh, kw, c, multiplier]`, optional bias.
+    DepthwiseConv2d {
+        /// Input `[n, h, w, c]`.
+        x: Var,
+        /// Kernel `[kh, kw, c, m]`.
+        kernel: Var,
+        /// Optional bias `[c · m]`.
+        bias: Option<Var>,
+        /// Window geometry.
+        win: Window,
+    },
+    /// An element-wise activation that is not fused into a conv or dense node.
+    Pointwise(Var, crate::layer_ops::Pointwise),
 }
 
 struct Node {
@@ -258,6 +295,14 @@ pub struct Graph {
     masks: HashMap<String, ArrayD<f32>>,
     hooks: Vec<ParamHook>,
     training: bool,
+    /// Keras' `training` argument for the layers: batch statistics and dropout (see
+    /// [`Graph::set_training_layers`]).
+    pub(crate) layers_training: bool,
+    /// Seed of the random ops (dropout) and how many have drawn from it.
+    pub(crate) seed: u64,
+    pub(crate) random_ops: u64,
+    /// New values of non-trainable state (moving statistics), applied after the step.
+    pub(crate) state_updates: Vec<(String, ArrayD<f32>)>,
 }
 
 impl Default for Graph {
@@ -371,7 +416,7 @@ fn check_bias(op: &str, out_shape: &[usize], bias: &ArrayD<f32>) {
 }
 
 /// A 4-D (NHWC) view of a value whose rank the op has checked.
-fn four(a: &ArrayD<f32>) -> ArrayView4<'_, f32> {
+pub(crate) fn four(a: &ArrayD<f32>) -> ArrayView4<'_, f32> {
     a.view()
         .into_dimensionality::<Ix4>()
         .expect("NHWC value must be 4-D")
@@ -398,20 +443,27 @@ fn as_rows(x: &ArrayD<f32>) -> ArrayView2<'_, f32> {
 impl Graph {
     /// An empty training graph.
     pub fn new() -> Graph {
+        let tag = NEXT_GRAPH.fetch_add(1, Ordering::Relaxed);
         Graph {
-            tag: NEXT_GRAPH.fetch_add(1, Ordering::Relaxed),
+            tag,
             nodes: Vec::new(),
             params: HashMap::new(),
             masks: HashMap::new(),
             hooks: Vec::new(),
             training: true,
+            layers_training: true,
+            seed: crate::layer_ops::default_seed(tag),
+            random_ops: 0,
+            state_updates: Vec::new(),
         }
     }
 
-    /// An inference graph: parameters enter as constants, so nothing is kept for backward.
+    /// An inference graph: parameters enter as constants, so nothing is kept for backward;
+    /// layers run in inference mode (moving statistics, no dropout).
     pub fn inference() -> Graph {
         let mut g = Graph::new();
         g.training = false;
+        g.layers_training = false;
         g
     }
 
@@ -445,11 +497,11 @@ impl Graph {
         v.index as usize
     }
 
-    fn needs(&self, v: Var) -> bool {
+    pub(crate) fn needs(&self, v: Var) -> bool {
         self.nodes[self.check(v)].needs_grad
     }
 
-    fn push(&mut self, op: Op, value: ArrayD<f32>, inputs: &[Var]) -> Var {
+    pub(crate) fn push(&mut self, op: Op, value: ArrayD<f32>, inputs: &[Var]) -> Var {
         // Every kernel reshapes its inputs as contiguous row-major data; a transposed or
         // sliced array from the user is copied into that layout once, here.
         let value = if value.is_standard_layout() {
@@ -1300,6 +1352,79 @@ impl Graph {
                         *gv = 0.0;
                     }
                 }
+                self.acc(grads, *x, g);
+            }
+            Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                xhat,
+                inv_std,
+                batch_stats,
+            } => {
+                let (gx, gg, gb) = crate::layer_ops::batch_norm_backward(
+                    &g,
+                    xhat,
+                    inv_std,
+                    val(*gamma),
+                    *batch_stats,
+                    needs(*x),
+                );
+                if needs(*gamma) {
+                    self.acc(grads, *gamma, gg);
+                }
+                if needs(*beta) {
+                    self.acc(grads, *beta, gb);
+                }
+                if let Some(gx) = gx {
+                    self.acc(grads, *x, gx);
+                }
+            }
+            Op::AvgPool { x, win } => {
+                let gx = crate::kernels::avgpool::avg_pool_backward(four(&g), win);
+                self.acc(grads, *x, gx.into_dyn());
+            }
+            Op::GlobalAvgPool(x) => {
+                let gx = crate::kernels::avgpool::global_avg_pool_backward(
+                    g.view().into_dimensionality::<Ix2>().expect("[n, c]"),
+                    val(*x).shape(),
+                );
+                self.acc(grads, *x, gx.into_dyn());
+            }
+            Op::DepthwiseConv2d {
+                x,
+                kernel,
+                bias,
+                win,
+            } => {
+                let gv = four(&g);
+                if let Some(b) = bias.filter(|b| needs(*b)) {
+                    let c = gv.shape()[3];
+                    let gb = g
+                        .view()
+                        .into_shape_with_order((g.len() / c.max(1), c))
+                        .expect("contiguous")
+                        .sum_axis(Axis(0));
+                    self.acc(grads, b, gb.into_dyn());
+                }
+                let (gx, gk) = crate::kernels::depthwise::depthwise_backward(
+                    four(val(*x)),
+                    four(val(*kernel)),
+                    gv,
+                    win,
+                    needs(*x),
+                    needs(*kernel),
+                );
+                if let Some(gk) = gk {
+                    self.acc(grads, *kernel, gk.into_dyn());
+                }
+                if let Some(gx) = gx {
+                    self.acc(grads, *x, gx.into_dyn());
+                }
+            }
+            Op::Pointwise(x, f) => {
+                let mut g = g;
+                f.backprop_inplace(&mut g, val(*x), &node.value);
                 self.acc(grads, *x, g);
             }
         }

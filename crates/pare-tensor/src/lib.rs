@@ -38,11 +38,14 @@ pub mod callbacks;
 pub mod checkpoint;
 pub mod data;
 mod error;
+pub mod fold;
 pub mod gradcheck;
 mod graph;
 pub mod infer;
 pub mod io;
 pub mod kernels;
+pub mod layer_ops;
+mod layers;
 pub mod models;
 pub mod nn;
 pub mod optim;
@@ -51,8 +54,11 @@ pub mod train;
 
 #[cfg(test)]
 mod graph_tests;
+#[cfg(test)]
+mod layers_tests;
 
 pub use error::{Result, TensorError, batch_shape, hyper_parameter_message};
+pub use fold::fold_batch_norm;
 
 /// The `ndarray` pare-tensor is built on (0.17): arrays a user builds with it are the arrays
 /// pare's functions take, whatever `ndarray` the user's own `Cargo.toml` names.
@@ -69,4 +75,5 @@ pub fn seeded_rng(seed: u64) -> rand::rngs::StdRng {
 }
 pub use graph::{Activation, FakeQuantSpec, Grads, Graph, Op, ParamHook, Var};
 pub use kernels::conv::Padding;
+pub use layer_ops::Pointwise;
 pub use nn::{Layer, Module, Param, Sequential};

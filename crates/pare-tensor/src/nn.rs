@@ -4,6 +4,10 @@ use crate::error::{Result, TensorError};
 pub use crate::graph::Activation;
 use crate::graph::{Graph, Var};
 use crate::kernels::conv::{Padding, Window};
+pub use crate::layers::{
+    AvgPool2d, BatchNorm, BatchNormConfig, DepthwiseConv2d, Dropout, GlobalAveragePool2d,
+    HardSwish, ReLU6, Sigmoid, Softmax, Tanh,
+};
 use ndarray::{ArrayD, IxDyn};
 use rand::Rng;
 use rand_distr::{Distribution, Uniform};
@@ -60,6 +64,16 @@ pub trait Module: Send + Sync {
     fn params_mut(&mut self) -> Vec<&mut Param> {
         Vec::new()
     }
+    /// State that is saved with the model but not trained (Keras' non-trainable weights, e.g.
+    /// BatchNorm's moving statistics): checkpoints hold it, optimizers and pruning never see
+    /// it. None by default.
+    fn non_trainable_params(&self) -> Vec<&Param> {
+        Vec::new()
+    }
+    /// The non-trainable state, mutably.
+    fn non_trainable_params_mut(&mut self) -> Vec<&mut Param> {
+        Vec::new()
+    }
 }
 
 fn shape_err(layer: &str, expected: Vec<usize>, found: &[usize]) -> TensorError {
@@ -77,10 +91,12 @@ pub struct Dense {
     pub name: String,
     /// `[in, out]`.
     pub kernel: Param,
-    /// `[out]`.
+    /// `[out]`; zeros, not trained and not saved when `use_bias` is off.
     pub bias: Param,
     /// Fused activation.
     pub activation: Activation,
+    /// Whether the layer adds its bias (Keras' `use_bias`, on by default).
+    pub use_bias: bool,
 }
 
 impl Dense {
@@ -94,6 +110,7 @@ impl Dense {
             ),
             bias: Param::new(format!("{name}.bias"), ArrayD::zeros(IxDyn(&[units]))),
             activation: Activation::Linear,
+            use_bias: true,
         }
     }
     /// [`Dense::new`] with the kernel drawn from [`crate::seeded_rng`]`(seed)`: no `rand` in
@@ -104,6 +121,14 @@ impl Dense {
     /// Sets the fused activation.
     pub fn activation(mut self, a: Activation) -> Dense {
         self.activation = a;
+        self
+    }
+    /// Turns the bias on or off (Keras' `use_bias`); off, the bias is reset to zeros.
+    pub fn use_bias(mut self, on: bool) -> Dense {
+        self.use_bias = on;
+        if !on {
+            self.bias.value.fill(0.0);
+        }
         self
     }
     /// Input features.
@@ -121,12 +146,33 @@ impl Dense {
     /// following activation layer).
     pub fn forward_fused(&self, g: &mut Graph, x: Var, act: Activation) -> Var {
         let k = g.param(&self.kernel);
-        let b = g.param(&self.bias);
+        let b = self.use_bias.then(|| g.param(&self.bias));
         if act.fusable() {
-            return g.dense(x, k, Some(b), act);
+            return g.dense(x, k, b, act);
         }
-        let y = g.dense(x, k, Some(b), Activation::Linear);
+        let y = g.dense(x, k, b, Activation::Linear);
         apply_unfused(g, y, act)
+    }
+}
+
+/// The kernel, and the bias when it is used.
+fn weights<'a>(kernel: &'a Param, bias: &'a Param, use_bias: bool) -> Vec<&'a Param> {
+    if use_bias {
+        vec![kernel, bias]
+    } else {
+        vec![kernel]
+    }
+}
+
+fn weights_mut<'a>(
+    kernel: &'a mut Param,
+    bias: &'a mut Param,
+    use_bias: bool,
+) -> Vec<&'a mut Param> {
+    if use_bias {
+        vec![kernel, bias]
+    } else {
+        vec![kernel]
     }
 }
 
@@ -152,10 +198,10 @@ impl Module for Dense {
         Ok(vec![self.units()])
     }
     fn params(&self) -> Vec<&Param> {
-        vec![&self.kernel, &self.bias]
+        weights(&self.kernel, &self.bias, self.use_bias)
     }
     fn params_mut(&mut self) -> Vec<&mut Param> {
-        vec![&mut self.kernel, &mut self.bias]
+        weights_mut(&mut self.kernel, &mut self.bias, self.use_bias)
     }
 }
 
@@ -166,7 +212,7 @@ pub struct Conv2d {
     pub name: String,
     /// `[kh, kw, in, out]`.
     pub kernel: Param,
-    /// `[out]`.
+    /// `[out]`; zeros, not trained and not saved when `use_bias` is off.
     pub bias: Param,
     /// `[sh, sw]`.
     pub strides: [usize; 2],
@@ -174,6 +220,9 @@ pub struct Conv2d {
     pub padding: Padding,
     /// Fused activation.
     pub activation: Activation,
+    /// Whether the layer adds its bias (Keras' `use_bias`, on by default; off before a
+    /// BatchNorm, as ResNets are written).
+    pub use_bias: bool,
 }
 
 impl Conv2d {
@@ -193,6 +242,7 @@ impl Conv2d {
             strides: [1, 1],
             padding: Padding::Valid,
             activation: Activation::Linear,
+            use_bias: true,
         }
     }
     /// [`Conv2d::new`] with the kernel drawn from [`crate::seeded_rng`]`(seed)`: no `rand` in
@@ -211,6 +261,14 @@ impl Conv2d {
             kernel_size,
             &mut crate::seeded_rng(seed),
         )
+    }
+    /// Turns the bias on or off (Keras' `use_bias`); off, the bias is reset to zeros.
+    pub fn use_bias(mut self, on: bool) -> Conv2d {
+        self.use_bias = on;
+        if !on {
+            self.bias.value.fill(0.0);
+        }
+        self
     }
     /// Sets both strides.
     pub fn strides(mut self, s: usize) -> Conv2d {
@@ -239,18 +297,11 @@ impl Conv2d {
     /// following activation layer).
     pub fn forward_fused(&self, g: &mut Graph, x: Var, act: Activation) -> Var {
         let k = g.param(&self.kernel);
-        let b = g.param(&self.bias);
+        let b = self.use_bias.then(|| g.param(&self.bias));
         if act.fusable() {
-            return g.conv2d_fused(x, k, Some(b), self.strides, self.padding, act);
+            return g.conv2d_fused(x, k, b, self.strides, self.padding, act);
         }
-        let y = g.conv2d_fused(
-            x,
-            k,
-            Some(b),
-            self.strides,
-            self.padding,
-            Activation::Linear,
-        );
+        let y = g.conv2d_fused(x, k, b, self.strides, self.padding, Activation::Linear);
         apply_unfused(g, y, act)
     }
 
@@ -258,11 +309,11 @@ impl Conv2d {
     /// [`Graph::conv2d_max_pool`]), with `act` in place of the layer's own activation.
     pub fn forward_pooled(&self, g: &mut Graph, x: Var, act: Activation, pool: &MaxPool2d) -> Var {
         let k = g.param(&self.kernel);
-        let b = g.param(&self.bias);
+        let b = self.use_bias.then(|| g.param(&self.bias));
         g.conv2d_max_pool(
             x,
             k,
-            Some(b),
+            b,
             (self.strides, self.padding),
             act,
             (pool.pool, pool.strides, pool.padding),
@@ -289,10 +340,10 @@ impl Module for Conv2d {
         Ok(vec![win.oh, win.ow, cout])
     }
     fn params(&self) -> Vec<&Param> {
-        vec![&self.kernel, &self.bias]
+        weights(&self.kernel, &self.bias, self.use_bias)
     }
     fn params_mut(&mut self) -> Vec<&mut Param> {
-        vec![&mut self.kernel, &mut self.bias]
+        weights_mut(&mut self.kernel, &mut self.bias, self.use_bias)
     }
 }
 
@@ -488,6 +539,26 @@ pub enum Layer {
     ReLU(ReLU),
     /// Leaky ReLU.
     LeakyReLU(LeakyReLU),
+    /// Batch normalisation.
+    BatchNorm(BatchNorm),
+    /// Dropout (training only).
+    Dropout(Dropout),
+    /// Average pooling.
+    AvgPool2d(AvgPool2d),
+    /// Global average pooling.
+    GlobalAveragePool2d(GlobalAveragePool2d),
+    /// Depthwise convolution.
+    DepthwiseConv2d(DepthwiseConv2d),
+    /// Logistic sigmoid.
+    Sigmoid(Sigmoid),
+    /// Hyperbolic tangent.
+    Tanh(Tanh),
+    /// ReLU capped at 6.
+    ReLU6(ReLU6),
+    /// Hard-swish.
+    HardSwish(HardSwish),
+    /// Softmax over the last axis.
+    Softmax(Softmax),
     /// Anything else implementing [`Module`].
     Custom(Box<dyn Module>),
 }
@@ -510,6 +581,16 @@ impl Clone for Layer {
             Layer::Reshape(l) => Layer::Reshape(l.clone()),
             Layer::ReLU(l) => Layer::ReLU(l.clone()),
             Layer::LeakyReLU(l) => Layer::LeakyReLU(l.clone()),
+            Layer::BatchNorm(l) => Layer::BatchNorm(l.clone()),
+            Layer::Dropout(l) => Layer::Dropout(l.clone()),
+            Layer::AvgPool2d(l) => Layer::AvgPool2d(l.clone()),
+            Layer::GlobalAveragePool2d(l) => Layer::GlobalAveragePool2d(l.clone()),
+            Layer::DepthwiseConv2d(l) => Layer::DepthwiseConv2d(l.clone()),
+            Layer::Sigmoid(l) => Layer::Sigmoid(l.clone()),
+            Layer::Tanh(l) => Layer::Tanh(l.clone()),
+            Layer::ReLU6(l) => Layer::ReLU6(l.clone()),
+            Layer::HardSwish(l) => Layer::HardSwish(l.clone()),
+            Layer::Softmax(l) => Layer::Softmax(l.clone()),
             Layer::Custom(m) => panic!("Layer::clone: custom layer {} cannot be cloned", m.name()),
         }
     }
@@ -526,6 +607,16 @@ impl Layer {
             Layer::Reshape(l) => l,
             Layer::ReLU(l) => l,
             Layer::LeakyReLU(l) => l,
+            Layer::BatchNorm(l) => l,
+            Layer::Dropout(l) => l,
+            Layer::AvgPool2d(l) => l,
+            Layer::GlobalAveragePool2d(l) => l,
+            Layer::DepthwiseConv2d(l) => l,
+            Layer::Sigmoid(l) => l,
+            Layer::Tanh(l) => l,
+            Layer::ReLU6(l) => l,
+            Layer::HardSwish(l) => l,
+            Layer::Softmax(l) => l,
             Layer::Custom(m) => m.as_ref(),
         }
     }
@@ -539,6 +630,16 @@ impl Layer {
             Layer::Reshape(l) => l,
             Layer::ReLU(l) => l,
             Layer::LeakyReLU(l) => l,
+            Layer::BatchNorm(l) => l,
+            Layer::Dropout(l) => l,
+            Layer::AvgPool2d(l) => l,
+            Layer::GlobalAveragePool2d(l) => l,
+            Layer::DepthwiseConv2d(l) => l,
+            Layer::Sigmoid(l) => l,
+            Layer::Tanh(l) => l,
+            Layer::ReLU6(l) => l,
+            Layer::HardSwish(l) => l,
+            Layer::Softmax(l) => l,
             Layer::Custom(m) => m.as_mut(),
         }
     }
@@ -554,6 +655,18 @@ macro_rules! into_layer {
     )*};
 }
 into_layer!(Dense, Conv2d, MaxPool2d, Flatten, Reshape, ReLU, LeakyReLU);
+into_layer!(
+    BatchNorm,
+    Dropout,
+    AvgPool2d,
+    GlobalAveragePool2d,
+    DepthwiseConv2d,
+    Sigmoid,
+    Tanh,
+    ReLU6,
+    HardSwish,
+    Softmax
+);
 
 /// A stack of layers applied in order, with a fixed per-example input shape.
 #[derive(Debug, Clone)]
@@ -698,6 +811,79 @@ impl Sequential {
             .iter_mut()
             .flat_map(|l| l.module_mut().params_mut())
             .collect()
+    }
+
+    /// All non-trainable state (BatchNorm's moving statistics), in layer order.
+    pub fn non_trainable_params(&self) -> Vec<&Param> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.module().non_trainable_params())
+            .collect()
+    }
+
+    /// All non-trainable state, mutably.
+    pub fn non_trainable_params_mut(&mut self) -> Vec<&mut Param> {
+        self.layers
+            .iter_mut()
+            .flat_map(|l| l.module_mut().non_trainable_params_mut())
+            .collect()
+    }
+
+    /// Every tensor saved with the model (Keras' `weights`): each layer's parameters, then its
+    /// non-trainable state.
+    pub fn weights(&self) -> Vec<&Param> {
+        self.layers
+            .iter()
+            .flat_map(|l| {
+                let m = l.module();
+                let mut v = m.params();
+                v.extend(m.non_trainable_params());
+                v
+            })
+            .collect()
+    }
+
+    /// True when a layer normalises with batch statistics in training (a BatchNorm): such a
+    /// model's batch cannot be split into shards with statistics of their own.
+    pub fn uses_batch_statistics(&self) -> bool {
+        self.layers.iter().any(|l| matches!(l, Layer::BatchNorm(_)))
+    }
+
+    /// Applies the state updates a training graph recorded ([`Graph::take_state_updates`]):
+    /// the new moving statistics. Call it after the optimizer's step; `fit` does.
+    ///
+    /// # Errors
+    /// [`TensorError::BadLayer`] for an update naming no non-trainable tensor of the model or
+    /// of another shape (nothing is changed then).
+    pub fn apply_state_updates(&mut self, updates: Vec<(String, ArrayD<f32>)>) -> Result<()> {
+        {
+            let state = self.non_trainable_params();
+            for (name, v) in &updates {
+                match state.iter().find(|p| &p.name == name) {
+                    Some(p) if p.value.shape() == v.shape() => {}
+                    found => {
+                        return Err(TensorError::BadLayer {
+                            layer: name.clone(),
+                            reason: match found {
+                                Some(p) => format!(
+                                    "state update of shape {:?} for a tensor of shape {:?}",
+                                    v.shape(),
+                                    p.value.shape()
+                                ),
+                                None => "state update for no non-trainable tensor".into(),
+                            },
+                        });
+                    }
+                }
+            }
+        }
+        let mut state = self.non_trainable_params_mut();
+        for (name, v) in updates {
+            if let Some(p) = state.iter_mut().find(|p| p.name == name) {
+                p.value = v;
+            }
+        }
+        Ok(())
     }
 
     /// A parameter by name.

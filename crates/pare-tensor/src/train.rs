@@ -498,6 +498,12 @@ impl<'a> Fit<'a> {
             .threads
             .unwrap_or_else(rayon::current_num_threads)
             .max(1);
+        // BatchNorm normalises with the whole batch's statistics (Keras): one graph per step.
+        let shards = if model.uses_batch_statistics() {
+            1
+        } else {
+            shards
+        };
         let mut default_obj = CrossEntropy;
         let objective: &mut dyn Objective = match self.objective.take() {
             Some(o) => o,
@@ -540,8 +546,9 @@ impl<'a> Fit<'a> {
                 }
                 let shard_len = idx.len().div_ceil(shards.min(idx.len() / MIN_SHARD).max(1));
                 let mut jobs = Vec::new();
-                for part in idx.chunks(shard_len) {
+                for (si, part) in idx.chunks(shard_len).enumerate() {
                     let mut g = Graph::new();
+                    g.set_seed(cfg.seed ^ step.wrapping_mul(0xA24B_AED4_963E_E407) ^ si as u64);
                     for c in self.callbacks.iter() {
                         c.prepare_graph(&mut g)?;
                     }
@@ -551,7 +558,13 @@ impl<'a> Fit<'a> {
                 let obj_ref: &dyn Objective = objective;
                 let xs = x.view();
                 let augmentation = cfg.augmentation;
-                type Shard = (f32, usize, Grads, Vec<(&'static str, f32)>);
+                type Shard = (
+                    f32,
+                    usize,
+                    Grads,
+                    Vec<(&'static str, f32)>,
+                    Vec<(String, ArrayD<f32>)>,
+                );
                 let run = |(mut g, part): (Graph, &[usize])| -> Result<Shard> {
                     let mut xb = gather(&xs, part);
                     augmentation.apply(&mut xb, part, cfg.seed, epoch)?;
@@ -576,7 +589,7 @@ impl<'a> Fit<'a> {
                     let correct = count_correct(g.value(vars.logits), &labels);
                     let grads = g.backward(vars.loss);
                     crate::kernels::buffers::give_array(xb);
-                    Ok((loss, correct, grads, metrics))
+                    Ok((loss, correct, grads, metrics, g.take_state_updates()))
                 };
                 let results: Vec<Result<Shard>> = if jobs.len() > 1 {
                     jobs.into_par_iter()
@@ -616,6 +629,7 @@ impl<'a> Fit<'a> {
                         metric_sums[k].1 += (v * w) as f64 * idx.len() as f64;
                     }
                 }
+                let state: Vec<_> = parts.iter_mut().flat_map(|p| p.4.drain(..)).collect();
                 let mut grads =
                     Grads::weighted_sum(parts.into_iter().map(|p| p.2).zip(weights.clone()));
                 if let Some((name, value)) = first_non_finite_grad(&grads) {
@@ -628,6 +642,7 @@ impl<'a> Fit<'a> {
                 let mut params = model.params_mut();
                 params.extend(objective.params_mut());
                 opt.step(params, &grads);
+                model.apply_state_updates(state)?;
                 for c in self.callbacks.iter_mut() {
                     c.on_batch_end(step, model)?;
                 }

@@ -1,7 +1,9 @@
 //! Numeric kernels shared by training and inference: plain functions over ndarray views.
 
+pub mod avgpool;
 pub mod buffers;
 pub mod conv;
+pub mod depthwise;
 pub mod gemm;
 pub mod pool;
 

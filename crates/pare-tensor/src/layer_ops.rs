@@ -1,0 +1,422 @@
+//! Graph ops of the layers of a modern CNN: batch normalisation, dropout, average and global
+//! average pooling, depthwise convolution and the element-wise activations that do not fuse
+//! into a conv or dense node (sigmoid, tanh, ReLU6, hard-swish).
+//!
+//! Two pieces of per-graph state serve them, both as Keras has them:
+//! - the **training flag of the layers** (Keras' `training` argument): batch statistics and
+//!   dropout on a [`Graph::new`] graph, moving statistics and no dropout on a
+//!   [`Graph::inference`] one; [`Graph::set_training_layers`] changes it (e.g. fine-tuning
+//!   with frozen BatchNorm statistics);
+//! - **state updates**: a training forward pass of a BatchNorm records the new moving mean and
+//!   variance with [`Graph::record_state`]; they are applied to the model after the step
+//!   ([`crate::Sequential::apply_state_updates`], which `fit` calls after the optimizer's
+//!   update), so a diverged step changes nothing.
+
+use crate::graph::{Graph, Op, Var, four};
+use crate::kernels::avgpool::{avg_pool, global_avg_pool};
+use crate::kernels::conv::{Padding, Window};
+use crate::kernels::depthwise::depthwise_conv2d;
+use ndarray::{ArrayD, IxDyn, Zip};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+
+/// An element-wise activation recorded as its own node (see [`Graph::pointwise`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Pointwise {
+    /// `1 / (1 + e^−x)`.
+    Sigmoid,
+    /// `tanh x`.
+    Tanh,
+    /// `min(max(x, 0), 6)` (MobileNet's ReLU6).
+    Relu6,
+    /// `x · relu6(x + 3) / 6` (MobileNetV3's hard-swish, Keras' `hard_swish`).
+    HardSwish,
+}
+
+impl Pointwise {
+    /// The function at one value.
+    #[inline]
+    pub fn apply(self, v: f32) -> f32 {
+        match self {
+            Pointwise::Sigmoid => {
+                // Split by sign so neither branch overflows exp for large |v|.
+                if v >= 0.0 {
+                    1.0 / (1.0 + (-v).exp())
+                } else {
+                    let e = v.exp();
+                    e / (1.0 + e)
+                }
+            }
+            Pointwise::Tanh => v.tanh(),
+            Pointwise::Relu6 => v.clamp(0.0, 6.0),
+            Pointwise::HardSwish => v * (v + 3.0).clamp(0.0, 6.0) / 6.0,
+        }
+    }
+
+    /// The derivative at input `x` with output `y`. At the kinks (0 and 6 for ReLU6, ±3 for
+    /// hard-swish) it takes the value TensorFlow's gradient takes: the flat side for ReLU6
+    /// (`x > 0 && x < 6`), and hard-swish's `relu6` gradient likewise.
+    #[inline]
+    pub fn derivative(self, x: f32, y: f32) -> f32 {
+        match self {
+            Pointwise::Sigmoid => y * (1.0 - y),
+            Pointwise::Tanh => 1.0 - y * y,
+            Pointwise::Relu6 => {
+                if x > 0.0 && x < 6.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            Pointwise::HardSwish => {
+                // d/dx [x · r(x + 3) / 6] = r(x + 3) / 6 + x · r'(x + 3) / 6.
+                let inside = x > -3.0 && x < 3.0;
+                (x + 3.0).clamp(0.0, 6.0) / 6.0 + if inside { x / 6.0 } else { 0.0 }
+            }
+        }
+    }
+
+    pub(crate) fn backprop_inplace(self, g: &mut ArrayD<f32>, x: &ArrayD<f32>, y: &ArrayD<f32>) {
+        Zip::from(g)
+            .and(x)
+            .and(y)
+            .for_each(|g, &x, &y| *g *= self.derivative(x, y));
+    }
+}
+
+/// The seed of a graph nobody seeded: distinct per graph, so dropout masks differ between the
+/// steps of a hand-written loop. `fit` seeds its graphs from its own seed for reproducible runs.
+pub(crate) fn default_seed(tag: u32) -> u64 {
+    splitmix(0x5EED_0000_0000_0000 ^ tag as u64)
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Per-channel mean and biased variance over every axis but the last (what Keras' BatchNorm
+/// normalises with and folds into its moving variance), accumulated in f64.
+pub fn channel_moments(x: &ArrayD<f32>) -> (Vec<f32>, Vec<f32>) {
+    let c = *x.shape().last().expect("channel_moments: scalar input");
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let rows = (xs.len() / c.max(1)).max(1) as f64;
+    let mut mean = vec![0f64; c];
+    for px in xs.chunks_exact(c.max(1)) {
+        for (m, &v) in mean.iter_mut().zip(px) {
+            *m += v as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= rows);
+    let mut var = vec![0f64; c];
+    for px in xs.chunks_exact(c.max(1)) {
+        for ((s, &v), &m) in var.iter_mut().zip(px).zip(&mean) {
+            let d = v as f64 - m;
+            *s += d * d;
+        }
+    }
+    (
+        mean.iter().map(|&m| m as f32).collect(),
+        var.iter().map(|&v| (v / rows) as f32).collect(),
+    )
+}
+
+/// Gradients of [`Graph::batch_norm`]: `(dx if asked, dγ, dβ)`. With batch statistics the
+/// mean and variance depend on `x`, which gives the usual
+/// `dx = γ·inv_std / N · (N·g − Σg − x̂·Σ(g·x̂))` (Ioffe & Szegedy 2015, §3); with moving
+/// statistics `dx = γ·inv_std·g`.
+pub(crate) fn batch_norm_backward(
+    g: &ArrayD<f32>,
+    xhat: &ArrayD<f32>,
+    inv_std: &[f32],
+    gamma: &ArrayD<f32>,
+    batch_stats: bool,
+    need_x: bool,
+) -> (Option<ArrayD<f32>>, ArrayD<f32>, ArrayD<f32>) {
+    let c = inv_std.len();
+    let g = g.as_standard_layout();
+    let gs = g.as_slice().expect("standard layout");
+    let xs = xhat.as_slice().expect("standard layout");
+    let gam = gamma.as_slice().expect("1-D");
+    let mut sum_g = vec![0f64; c];
+    let mut sum_gx = vec![0f64; c];
+    for (gp, xp) in gs.chunks_exact(c).zip(xs.chunks_exact(c)) {
+        for k in 0..c {
+            sum_g[k] += gp[k] as f64;
+            sum_gx[k] += (gp[k] * xp[k]) as f64;
+        }
+    }
+    let dgamma = ArrayD::from_shape_vec(IxDyn(&[c]), sum_gx.iter().map(|&v| v as f32).collect())
+        .expect("[c]");
+    let dbeta = ArrayD::from_shape_vec(IxDyn(&[c]), sum_g.iter().map(|&v| v as f32).collect())
+        .expect("[c]");
+    let dx = need_x.then(|| {
+        let n = (gs.len() / c.max(1)) as f64;
+        let mut dx = vec![0f32; gs.len()];
+        let scale: Vec<f32> = (0..c).map(|k| gam[k] * inv_std[k]).collect();
+        if batch_stats {
+            let mean_g: Vec<f32> = sum_g.iter().map(|&s| (s / n) as f32).collect();
+            let mean_gx: Vec<f32> = sum_gx.iter().map(|&s| (s / n) as f32).collect();
+            for ((d, gp), xp) in dx
+                .chunks_exact_mut(c)
+                .zip(gs.chunks_exact(c))
+                .zip(xs.chunks_exact(c))
+            {
+                for k in 0..c {
+                    d[k] = scale[k] * (gp[k] - mean_g[k] - xp[k] * mean_gx[k]);
+                }
+            }
+        } else {
+            for (d, gp) in dx.chunks_exact_mut(c).zip(gs.chunks_exact(c)) {
+                for k in 0..c {
+                    d[k] = scale[k] * gp[k];
+                }
+            }
+        }
+        ArrayD::from_shape_vec(g.raw_dim(), dx).expect("shape")
+    });
+    (dx, dgamma, dbeta)
+}
+
+impl Graph {
+    /// True when layers run as in training (Keras' `training=True`): BatchNorm normalises with
+    /// the batch's statistics and records new moving statistics, Dropout drops. On by default
+    /// for [`Graph::new`], off for [`Graph::inference`].
+    pub fn training_layers(&self) -> bool {
+        self.layers_training
+    }
+
+    /// Sets the layers' training flag (see [`Graph::training_layers`]): off on a training graph
+    /// fine-tunes with frozen BatchNorm statistics and no dropout, as Keras does for a layer
+    /// called with `training=False`.
+    pub fn set_training_layers(&mut self, on: bool) {
+        self.layers_training = on;
+    }
+
+    /// Seeds the graph's random ops (dropout). Each random op draws from its own stream, made
+    /// from this seed, the op's own seed and its position among the graph's random ops, so a
+    /// graph seeded the same way draws the same masks. Unseeded graphs get a seed of their own.
+    pub fn set_seed(&mut self, seed: u64) {
+        self.seed = seed;
+        self.random_ops = 0;
+    }
+
+    /// Records a new value for the non-trainable tensor `name` (a moving statistic), to be
+    /// applied after the step.
+    pub fn record_state(&mut self, name: impl Into<String>, value: ArrayD<f32>) {
+        self.state_updates.push((name.into(), value));
+    }
+
+    /// The state updates recorded so far, in order.
+    pub fn state_updates(&self) -> &[(String, ArrayD<f32>)] {
+        &self.state_updates
+    }
+
+    /// Takes the state updates recorded so far, leaving none.
+    pub fn take_state_updates(&mut self) -> Vec<(String, ArrayD<f32>)> {
+        std::mem::take(&mut self.state_updates)
+    }
+
+    /// Batch normalisation over the last axis:
+    /// `γ · (x − μ) / sqrt(σ² + ε) + β`, with μ, σ² the batch's per-channel mean and biased
+    /// variance when [`Graph::training_layers`] is on, else `moving_mean`, `moving_var`.
+    /// Returns the output and, with batch statistics, `(μ, σ²)` for the moving averages.
+    ///
+    /// # Panics
+    /// If `gamma`, `beta` or the moving statistics are not 1-D of the last axis' length.
+    pub fn batch_norm(
+        &mut self,
+        x: Var,
+        (gamma, beta): (Var, Var),
+        (moving_mean, moving_var): (&ArrayD<f32>, &ArrayD<f32>),
+        epsilon: f32,
+    ) -> (Var, Option<(Vec<f32>, Vec<f32>)>) {
+        let xv = self.value(x);
+        let c = *xv.shape().last().expect("batch_norm: scalar input");
+        for (what, v) in [
+            ("gamma", self.value(gamma)),
+            ("beta", self.value(beta)),
+            ("moving mean", moving_mean),
+            ("moving variance", moving_var),
+        ] {
+            assert!(
+                v.ndim() == 1 && v.len() == c,
+                "batch_norm: {what} {:?} for input {:?}",
+                v.shape(),
+                xv.shape()
+            );
+        }
+        let batch_stats = self.layers_training;
+        let (mean, var) = if batch_stats {
+            channel_moments(xv)
+        } else {
+            (
+                moving_mean.iter().copied().collect(),
+                moving_var.iter().copied().collect(),
+            )
+        };
+        let inv_std: Vec<f32> = var.iter().map(|&v| 1.0 / (v + epsilon).sqrt()).collect();
+        let xs = xv.as_standard_layout();
+        let mut xhat = xs.to_owned();
+        let mut y = xs.to_owned();
+        let (gv, bv) = (self.value(gamma), self.value(beta));
+        let (gs, bs) = (gv.as_slice().expect("1-D"), bv.as_slice().expect("1-D"));
+        for (h, o) in xhat
+            .as_slice_mut()
+            .expect("owned")
+            .chunks_exact_mut(c)
+            .zip(y.as_slice_mut().expect("owned").chunks_exact_mut(c))
+        {
+            for k in 0..c {
+                h[k] = (h[k] - mean[k]) * inv_std[k];
+                o[k] = h[k] * gs[k] + bs[k];
+            }
+        }
+        let op = Op::BatchNorm {
+            x,
+            gamma,
+            beta,
+            xhat,
+            inv_std,
+            batch_stats,
+        };
+        let out = self.push(op, y, &[x, gamma, beta]);
+        (out, batch_stats.then_some((mean, var)))
+    }
+
+    /// Inverted dropout (Keras' `Dropout`): while [`Graph::training_layers`] is on, each element
+    /// is kept with probability `1 − rate` and scaled by `1 / (1 − rate)`, so inference needs no
+    /// rescaling; otherwise (or for `rate == 0`) `x` itself. `seed` tells apart the dropout ops
+    /// of one graph (see [`Graph::set_seed`]).
+    ///
+    /// # Panics
+    /// If `rate` is not in `[0, 1)` (layers check it when built).
+    pub fn dropout(&mut self, x: Var, rate: f32, seed: u64) -> Var {
+        assert!(
+            (0.0..1.0).contains(&rate),
+            "dropout: rate {rate} outside [0, 1)"
+        );
+        if !self.layers_training || rate == 0.0 {
+            return x;
+        }
+        let stream = splitmix(self.seed ^ splitmix(seed ^ splitmix(self.random_ops)));
+        self.random_ops += 1;
+        let mut rng = StdRng::seed_from_u64(stream);
+        let keep = 1.0 / (1.0 - rate);
+        let mask = ArrayD::from_shape_simple_fn(self.value(x).raw_dim(), || {
+            if rng.random::<f32>() < rate {
+                0.0
+            } else {
+                keep
+            }
+        });
+        self.mask_mul(x, mask)
+    }
+
+    /// NHWC average pool; padded positions are left out of each window's count (TensorFlow).
+    ///
+    /// # Panics
+    /// If `x` is not 4-D or a `valid` window does not fit.
+    pub fn avg_pool(
+        &mut self,
+        x: Var,
+        pool: [usize; 2],
+        strides: [usize; 2],
+        padding: Padding,
+    ) -> Var {
+        let xv = self.value(x);
+        let xs: [usize; 4] = xv.shape().try_into().expect("avg_pool: input must be NHWC");
+        let win = Window::new(xs, pool, strides, padding)
+            .unwrap_or_else(|| panic!("avg_pool: window {pool:?} does not fit input {xs:?}"));
+        let y = avg_pool(four(xv), &win);
+        self.push(Op::AvgPool { x, win }, y.into_dyn(), &[x])
+    }
+
+    /// Mean over height and width: NHWC `[n, h, w, c]` to `[n, c]`.
+    ///
+    /// # Panics
+    /// If `x` is not 4-D.
+    pub fn global_avg_pool(&mut self, x: Var) -> Var {
+        let xv = self.value(x);
+        assert_eq!(
+            xv.ndim(),
+            4,
+            "global_avg_pool: input {:?} is not NHWC",
+            xv.shape()
+        );
+        let y = global_avg_pool(four(xv));
+        self.push(Op::GlobalAvgPool(x), y.into_dyn(), &[x])
+    }
+
+    /// Depthwise convolution of `x [n, h, w, c]` with `kernel [kh, kw, c, m]` and an optional
+    /// bias `[c·m]`.
+    ///
+    /// # Panics
+    /// If the ranks or channel counts disagree, a `valid` window does not fit, or the bias
+    /// length is not `c·m`.
+    pub fn depthwise_conv2d(
+        &mut self,
+        x: Var,
+        kernel: Var,
+        bias: Option<Var>,
+        strides: [usize; 2],
+        padding: Padding,
+    ) -> Var {
+        let (xv, kv) = (self.value(x), self.value(kernel));
+        let xs: [usize; 4] = xv
+            .shape()
+            .try_into()
+            .expect("depthwise_conv2d: input must be NHWC");
+        let ks: [usize; 4] = kv
+            .shape()
+            .try_into()
+            .expect("depthwise_conv2d: kernel must be [kh, kw, c, m]");
+        assert_eq!(
+            xs[3], ks[2],
+            "depthwise_conv2d: input {xs:?} vs kernel {ks:?}: channels differ"
+        );
+        let win = Window::new(xs, [ks[0], ks[1]], strides, padding)
+            .unwrap_or_else(|| panic!("depthwise_conv2d: window {ks:?} does not fit input {xs:?}"));
+        let b = bias.map(|b| self.value(b));
+        let bs = b.map(|b| b.as_slice().expect("depthwise_conv2d: bias must be 1-D"));
+        let y = depthwise_conv2d(four(xv), four(kv), bs, &win);
+        let op = Op::DepthwiseConv2d {
+            x,
+            kernel,
+            bias,
+            win,
+        };
+        let mut inputs = vec![x, kernel];
+        inputs.extend(bias);
+        self.push(op, y.into_dyn(), &inputs)
+    }
+
+    /// An element-wise activation as its own node.
+    pub fn pointwise(&mut self, x: Var, f: Pointwise) -> Var {
+        let y = self.value(x).mapv(|v| f.apply(v));
+        self.push(Op::Pointwise(x, f), y, &[x])
+    }
+
+    /// `1 / (1 + e^−x)`.
+    pub fn sigmoid(&mut self, x: Var) -> Var {
+        self.pointwise(x, Pointwise::Sigmoid)
+    }
+
+    /// `tanh x`.
+    pub fn tanh(&mut self, x: Var) -> Var {
+        self.pointwise(x, Pointwise::Tanh)
+    }
+
+    /// `min(max(x, 0), 6)`.
+    pub fn relu6(&mut self, x: Var) -> Var {
+        self.pointwise(x, Pointwise::Relu6)
+    }
+
+    /// `x · relu6(x + 3) / 6`.
+    pub fn hard_swish(&mut self, x: Var) -> Var {
+        self.pointwise(x, Pointwise::HardSwish)
+    }
+}
