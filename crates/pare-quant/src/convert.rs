@@ -29,9 +29,9 @@ use crate::model::{
     QuantizedModel, QuantizedWeights, from_tensor_padding, to_tensor_padding,
 };
 use crate::observer::{Observer, ObserverConfig, ObserverKind};
+use crate::int4::{WeightBits, quantize_weights_bits};
 use crate::params::{
     Granularity, QMAX_I8, QMIN_I8, QMIN_WEIGHT, QuantScheme, check_finite, quantize_bias,
-    quantize_weights,
 };
 
 /// How to quantize a model.
@@ -52,6 +52,8 @@ pub struct ConvertConfig {
     /// Examples per calibration batch. Min-max and the histogram observers give the same
     /// result for any batching; the moving-average observer averages per batch.
     pub calibration_batch_size: usize,
+    /// Weight width: int8 (default) or int4 ([`WeightBits`]); activations stay int8.
+    pub weight_bits: WeightBits,
 }
 
 impl Default for ConvertConfig {
@@ -64,6 +66,7 @@ impl Default for ConvertConfig {
             input_type: InputType::Float,
             output_type: OutputType::Float,
             calibration_batch_size: 32,
+            weight_bits: WeightBits::Int8,
         }
     }
 }
@@ -107,7 +110,7 @@ pub fn convert(
     config.validate()?;
     model.output_shape()?;
     let model = &*folded(model)?;
-    let mut layers = plan(model, config.per_channel)?;
+    let mut layers = plan(model, config.per_channel, config.weight_bits)?;
     let full = config.mode == Mode::FullInteger;
     let mut input = None;
     let mut n_calibration = 0;
@@ -173,7 +176,7 @@ pub(crate) fn folded(model: &Sequential) -> Result<std::borrow::Cow<'_, Sequenti
     }
 }
 
-fn weight_params(scale: &[f32]) -> crate::params::QuantParams {
+pub(crate) fn weight_params(scale: &[f32]) -> crate::params::QuantParams {
     crate::params::QuantParams {
         scale: scale.to_vec(),
         zero_point: vec![0; scale.len()],
@@ -195,6 +198,7 @@ fn quantize_layer_weights(
     kernel: &Param,
     bias: &Param,
     per_channel: bool,
+    bits: WeightBits,
 ) -> Result<QuantizedWeights> {
     let axis = kernel
         .value
@@ -206,12 +210,13 @@ fn quantize_layer_weights(
     } else {
         Granularity::PerTensor
     };
-    let (q, params) = quantize_weights(kernel.value.view(), granularity)?;
+    let (q, params) = quantize_weights_bits(kernel.value.view(), granularity, bits)?;
     check_finite(&bias.value.view(), "bias")?;
     Ok(QuantizedWeights {
         kernel: q.as_standard_layout().into_owned(),
         scale: params.scale,
         bias: Bias::Float(bias.value.iter().copied().collect()),
+        bits,
     })
 }
 
@@ -221,7 +226,11 @@ fn layer_name(l: &Layer) -> String {
 
 /// One int8 operation per float layer, ReLU layers fused into the conv/dense before them.
 /// Weights are quantized; biases are still float and output parameters unset.
-fn plan(model: &Sequential, per_channel: bool) -> Result<Vec<QuantizedLayer>> {
+pub(crate) fn plan(
+    model: &Sequential,
+    per_channel: bool,
+    bits: WeightBits,
+) -> Result<Vec<QuantizedLayer>> {
     let mut out = Vec::new();
     let mut push = |name: String, kind: LayerKind, weights: Option<QuantizedWeights>| {
         out.push(QuantizedLayer {
@@ -246,11 +255,11 @@ fn plan(model: &Sequential, per_channel: bool) -> Result<Vec<QuantizedLayer>> {
                     padding: from_tensor_padding(c.padding),
                     relu: false,
                 };
-                let w = quantize_layer_weights(&c.name, &c.kernel, &c.bias, per_channel)?;
+                let w = quantize_layer_weights(&c.name, &c.kernel, &c.bias, per_channel, bits)?;
                 (c.name.clone(), c.activation, kind, w)
             }
             Layer::Dense(d) => {
-                let w = quantize_layer_weights(&d.name, &d.kernel, &d.bias, per_channel)?;
+                let w = quantize_layer_weights(&d.name, &d.kernel, &d.bias, per_channel, bits)?;
                 (
                     d.name.clone(),
                     d.activation,
@@ -427,7 +436,7 @@ pub(crate) struct FakeQuant<'a> {
     pub layers: &'a [QuantizedLayer],
 }
 
-fn act_spec(a: &ActQuant) -> FakeQuantSpec {
+pub(crate) fn act_spec(a: &ActQuant) -> FakeQuantSpec {
     FakeQuantSpec {
         scale: vec![a.scale],
         zero_point: vec![a.zero_point],
@@ -438,7 +447,7 @@ fn act_spec(a: &ActQuant) -> FakeQuantSpec {
 
 /// The float parameters of a conv or dense layer called `name` in `float`, checked against the
 /// quantized kernel's shape.
-fn float_params<'m>(
+pub(crate) fn float_params<'m>(
     float: &'m Sequential,
     layer: &QuantizedLayer,
 ) -> Result<(&'m Param, &'m Param)> {
@@ -502,8 +511,8 @@ pub(crate) fn float_forward(
                     FakeQuantSpec {
                         scale: w.scale.clone(),
                         zero_point: vec![0; w.scale.len()],
-                        qmin: QMIN_WEIGHT,
-                        qmax: QMAX_I8,
+                        qmin: w.bits.qmin(),
+                        qmax: w.bits.qmax(),
                     },
                 ))
             })

@@ -12,7 +12,12 @@
 //!   computes new activation parameters (conv, dense and leaky ReLU in a full-integer model),
 //!   its output scale;
 //! - `<layer>.kernel` for each conv and dense layer: the int8 codes as an `I8` tensor of the
-//!   kernel's shape, or a 1-D `U8` tensor of the bytes a [`WeightCodec`] encoded them to.
+//!   kernel's shape, or a 1-D `U8` tensor of the bytes a [`WeightCodec`] encoded them to;
+//! - `<layer>.kernel.int4` instead for an int4 layer (flag `int4`) that no codec encoded: the
+//!   codes in [−7, 7] packed two per byte, row-major, first code in the low nibble, two's
+//!   complement ([`pack_int4`](crate::pack_int4)), a 1-D `U8` tensor of `ceil(n / 2)` bytes.
+//!   safetensors has no int4 dtype, hence the name; its CRC-32C is checked as every tensor's
+//!   is, and files without int4 layers are unchanged.
 //!
 //! How `bias` and `scale` split into layers follows from the architecture, which the string
 //! metadata describes in a few short entries of plain text (no JSON nested in a JSON string,
@@ -51,8 +56,8 @@
 //! written `AxBxC`. The ops are Keras' default layer names:
 //!
 //! ```text
-//! conv2d         KHxKWxINxOUT  [strides=SHxSW] [same] [relu] [per-tensor] [zp=Z]
-//! dense          INxOUT        [relu] [per-tensor] [zp=Z]
+//! conv2d         KHxKWxINxOUT  [strides=SHxSW] [same] [relu] [per-tensor] [int4] [zp=Z]
+//! dense          INxOUT        [relu] [per-tensor] [int4] [zp=Z]
 //! max_pooling2d  PHxPW         [strides=SHxSW] [same]       (strides default to the pool)
 //! reshape        D0xD1x...                                   (to a per-example shape)
 //! flatten        D                                           (a reshape to one dimension)
@@ -61,7 +66,8 @@
 //! ```
 //!
 //! `zp` is the layer's output zero point (full-integer models; its scale is in `scale`),
-//! `per-tensor` marks one weight scale for all output channels, conv strides default to 1 and
+//! `per-tensor` marks one weight scale for all output channels, `int4` weight codes in [−7, 7]
+//! (TFMOT's narrow-range 4-bit weights; int8 otherwise), conv strides default to 1 and
 //! padding to valid. Layer and observer names are percent-encoded outside `[A-Za-z0-9_.-]`.
 //! Layers that keep their input's parameters (max-pool, reshape, ReLU) store none.
 //!
@@ -95,6 +101,7 @@ use pare_tensor::io::{Blob, Integrity, safetensors_bytes};
 use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::error::{QuantError, Result};
+use crate::int4::{WeightBits, pack_int4, unpack_int4};
 use crate::kernels::Padding;
 use crate::model::{
     ActQuant, Bias, InputType, LayerKind, MAX_ELEMENTS, Mode, ModelParts, OutputType, Provenance,
@@ -170,7 +177,7 @@ const CALIBRATION_KEY: &str = "calibration";
 const CODEC_KEY: &str = "codec";
 
 /// Words that stand alone in an argument list (all others are `key=value` or positional).
-const LAYER_FLAGS: &[&str] = &["same", "relu", "per-tensor"];
+const LAYER_FLAGS: &[&str] = &["same", "relu", "per-tensor", "int4"];
 const GRANULARITIES: &[&str] = &["per-channel", "per-tensor"];
 
 fn bad(reason: impl Into<String>) -> QuantError {
@@ -181,6 +188,11 @@ fn bad(reason: impl Into<String>) -> QuantError {
 
 fn kernel_name(layer: &str) -> String {
     format!("{layer}.kernel")
+}
+
+/// The tensor of a layer's packed int4 kernel.
+fn int4_kernel_name(layer: &str) -> String {
+    format!("{layer}.kernel.int4")
 }
 
 impl QuantizedModel {
@@ -288,6 +300,10 @@ impl QuantizedModel {
                     Some(bytes) => {
                         encoded = true;
                         Blob::new(name, Dtype::U8, vec![bytes.len()], bytes)
+                    }
+                    None if w.bits == WeightBits::Int4 => {
+                        let bytes = pack_int4(w.kernel.iter().copied())?;
+                        Blob::new(int4_kernel_name(&l.name), Dtype::U8, vec![bytes.len()], bytes)
                     }
                     None => {
                         let bytes = w.kernel.iter().map(|&q| q as u8).collect();
@@ -460,12 +476,23 @@ impl QuantizedModel {
                         Bias::Float(f32s(b))
                     };
                     let name = kernel_name(&s.name);
-                    let (kernel, was_encoded) = read_kernel(&st, &name, shape, codec, codec_name)?;
+                    let bits = if s.int4 {
+                        WeightBits::Int4
+                    } else {
+                        WeightBits::Int8
+                    };
+                    let packed = int4_kernel_name(&s.name);
+                    let (kernel, was_encoded) = if s.int4 && st.tensor(&packed).is_ok() {
+                        (read_int4_kernel(&st, &packed, shape)?, false)
+                    } else {
+                        read_kernel(&st, &name, shape, codec, codec_name)?
+                    };
                     encoded += usize::from(was_encoded);
                     Some(QuantizedWeights {
                         kernel,
                         scale,
                         bias,
+                        bits,
                     })
                 }
                 _ => None,
@@ -501,7 +528,7 @@ impl QuantizedModel {
             let names: std::collections::HashSet<String> = layers
                 .iter()
                 .filter(|l| l.weights.is_some())
-                .map(|l| kernel_name(&l.name))
+                .flat_map(|l| [kernel_name(&l.name), int4_kernel_name(&l.name)])
                 .chain([BIAS_TENSOR.into(), SCALE_TENSOR.into()])
                 .collect();
             let extra = st.names().into_iter().find(|n| !names.contains(*n));
@@ -613,6 +640,9 @@ fn layer_entry(l: &QuantizedLayer) -> String {
     };
     if per_tensor {
         args.push("per-tensor".into());
+    }
+    if l.weights.as_ref().is_some_and(|w| w.bits == WeightBits::Int4) {
+        args.push("int4".into());
     }
     if let Some(o) = l.output.filter(|_| l.kind.requantizes()) {
         args.push(format!("zp={}", o.zero_point));
@@ -833,6 +863,7 @@ struct LayerSpec {
     /// The declared kernel shape (conv and dense).
     kernel: Option<Vec<usize>>,
     per_tensor: bool,
+    int4: bool,
     zp: Option<i32>,
 }
 
@@ -864,7 +895,7 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
     };
     let allow: (&[&str], &[&str]) = match op {
         "conv2d" => (LAYER_FLAGS, &["strides", "zp"]),
-        "dense" => (&["relu", "per-tensor"], &["zp"]),
+        "dense" => (&["relu", "per-tensor", "int4"], &["zp"]),
         "max_pooling2d" => (&["same"], &["strides"]),
         "reshape" | "flatten" | "re_lu" => (&[], &[]),
         "leaky_re_lu" => (&[], &["zp"]),
@@ -926,6 +957,7 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
         kind,
         kernel,
         per_tensor: args.flag("per-tensor"),
+        int4: args.flag("int4"),
         zp: args.zero_point()?,
     })
 }
@@ -941,6 +973,25 @@ fn parse_kernel(s: &str, rank: usize) -> std::result::Result<Vec<usize>, String>
         .filter(|&n| n <= MAX_ELEMENTS)
         .ok_or_else(|| format!("kernel shape {s:?} has more than 2^28 elements"))?;
     Ok(k)
+}
+
+/// A layer's packed int4 kernel: a 1-D `U8` tensor of `ceil(n / 2)` bytes for the declared
+/// shape's `n` codes. The codes' range is checked with the model's (from_parts).
+fn read_int4_kernel(st: &SafeTensors<'_>, name: &str, shape: &[usize]) -> Result<ArrayD<i8>> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| bad(format!("tensor {name:?} is missing")))?;
+    if t.dtype() != Dtype::U8 || t.shape().len() != 1 {
+        return Err(bad(format!(
+            "tensor {name:?} has dtype {:?} and shape {:?}; packed int4 kernels are 1-D U8",
+            t.dtype(),
+            t.shape()
+        )));
+    }
+    // The declared shape has at most 2^28 elements (parse_kernel).
+    let n: usize = shape.iter().product();
+    let codes = unpack_int4(t.data(), n).map_err(|e| bad(format!("tensor {name:?}: {e}")))?;
+    ArrayD::from_shape_vec(IxDyn(shape), codes).map_err(|e| bad(format!("tensor {name:?}: {e}")))
 }
 
 /// A layer's kernel: an `I8` tensor of the declared shape, or a `U8` tensor the file's codec

@@ -10,8 +10,11 @@
 //!   float graph ([`simulate`](QuantizedModel::simulate)), reports per-layer SQNR
 //!   ([`layer_sqnr`](QuantizedModel::layer_sqnr)) and saves to one safetensors file
 //!   ([`file`](mod@file), with a pluggable [`WeightCodec`] for sparse weights).
-//! - [`qat_weight_hook`]: fake-quantizes kernels as they enter a training graph
-//!   (quantization-aware training).
+//! - [`Qat`]: quantization-aware training — fake-quant weights (per channel) and activations
+//!   (per tensor, moving-average ranges) during a `Fit` fine-tune, then [`Qat::convert`] at the
+//!   learned ranges ([`convert_qat`]); [`qat_weight_hook`] fake-quantizes kernels alone.
+//! - [`WeightBits`]: int8 or int4 weights (TFMOT's narrow-range [−7, 7], packed two per byte in
+//!   the file by [`pack_int4`]; the engine runs them on its int8 kernels).
 //! - [`params`]: [`QuantParams`] (`real = scale · (q − zero_point)`, per tensor or per
 //!   channel) and TFLite's rules — asymmetric int8 activations, symmetric [−127, 127] weights per
 //!   output channel, int32 biases at `s_in · s_w` — with [`quantize`], [`dequantize`],
@@ -89,6 +92,7 @@ mod convert;
 mod engine;
 pub mod error;
 mod evaluate;
+mod int4;
 pub mod file;
 pub mod fixedpoint;
 #[cfg(test)]
@@ -97,6 +101,7 @@ pub mod kernels;
 mod model;
 pub mod observer;
 pub mod params;
+mod qat;
 mod report;
 #[cfg(test)]
 mod rounding_tests;
@@ -127,4 +132,8 @@ pub use params::{
     quantize_weights,
 };
 pub use report::{LayerSqnr, sqnr_db};
-pub use simulate::{qat_weight_hook, weight_fake_quant_spec};
+pub use int4::{WeightBits, pack_int4, quantize_weights_bits, unpack_int4};
+pub use qat::{Qat, QatConfig, QatRanges, convert_qat, moving_average_range};
+pub use simulate::{
+    qat_weight_hook, qat_weight_hook_bits, weight_fake_quant_spec, weight_fake_quant_spec_bits,
+};

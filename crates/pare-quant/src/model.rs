@@ -15,6 +15,7 @@ use crate::kernels::{
     Rounding, Window2d, activation_range, onnxruntime_leaky_relu_table,
 };
 use crate::observer::ObserverKind;
+use crate::int4::WeightBits;
 use crate::params::{QMAX_I8, QMIN_I8, QMIN_WEIGHT, QuantParams};
 
 /// Largest number of elements of one example's activation (or im2col patch matrix) a model may
@@ -267,8 +268,9 @@ impl Bias {
     }
 }
 
-/// The int8 weights of a conv or dense layer: symmetric in [−127, 127], one scale per output
-/// channel (the last axis) or one for the tensor.
+/// The quantized weights of a conv or dense layer: symmetric in [−127, 127] (int8) or [−7, 7]
+/// (int4, held as int8 codes), one scale per output channel (the last axis) or one for the
+/// tensor.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizedWeights {
     /// Kernel codes, `[kh, kw, in, out]` or `[in, out]`.
@@ -277,6 +279,8 @@ pub struct QuantizedWeights {
     pub scale: Vec<f32>,
     /// Bias, one per output channel.
     pub bias: Bias,
+    /// The codes' width: every code lies in `[bits.qmin(), bits.qmax()]`.
+    pub bits: WeightBits,
 }
 
 impl QuantizedWeights {
@@ -686,10 +690,18 @@ fn check_weights(layer: &QuantizedLayer, w: &QuantizedWeights, full: bool) -> Re
             return Err(QuantError::InvalidScale { channel, scale });
         }
     }
-    if let Some(&q) = w.kernel.iter().find(|&&q| (q as i32) < QMIN_WEIGHT) {
+    let (lo, hi) = (w.bits.qmin().max(QMIN_WEIGHT), w.bits.qmax());
+    if let Some(&q) = w
+        .kernel
+        .iter()
+        .find(|&&q| !(lo..=hi).contains(&(q as i32)))
+    {
         return Err(bad_layer(
             layer,
-            format!("weight code {q} outside the symmetric range [-127, 127]"),
+            format!(
+                "{} weight code {q} outside the symmetric range [{lo}, {hi}]",
+                w.bits
+            ),
         ));
     }
     if w.bias.len() != cout {

@@ -13,7 +13,8 @@ use pare_tensor::{FakeQuantSpec, ParamHook, Sequential};
 use crate::convert::{FakeQuant, float_forward};
 use crate::error::{QuantError, Result};
 use crate::model::QuantizedModel;
-use crate::params::{QMAX_I8, QMIN_WEIGHT, QuantParams, QuantScheme, Range};
+use crate::int4::{WeightBits, symmetric_scale_bits};
+use crate::params::Range;
 
 /// Examples per simulated batch (bounds the graph's memory).
 const BATCH: usize = 256;
@@ -75,6 +76,16 @@ pub fn weight_fake_quant_spec(
     w: &ndarray::ArrayD<f32>,
     per_channel: bool,
 ) -> Option<FakeQuantSpec> {
+    weight_fake_quant_spec_bits(w, per_channel, WeightBits::Int8)
+}
+
+/// [`weight_fake_quant_spec`] at any weight width: the grid the converter quantizes to with
+/// [`ConvertConfig::weight_bits`](crate::ConvertConfig::weight_bits) set to `bits`.
+pub fn weight_fake_quant_spec_bits(
+    w: &ndarray::ArrayD<f32>,
+    per_channel: bool,
+    bits: WeightBits,
+) -> Option<FakeQuantSpec> {
     if w.iter().any(|v| !v.is_finite()) {
         return None;
     }
@@ -91,13 +102,14 @@ pub fn weight_fake_quant_spec(
     } else {
         vec![range(w.view())?]
     };
-    let axis = (per_channel && w.ndim() > 0).then(|| w.ndim() - 1);
-    let p: QuantParams = QuantParams::from_ranges(&ranges, axis, QuantScheme::Symmetric).ok()?;
     Some(FakeQuantSpec {
-        zero_point: p.zero_point,
-        scale: p.scale,
-        qmin: QMIN_WEIGHT,
-        qmax: QMAX_I8,
+        zero_point: vec![0; ranges.len()],
+        scale: ranges
+            .iter()
+            .map(|r| symmetric_scale_bits(*r, bits).0)
+            .collect(),
+        qmin: bits.qmin(),
+        qmax: bits.qmax(),
     })
 }
 
@@ -107,11 +119,16 @@ pub fn weight_fake_quant_spec(
 /// `Graph::add_param_hook` (e.g. from a training callback's `prepare_graph`). A kernel holding
 /// NaN or infinity passes through unchanged (the loss shows the divergence).
 pub fn qat_weight_hook(per_channel: bool) -> ParamHook {
+    qat_weight_hook_bits(per_channel, WeightBits::Int8)
+}
+
+/// [`qat_weight_hook`] at any weight width.
+pub fn qat_weight_hook_bits(per_channel: bool, bits: WeightBits) -> ParamHook {
     Box::new(move |g, name, v| {
         if !name.ends_with(".kernel") {
             return v;
         }
-        match weight_fake_quant_spec(g.value(v), per_channel) {
+        match weight_fake_quant_spec_bits(g.value(v), per_channel, bits) {
             Some(spec) => g.fake_quant(v, spec),
             None => v,
         }
