@@ -303,7 +303,12 @@ impl QuantizedModel {
                     }
                     None if w.bits == WeightBits::Int4 => {
                         let bytes = pack_int4(w.kernel.iter().copied())?;
-                        Blob::new(int4_kernel_name(&l.name), Dtype::U8, vec![bytes.len()], bytes)
+                        Blob::new(
+                            int4_kernel_name(&l.name),
+                            Dtype::U8,
+                            vec![bytes.len()],
+                            bytes,
+                        )
                     }
                     None => {
                         let bytes = w.kernel.iter().map(|&q| q as u8).collect();
@@ -641,7 +646,10 @@ fn layer_entry(l: &QuantizedLayer) -> String {
     if per_tensor {
         args.push("per-tensor".into());
     }
-    if l.weights.as_ref().is_some_and(|w| w.bits == WeightBits::Int4) {
+    if l.weights
+        .as_ref()
+        .is_some_and(|w| w.bits == WeightBits::Int4)
+    {
         args.push("int4".into());
     }
     if let Some(o) = l.output.filter(|_| l.kind.requantizes()) {
