@@ -15,7 +15,7 @@
 //!   kernel's shape, or a 1-D `U8` tensor of the bytes a [`WeightCodec`] encoded them to;
 //! - `<layer>.kernel.int4` instead for an int4 layer (flag `int4`) that no codec encoded: the
 //!   codes in [−7, 7] packed two per byte, row-major, first code in the low nibble, two's
-//!   complement ([`pack_int4`](crate::pack_int4)), a 1-D `U8` tensor of `ceil(n / 2)` bytes.
+//!   complement ([`pack_int4`]), a 1-D `U8` tensor of `ceil(n / 2)` bytes.
 //!   safetensors has no int4 dtype, hence the name; its CRC-32C is checked as every tensor's
 //!   is, and files without int4 layers are unchanged.
 //!

@@ -214,7 +214,9 @@ pub struct QatRanges {
 }
 
 /// Quantization-aware training of one model: the fake-quant layers in it and the [`Callback`]
-/// that fake-quantizes its weights and advances the ranges. See the [module docs](self).
+/// that fake-quantizes its weights and advances the ranges: fake-quant weights per channel,
+/// activations per tensor at moving-average ranges (decay 0.999, from the first batch),
+/// straight-through gradients.
 ///
 /// While attached, the model holds custom layers: it cannot be cloned (`Layer::clone` panics on
 /// them) or converted; [`detach`](Self::detach) first.
