@@ -295,6 +295,13 @@ fn cases() -> Vec<Case> {
     };
     let q = convert(&model, calibration().view(), &ConvertConfig::default()).expect("int8");
     let int8 = q.to_bytes().expect("int8 bytes");
+    // int4 weights: kernels packed two per byte in `<layer>.kernel.int4` tensors.
+    let int4_cfg = ConvertConfig {
+        weight_bits: pare::quant::WeightBits::Int4,
+        ..ConvertConfig::default()
+    };
+    let q4 = convert(&model, calibration().view(), &int4_cfg).expect("int4");
+    let int4 = q4.to_bytes().expect("int4 bytes");
     let qp = convert(&pruned, calibration().view(), &ConvertConfig::default()).expect("int8");
     let int8_sparse = qp.to_bytes_with(&SparseCodec).expect("sparse int8 bytes");
     assert!(
@@ -323,6 +330,13 @@ fn cases() -> Vec<Case> {
             load_checkpoint,
         ),
         case("int8 model", int8.clone(), true, load_int8),
+        case("int4 model", int4.clone(), true, load_int8),
+        case(
+            "int4 model, no checksums",
+            without_checksums(&int4),
+            false,
+            load_int8,
+        ),
         case(
             "int8 model, no checksums",
             without_checksums(&int8),

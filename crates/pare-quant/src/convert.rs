@@ -24,12 +24,12 @@ use pare_tensor::nn::Layer;
 use pare_tensor::{Activation as FloatActivation, FakeQuantSpec, Graph, Param, Sequential};
 
 use crate::error::{QuantError, Result};
+use crate::int4::{WeightBits, quantize_weights_bits};
 use crate::model::{
     ActQuant, Bias, InputType, LayerKind, Mode, ModelParts, OutputType, Provenance, QuantizedLayer,
     QuantizedModel, QuantizedWeights, from_tensor_padding, to_tensor_padding,
 };
 use crate::observer::{Observer, ObserverConfig, ObserverKind};
-use crate::int4::{WeightBits, quantize_weights_bits};
 use crate::params::{
     Granularity, QMAX_I8, QMIN_I8, QMIN_WEIGHT, QuantScheme, check_finite, quantize_bias,
 };

@@ -15,7 +15,7 @@
 //!   kernel's shape, or a 1-D `U8` tensor of the bytes a [`WeightCodec`] encoded them to;
 //! - `<layer>.kernel.int4` instead for an int4 layer (flag `int4`) that no codec encoded: the
 //!   codes in [−7, 7] packed two per byte, row-major, first code in the low nibble, two's
-//!   complement ([`pack_int4`](crate::pack_int4)), a 1-D `U8` tensor of `ceil(n / 2)` bytes.
+//!   complement ([`pack_int4`]), a 1-D `U8` tensor of `ceil(n / 2)` bytes.
 //!   safetensors has no int4 dtype, hence the name; its CRC-32C is checked as every tensor's
 //!   is, and files without int4 layers are unchanged.
 //!
@@ -303,7 +303,12 @@ impl QuantizedModel {
                     }
                     None if w.bits == WeightBits::Int4 => {
                         let bytes = pack_int4(w.kernel.iter().copied())?;
-                        Blob::new(int4_kernel_name(&l.name), Dtype::U8, vec![bytes.len()], bytes)
+                        Blob::new(
+                            int4_kernel_name(&l.name),
+                            Dtype::U8,
+                            vec![bytes.len()],
+                            bytes,
+                        )
                     }
                     None => {
                         let bytes = w.kernel.iter().map(|&q| q as u8).collect();
@@ -641,7 +646,10 @@ fn layer_entry(l: &QuantizedLayer) -> String {
     if per_tensor {
         args.push("per-tensor".into());
     }
-    if l.weights.as_ref().is_some_and(|w| w.bits == WeightBits::Int4) {
+    if l.weights
+        .as_ref()
+        .is_some_and(|w| w.bits == WeightBits::Int4)
+    {
         args.push("int4".into());
     }
     if let Some(o) = l.output.filter(|_| l.kind.requantizes()) {

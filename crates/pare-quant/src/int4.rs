@@ -81,7 +81,10 @@ pub(crate) fn symmetric_scale_bits(range: Range, bits: WeightBits) -> (f32, f32)
     let qmax = bits.qmax() as f32;
     let scale = half / qmax;
     if scale < f32::MIN_POSITIVE {
-        (crate::params::DEGENERATE_SCALE, 1.0 / crate::params::DEGENERATE_SCALE)
+        (
+            crate::params::DEGENERATE_SCALE,
+            1.0 / crate::params::DEGENERATE_SCALE,
+        )
     } else {
         (scale, qmax / half)
     }
@@ -248,11 +251,14 @@ mod tests {
     #[test]
     fn int4_weights_per_channel_by_hand() {
         // Channel 0: max |w| 0.7 -> scale 0.1; channel 1: all zero -> degenerate scale 1.
-        let w = ArrayD::from_shape_vec(IxDyn(&[3, 2]), vec![0.7, 0.0, -0.34, 0.0, 0.05, 0.0])
-            .unwrap();
-        let (q, p) =
-            quantize_weights_bits(w.view(), Granularity::PerChannel { axis: 1 }, WeightBits::Int4)
-                .unwrap();
+        let w =
+            ArrayD::from_shape_vec(IxDyn(&[3, 2]), vec![0.7, 0.0, -0.34, 0.0, 0.05, 0.0]).unwrap();
+        let (q, p) = quantize_weights_bits(
+            w.view(),
+            Granularity::PerChannel { axis: 1 },
+            WeightBits::Int4,
+        )
+        .unwrap();
         assert!((p.scale[0] - 0.1).abs() < 1e-7);
         assert_eq!(p.scale[1], 1.0);
         assert_eq!((p.qmin, p.qmax), (-7, 7));
@@ -262,7 +268,9 @@ mod tests {
 
     #[test]
     fn int8_width_is_the_int8_quantizer() {
-        let w = ArrayD::from_shape_fn(IxDyn(&[5, 3]), |i| (i[0] as f32 - 2.1) * (i[1] as f32 + 0.3));
+        let w = ArrayD::from_shape_fn(IxDyn(&[5, 3]), |i| {
+            (i[0] as f32 - 2.1) * (i[1] as f32 + 0.3)
+        });
         let g = Granularity::PerChannel { axis: 1 };
         assert_eq!(
             quantize_weights_bits(w.view(), g, WeightBits::Int8).unwrap(),

@@ -92,11 +92,11 @@ mod convert;
 mod engine;
 pub mod error;
 mod evaluate;
-mod int4;
 pub mod file;
 pub mod fixedpoint;
 #[cfg(test)]
 mod fold_tests;
+mod int4;
 pub mod kernels;
 mod model;
 pub mod observer;
@@ -115,6 +115,7 @@ pub use error::{QuantError, Result};
 pub use evaluate::SqnrReport;
 pub use file::WeightCodec;
 pub use fixedpoint::{multiply_by_quantized_multiplier, quantize_multiplier};
+pub use int4::{WeightBits, pack_int4, quantize_weights_bits, unpack_int4};
 pub use kernels::{
     Activation, Kernel, LeakyReluParams, PackedWeights, Padding, Requant, Rounding, Window2d,
     gemm_i8_acc, gemm_i8_requant, im2col_i8, max_pool_i8,
@@ -131,9 +132,8 @@ pub use params::{
     Granularity, QuantParams, QuantScheme, Range, dequantize, quantize, quantize_bias,
     quantize_weights,
 };
-pub use report::{LayerSqnr, sqnr_db};
-pub use int4::{WeightBits, pack_int4, quantize_weights_bits, unpack_int4};
 pub use qat::{Qat, QatConfig, QatRanges, convert_qat, moving_average_range};
+pub use report::{LayerSqnr, sqnr_db};
 pub use simulate::{
     qat_weight_hook, qat_weight_hook_bits, weight_fake_quant_spec, weight_fake_quant_spec_bits,
 };

@@ -10,12 +10,12 @@ use pare_tensor::{Activation as FloatActivation, Param, Sequential};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{QuantError, Result};
+use crate::int4::WeightBits;
 use crate::kernels::{
     Activation, ConvPool, Im2col, Kernel, LeakyReluParams, PackedWeights, Padding, Requant,
     Rounding, Window2d, activation_range, onnxruntime_leaky_relu_table,
 };
 use crate::observer::ObserverKind;
-use crate::int4::WeightBits;
 use crate::params::{QMAX_I8, QMIN_I8, QMIN_WEIGHT, QuantParams};
 
 /// Largest number of elements of one example's activation (or im2col patch matrix) a model may
@@ -691,11 +691,7 @@ fn check_weights(layer: &QuantizedLayer, w: &QuantizedWeights, full: bool) -> Re
         }
     }
     let (lo, hi) = (w.bits.qmin().max(QMIN_WEIGHT), w.bits.qmax());
-    if let Some(&q) = w
-        .kernel
-        .iter()
-        .find(|&&q| !(lo..=hi).contains(&(q as i32)))
-    {
+    if let Some(&q) = w.kernel.iter().find(|&&q| !(lo..=hi).contains(&(q as i32))) {
         return Err(bad_layer(
             layer,
             format!(

@@ -12,8 +12,8 @@ use pare_tensor::{FakeQuantSpec, ParamHook, Sequential};
 
 use crate::convert::{FakeQuant, float_forward};
 use crate::error::{QuantError, Result};
-use crate::model::QuantizedModel;
 use crate::int4::{WeightBits, symmetric_scale_bits};
+use crate::model::QuantizedModel;
 use crate::params::Range;
 
 /// Examples per simulated batch (bounds the graph's memory).

@@ -145,13 +145,48 @@ fn check_engine_against_simulation(
     min_agreement: f64,
     max_steps: f32,
 ) {
+    check_engine_against_simulation_bits(
+        model,
+        shape,
+        seed,
+        min_agreement,
+        max_steps,
+        WeightBits::Int8,
+    );
+}
+
+/// [`check_engine_against_simulation`] at a weight width; at int4 the float model is not
+/// expected to agree (4-bit rounding of untrained weights moves many predictions), but the
+/// engine and the simulation must, and every weight code must lie on the int4 grid.
+fn check_engine_against_simulation_bits(
+    model: &Sequential,
+    shape: &[usize],
+    seed: u64,
+    min_agreement: f64,
+    max_steps: f32,
+    bits: WeightBits,
+) {
     let mut full = vec![100];
     full.extend_from_slice(shape);
     let calibration = uniform(&full, seed);
     let mut test_shape = vec![300];
     test_shape.extend_from_slice(shape);
     let x = uniform(&test_shape, seed + 1);
-    let q = convert(model, calibration.view(), &ConvertConfig::default()).unwrap();
+    let cfg = ConvertConfig {
+        weight_bits: bits,
+        ..Default::default()
+    };
+    let q = convert(model, calibration.view(), &cfg).unwrap();
+    for w in q.layers().iter().filter_map(|l| l.weights.as_ref()) {
+        assert_eq!(w.bits, bits);
+        assert!(
+            w.kernel
+                .iter()
+                .all(|&c| (bits.qmin()..=bits.qmax()).contains(&(c as i32)))
+        );
+        // Some code reaches the end of the grid in every channel (scale = max|w| / qmax).
+        assert!(w.kernel.iter().any(|&c| (c as i32).abs() == bits.qmax()));
+    }
     let engine = q.predict(x.view()).unwrap();
     let sim = q.simulate(model, x.view()).unwrap();
     let out = q.output_quant().unwrap();
@@ -169,8 +204,91 @@ fn check_engine_against_simulation(
         out.scale
     );
     // And the quantized model stays close to the float one.
-    let float = pare_tensor::train::predict(model, x.view(), 64).unwrap();
-    assert!(agreement(&engine, &float) >= 0.9);
+    if bits == WeightBits::Int8 {
+        let float = pare_tensor::train::predict(model, x.view(), 64).unwrap();
+        assert!(agreement(&engine, &float) >= 0.9);
+    }
+    // The file keeps the width (int4 packed) and loads to the same engine.
+    let back = QuantizedModel::from_bytes(&q.to_bytes().unwrap()).unwrap();
+    assert_eq!(back.predict(x.view()).unwrap(), engine);
+}
+
+#[test]
+fn engine_matches_fake_quant_simulation_small_cnn_int4() {
+    check_engine_against_simulation_bits(
+        &with_random_biases(small_cnn(3), 4),
+        &[28, 28, 1],
+        10,
+        0.99,
+        2.0,
+        WeightBits::Int4,
+    );
+}
+
+#[test]
+fn engine_matches_fake_quant_simulation_teacher_shape_int4() {
+    let model = with_random_biases(teacher_cnn(8, 12, 5), 6);
+    check_engine_against_simulation_bits(&model, &[28, 28, 1], 20, 0.99, 3.0, WeightBits::Int4);
+}
+
+#[test]
+fn engine_matches_fake_quant_simulation_every_op_int4() {
+    let model = with_random_biases(every_op_cnn(7), 8);
+    check_engine_against_simulation_bits(&model, &[12, 12, 2], 30, 0.97, 4.0, WeightBits::Int4);
+}
+
+#[test]
+fn int4_file_packs_kernels_and_rejects_bad_codes() {
+    let model = small_cnn(2);
+    let calibration = uniform(&[16, 28, 28, 1], 3);
+    let cfg = ConvertConfig {
+        weight_bits: WeightBits::Int4,
+        ..Default::default()
+    };
+    let q4 = convert(&model, calibration.view(), &cfg).unwrap();
+    let q8 = convert(&model, calibration.view(), &ConvertConfig::default()).unwrap();
+    let (b4, b8) = (q4.to_bytes().unwrap(), q8.to_bytes().unwrap());
+    let kernels = 3 * 3 * 12 + 2028 * 10;
+    // Half the kernel bytes (each kernel's count is even here), less the flags and names.
+    assert!(
+        b8.len() - b4.len() >= kernels / 2 - 40,
+        "{} vs {}",
+        b4.len(),
+        b8.len()
+    );
+    let meta = metadata(&b4);
+    assert!(
+        meta["layers"].contains("conv2d 3x3x1x12 relu int4"),
+        "{}",
+        meta["layers"]
+    );
+    let st = SafeTensors::deserialize(&b4[..]).unwrap();
+    let t = st.tensor("conv2d.kernel.int4").unwrap();
+    assert_eq!((t.dtype(), t.shape()), (Dtype::U8, &[54usize][..]));
+    assert!(st.tensor("conv2d.kernel").is_err());
+    let back = QuantizedModel::from_bytes(&b4).unwrap();
+    same_model(&back, &q4);
+    // Every byte the engine reads is covered by a checksum.
+    let at = b4.len() - 3;
+    let mut flipped = b4.clone();
+    flipped[at] ^= 0x10;
+    assert!(QuantizedModel::from_bytes(&flipped).is_err());
+    // A code of -8 (a valid nibble, outside the narrow range) is refused, checksums or not.
+    let bad = rewrite(
+        &b4,
+        |name, d, shape, b| {
+            let mut b = b.to_vec();
+            if name == "conv2d.kernel.int4" {
+                b[0] = (b[0] & 0xf0) | 0x08;
+            }
+            Some((d, shape.to_vec(), b))
+        },
+        same_meta,
+    );
+    assert_bad(&bad, "outside the symmetric range [-7, 7]");
+    // An int8 kernel stored where the layer says int4 holds codes up to 127: refused too.
+    let relabel = edit_meta(&b8, "layers", "relu zp", "relu int4 zp");
+    assert!(QuantizedModel::from_bytes(&relabel).is_err());
 }
 
 #[test]
