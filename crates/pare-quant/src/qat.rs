@@ -248,6 +248,12 @@ impl Qat {
     /// Weights are untouched; pass the result to `Fit::callback` so kernels are fake-quantized
     /// too.
     ///
+    /// A BatchNorm after a conv or dense layer is first folded into it
+    /// ([`pare_tensor::fold_batch_norm`], with its moving statistics), as [`convert`](crate::convert)
+    /// folds before it quantizes: the fine-tune then trains, and fake-quantizes, the very kernel
+    /// and bias the int8 model will hold (PyTorch's fuse-then-prepare order). `model` is
+    /// replaced by its folded form.
+    ///
     /// # Errors
     /// - [`QuantError::InvalidParameter`] for bad settings;
     /// - [`QuantError::UnsupportedLayer`] for a layer [`convert`](crate::convert) cannot
@@ -258,6 +264,13 @@ impl Qat {
     pub fn attach(model: &mut Sequential, config: QatConfig) -> Result<Qat> {
         config.validate()?;
         model.output_shape()?;
+        if model
+            .layers
+            .iter()
+            .any(|l| matches!(l, Layer::BatchNorm(_)))
+        {
+            *model = pare_tensor::fold_batch_norm(model)?;
+        }
         let planned = plan(model, config.per_channel, config.weight_bits)?;
         let names: std::collections::HashSet<String> = model
             .layers
@@ -835,5 +848,37 @@ mod tests {
         );
         assert!(qat_acc > ptq_acc + 0.2, "QAT must recover accuracy");
         assert!(float - qat_acc < 0.05, "QAT int4 within 5 points of float");
+    }
+
+    #[test]
+    fn attach_folds_batch_norm_first() {
+        use pare_tensor::nn::{BatchNorm, Conv2d, Dense, Flatten};
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+        // Non-trivial statistics, so folding changes the conv's kernel and bias.
+        let mut bn = BatchNorm::new("bn", 3);
+        bn.moving_mean.value.mapv_inplace(|v| v + 0.3);
+        bn.moving_variance.value.mapv_inplace(|v| v * 2.5);
+        bn.beta.value.mapv_inplace(|v| v - 0.1);
+        let mut model = Sequential::new(&[6, 6, 1])
+            .push(Conv2d::new("c", 1, 3, [3, 3], &mut rng).use_bias(false))
+            .push(bn)
+            .push(Flatten::new("f"))
+            .push(Dense::new("d", 4 * 4 * 3, 2, &mut rng));
+        let x = ArrayD::from_shape_fn(IxDyn(&[4, 6, 6, 1]), |i| (i[1] * 6 + i[2]) as f32 / 36.0);
+        let before = pare_tensor::train::predict(&model, x.view(), 4).unwrap();
+        let folded = pare_tensor::fold_batch_norm(&model).unwrap();
+        let qat = Qat::attach(&mut model, QatConfig::default()).unwrap();
+        assert!(
+            !model
+                .layers
+                .iter()
+                .any(|l| matches!(l, Layer::BatchNorm(_)))
+        );
+        qat.detach(&mut model);
+        assert_eq!(model.num_params(), folded.num_params());
+        let after = pare_tensor::train::predict(&model, x.view(), 4).unwrap();
+        for (a, b) in before.iter().zip(after.iter()) {
+            assert!((a - b).abs() <= 1e-5, "{a} vs {b}");
+        }
     }
 }
