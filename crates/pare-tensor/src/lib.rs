@@ -31,6 +31,41 @@
 //! assert_eq!(eval.accuracy, 1.0);
 //! # Ok::<(), pare_tensor::TensorError>(())
 //! ```
+//!
+//! A model of one's own: [`builder`] infers every size from the input shape and names layers
+//! as Keras does; [`Sequential::summary`] prints Keras' table; [`callbacks`] holds
+//! `EarlyStopping`, `ModelCheckpoint` and `ReduceLROnPlateau`; [`optim::AdamW`], gradient
+//! clipping ([`train::FitConfig::clip_global_norm`]) and [`schedule`]'s warm-up fit any run;
+//! [`data`] lets `fit` take any array, any integer labels or a whole data set. [`ndarray`] and
+//! [`rand`] are re-exported, and [`seeded_rng`] / `Dense::seeded` take a plain `u64`.
+//!
+//! ```
+//! use pare_tensor::builder::{conv2d, dense, flatten, max_pool2d};
+//! use pare_tensor::callbacks::{EarlyStopping, Monitor};
+//! use pare_tensor::optim::{AdamConfig, AdamW};
+//! use pare_tensor::schedule::{Schedule, Scheduled};
+//! use pare_tensor::train::{Fit, FitConfig};
+//! use pare_tensor::{Activation, Sequential, gradcheck::toy_halves};
+//!
+//! let mut model = Sequential::builder(&[28, 28, 1])
+//!     .add(conv2d(4, [3, 3]).strides(2).activation(Activation::Relu))
+//!     .add(max_pool2d(2))
+//!     .add(flatten())
+//!     .add(dense(2))
+//!     .build()?;
+//! println!("{}", model.summary());
+//! let (x, y) = toy_halves(48, 0, 0.8, 0.2);
+//! let mut opt = Scheduled::new(
+//!     AdamW::new(AdamConfig::default(), 0.004)?,
+//!     Schedule::warmup(3, 0.0, Schedule::Constant(0.01))?,
+//! )?;
+//! let mut stop = EarlyStopping::new(Monitor::ValLoss).patience(2).restore_best_weights(true);
+//! let cfg = FitConfig { epochs: 15, batch_size: 12, validation_split: 0.25,
+//!     clip_global_norm: Some(1.0), verbose: false, ..Default::default() };
+//! let history = Fit::new(cfg).callback(&mut stop).run(&mut model, &mut opt, x.view(), &y)?;
+//! assert_eq!(history.epochs[0].epoch, 1);
+//! # Ok::<(), pare_tensor::TensorError>(())
+//! ```
 
 pub mod augment;
 pub mod builder;
