@@ -59,6 +59,8 @@
 //! # }
 //! ```
 
+#[cfg(test)]
+mod bn_tests;
 pub mod callback;
 pub mod entropy;
 pub mod error;

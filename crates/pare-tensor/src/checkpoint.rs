@@ -74,8 +74,8 @@ pub fn load_bytes(
             .iter()
             .map(|p| (p.name.clone(), p.value.shape().to_vec())),
     );
-    for (name, shape) in shapes.iter().cloned() {
-        match by_name.get(&name) {
+    for (name, shape) in &shapes {
+        match by_name.get(name) {
             None => mismatches.push(format!("missing {name} {shape:?}")),
             Some(t) if t.shape() != shape.as_slice() => mismatches.push(format!(
                 "{name}: file has {:?}, model has {shape:?}",

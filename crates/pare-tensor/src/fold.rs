@@ -93,7 +93,7 @@ pub fn fold_batch_norm(model: &Sequential) -> Result<Sequential> {
 fn fold_into(kernel: &mut Param, bias: &mut Param, bn: &BatchNorm) -> Option<()> {
     let (scale, offset) = bn.scale_and_offset();
     let oc = scale.len();
-    if bias.value.len() != oc || kernel.value.len() % oc.max(1) != 0 || oc == 0 {
+    if bias.value.len() != oc || !kernel.value.len().is_multiple_of(oc.max(1)) || oc == 0 {
         return None;
     }
     let mut k = kernel.value.as_standard_layout().into_owned();

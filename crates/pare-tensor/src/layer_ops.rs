@@ -19,6 +19,9 @@ use crate::kernels::depthwise::depthwise_conv2d;
 use ndarray::{ArrayD, IxDyn, Zip};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
+/// A batch's per-channel mean and biased variance, as [`Graph::batch_norm`] returns them.
+pub type BatchMoments = (Vec<f32>, Vec<f32>);
+
 /// An element-wise activation recorded as its own node (see [`Graph::pointwise`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -233,7 +236,7 @@ impl Graph {
         (gamma, beta): (Var, Var),
         (moving_mean, moving_var): (&ArrayD<f32>, &ArrayD<f32>),
         epsilon: f32,
-    ) -> (Var, Option<(Vec<f32>, Vec<f32>)>) {
+    ) -> (Var, Option<BatchMoments>) {
         let xv = self.value(x);
         let c = *xv.shape().last().expect("batch_norm: scalar input");
         for (what, v) in [

@@ -263,7 +263,8 @@ fn dropout_is_inverted_seeded_and_off_in_inference() {
 fn activation_layers_match_their_ops() {
     let mut rng = StdRng::seed_from_u64(5);
     let x = rand_arr(&mut rng, &[3, 4], -5.0, 5.0);
-    let layers: Vec<(Box<dyn Module>, fn(f32) -> f32)> = vec![
+    type Case = (Box<dyn Module>, fn(f32) -> f32);
+    let layers: Vec<Case> = vec![
         (Box::new(Sigmoid::new("s")), |v| Pointwise::Sigmoid.apply(v)),
         (Box::new(Tanh::new("t")), f32::tanh),
         (Box::new(ReLU6::new("r")), |v| v.clamp(0.0, 6.0)),

@@ -524,6 +524,8 @@ impl Module for LeakyReLU {
 /// One layer of a [`Sequential`]: the built-in kinds by value, so converters (int8, structured
 /// pruning) can inspect them, plus any user module.
 #[non_exhaustive]
+// A model holds a handful of layers, built once: boxing the larger ones would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Layer {
     /// Fully connected.
     Dense(Dense),

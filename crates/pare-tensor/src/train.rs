@@ -39,7 +39,9 @@ pub struct FitConfig {
     pub verbose: bool,
     /// Data-parallel shards per step (`None`: one per rayon thread). Each shard runs forward
     /// and backward on its slice of the batch in its own graph; gradients are averaged. Same
-    /// seed and same shard count give bit-identical weights.
+    /// seed and same shard count give bit-identical weights. A model with BatchNorm runs one
+    /// shard (its statistics are the whole batch's, as in Keras); the kernels still use every
+    /// thread.
     pub threads: Option<usize>,
     /// Clip the gradients by their global norm before each update, as Keras'
     /// `global_clipnorm` and PyTorch's `clip_grad_norm_` do (see [`clip_by_global_norm`]);

@@ -60,6 +60,7 @@ use crate::fixedpoint::{
 use crate::params::{QMAX_I8, QMIN_I8};
 
 mod activation;
+pub mod avgpool;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -67,6 +68,7 @@ mod avx512;
 mod conv_pool;
 #[cfg(target_arch = "x86_64")]
 mod conv_pool_avx512;
+pub mod lut;
 mod portable;
 mod window;
 #[cfg(target_arch = "x86_64")]
