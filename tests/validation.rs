@@ -202,7 +202,7 @@ fn calibration_set_empty_or_of_the_wrong_shape() {
         matches!(err, QuantError::Tensor(TensorError::InputShape { .. })),
         "{err}"
     );
-    says(err, &["[28, 28, 1]", "[28, 27, 1]"]);
+    says(err, &["[batch, 28, 28, 1]", "[batch, 28, 27, 1]"]);
     let batch = ConvertConfig {
         calibration_batch_size: 0,
         ..Default::default()
