@@ -2,7 +2,7 @@
 //! [`ReduceLROnPlateau`], each watching one [`Monitor`]ed figure of the epoch logs.
 //!
 //! A callback ends training cleanly through [`Callback::stop_training`]: `fit` finishes the
-//! epoch's callbacks, returns its history with [`History::stopped_early`] set, and no error.
+//! epoch's callbacks, returns its history with [`History::stopped_early`](crate::train::History::stopped_early) set, and no error.
 //!
 //! ```
 //! use pare_tensor::callbacks::{EarlyStopping, ModelCheckpoint, Monitor};
