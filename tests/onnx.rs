@@ -30,6 +30,7 @@ use pare::onnx::{
 use pare::prune::{MaskKind, apply_mask, compute_masks, prunable_params};
 use pare::quant::{ConvertConfig, InputType, QuantizedModel, Rounding, convert};
 use pare::tensor::Sequential;
+use pare::tensor::nn::{BatchNorm, Layer};
 use pare::tensor::train::predict;
 
 fn root() -> &'static Path {
@@ -444,5 +445,113 @@ fn keras_h5_files_import_through_the_script() {
             matches!(err, pare::onnx::OnnxError::KerasShape { ref layer, .. } if layer == "conv2d"),
             "{err}"
         );
+    }
+}
+
+/// A BatchNorm over `c` channels with seeded, non-trivial scale, offset and moving statistics,
+/// so that a swapped or dropped input of `BatchNormalization` shows.
+fn random_batch_norm(name: &str, c: usize, rng: &mut impl pare::tensor::rand::Rng) -> Layer {
+    let mut bn = BatchNorm::new(name, c);
+    for (p, lo, hi) in [
+        (&mut bn.gamma, 0.5, 1.5),
+        (&mut bn.beta, -0.5, 0.5),
+        (&mut bn.moving_mean, -0.5, 0.5),
+        (&mut bn.moving_variance, 0.3, 2.0),
+    ] {
+        p.value.mapv_inplace(|_| rng.random_range(lo..hi));
+    }
+    Layer::BatchNorm(bn)
+}
+
+/// Models built of the layers beyond conv / pool / dense, each exported as float ONNX and run
+/// on onnxruntime: one model through all of them, and small ones that put each layer where the
+/// layout differs (on NHWC input, after a conv's NCHW, on flat features).
+fn new_layer_models() -> Vec<(&'static str, Sequential)> {
+    use pare::tensor::Padding;
+    use pare::tensor::nn::{
+        AvgPool2d, Conv2d, Dense, DepthwiseConv2d, Dropout, Flatten, GlobalAveragePool2d,
+        HardSwish, ReLU6, Sigmoid, Softmax, Tanh,
+    };
+    use pare::tensor::rand::{SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(17);
+    let input = [12, 12, 3];
+    let all = Sequential::new(&input)
+        .push(
+            Conv2d::new("conv", 3, 8, [3, 3], &mut rng)
+                .padding(Padding::Same)
+                .use_bias(false),
+        )
+        .push(random_batch_norm("bn", 8, &mut rng))
+        .push(ReLU6::new("relu6"))
+        .push(
+            DepthwiseConv2d::with_multiplier("dw", 8, [3, 3], 2, &mut rng)
+                .strides(2)
+                .padding(Padding::Same),
+        )
+        .push(random_batch_norm("bn_dw", 16, &mut rng))
+        .push(HardSwish::new("hswish"))
+        .push(AvgPool2d::new("avg", 2).strides(1).padding(Padding::Same))
+        .push(Dropout::new("drop", 0.3).unwrap())
+        .push(Sigmoid::new("sigmoid"))
+        .push(Conv2d::new("pw", 16, 12, [1, 1], &mut rng))
+        .push(Tanh::new("tanh"))
+        .push(GlobalAveragePool2d::new("gap"))
+        .push(Dense::new("dense", 12, 10, &mut rng))
+        .push(random_batch_norm("bn_flat", 10, &mut rng))
+        .push(Softmax::new("softmax"));
+    let on_input = Sequential::new(&input)
+        .push(random_batch_norm("bn", 3, &mut rng))
+        .push(HardSwish::new("hswish"))
+        .push(Softmax::new("softmax"));
+    let after_conv = Sequential::new(&input)
+        .push(Conv2d::new("conv", 3, 4, [3, 3], &mut rng))
+        .push(AvgPool2d::new("avg", 3).padding(Padding::Valid))
+        .push(Softmax::new("softmax"))
+        .push(Flatten::new("flatten"))
+        .push(Dense::new("dense", 3 * 3 * 4, 5, &mut rng))
+        .push(Dropout::new("drop", 0.5).unwrap())
+        .push(ReLU6::new("relu6"))
+        .push(Tanh::new("tanh"));
+    let depthwise_valid = Sequential::new(&input)
+        .push(
+            DepthwiseConv2d::new("dw", 3, [5, 5], &mut rng)
+                .strides(2)
+                .use_bias(false),
+        )
+        .push(Sigmoid::new("sigmoid"))
+        .push(GlobalAveragePool2d::new("gap"));
+    vec![
+        ("all_new_layers", all),
+        ("on_nhwc_input", on_input),
+        ("after_a_conv", after_conv),
+        ("depthwise_valid", depthwise_valid),
+    ]
+}
+
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+fn new_layers_export_to_onnxruntime() {
+    use pare::tensor::rand::{Rng, SeedableRng, rngs::StdRng};
+    let dir = root().join("target/pare/onnx-test/new-layers");
+    let mut rng = StdRng::seed_from_u64(5);
+    // Inputs across [-4, 4] reach both of ReLU6's and hard-swish's bends.
+    let x = ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[16, 12, 12, 3]), || {
+        rng.random_range(-4.0f32..4.0)
+    });
+    for (stem, model) in new_layer_models() {
+        let path = dir.join(format!("{stem}.onnx"));
+        pare::onnx::save(&pare::onnx::export_float(&model).unwrap(), &path).unwrap();
+        let ours = predict(&model, x.view(), 16).unwrap();
+        let theirs = match runtime().run(&path, Input::F32(x.view()), 0).unwrap().output {
+            Output::F32(a) => a,
+            other => panic!("{stem}: expected floats, got {other:?}"),
+        };
+        assert_eq!(theirs.len(), ours.len(), "{stem}");
+        let diff = max_abs_diff(ours.as_slice().unwrap(), theirs.as_slice().unwrap());
+        println!("{stem}: max |difference| {diff:.2e}");
+        assert!(diff <= 1e-5, "{stem}: max |difference| {diff}");
     }
 }

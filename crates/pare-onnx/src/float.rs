@@ -4,7 +4,7 @@ use pare_tensor::nn::Layer;
 use pare_tensor::{Activation, Sequential};
 
 use crate::builder::{
-    Cursor, GraphBuilder, Layout, conv_attributes, float, oihw, window_attributes,
+    Cursor, GraphBuilder, Layout, conv_attributes, float, int, oihw, window_attributes,
 };
 use crate::error::{OnnxError, Result};
 use crate::proto::{DataType, ModelProto};
@@ -16,6 +16,12 @@ use crate::proto::{DataType, ModelProto};
 /// `Gemm` (kernel `[in, out]` as is), reshape and flatten → `Reshape` on the NHWC value,
 /// activations → `Relu` / `LeakyRelu`; `Transpose` nodes convert to NCHW before a conv or
 /// pool and back to NHWC before a reshape or the output.
+///
+/// The other layers: depthwise conv → grouped `Conv`, BatchNorm → `BatchNormalization` with
+/// its moving statistics (inference), average pools → `AveragePool` (padding not counted, as
+/// in Keras) and `GlobalAveragePool` + `Flatten`, `Sigmoid`, `Tanh`, ReLU6 → `Clip` to
+/// `[0, 6]`, hard-swish → `x · HardSigmoid(x)` (α = 1/6, β = 1/2: opset 13 has no
+/// `HardSwish`), `Softmax` over the last axis; dropout exports as nothing (inference).
 ///
 /// # Errors
 /// [`OnnxError::Unsupported`] for a custom layer, or a model whose layers do not chain.
@@ -64,6 +70,94 @@ pub fn export_float(model: &Sequential) -> Result<ModelProto> {
                 cur.shape = out_shape;
                 activation(&mut g, &mut cur, d.activation, name);
             }
+            Layer::DepthwiseConv2d(c) => {
+                g.transpose_to(&mut cur, Layout::Nchw);
+                let [kh, kw, channels, _] = c.kernel_shape();
+                let mut attrs = conv_attributes(name, &cur.shape, [kh, kw], c.strides, c.padding)?;
+                attrs.push(int("group", channels as i64));
+                let (dims, w) = depthwise_oihw(&c.kernel.value);
+                let w = g.f32s(format!("{name}/kernel"), &dims, &w);
+                let b = bias(&mut g, name, &c.bias.value);
+                cur.name = g.node("Conv", &[&cur.name, &w, &b], attrs, name);
+                cur.shape = out_shape;
+                activation(&mut g, &mut cur, c.activation, name);
+            }
+            Layer::BatchNorm(bn) => {
+                // ONNX normalises axis 1: NCHW for images, the features of a flat value.
+                match cur.shape.len() {
+                    1 => {}
+                    3 => g.transpose_to(&mut cur, Layout::Nchw),
+                    _ => {
+                        return Err(OnnxError::Unsupported {
+                            layer: name.into(),
+                            reason: format!(
+                                "BatchNormalization takes [c] or [h, w, c] values, found {:?}",
+                                cur.shape
+                            ),
+                        });
+                    }
+                }
+                let c = [bn.channels()];
+                let inputs = [
+                    g.f32s(format!("{name}/gamma"), &c, &contiguous(&bn.gamma.value)),
+                    g.f32s(format!("{name}/beta"), &c, &contiguous(&bn.beta.value)),
+                    g.f32s(
+                        format!("{name}/mean"),
+                        &c,
+                        &contiguous(&bn.moving_mean.value),
+                    ),
+                    g.f32s(
+                        format!("{name}/variance"),
+                        &c,
+                        &contiguous(&bn.moving_variance.value),
+                    ),
+                ];
+                let attrs = vec![float("epsilon", bn.config.epsilon)];
+                cur.name = g.node(
+                    "BatchNormalization",
+                    &[&cur.name, &inputs[0], &inputs[1], &inputs[2], &inputs[3]],
+                    attrs,
+                    name,
+                );
+            }
+            // Inference: dropout is the identity.
+            Layer::Dropout(_) => {}
+            Layer::AvgPool2d(p) => {
+                g.transpose_to(&mut cur, Layout::Nchw);
+                // Keras leaves the padding out of each window's count, as ONNX does by default.
+                let mut attrs = window_attributes(name, &cur.shape, p.pool, p.strides, p.padding)?;
+                attrs.push(int("count_include_pad", 0));
+                cur.name = g.node("AveragePool", &[&cur.name], attrs, name);
+                cur.shape = out_shape;
+            }
+            Layer::GlobalAveragePool2d(_) => {
+                g.transpose_to(&mut cur, Layout::Nchw);
+                let pooled = g.node("GlobalAveragePool", &[&cur.name], vec![], name);
+                // [n, c, 1, 1] to pare's [n, c].
+                cur.name = g.node("Flatten", &[&pooled], vec![int("axis", 1)], name);
+                cur.layout = Layout::Nhwc;
+                cur.shape = out_shape;
+            }
+            Layer::Sigmoid(_) => cur.name = g.node("Sigmoid", &[&cur.name], vec![], name),
+            Layer::Tanh(_) => cur.name = g.node("Tanh", &[&cur.name], vec![], name),
+            Layer::ReLU6(_) => {
+                // Opset 13's Clip takes its bounds as inputs.
+                let lo = g.f32s(format!("{name}/min"), &[], &[0.0]);
+                let hi = g.f32s(format!("{name}/max"), &[], &[6.0]);
+                cur.name = g.node("Clip", &[&cur.name, &lo, &hi], vec![], name);
+            }
+            Layer::HardSwish(_) => {
+                // HardSwish is opset 14; x · HardSigmoid(x) with α = 1/6, β = 1/2 is the same
+                // x · relu6(x + 3) / 6 in opset 13.
+                let attrs = vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)];
+                let gate = g.node("HardSigmoid", &[&cur.name], attrs, name);
+                cur.name = g.node("Mul", &[&cur.name, &gate], vec![], name);
+            }
+            Layer::Softmax(_) => {
+                // pare's softmax is over the last axis of the NHWC value.
+                g.transpose_to(&mut cur, Layout::Nhwc);
+                cur.name = g.node("Softmax", &[&cur.name], vec![int("axis", -1)], name);
+            }
             Layer::ReLU(_) => activation(&mut g, &mut cur, Activation::Relu, name),
             Layer::LeakyReLU(l) => {
                 activation(&mut g, &mut cur, Activation::LeakyRelu(l.alpha), name)
@@ -72,7 +166,7 @@ pub fn export_float(model: &Sequential) -> Result<ModelProto> {
                 let reason = if matches!(other, Layer::Custom(_)) {
                     "custom layers have no ONNX form"
                 } else {
-                    "this kind of layer has no ONNX export yet (fold BatchNorm first)"
+                    "this kind of layer has no ONNX export yet"
                 };
                 return Err(OnnxError::Unsupported {
                     layer: name.into(),
@@ -90,6 +184,19 @@ pub fn export_float(model: &Sequential) -> Result<ModelProto> {
         format!("pare float model, {} parameters", model.num_params()),
         vec![("pare.format".into(), "float".into())],
     ))
+}
+
+/// A depthwise kernel `[kh, kw, c, m]` as the weight of ONNX's grouped `Conv` (`group = c`):
+/// `[c · m, 1, kh, kw]`, output channel `c · m + j` reading input channel `c`, as Keras orders
+/// them.
+fn depthwise_oihw(kernel: &ndarray::ArrayD<f32>) -> (Vec<usize>, Vec<f32>) {
+    let k = kernel
+        .view()
+        .into_dimensionality::<ndarray::Ix4>()
+        .expect("depthwise_oihw: depthwise kernels are 4-D, checked by the model");
+    let (kh, kw, c, m) = k.dim();
+    let t = k.permuted_axes([2, 3, 0, 1]);
+    (vec![c * m, 1, kh, kw], t.iter().copied().collect())
 }
 
 fn contiguous(a: &ndarray::ArrayD<f32>) -> Vec<f32> {

@@ -46,6 +46,8 @@ enum Stage {
         op: SparseOp,
         kernel: SparseDense,
         activation: Activation,
+        /// How many of the model's layers it runs (2 with a fused activation layer).
+        layers: usize,
     },
 }
 
@@ -74,6 +76,154 @@ pub struct SparseSequential {
     input_shape: Vec<usize>,
     output_len: usize,
     stages: Vec<Stage>,
+    report: RuntimeReport,
+}
+
+/// Which kernel runs a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// [`SparseDense`], the zeros skipped.
+    Sparse,
+    /// pare-tensor's dense kernels, as `pare_tensor::train::predict` runs the layer.
+    Dense,
+}
+
+impl Kernel {
+    /// `"sparse"` or `"dense"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kernel::Sparse => "sparse",
+            Kernel::Dense => "dense",
+        }
+    }
+}
+
+/// One layer that could run sparse, with both kernels timed on the probe batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerTiming {
+    /// The layer's name.
+    pub layer: String,
+    /// Fraction of zeros in its kernel.
+    pub sparsity: f32,
+    /// Median seconds of the sparse kernel on the probe batch (a fused activation included).
+    pub sparse_seconds: f64,
+    /// Median seconds of the same layer(s) on pare-tensor's dense kernels.
+    pub dense_seconds: f64,
+    /// The faster of the two, which the model runs.
+    pub chosen: Kernel,
+}
+
+/// What [`SparseSequential::measured`] found: per candidate layer, both kernels' times and the
+/// choice. Empty for a model planned by threshold ([`SparseSequential::new`]) or by name
+/// ([`SparseSequential::with_sparse_layers`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RuntimeReport {
+    /// Examples in the probe batch.
+    pub batch: usize,
+    /// Timed runs per kernel (the median is kept).
+    pub runs: usize,
+    /// The candidate layers, in model order.
+    pub layers: Vec<LayerTiming>,
+}
+
+impl RuntimeReport {
+    /// The report as JSON: `{"batch", "runs", "layers": [{"layer", "sparsity",
+    /// "sparse_seconds", "dense_seconds", "chosen"}]}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let layers: Vec<serde_json::Value> = self
+            .layers
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "layer": l.layer,
+                    "sparsity": l.sparsity,
+                    "sparse_seconds": l.sparse_seconds,
+                    "dense_seconds": l.dense_seconds,
+                    "chosen": l.chosen.as_str(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "batch": self.batch, "runs": self.runs, "layers": layers })
+    }
+}
+
+/// Median wall time of `runs` calls of `f`, in seconds, after one warm-up call (NaN for no
+/// runs). The median, not the mean, so that another process taking the core for a moment
+/// does not decide.
+pub fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
+    if runs == 0 {
+        return f64::NAN;
+    }
+    f();
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// Timed runs per kernel in [`SparseSequential::measured`].
+const MEASURED_RUNS: usize = 5;
+
+/// Whether threshold planning makes layer `l` (input per-example `shape`) a sparse candidate.
+fn eligible(l: &Layer, shape: &[usize], min_sparsity: f32) -> bool {
+    match l {
+        Layer::Dense(d) => sparsity_of(d.kernel.value.view()) >= min_sparsity,
+        Layer::Conv2d(c) => {
+            sparsity_of(c.kernel.value.view()) >= min_sparsity && !runs_direct(c, shape)
+        }
+        _ => false,
+    }
+}
+
+fn kernel_sparsity(l: &Layer) -> f32 {
+    match l {
+        Layer::Dense(d) => sparsity_of(d.kernel.value.view()),
+        Layer::Conv2d(c) => sparsity_of(c.kernel.value.view()),
+        _ => 0.0,
+    }
+}
+
+/// Runs `f` on a one-thread rayon pool: [`SparseSequential::predict`] runs its batches in
+/// parallel, one per thread, so each kernel is timed as it runs there, on one core. Without a
+/// pool (it could not be made) `f` runs where it is called.
+fn on_one_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+        Ok(pool) => pool.install(f),
+        Err(_) => f(),
+    }
+}
+
+/// `layers` on pare-tensor's inference graph, as `predict` runs them.
+fn run_plain(m: &Sequential, h: ArrayD<f32>) -> ArrayD<f32> {
+    let mut g = Graph::inference();
+    let v = g.constant(h);
+    let y = m.forward(&mut g, v);
+    g.value(y).clone()
+}
+
+/// The input check of [`SparseSequential::forward`].
+fn check_input(input_shape: &[usize], x: &ArrayViewD<'_, f32>) -> Result<()> {
+    if x.ndim() != input_shape.len() + 1 || x.shape()[1..] != input_shape[..] {
+        return Err(pare_tensor::TensorError::InputShape {
+            layer: "model input".into(),
+            expected: input_shape.to_vec(),
+            found: x.shape().get(1..).unwrap_or(&[]).to_vec(),
+        }
+        .into());
+    }
+    if let Some(index) = x.iter().position(|v| !v.is_finite()) {
+        return Err(pare_tensor::TensorError::NonFinite {
+            what: "input data".into(),
+            index,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// Whether pare-tensor convolves `conv` directly on an input of per-example `shape` (the test
@@ -107,6 +257,155 @@ impl SparseSequential {
     /// weight of a sparse layer.
     pub fn new(model: &Sequential, min_sparsity: f32) -> Result<SparseSequential> {
         validate_sparsity("min_sparsity", min_sparsity)?;
+        SparseSequential::plan(model, |l, shape| eligible(l, shape, min_sparsity))
+    }
+
+    /// Plans `model` as [`new`](Self::new) does, then times every candidate layer on `probe`
+    /// (a batch `[n, input_shape...]` of the size [`predict`](Self::predict) will be called
+    /// with, ideally real inputs) both ways, sparse kernel and dense, each the median of 5 runs
+    /// on one thread, and keeps dense wherever sparse is not faster: the model never runs
+    /// slower than dense by more than the timing noise. [`report`](Self::report) says what
+    /// was measured and chosen.
+    ///
+    /// ```
+    /// use ndarray::Array4;
+    /// use pare_prune::{SparseSequential, apply_mask, inference::Kernel, magnitude_mask};
+    /// use pare_tensor::models;
+    ///
+    /// let mut model = models::small_cnn(0);
+    /// let w = model.param_mut("dense.kernel").unwrap();
+    /// let mask = magnitude_mask(w.value.view(), 0.9)?;
+    /// apply_mask(w.value.view_mut(), mask.view())?;
+    ///
+    /// let probe = Array4::<f32>::from_elem((64, 28, 28, 1), 0.5).into_dyn();
+    /// let sparse = SparseSequential::measured(&model, 0.5, probe.view())?;
+    /// let dense = &sparse.report().layers[0];
+    /// assert_eq!(dense.layer, "dense");
+    /// assert_eq!(dense.chosen == Kernel::Sparse, dense.sparse_seconds < dense.dense_seconds);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](Self::new); [`PruneError::Tensor`] for a probe of the wrong shape, empty, or
+    /// holding NaN or infinity.
+    pub fn measured(
+        model: &Sequential,
+        min_sparsity: f32,
+        probe: ArrayViewD<'_, f32>,
+    ) -> Result<SparseSequential> {
+        let candidates = SparseSequential::new(model, min_sparsity)?;
+        check_input(&model.input_shape, &probe)?;
+        let batch = probe.shape()[0];
+        if batch == 0 {
+            return Err(pare_tensor::TensorError::BadHyperParameter {
+                name: "probe",
+                value: "0 examples".into(),
+                reason: "the probe batch must hold at least one example",
+            }
+            .into());
+        }
+        let mut timings = Vec::new();
+        let mut h = probe.to_owned();
+        // Index in the model of the stage's first layer.
+        let mut i = 0;
+        for stage in &candidates.stages {
+            let (op, kernel, activation, layers, name) = match stage {
+                Stage::Plain(m) => {
+                    h = run_plain(m, h);
+                    i += m.layers.len();
+                    continue;
+                }
+                Stage::Sparse {
+                    name,
+                    op,
+                    kernel,
+                    activation,
+                    layers,
+                } => (op, kernel, *activation, *layers, name),
+            };
+            let mut dense = Sequential::new(&h.shape()[1..]);
+            dense.layers = model.layers[i..i + layers].to_vec();
+            let (sparse_seconds, dense_seconds) = on_one_thread(|| {
+                let s = median_seconds(MEASURED_RUNS, || {
+                    std::hint::black_box(run_sparse(op, kernel, activation, h.clone()));
+                });
+                let d = median_seconds(MEASURED_RUNS, || {
+                    std::hint::black_box(run_plain(&dense, h.clone()));
+                });
+                (s, d)
+            });
+            timings.push(LayerTiming {
+                layer: name.clone(),
+                sparsity: kernel_sparsity(&model.layers[i]),
+                sparse_seconds,
+                dense_seconds,
+                chosen: if sparse_seconds < dense_seconds {
+                    Kernel::Sparse
+                } else {
+                    Kernel::Dense
+                },
+            });
+            h = run_plain(&dense, h);
+            i += layers;
+        }
+        let chosen: Vec<&str> = timings
+            .iter()
+            .filter(|t| t.chosen == Kernel::Sparse)
+            .map(|t| t.layer.as_str())
+            .collect();
+        let mut planned =
+            SparseSequential::plan(model, |l, _| chosen.contains(&l.module().name()))?;
+        planned.report = RuntimeReport {
+            batch,
+            runs: MEASURED_RUNS,
+            layers: timings,
+        };
+        Ok(planned)
+    }
+
+    /// Plans `model` with exactly the named `Dense` / `Conv2d` layers sparse, whatever their
+    /// sparsity or shape: a choice made elsewhere, or a test that both kernels agree.
+    ///
+    /// # Errors
+    /// [`PruneError::Unsupported`] for a name that is no layer of the model, or a layer that is
+    /// not `Dense` or `Conv2d`; otherwise as [`new`](Self::new).
+    pub fn with_sparse_layers<S: AsRef<str>>(
+        model: &Sequential,
+        names: &[S],
+    ) -> Result<SparseSequential> {
+        for name in names {
+            let name = name.as_ref();
+            match model.layers.iter().find(|l| l.module().name() == name) {
+                Some(Layer::Dense(_) | Layer::Conv2d(_)) => {}
+                found => {
+                    return Err(PruneError::Unsupported {
+                        layer: name.to_owned(),
+                        reason: if found.is_some() {
+                            "only Dense and Conv2d layers run sparse".into()
+                        } else {
+                            "no layer of that name".into()
+                        },
+                    });
+                }
+            }
+        }
+        SparseSequential::plan(model, |l, _| {
+            matches!(l, Layer::Dense(_) | Layer::Conv2d(_))
+                && names.iter().any(|n| n.as_ref() == l.module().name())
+        })
+    }
+
+    /// What [`measured`](Self::measured) timed and chose (empty for the other constructors).
+    pub fn report(&self) -> &RuntimeReport {
+        &self.report
+    }
+
+    /// The plan with the `Dense` / `Conv2d` layers `sparse(layer, input shape)` picks on
+    /// [`SparseDense`].
+    fn plan(
+        model: &Sequential,
+        sparse: impl Fn(&Layer, &[usize]) -> bool,
+    ) -> Result<SparseSequential> {
         crate::strip::check_copyable(model, "SparseSequential")?;
         let output_len = model.output_shape()?.iter().product();
         let mut stages = Vec::new();
@@ -117,17 +416,14 @@ impl SparseSequential {
             let layer = &model.layers[i];
             let next_shape = layer.module().output_shape(&shape)?;
             let planned = match layer {
-                Layer::Dense(d) if sparsity_of(d.kernel.value.view()) >= min_sparsity => Some((
+                Layer::Dense(d) if sparse(layer, &shape) => Some((
                     &d.name,
                     SparseOp::Dense,
                     &d.kernel.value,
                     &d.bias.value,
                     d.activation,
                 )),
-                Layer::Conv2d(c)
-                    if sparsity_of(c.kernel.value.view()) >= min_sparsity
-                        && !runs_direct(c, &shape) =>
-                {
+                Layer::Conv2d(c) if sparse(layer, &shape) => {
                     let [kh, kw, _, _] = c.kernel_shape();
                     let op = SparseOp::Conv {
                         window: [kh, kw],
@@ -177,6 +473,7 @@ impl SparseSequential {
                 op,
                 kernel: sparse,
                 activation,
+                layers: consumed,
             });
             for l in &model.layers[i..i + consumed] {
                 shape = l.module().output_shape(&shape)?;
@@ -191,6 +488,7 @@ impl SparseSequential {
             input_shape: model.input_shape.clone(),
             output_len,
             stages,
+            report: RuntimeReport::default(),
         })
     }
 
@@ -210,30 +508,11 @@ impl SparseSequential {
     /// # Errors
     /// [`PruneError::Tensor`] for a batch of the wrong shape or holding NaN or infinity.
     pub fn forward(&self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
-        if x.ndim() != self.input_shape.len() + 1 || x.shape()[1..] != self.input_shape[..] {
-            return Err(pare_tensor::TensorError::InputShape {
-                layer: "model input".into(),
-                expected: self.input_shape.clone(),
-                found: x.shape().get(1..).unwrap_or(&[]).to_vec(),
-            }
-            .into());
-        }
-        if let Some(index) = x.iter().position(|v| !v.is_finite()) {
-            return Err(pare_tensor::TensorError::NonFinite {
-                what: "input data".into(),
-                index,
-            }
-            .into());
-        }
+        check_input(&self.input_shape, &x)?;
         let mut h = x.to_owned();
         for stage in &self.stages {
             h = match stage {
-                Stage::Plain(m) => {
-                    let mut g = Graph::inference();
-                    let v = g.constant(h);
-                    let y = m.forward(&mut g, v);
-                    g.value(y).clone()
-                }
+                Stage::Plain(m) => run_plain(m, h),
                 Stage::Sparse {
                     op,
                     kernel,
@@ -402,6 +681,85 @@ mod tests {
         let want = predict(&model, x.view(), 4).unwrap();
         let got = sparse.predict(x.view(), 4).unwrap();
         assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-4);
+    }
+
+    #[test]
+    fn measured_keeps_the_faster_kernel_and_the_outputs() {
+        let mut model = teacher_cnn(8, 16, 2);
+        prune_all(&mut model, 0.8);
+        let m = SparseSequential::measured(&model, 0.5, images(32, 1).view()).unwrap();
+        let r = m.report();
+        assert_eq!((r.batch, r.runs), (32, MEASURED_RUNS));
+        let names: Vec<&str> = r.layers.iter().map(|l| l.layer.as_str()).collect();
+        assert_eq!(names, ["conv2d_1", "dense"]);
+        for l in &r.layers {
+            assert!(l.sparse_seconds > 0.0 && l.dense_seconds > 0.0, "{l:?}");
+            assert_eq!(
+                l.chosen == Kernel::Sparse,
+                l.sparse_seconds < l.dense_seconds
+            );
+            assert!((0.79..0.81).contains(&l.sparsity), "{l:?}");
+        }
+        let chosen: Vec<&str> = r
+            .layers
+            .iter()
+            .filter(|l| l.chosen == Kernel::Sparse)
+            .map(|l| l.layer.as_str())
+            .collect();
+        assert_eq!(m.sparse_layers(), chosen);
+        let x = images(7, 2);
+        let d = max_diff(
+            &m.predict(x.view(), 4).unwrap(),
+            &predict(&model, x.view(), 4).unwrap(),
+        );
+        assert_abs_diff_eq!(d, 0.0, epsilon = 1e-4);
+        let j = r.to_json();
+        assert_eq!(j["batch"], 32);
+        assert_eq!(j["layers"][1]["layer"], "dense");
+        assert_eq!(j["layers"][1]["chosen"], r.layers[1].chosen.as_str());
+        // Nothing sparse enough: nothing timed.
+        let none = SparseSequential::measured(&model, 0.9, images(4, 1).view()).unwrap();
+        assert!(none.report().layers.is_empty() && none.sparse_layers().is_empty());
+    }
+
+    #[test]
+    fn either_kernel_forced_gives_the_same_outputs() {
+        let mut model = teacher_cnn(8, 16, 2);
+        prune_all(&mut model, 0.8);
+        let x = images(9, 3);
+        let want = predict(&model, x.view(), 4).unwrap();
+        let choices: [&[&str]; 5] = [
+            &[],
+            &["conv2d"],
+            &["conv2d_1"],
+            &["dense"],
+            &["conv2d", "conv2d_1", "dense"],
+        ];
+        for names in choices {
+            let s = SparseSequential::with_sparse_layers(&model, names).unwrap();
+            assert_eq!(s.sparse_layers(), names);
+            assert!(s.report().layers.is_empty());
+            let d = max_diff(&s.predict(x.view(), 4).unwrap(), &want);
+            assert_abs_diff_eq!(d, 0.0, epsilon = 1e-4);
+        }
+        for bad in ["nope", "flatten"] {
+            assert!(matches!(
+                SparseSequential::with_sparse_layers(&model, &[bad]),
+                Err(PruneError::Unsupported { .. })
+            ));
+        }
+        let wrong = ArrayD::<f32>::zeros(IxDyn(&[2, 28, 27, 1]));
+        let empty = ArrayD::<f32>::zeros(IxDyn(&[0, 28, 28, 1]));
+        for probe in [wrong, empty] {
+            assert!(matches!(
+                SparseSequential::measured(&model, 0.5, probe.view()),
+                Err(PruneError::Tensor(_))
+            ));
+        }
+        assert!(matches!(
+            SparseSequential::measured(&model, 1.5, images(1, 0).view()),
+            Err(PruneError::InvalidSparsity { .. })
+        ));
     }
 
     #[test]

@@ -82,7 +82,7 @@ pub use error::{PruneError, Result};
 pub use evaluate::SparsityReport;
 pub use file::{load_sparse, save_sparse};
 pub use gaps::GapCoded;
-pub use inference::SparseSequential;
+pub use inference::{Kernel, LayerTiming, RuntimeReport, SparseSequential, median_seconds};
 pub use kernels::SparseDense;
 pub use mask::{
     ChannelMask, MaskKind, Norm, Pooling, apply_mask, block_mask, channel_mask, compute_masks,
@@ -92,4 +92,6 @@ pub use report::{DeadChannels, KernelFormats, Order0Bound, remove_dead_channels_
 pub use schedule::{ConstantSparsity, PolynomialDecay, PruningSchedule};
 pub use sparse::{SparseShape, SparseTensor, Storage, choose_encoding};
 pub use strip::strip;
-pub use structured::{ChannelPlan, live_channels, remove_channels, remove_dead_channels};
+pub use structured::{
+    ChannelPlan, fold_constant_channels, live_channels, remove_channels, remove_dead_channels,
+};

@@ -16,18 +16,25 @@
 //! Removing output channel `c` of a layer touches two places:
 //!
 //! * the layer: slice `c` of its kernel's last axis and entry `c` of its bias;
-//! * its consumer, the next `Conv2d` or `Dense` (through any `ReLU`, `LeakyReLU` and
-//!   `MaxPool2d`, which act per channel): a next conv loses slice `c` of its kernel's input axis
-//!   (axis 2 of `[kh, kw, in, out]`); a dense layer after a `Flatten` of an `[h, w, C]` map
-//!   loses every row `(y · w + x) · C + c` (NHWC flattening order), and a dense layer after a
-//!   dense layer loses row `c`.
+//! * its consumer, the next `Conv2d` or `Dense` (through the layers that act per channel: the
+//!   activations, dropout, the max, average and global average pools, BatchNorm and depthwise
+//!   convs): a next conv loses slice `c` of its kernel's input axis (axis 2 of
+//!   `[kh, kw, in, out]`); a dense layer after a `Flatten` of an `[h, w, C]` map loses every
+//!   row `(y · w + x) · C + c` (NHWC flattening order), and a dense layer after a dense layer
+//!   (or a global average pool) loses row `c`. A BatchNorm on the way loses entry `c` of its
+//!   four vectors, a depthwise conv its input channel `c` (and the outputs made from it).
 //!
-//! A `Reshape`, a custom layer, or no consumer at all (the model's output) between a layer and
-//! its consumer is an error: the channel could not be traced.
+//! A `Reshape`, a `Softmax` (which mixes channels), a custom layer, or no consumer at all (the
+//! model's output) between a layer and its consumer is an error: the channel could not be
+//! traced.
+//!
+//! A zero filter before a BatchNorm outputs the BatchNorm's offset, a constant that is rarely
+//! zero, so [`live_channels`] keeps it; [`fold_constant_channels`] removes it anyway, adding the
+//! constant's contribution to the consumer's bias.
 
 use ndarray::{ArrayD, Axis};
 use pare_tensor::nn::Layer;
-use pare_tensor::{Activation, Sequential};
+use pare_tensor::{Activation, Padding, Pointwise, Sequential};
 
 use crate::error::{PruneError, Result};
 use crate::strip::check_copyable;
@@ -51,7 +58,18 @@ fn find_consumer(model: &Sequential, i: usize, shapes: &[Vec<usize>]) -> Result<
     let mut route = Route::Channel;
     for (j, layer) in model.layers.iter().enumerate().skip(i + 1) {
         match layer {
-            Layer::ReLU(_) | Layer::LeakyReLU(_) | Layer::MaxPool2d(_)
+            Layer::ReLU(_)
+            | Layer::LeakyReLU(_)
+            | Layer::ReLU6(_)
+            | Layer::Sigmoid(_)
+            | Layer::Tanh(_)
+            | Layer::HardSwish(_)
+            | Layer::Dropout(_)
+            | Layer::MaxPool2d(_)
+            | Layer::AvgPool2d(_)
+            | Layer::GlobalAveragePool2d(_)
+            | Layer::BatchNorm(_)
+            | Layer::DepthwiseConv2d(_)
                 if matches!(route, Route::Channel) => {}
             Layer::Flatten(_) if matches!(route, Route::Channel) => {
                 let input = &shapes[j];
@@ -161,14 +179,43 @@ pub fn remove_channels<S: AsRef<str>>(
             continue; // nothing removed
         }
         let (j, route) = find_consumer(model, i, &shapes)?;
+        // The channels as they reach the consumer: a depthwise conv with multiplier m turns
+        // channel c into its outputs c·m … c·m + m − 1.
+        let mut kept: Vec<usize> = kept.to_vec();
+        for l in &mut out.layers[i + 1..j] {
+            match l {
+                Layer::BatchNorm(b) => {
+                    for p in [
+                        &mut b.gamma,
+                        &mut b.beta,
+                        &mut b.moving_mean,
+                        &mut b.moving_variance,
+                    ] {
+                        p.value = select(&p.value, 0, &kept);
+                    }
+                }
+                Layer::DepthwiseConv2d(d) => {
+                    let m = d.kernel_shape()[3];
+                    d.kernel.value = select(&d.kernel.value, 2, &kept);
+                    kept = kept
+                        .iter()
+                        .flat_map(|&c| (0..m).map(move |k| c * m + k))
+                        .collect();
+                    d.bias.value = select(&d.bias.value, 0, &kept);
+                }
+                _ => {}
+            }
+        }
+        let kept = &kept;
+        let own = plan[i].expect("remove_channels: layer i is planned");
         match &mut out.layers[i] {
             Layer::Dense(d) => {
-                d.kernel.value = select(&d.kernel.value, 1, kept);
-                d.bias.value = select(&d.bias.value, 0, kept);
+                d.kernel.value = select(&d.kernel.value, 1, own);
+                d.bias.value = select(&d.bias.value, 0, own);
             }
             Layer::Conv2d(c) => {
-                c.kernel.value = select(&c.kernel.value, 3, kept);
-                c.bias.value = select(&c.bias.value, 0, kept);
+                c.kernel.value = select(&c.kernel.value, 3, own);
+                c.bias.value = select(&c.bias.value, 0, own);
             }
             _ => unreachable!("remove_channels: the plan holds Conv2d and Dense layers only"),
         }
@@ -198,10 +245,15 @@ pub fn remove_channels<S: AsRef<str>>(
     Ok(out)
 }
 
-/// What a channel with a zero kernel slice outputs everywhere: `bias` through layer `i`'s own
-/// activation and the per-channel layers up to its consumer `j`. Max-pooling leaves a constant
-/// as it is, and an exact zero even at padded borders, which is the only value acted upon.
-fn constant_output(model: &Sequential, i: usize, j: usize, bias: f32) -> f32 {
+/// What channel `c` of layer `i`, with a zero kernel slice, reaches its consumer `j` as: `bias`
+/// through layer `i`'s own activation and the per-channel layers between, or `None` when that
+/// is not one constant everywhere. The activations, BatchNorm (its inference affine map),
+/// dropout (the identity in inference) and the average pools map a constant to a constant (the
+/// padding of a `same` average pool is left out of each window's count); a `same` max-pool or
+/// depthwise conv sees its padding at the borders, so only an exact zero (which the padding
+/// equals) passes them; a depthwise conv with a multiplier above 1 spreads the channel over
+/// several, which this does not follow.
+fn channel_constant(model: &Sequential, i: usize, j: usize, c: usize, bias: f32) -> Option<f32> {
     let own = match &model.layers[i] {
         Layer::Dense(d) => d.activation,
         Layer::Conv2d(c) => c.activation,
@@ -212,10 +264,70 @@ fn constant_output(model: &Sequential, i: usize, j: usize, bias: f32) -> f32 {
         v = match l {
             Layer::ReLU(_) => Activation::Relu.apply(v),
             Layer::LeakyReLU(r) => Activation::LeakyRelu(r.alpha).apply(v),
+            Layer::ReLU6(_) => Pointwise::Relu6.apply(v),
+            Layer::Sigmoid(_) => Pointwise::Sigmoid.apply(v),
+            Layer::Tanh(_) => Pointwise::Tanh.apply(v),
+            Layer::HardSwish(_) => Pointwise::HardSwish.apply(v),
+            Layer::BatchNorm(b) => {
+                let (scale, offset) = b.scale_and_offset();
+                v * scale[c] + offset[c]
+            }
+            Layer::MaxPool2d(p) if v != 0.0 && p.padding != Padding::Valid => return None,
+            Layer::DepthwiseConv2d(d) => {
+                if d.kernel_shape()[3] != 1 || (v != 0.0 && d.padding != Padding::Valid) {
+                    return None;
+                }
+                let k: f32 = d.kernel.value.index_axis(Axis(2), c).iter().sum();
+                d.activation.apply(v * k + d.bias.value[[c]])
+            }
             _ => v,
         };
     }
-    v
+    v.is_finite().then_some(v)
+}
+
+/// A producer's constant channels: `(layer index, consumer index, route, channels with their
+/// constants)`, every channel listed having a zero kernel slice and a finite bias.
+type Constants = (usize, usize, Route, Vec<(usize, f32)>);
+
+/// Every `Conv2d` / `Dense` layer with a consumer, and its zero-kernel channels whose output
+/// reaches the consumer as one constant.
+fn constant_channels(model: &Sequential) -> Result<Vec<Constants>> {
+    let shapes = layer_input_shapes(model)?;
+    let mut out = Vec::new();
+    for (i, l) in model.layers.iter().enumerate() {
+        let (kernel, bias) = match l {
+            Layer::Dense(d) => (&d.kernel.value, &d.bias.value),
+            Layer::Conv2d(c) => (&c.kernel.value, &c.bias.value),
+            _ => continue,
+        };
+        let Ok((j, route)) = find_consumer(model, i, &shapes) else {
+            continue;
+        };
+        let last = Axis(kernel.ndim() - 1);
+        let constants = kernel
+            .axis_iter(last)
+            .zip(bias.iter())
+            .enumerate()
+            .filter(|(_, (k, b))| b.is_finite() && k.iter().all(|&v| v == 0.0))
+            .filter_map(|(c, (_, &b))| channel_constant(model, i, j, c, b).map(|v| (c, v)))
+            .collect();
+        out.push((i, j, route, constants));
+    }
+    Ok(out)
+}
+
+/// The kept channels of a producer with `total` channels whose `removed` ones go; `None` when
+/// none go. All removed keeps channel 0, so the model stays well-formed.
+fn kept_after(total: usize, removed: &[usize]) -> Option<Vec<usize>> {
+    if removed.is_empty() {
+        return None;
+    }
+    let mut kept: Vec<usize> = (0..total).filter(|c| !removed.contains(c)).collect();
+    if kept.is_empty() {
+        kept.push(0);
+    }
+    Some(kept)
 }
 
 /// The channels of each `Conv2d` / `Dense` layer that are alive, for every layer that has a
@@ -227,36 +339,97 @@ fn constant_output(model: &Sequential, i: usize, j: usize, bias: f32) -> f32 {
 /// # Errors
 /// [`PruneError::Tensor`] if the model does not chain.
 pub fn live_channels(model: &Sequential) -> Result<ChannelPlan> {
-    let shapes = layer_input_shapes(model)?;
     let mut out = Vec::new();
-    for (i, l) in model.layers.iter().enumerate() {
-        let (kernel, bias) = match l {
-            Layer::Dense(d) => (&d.kernel.value, &d.bias.value),
-            Layer::Conv2d(c) => (&c.kernel.value, &c.bias.value),
-            _ => continue,
-        };
-        let Ok((j, _)) = find_consumer(model, i, &shapes) else {
-            continue;
-        };
-        let last = Axis(kernel.ndim() - 1);
-        let dead = |k: ndarray::ArrayViewD<'_, f32>, b: f32| {
-            b.is_finite() && constant_output(model, i, j, b) == 0.0 && k.iter().all(|&v| v == 0.0)
-        };
-        let mut kept: Vec<usize> = kernel
-            .axis_iter(last)
-            .zip(bias.iter())
-            .enumerate()
-            .filter(|(_, (k, b))| !dead(k.view(), **b))
-            .map(|(c, _)| c)
+    for (i, _, _, constants) in constant_channels(model)? {
+        let dead: Vec<usize> = constants
+            .iter()
+            .filter(|(_, v)| *v == 0.0)
+            .map(|&(c, _)| c)
             .collect();
-        if kept.is_empty() {
-            kept.push(0);
-        }
-        if kept.len() < kernel.len_of(last) {
-            out.push((l.module().name().to_owned(), kept));
+        let total = out_channels(&model.layers[i]).unwrap_or(0);
+        if let Some(kept) = kept_after(total, &dead) {
+            out.push((model.layers[i].module().name().to_owned(), kept));
         }
     }
     Ok(out)
+}
+
+/// Removes every channel whose output is one constant at its consumer's input, the dead ones
+/// ([`live_channels`]) and those that are not zero, folding each constant `v` into the
+/// consumer's bias first: `v · Σ` of the kernel rows that read it (over the spatial positions
+/// for a dense layer after a `Flatten`, over the window for a conv, which must have `valid`
+/// padding for a non-zero `v`, since a `same` conv sees zeros at the borders). The outputs are
+/// those of `model` up to float rounding. This is what a pruned conv before a BatchNorm needs:
+/// its dead filters output the BatchNorm's offset, not zero.
+///
+/// Returns the smaller model and the channels kept per layer.
+///
+/// # Errors
+/// As [`remove_channels`] and [`live_channels`].
+pub fn fold_constant_channels(model: &Sequential) -> Result<(Sequential, ChannelPlan)> {
+    check_copyable(model, "fold_constant_channels")?;
+    let mut out = model.clone();
+    let mut plan = Vec::new();
+    for (i, j, route, constants) in constant_channels(model)? {
+        let foldable: Vec<(usize, f32)> = constants
+            .into_iter()
+            .filter(|&(_, v)| {
+                v == 0.0
+                    || match &model.layers[j] {
+                        Layer::Conv2d(c) => c.padding == Padding::Valid,
+                        _ => true,
+                    }
+            })
+            .collect();
+        let removed: Vec<usize> = foldable.iter().map(|&(c, _)| c).collect();
+        let total = out_channels(&model.layers[i]).unwrap_or(0);
+        let Some(kept) = kept_after(total, &removed) else {
+            continue;
+        };
+        for &(c, v) in foldable
+            .iter()
+            .filter(|(c, v)| *v != 0.0 && !kept.contains(c))
+        {
+            fold_into_bias(&mut out.layers[j], route, c, v);
+        }
+        plan.push((model.layers[i].module().name().to_owned(), kept));
+    }
+    let smaller = remove_channels(&out, &plan)?;
+    Ok((smaller, plan))
+}
+
+/// Adds input channel `c`'s constant `v` to the consumer's bias.
+fn fold_into_bias(consumer: &mut Layer, route: Route, c: usize, v: f32) {
+    match (consumer, route) {
+        (Layer::Dense(d), Route::Channel) => {
+            let row = d.kernel.value.index_axis(Axis(0), c).to_owned();
+            d.bias.value.scaled_add(v, &row);
+        }
+        (
+            Layer::Dense(d),
+            Route::Flattened {
+                positions,
+                channels,
+            },
+        ) => {
+            for p in 0..positions {
+                let row = d
+                    .kernel
+                    .value
+                    .index_axis(Axis(0), p * channels + c)
+                    .to_owned();
+                d.bias.value.scaled_add(v, &row);
+            }
+        }
+        (Layer::Conv2d(conv), Route::Channel) => {
+            // [kh, kw, in, out] → the [out] sums over the window of input channel c.
+            let k = conv.kernel.value.index_axis(Axis(2), c);
+            let sums = k.sum_axis(Axis(0)).sum_axis(Axis(0));
+            conv.bias.value.scaled_add(v, &sums);
+            conv.use_bias = true;
+        }
+        _ => unreachable!("fold_into_bias: find_consumer returns a Conv2d or Dense"),
+    }
 }
 
 /// Removes every dead channel ([`live_channels`]) with [`remove_channels`]; the outputs are
@@ -277,7 +450,11 @@ mod tests {
     use approx::assert_abs_diff_eq;
     use ndarray::{Array4, ArrayD};
     use pare_tensor::models::{small_cnn, teacher_cnn};
-    use pare_tensor::nn::{Conv2d, Dense, Flatten, LeakyReLU, MaxPool2d, Module, ReLU, Reshape};
+    use pare_tensor::nn::{
+        AvgPool2d, BatchNorm, Conv2d, Dense, DepthwiseConv2d, Dropout, Flatten,
+        GlobalAveragePool2d, HardSwish, LeakyReLU, MaxPool2d, Module, ReLU, ReLU6, Reshape,
+        Sigmoid, Softmax, Tanh,
+    };
     use pare_tensor::train::predict;
     use pare_tensor::{Activation, Graph, Var};
     use rand::rngs::StdRng;
@@ -490,6 +667,189 @@ mod tests {
             plain(Some(Layer::ReLU(ReLU::new("relu")))),
             all_but(&[1, 7])
         );
+    }
+
+    fn random_bn(name: &str, c: usize, rng: &mut StdRng) -> BatchNorm {
+        let mut bn = BatchNorm::new(name, c);
+        for (p, lo, hi) in [
+            (&mut bn.gamma, 0.5, 1.5),
+            (&mut bn.beta, -0.5, 0.5),
+            (&mut bn.moving_mean, -0.3, 0.3),
+            (&mut bn.moving_variance, 0.5, 2.0),
+        ] {
+            p.value.mapv_inplace(|_| rng.random_range(lo..hi));
+        }
+        bn
+    }
+
+    fn zero_filters(model: &mut Sequential, layer: &str, filters: &[usize]) {
+        let k = model.param_mut(&format!("{layer}.kernel")).unwrap();
+        for &c in filters {
+            k.value.index_axis_mut(Axis(3), c).fill(0.0);
+        }
+    }
+
+    /// conv (no bias) → BN → ReLU → conv (valid) → BN → ReLU6 → global average pool → dense,
+    /// as ResNets are written.
+    fn bn_cnn(seed: u64) -> Sequential {
+        let mut rng = StdRng::seed_from_u64(seed);
+        Sequential::new(&[12, 12, 2])
+            .push(
+                Conv2d::new("c1", 2, 8, [3, 3], &mut rng)
+                    .padding(Padding::Same)
+                    .use_bias(false),
+            )
+            .push(random_bn("bn1", 8, &mut rng))
+            .push(ReLU::new("r1"))
+            .push(Conv2d::new("c2", 8, 6, [3, 3], &mut rng).use_bias(false))
+            .push(random_bn("bn2", 6, &mut rng))
+            .push(ReLU6::new("r2"))
+            .push(GlobalAveragePool2d::new("gap"))
+            .push(Dense::new("d", 6, 4, &mut rng))
+    }
+
+    fn inputs(n: usize, shape: [usize; 3], seed: u64) -> ArrayD<f32> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let [h, w, c] = shape;
+        Array4::from_shape_simple_fn((n, h, w, c), || rng.random_range(-1.0f32..1.0)).into_dyn()
+    }
+
+    #[test]
+    fn zero_filters_before_batch_norm_fold_into_the_next_layers_bias() {
+        let mut model = bn_cnn(1);
+        zero_filters(&mut model, "c1", &[0, 3, 5]);
+        zero_filters(&mut model, "c2", &[2]);
+        let x = inputs(5, [12, 12, 2], 3);
+        let want = predict(&model, x.view(), 8).unwrap();
+        // Through a BatchNorm a zero filter outputs relu(offset): dead only where the offset
+        // is not positive.
+        let bn1 = match model.layer("bn1") {
+            Some(Layer::BatchNorm(b)) => b.scale_and_offset().1,
+            _ => unreachable!(),
+        };
+        let dead1: Vec<usize> = [0, 3, 5].into_iter().filter(|&c| bn1[c] <= 0.0).collect();
+        let live = live_channels(&model).unwrap();
+        let dead_in = |name: &str| {
+            live.iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, k)| 8 - k.len())
+        };
+        assert_eq!(dead_in("c1"), dead1.len());
+
+        let (smaller, plan) = fold_constant_channels(&model).unwrap();
+        assert_eq!(
+            plan,
+            vec![
+                ("c1".to_string(), vec![1, 2, 4, 6, 7]),
+                ("c2".to_string(), vec![0, 1, 3, 4, 5])
+            ]
+        );
+        let Some(Layer::BatchNorm(b)) = smaller.layer("bn1") else {
+            panic!("bn1")
+        };
+        assert_eq!(b.channels(), 5);
+        assert_eq!(b.moving_variance.value.len(), 5);
+        assert_eq!(
+            smaller.param("c2.kernel").unwrap().value.shape(),
+            &[3, 3, 5, 5]
+        );
+        assert_eq!(smaller.param("d.kernel").unwrap().value.shape(), &[5, 4]);
+        let got = predict(&smaller, x.view(), 8).unwrap();
+        assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-5);
+        // Plain removal of the same channels loses the constants.
+        let lossy = remove_channels(&model, &plan).unwrap();
+        assert!(max_diff(&predict(&lossy, x.view(), 8).unwrap(), &want) > 1e-3);
+    }
+
+    #[test]
+    fn channels_pass_depthwise_pools_dropout_and_activations() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut model = Sequential::new(&[10, 10, 1])
+            .push(Conv2d::new("c", 1, 6, [3, 3], &mut rng))
+            .push(DepthwiseConv2d::new("dw", 6, [3, 3], &mut rng))
+            .push(random_bn("bn", 6, &mut rng))
+            .push(HardSwish::new("hs"))
+            .push(AvgPool2d::new("avg", 2).padding(Padding::Same).strides(1))
+            .push(Dropout::new("drop", 0.5).unwrap())
+            .push(Sigmoid::new("sig"))
+            .push(Tanh::new("tanh"))
+            .push(Flatten::new("f"))
+            .push(Dense::new("d", 6 * 6 * 6, 3, &mut rng));
+        // Non-zero depthwise biases: the dead filters' constants pass a valid depthwise conv.
+        model
+            .param_mut("dw.bias")
+            .unwrap()
+            .value
+            .iter_mut()
+            .enumerate()
+            .for_each(|(i, v)| *v = 0.1 * i as f32 - 0.2);
+        model.param_mut("c.bias").unwrap().value[[4]] = 0.7;
+        zero_filters(&mut model, "c", &[1, 4]);
+        let x = inputs(3, [10, 10, 1], 5);
+        let want = predict(&model, x.view(), 8).unwrap();
+        // A sigmoid is never zero: no channel is dead, both are constant.
+        assert!(live_channels(&model).unwrap().is_empty());
+        let (smaller, plan) = fold_constant_channels(&model).unwrap();
+        assert_eq!(plan, vec![("c".to_string(), vec![0, 2, 3, 5])]);
+        assert_eq!(
+            smaller.param("dw.kernel").unwrap().value.shape(),
+            &[3, 3, 4, 1]
+        );
+        assert_eq!(smaller.param("dw.bias").unwrap().value.len(), 4);
+        assert_eq!(
+            smaller.param("d.kernel").unwrap().value.shape(),
+            &[6 * 6 * 4, 3]
+        );
+        let got = predict(&smaller, x.view(), 8).unwrap();
+        assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-5);
+
+        // A `same` depthwise conv sees zeros at the borders: only an exact zero passes it.
+        let mut same = model.clone();
+        if let Layer::DepthwiseConv2d(d) = &mut same.layers[1] {
+            d.padding = Padding::Same;
+        }
+        same.layers.truncate(8);
+        let same = same
+            .push(Flatten::new("f"))
+            .push(Dense::new("d", 8 * 8 * 6, 3, &mut rng));
+        // Filter 1 (bias 0) passes it as the depthwise bias, filter 4 (bias 0.7) does not.
+        let (smaller, plan) = fold_constant_channels(&same).unwrap();
+        assert_eq!(plan, vec![("c".to_string(), vec![0, 2, 3, 4, 5])]);
+        let want = predict(&same, x.view(), 8).unwrap();
+        let got = predict(&smaller, x.view(), 8).unwrap();
+        assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-5);
+        // A softmax mixes the channels.
+        let soft = Sequential::new(&[10, 10, 1])
+            .push(Conv2d::new("c", 1, 4, [3, 3], &mut rng))
+            .push(Softmax::new("s"))
+            .push(Conv2d::new("c2", 4, 2, [3, 3], &mut rng));
+        assert!(matches!(
+            remove_channels(&soft, &[("c", vec![0, 1])]),
+            Err(PruneError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn a_constant_folds_into_a_valid_conv_but_not_a_same_one() {
+        for (padding, folds) in [(Padding::Valid, true), (Padding::Same, false)] {
+            let mut rng = StdRng::seed_from_u64(6);
+            let mut model = Sequential::new(&[9, 9, 2])
+                .push(Conv2d::new("c", 2, 5, [3, 3], &mut rng))
+                .push(Conv2d::new("c2", 5, 3, [3, 3], &mut rng).padding(padding))
+                .push(Flatten::new("f"))
+                .push(Dense::new("d", 3, 2, &mut rng));
+            // Fix up the dense layer's input width for each padding.
+            let flat = if folds { 5 * 5 * 3 } else { 7 * 7 * 3 };
+            model.layers[3] = Layer::Dense(Dense::new("d", flat, 2, &mut rng));
+            model.param_mut("c.bias").unwrap().value[[2]] = -0.4;
+            zero_filters(&mut model, "c", &[2]);
+            let x = inputs(2, [9, 9, 2], 7);
+            let want = predict(&model, x.view(), 8).unwrap();
+            let (smaller, plan) = fold_constant_channels(&model).unwrap();
+            assert_eq!(!plan.is_empty(), folds, "{padding:?}");
+            let got = predict(&smaller, x.view(), 8).unwrap();
+            assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-5);
+        }
     }
 
     #[derive(Debug)]
