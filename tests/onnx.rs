@@ -545,7 +545,11 @@ fn new_layers_export_to_onnxruntime() {
         let path = dir.join(format!("{stem}.onnx"));
         pare::onnx::save(&pare::onnx::export_float(&model).unwrap(), &path).unwrap();
         let ours = predict(&model, x.view(), 16).unwrap();
-        let theirs = match runtime().run(&path, Input::F32(x.view()), 0).unwrap().output {
+        let theirs = match runtime()
+            .run(&path, Input::F32(x.view()), 0)
+            .unwrap()
+            .output
+        {
             Output::F32(a) => a,
             other => panic!("{stem}: expected floats, got {other:?}"),
         };

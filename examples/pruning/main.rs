@@ -128,6 +128,7 @@ struct Outcome {
     seconds: Vec<f64>,
     sparse_layers: Vec<String>,
     sparse_acc: f32,
+    sparse_runtime: serde_json::Value,
     sweep: Option<Vec<SweepPoint>>,
 }
 
@@ -233,7 +234,7 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
 
     // 6. Inference over the test set: median of 5 rounds, each running every model in turn.
     let models = [&baseline, &main.model, &structured.model];
-    let (seconds, sparse_layers, sparse_acc) =
+    let (seconds, sparse_layers, sparse_acc, sparse_runtime) =
         steps::time_models(models, [&base_int8.model, &pruned_int8.model], &s)?;
 
     // 7. The sweep of the final sparsity, if asked.
@@ -276,6 +277,7 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
         seconds,
         sparse_layers,
         sparse_acc,
+        sparse_runtime,
         sweep,
         main,
         recipe,

@@ -352,6 +352,7 @@ pub fn json(o: &Outcome) -> Result<Value> {
         "pruned_int8_accuracy": q.accuracy,
         "pruned_dynamic_range_accuracy": o.dynamic_range.accuracy,
         "sparse_sequential_accuracy": o.sparse_acc,
+        "sparse_sequential_runtime": o.sparse_runtime,
         "layer_sparsity": layers,
         "baseline_model_bytes": o.base_size.bytes,
         "baseline_model_gzip_bytes": o.base_size.gzip_bytes,

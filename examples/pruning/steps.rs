@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
+use ndarray::Axis;
 use pare::measure::{FileSize, accuracy, interleaved_medians};
 use pare::prune::{Norm, SparseSequential};
 use pare::quant::{Mode, QuantizedModel};
@@ -81,17 +82,31 @@ pub fn dense_only(
 
 /// Seconds over the test set of the float models (baseline, pruned, structured), the pruned one
 /// on `SparseSequential`, and the int8 ones (baseline, pruned); `SparseSequential`'s sparse
-/// layers and its accuracy.
+/// layers, its accuracy and its per-layer timings (sparse against dense, the faster chosen).
 pub fn time_models(
     models: [&Sequential; 3],
     int8: [&QuantizedModel; 2],
     s: &Splits<'_>,
-) -> Result<(Vec<f64>, Vec<String>, f32)> {
+) -> Result<(Vec<f64>, Vec<String>, f32, serde_json::Value)> {
     println!(
         "\n== inference time over {} test images (median of 5 interleaved rounds)",
         s.test_y.len()
     );
-    let sparse = SparseSequential::new(models[1], 0.5)?;
+    // Each candidate layer timed sparse and dense on one batch: the faster kernel runs it.
+    let probe_n = EVAL_BATCH.min(s.test_y.len());
+    let probe = s.test_x.slice_axis(Axis(0), (0..probe_n).into());
+    let sparse = SparseSequential::measured(models[1], 0.5, probe)?;
+    for l in &sparse.report().layers {
+        println!(
+            "{:<10} {:>5.1} % zeros: sparse {:>7.3} ms, dense {:>7.3} ms per batch of {} -> {}",
+            l.layer,
+            100.0 * l.sparsity,
+            1e3 * l.sparse_seconds,
+            1e3 * l.dense_seconds,
+            sparse.report().batch,
+            l.chosen.as_str()
+        );
+    }
     let seconds = interleaved_medians::<pare::Error>(
         5,
         &mut [
@@ -112,7 +127,7 @@ pub fn time_models(
         .iter()
         .map(|l| l.to_string())
         .collect();
-    Ok((seconds, layers, sparse_acc))
+    Ok((seconds, layers, sparse_acc, sparse.report().to_json()))
 }
 
 /// Half of the conv filters (`fraction` 0.5, L1) pruned whole while fine-tuning, cut out;

@@ -1,8 +1,9 @@
 //! ONNX export and Keras weight import for pare, checked by onnxruntime.
 //!
 //! - [`export_float`]: a float [`Sequential`] as plain ONNX (`Conv`, `MaxPool`, `Relu` /
-//!   `LeakyRelu`, `Reshape`, `Gemm`), NHWC in and out as pare takes it, with the `Transpose`s
-//!   ONNX's NCHW convolutions need.
+//!   `LeakyRelu`, `Reshape`, `Gemm`; BatchNorm, depthwise convs, the average pools, the other
+//!   activations and softmax as their ONNX operators), NHWC in and out as pare takes it, with
+//!   the `Transpose`s ONNX's NCHW convolutions need.
 //! - [`export_qdq`] / [`export_qoperator`]: a full-integer [`QuantizedModel`] in QDQ form
 //!   (`QuantizeLinear` / `DequantizeLinear` around float operators, per-channel weight scales,
 //!   int32 biases) or QOperator form (`QLinearConv`, int8 `MaxPool`, `Clip` for the fused

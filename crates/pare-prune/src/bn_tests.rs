@@ -39,6 +39,43 @@ fn batch_norm_parameters_are_never_pruned() {
 }
 
 #[test]
+fn a_callback_refuses_batch_norm_parameters_and_leaves_them_alone() {
+    let model = bn_model(5);
+    for name in [
+        "bn.gamma",
+        "bn.beta",
+        "bn.moving_mean",
+        "bn.moving_variance",
+    ] {
+        let mut cb =
+            crate::PruneCallback::new(crate::ConstantSparsity::new(0.5, 0, 10, 1).unwrap())
+                .with_params([name]);
+        assert!(
+            matches!(cb.prepare(&model), Err(crate::PruneError::Unsupported { ref layer, .. }) if layer == "bn"),
+            "{name}"
+        );
+    }
+    // By default only the kernels are masked: after a mask update at 90 % the BatchNorm's
+    // four vectors are as they were.
+    let mut pruned = bn_model(5);
+    let mut cb = crate::PruneCallback::new(crate::ConstantSparsity::new(0.9, 0, 10, 1).unwrap());
+    cb.prepare(&pruned).unwrap();
+    assert!(cb.update(0, &mut pruned).unwrap());
+    assert_eq!(cb.pruned_params(), ["conv.kernel", "dense.kernel"]);
+    assert!(crate::sparsity_of(pruned.param("conv.kernel").unwrap().value.view()) > 0.85);
+    let Some(Layer::BatchNorm(before)) = model.layer("bn") else {
+        panic!("bn layer")
+    };
+    let Some(Layer::BatchNorm(after)) = pruned.layer("bn") else {
+        panic!("bn layer")
+    };
+    assert_eq!(after.gamma, before.gamma);
+    assert_eq!(after.beta, before.beta);
+    assert_eq!(after.moving_mean, before.moving_mean);
+    assert_eq!(after.moving_variance, before.moving_variance);
+}
+
+#[test]
 fn sparse_files_keep_the_moving_statistics() {
     let model = bn_model(2);
     let bytes = to_sparse_bytes(&model, Default::default()).unwrap();

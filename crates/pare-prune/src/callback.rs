@@ -93,6 +93,20 @@ pub fn prunable_params(model: &Sequential) -> Vec<String> {
         .collect()
 }
 
+/// The name of the BatchNorm layer that holds parameter `name`, if one does.
+fn batch_norm_of<'m>(model: &'m Sequential, name: &str) -> Option<&'m str> {
+    model.layers.iter().find_map(|l| match l {
+        Layer::BatchNorm(b)
+            if [&b.gamma, &b.beta, &b.moving_mean, &b.moving_variance]
+                .iter()
+                .any(|p| p.name == name) =>
+        {
+            Some(b.name.as_str())
+        }
+        _ => None,
+    })
+}
+
 /// `(layer name, kernel name, bias name)` of every `Conv2d` and `Dense` layer.
 fn weighted_layers(model: &Sequential) -> impl Iterator<Item = (&str, &str, &str)> {
     model.layers.iter().filter_map(|l| match l {
@@ -246,6 +260,16 @@ impl PruneCallback {
             }
             if model.param(name).is_none() {
                 return Err(PruneError::UnknownParam { name: name.clone() });
+            }
+            if let Some(bn) = batch_norm_of(model, name) {
+                return Err(PruneError::Unsupported {
+                    layer: bn.to_owned(),
+                    reason: format!(
+                        "{name:?}: BatchNorm parameters are never pruned (a zero scale or \
+                         variance changes what the layer computes; fold it into the layer \
+                         before instead)"
+                    ),
+                });
             }
             let bias = if channel {
                 weighted_layers(model)
