@@ -240,7 +240,8 @@ impl PruneCallback {
     ///
     /// # Errors
     /// [`PruneError::UnknownParam`] for a selected name the model does not have;
-    /// [`PruneError::DuplicateName`] for a name selected twice;
+    /// [`PruneError::DuplicateName`] for a name selected twice; [`PruneError::Unsupported`] for
+    /// a BatchNorm parameter (never pruned);
     /// [`PruneError::ShapeMismatch`] if existing masks no longer fit the model.
     pub fn prepare(&mut self, model: &Sequential) -> Result<()> {
         let channel = matches!(self.kind, MaskKind::Channel { .. });
@@ -258,9 +259,6 @@ impl PruneCallback {
             if names[..i].contains(name) {
                 return Err(PruneError::DuplicateName { name: name.clone() });
             }
-            if model.param(name).is_none() {
-                return Err(PruneError::UnknownParam { name: name.clone() });
-            }
             if let Some(bn) = batch_norm_of(model, name) {
                 return Err(PruneError::Unsupported {
                     layer: bn.to_owned(),
@@ -270,6 +268,9 @@ impl PruneCallback {
                          before instead)"
                     ),
                 });
+            }
+            if model.param(name).is_none() {
+                return Err(PruneError::UnknownParam { name: name.clone() });
             }
             let bias = if channel {
                 weighted_layers(model)
