@@ -19,8 +19,8 @@ mod common;
 use ndarray::Axis;
 use pare::prune::file::{load_sparse_bytes, to_sparse_bytes};
 use pare::prune::{
-    EntropyCoded, GapCoded, PolynomialDecay, PruneCallback, PruningSchedule, kept_count,
-    remove_dead_channels, sparsity_report,
+    EntropyCoded, GapCoded, PolynomialDecay, PruneCallback, PruningSchedule, SparseSequential,
+    fold_constant_channels, kept_count, remove_dead_channels, sparsity_report,
 };
 use pare::quant::{ConvertConfig, QuantizedModel, convert};
 use pare::tensor::models::small_cnn;
@@ -28,6 +28,10 @@ use pare::tensor::optim::{Adam, AdamConfig};
 use pare::tensor::train::{Fit, FitConfig, argmax, evaluate, predict};
 
 use pare::codecs::SparseCodec;
+
+fn max_diff(a: &ndarray::Array2<f32>, b: &ndarray::Array2<f32>) -> f32 {
+    a.iter().zip(b).fold(0f32, |m, (p, q)| m.max((p - q).abs()))
+}
 
 #[test]
 #[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
@@ -96,14 +100,27 @@ fn small_cnn_pruned_to_80_percent_keeps_its_accuracy_through_int8() {
         predict(&pruned, tx.view(), 256).unwrap(),
         predict(&smaller, tx.view(), 256).unwrap(),
     );
-    let diff = a
-        .iter()
-        .zip(&b)
-        .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+    let diff = max_diff(&a, &b);
     assert!(
         diff < 1e-4,
         "dead channels {kept:?}: logits differ by {diff}"
     );
+
+    // Folding the constant channels as well (a zero filter with a positive bias feeds the
+    // dense layer a constant) keeps the logits too.
+    let (folded, _) = fold_constant_channels(&pruned).unwrap();
+    assert!(folded.num_params() <= smaller.num_params());
+    assert!(max_diff(&predict(&folded, tx.view(), 256).unwrap(), &a) < 1e-4);
+
+    // The sparse runtime, each layer on the kernel measured faster on a batch of 256 test
+    // images: the same logits whichever it chose.
+    let probe = tx.slice_axis(Axis(0), (0..256).into());
+    let runtime = SparseSequential::measured(&pruned, 0.5, probe).unwrap();
+    let report = runtime.report();
+    eprintln!("sparse runtime: {}", report.to_json());
+    let timed: Vec<&str> = report.layers.iter().map(|l| l.layer.as_str()).collect();
+    assert_eq!(timed, ["dense"]); // the conv's 9-weight patches always run dense
+    assert!(max_diff(&runtime.predict(tx.view(), 256).unwrap(), &a) < 1e-4);
 
     // Sparse f32 file: exact round trip, about a quarter of the dense size.
     let bytes = to_sparse_bytes(&pruned, Default::default()).unwrap();

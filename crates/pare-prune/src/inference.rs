@@ -11,8 +11,12 @@
 //! of its own is fused into it. Other layers run in runs of consecutive layers on an inference
 //! graph, exactly as `pare_tensor::train::predict` runs them.
 //!
-//! Whether sparse wins depends on the shape and the sparsity (see the `sparse_dense` bench):
-//! `min_sparsity` decides, per layer, from the kernel's actual fraction of zeros.
+//! Whether sparse wins depends on the shape, the sparsity and the machine (see the
+//! `sparse_dense` bench). [`SparseSequential::new`] decides per layer from the kernel's actual
+//! fraction of zeros (`min_sparsity`); [`SparseSequential::measured`] then times each such
+//! layer both ways on a probe batch and keeps dense where sparse does not win, so the model
+//! never runs slower than dense; [`SparseSequential::with_sparse_layers`] takes the choice by
+//! name.
 
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, Ix4, IxDyn};
 use pare_tensor::kernels::conv::{Window, im2col, shallow};
