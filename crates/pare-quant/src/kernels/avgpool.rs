@@ -235,8 +235,9 @@ mod tests {
         let mut out = [0i8; 1];
         reduce_mean_i8(&x, 1, 1, &p, &mut out);
         assert_eq!(out, [-1]);
-        // Random codes: within a step of the exact mean, and differing from the keep_dims
-        // kernel (two roundings) on some outputs.
+        // Random codes: within 0.75 steps of the exact mean (the high-mul rounds to half an
+        // output step here, shift −1, before the final rounding shift), and differing from the
+        // keep_dims kernel on some outputs.
         let mut state = 99u32;
         let mut next = || {
             state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
@@ -257,7 +258,7 @@ mod tests {
                     / hw as f64;
                 let exact = (mean / 0.0013 + 7.0).clamp(-128.0, 127.0);
                 let got = a[img * c + ch] as f64;
-                assert!((got - exact).abs() <= 0.5 + 1e-3, "{got} vs {exact}");
+                assert!((got - exact).abs() <= 0.75 + 1e-3, "{got} vs {exact}");
             }
         }
         assert!(a != b, "the two MEAN kernels round alike on every output");
