@@ -4,7 +4,9 @@
 //! - `pare_mnist`: the MNIST files are where the tests look (`MNIST_DIR` when set, else
 //!   `../shared/data/mnist` beside the checkout, else pare's download cache);
 //! - `pare_onnxruntime`: a Python with onnxruntime is at `PARE_PYTHON`, else in the venv that
-//!   `tools/setup-onnx.sh` makes under `target/onnx-venv`.
+//!   `tools/setup-onnx.sh` makes under `target/onnx-venv`;
+//! - `pare_tflite`: a Python with TensorFlow is at `PARE_TF_PYTHON`, else in the venv that
+//!   `tools/setup-tf.sh` makes (`/work/venvs/tf` or `target/venv-tf`).
 //!
 //! With `PARE_REQUIRE_DATA=1` (as `.ci/run` sets) both are set whatever is found: the tests then
 //! run and fail, naming what is missing, so CI can never go green on tests that did not run.
@@ -15,10 +17,12 @@ use std::path::{Path, PathBuf};
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(pare_mnist)");
     println!("cargo::rustc-check-cfg=cfg(pare_onnxruntime)");
+    println!("cargo::rustc-check-cfg=cfg(pare_tflite)");
     for var in [
         "MNIST_DIR",
         "PARE_REQUIRE_DATA",
         "PARE_PYTHON",
+        "PARE_TF_PYTHON",
         "HOME",
         "XDG_CACHE_HOME",
     ] {
@@ -39,6 +43,25 @@ fn main() {
     println!("cargo::rerun-if-changed={}", python.display());
     if require || python.is_file() {
         println!("cargo::rustc-cfg=pare_onnxruntime");
+    }
+
+    let tf = tf_python_candidates(&root);
+    for p in &tf {
+        println!("cargo::rerun-if-changed={}", p.display());
+    }
+    if require || tf.iter().any(|p| p.is_file()) {
+        println!("cargo::rustc-cfg=pare_tflite");
+    }
+}
+
+/// Where tests/tflite.rs looks for TensorFlow's Python, in order (the same list it uses).
+fn tf_python_candidates(root: &Path) -> Vec<PathBuf> {
+    match env::var_os("PARE_TF_PYTHON").filter(|p| !p.is_empty()) {
+        Some(p) => vec![PathBuf::from(p)],
+        None => vec![
+            PathBuf::from("/work/venvs/tf/bin/python"),
+            root.join("target/venv-tf/bin/python"),
+        ],
     }
 }
 

@@ -61,6 +61,15 @@ fn parts(layer: &QuantizedLayer) -> Result<Parts<'_>> {
     })
 }
 
+/// The error for an int8 op the exporters have no ONNX form for yet (depthwise conv, pooling
+/// other than max, the table activations).
+fn no_onnx_form(layer: &QuantizedLayer, kind: &LayerKind) -> OnnxError {
+    OnnxError::Unsupported {
+        layer: layer.name.clone(),
+        reason: format!("no int8 ONNX export for {} layers yet", kind.op_name()),
+    }
+}
+
 fn output_of(layer: &QuantizedLayer) -> Result<ActQuant> {
     layer.output.ok_or_else(|| OnnxError::Unsupported {
         layer: layer.name.clone(),
@@ -265,6 +274,7 @@ pub fn export_qdq(model: &QuantizedModel) -> Result<ModelProto> {
                 cur.name = quantize(&mut g, &y, out, &format!("{name}/output"));
                 in_q = out;
             }
+            other => return Err(no_onnx_form(layer, other)),
         }
         cur.shape = layer.output_shape.clone();
     }
@@ -484,6 +494,7 @@ pub fn export_qoperator_with(
                 );
                 in_q = out;
             }
+            other => return Err(no_onnx_form(layer, other)),
         }
         cur.shape = layer.output_shape.clone();
     }

@@ -312,6 +312,73 @@ pub(crate) fn plan(
                 i += 1;
                 continue;
             }
+            Layer::DepthwiseConv2d(c) => {
+                let [kh, kw, ch, m] = c.kernel_shape();
+                let kind = LayerKind::DepthwiseConv2d {
+                    kernel_size: [kh, kw],
+                    strides: c.strides,
+                    padding: from_tensor_padding(c.padding),
+                    relu: false,
+                };
+                // Quantized per output channel `ci · m + j`, the last axis of [kh, kw, c · m]
+                // (TFLite's [1, kh, kw, c · m] filter).
+                let mut kernel = c.kernel.clone();
+                kernel.value = kernel
+                    .value
+                    .as_standard_layout()
+                    .into_owned()
+                    .into_shape_with_order(ndarray::IxDyn(&[kh, kw, ch * m]))
+                    .map_err(|_| unsupported(&c.name, "depthwise kernel is not [kh, kw, c, m]"))?;
+                let w = quantize_layer_weights(&c.name, &kernel, &c.bias, per_channel, bits)?;
+                (c.name.clone(), c.activation, kind, w)
+            }
+            Layer::AvgPool2d(p) => {
+                let kind = LayerKind::AvgPool2d {
+                    pool: p.pool,
+                    strides: p.strides,
+                    padding: from_tensor_padding(p.padding),
+                };
+                push(p.name.clone(), kind, None);
+                i += 1;
+                continue;
+            }
+            Layer::GlobalAveragePool2d(p) => {
+                push(p.name.clone(), LayerKind::GlobalAvgPool2d, None);
+                i += 1;
+                continue;
+            }
+            Layer::ReLU6(l) => {
+                push(l.name.clone(), LayerKind::Relu6, None);
+                i += 1;
+                continue;
+            }
+            Layer::Sigmoid(l) => {
+                push(l.name.clone(), LayerKind::Sigmoid, None);
+                i += 1;
+                continue;
+            }
+            Layer::Tanh(l) => {
+                push(l.name.clone(), LayerKind::Tanh, None);
+                i += 1;
+                continue;
+            }
+            Layer::HardSwish(l) => {
+                push(l.name.clone(), LayerKind::HardSwish, None);
+                i += 1;
+                continue;
+            }
+            // The identity at inference, as TFLite's converter drops it.
+            Layer::Dropout(_) => {
+                i += 1;
+                continue;
+            }
+            Layer::Softmax(l) => {
+                return Err(unsupported(
+                    &l.name,
+                    "int8 softmax is not implemented bit-exactly against TFLite's SOFTMAX; \
+                     leave it out of the quantized model and apply it to the float logits",
+                ));
+            }
             Layer::BatchNorm(b) => {
                 return Err(unsupported(
                     &b.name,
@@ -351,6 +418,17 @@ pub(crate) fn plan(
                 padding,
                 ..
             } => LayerKind::Conv2d {
+                kernel_size,
+                strides,
+                padding,
+                relu,
+            },
+            LayerKind::DepthwiseConv2d {
+                kernel_size,
+                strides,
+                padding,
+                ..
+            } => LayerKind::DepthwiseConv2d {
                 kernel_size,
                 strides,
                 padding,
@@ -398,8 +476,23 @@ fn calibrate(
     let mut input_obs = build()?;
     let mut obs: Vec<Option<Box<dyn Observer>>> = layers
         .iter()
-        .map(|l| l.kind.requantizes().then(build).transpose())
+        .map(|l| {
+            (l.kind.requantizes() && l.kind.fixed_output().is_none())
+                .then(build)
+                .transpose()
+        })
         .collect::<Result<_>>()?;
+    // A conv, depthwise conv or dense layer followed by a ReLU6 takes its output parameters
+    // from the ReLU6's output, as TFLite's converter fuses the pair: the ReLU6 is then the
+    // clamp of the fused op.
+    let relu6_after: Vec<bool> = (0..layers.len())
+        .map(|i| {
+            layers[i].kind.has_weights()
+                && layers
+                    .get(i + 1)
+                    .is_some_and(|l| l.kind == LayerKind::Relu6)
+        })
+        .collect();
     for batch in calibration.axis_chunks_iter(Axis(0), config.calibration_batch_size) {
         float_forward(
             layers,
@@ -408,10 +501,18 @@ fn calibrate(
             None,
             &mut |tap, value| match tap {
                 None => input_obs.observe(value.view()),
-                Some(i) => match &mut obs[i] {
-                    Some(o) => o.observe(value.view()),
-                    None => Ok(()),
-                },
+                Some(i) if relu6_after[i] => Ok(()),
+                Some(i) => {
+                    let target = if i > 0 && relu6_after[i - 1] {
+                        i - 1
+                    } else {
+                        i
+                    };
+                    match &mut obs[target] {
+                        Some(o) => o.observe(value.view()),
+                        None => Ok(()),
+                    }
+                }
             },
         )?;
     }
@@ -419,9 +520,11 @@ fn calibrate(
     let input = params(input_obs.as_ref())?;
     let mut current = input;
     let mut outputs = Vec::with_capacity(layers.len());
-    for o in &obs {
+    for (o, layer) in obs.iter().zip(layers) {
         if let Some(o) = o {
             current = params(o.as_ref())?;
+        } else if let Some(fixed) = layer.kind.fixed_output() {
+            current = fixed;
         }
         outputs.push(current);
     }
@@ -462,6 +565,11 @@ pub(crate) fn float_params<'m>(
         Some(Layer::Dense(d)) if matches!(layer.kind, LayerKind::Dense { .. }) => {
             (&d.kernel, &d.bias)
         }
+        Some(Layer::DepthwiseConv2d(d))
+            if matches!(layer.kind, LayerKind::DepthwiseConv2d { .. }) =>
+        {
+            (&d.kernel, &d.bias)
+        }
         Some(other) => {
             return Err(mismatch(format!(
                 "the float layer is {other:?}, expected a {}",
@@ -471,7 +579,15 @@ pub(crate) fn float_params<'m>(
         None => return Err(mismatch("no float layer of that name".into())),
     };
     let w = layer.weights.as_ref().expect("weighted layer has weights");
-    if k.value.shape() != w.kernel.shape() || b.value.len() != w.channels() {
+    // A depthwise kernel [kh, kw, c, m] is quantized as [kh, kw, c · m].
+    let same_shape = match layer.kind {
+        LayerKind::DepthwiseConv2d { .. } => {
+            let (f, q) = (k.value.shape(), w.kernel.shape());
+            f.len() == 4 && q.len() == 3 && f[..2] == q[..2] && f[2] * f[3] == q[2]
+        }
+        _ => k.value.shape() == w.kernel.shape(),
+    };
+    if !same_shape || b.value.len() != w.channels() {
         return Err(mismatch(format!(
             "float kernel {:?} and bias [{}] vs quantized kernel {:?}",
             k.value.shape(),
@@ -566,6 +682,45 @@ pub(crate) fn float_forward(
             }
             LayerKind::Relu => g.relu(v),
             LayerKind::LeakyRelu { alpha } => g.leaky_relu(v, *alpha),
+            LayerKind::DepthwiseConv2d {
+                strides,
+                padding,
+                relu,
+                ..
+            } => {
+                let (k, b) = float_params(float, layer)?;
+                // Fake-quantized, the kernel is its dequantized codes (`q · s` is what
+                // fake quantization gives); the hook would see the [kh, kw, c, m] layout,
+                // whose last axis is not the channel axis of the scales.
+                let k = match fq {
+                    Some(_) => {
+                        let w = layer.weights.as_ref().expect("weighted layer has weights");
+                        let kernel = w
+                            .dequantized_kernel()
+                            .into_shape_with_order(k.value.raw_dim())
+                            .expect("float_forward: depthwise kernel sizes checked");
+                        g.constant(kernel)
+                    }
+                    None => g.param(k),
+                };
+                let b = g.param(b);
+                let padding = to_tensor_padding(*padding);
+                let y = g.depthwise_conv2d(v, k, Some(b), *strides, padding);
+                if *relu { g.relu(y) } else { y }
+            }
+            LayerKind::AvgPool2d {
+                pool,
+                strides,
+                padding,
+            } => {
+                let padding = to_tensor_padding(*padding);
+                g.avg_pool(v, *pool, *strides, padding)
+            }
+            LayerKind::GlobalAvgPool2d => g.global_avg_pool(v),
+            LayerKind::Relu6 => g.relu6(v),
+            LayerKind::Sigmoid => g.sigmoid(v),
+            LayerKind::Tanh => g.tanh(v),
+            LayerKind::HardSwish => g.hard_swish(v),
         };
         if let Some(out) = fq.and_then(|fq| fq.layers[i].output)
             && layer.kind.requantizes()

@@ -14,12 +14,18 @@
 //! batch size allocate nothing; the `predict*` methods of [`QuantizedModel`] split large batches
 //! over threads, one interpreter each.
 
-use ndarray::{Array2, ArrayView2, ArrayView4, ArrayViewD, ArrayViewMut2, ArrayViewMut4, Axis};
+use ndarray::{
+    Array2, ArrayD, ArrayView2, ArrayView4, ArrayViewD, ArrayViewMut2, ArrayViewMut4, Axis, IxDyn,
+};
 use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
-use crate::kernels::{apply_table, gemm_i8_requant, max_pool_i8_into};
-use crate::model::{Mode, Prepared, QuantizedModel};
+use pare_tensor::kernels::conv::Window;
+
+use crate::kernels::avgpool::{avg_pool_i8, reduce_mean_i8};
+use crate::kernels::depthwise::depthwise_conv_i8;
+use crate::kernels::{Window2d, apply_table, gemm_i8_requant, max_pool_i8_into};
+use crate::model::{Mode, Prepared, QuantizedModel, to_tensor_padding};
 use crate::params::check_finite;
 
 /// Examples per task when a batch is split over threads: large enough that a task is a few
@@ -141,6 +147,37 @@ impl<'m> Interpreter<'m> {
             None => dst.iter_mut().zip(x.iter()).for_each(|(d, &v)| *d = v),
         }
         self.finish(n)
+    }
+
+    /// Runs a batch of int8 codes as [`invoke_i8`](Self::invoke_i8) and returns every layer's
+    /// int8 output `[n, output_shape...]`, in layer order (what TFLite's interpreter keeps with
+    /// `experimental_preserve_all_tensors`): for comparing a model with another runtime layer
+    /// by layer.
+    ///
+    /// # Errors
+    /// As [`invoke_i8`](Self::invoke_i8).
+    pub fn layer_outputs_i8(&mut self, x: ArrayViewD<'_, i8>) -> Result<Vec<ArrayD<i8>>> {
+        let n = self.check_input(x.shape())?;
+        self.reserve(n);
+        let len = self.input_len(n);
+        let dst = &mut self.bufs[0][..len];
+        match x.as_slice() {
+            Some(s) => dst.copy_from_slice(s),
+            None => dst.iter_mut().zip(x.iter()).for_each(|(d, &v)| *d = v),
+        }
+        let layers = &self.model.layers;
+        let mut outputs = Vec::with_capacity(layers.len());
+        let mut tap = |i: usize, codes: &[i8]| {
+            let shape: Vec<usize> = std::iter::once(n)
+                .chain(layers[i].output_shape.iter().copied())
+                .collect();
+            outputs.push(
+                ArrayD::from_shape_vec(IxDyn(&shape), codes.to_vec())
+                    .expect("layer_outputs_i8: a layer's output matches its shape"),
+            );
+        };
+        self.run(n, Some(&mut tap))?;
+        Ok(outputs)
     }
 
     /// [`invoke_i8`](Self::invoke_i8) for uint8 codes (TFLite's uint8 input: the int8 code plus
@@ -331,6 +368,40 @@ impl<'m> Interpreter<'m> {
                     apply_table(table, src);
                     swap = false;
                 }
+                Prepared::Clamp { lo, hi } => {
+                    for v in src.iter_mut() {
+                        *v = (*v).clamp(*lo, *hi);
+                    }
+                    swap = false;
+                }
+                Prepared::Depthwise {
+                    kernel,
+                    bias,
+                    requant,
+                    input_zero_point,
+                    multiplier,
+                    window,
+                } => {
+                    let win = batch_window(window, n, &layer.input_shape);
+                    depthwise_conv_i8(
+                        src,
+                        &win,
+                        *multiplier,
+                        kernel,
+                        bias,
+                        *input_zero_point,
+                        requant,
+                        dst,
+                    );
+                }
+                Prepared::AvgPool { window } => {
+                    let win = batch_window(window, n, &layer.input_shape);
+                    avg_pool_i8(src, &win, -128, 127, dst);
+                }
+                Prepared::Mean(p) => {
+                    let c = layer.output_shape[0];
+                    reduce_mean_i8(src, n, c, p, dst);
+                }
             }
             if swap {
                 cur = 1 - cur;
@@ -341,6 +412,20 @@ impl<'m> Interpreter<'m> {
         }
         Ok(cur)
     }
+}
+
+/// The window of a depthwise conv or average pool over a batch of `n` inputs `[h, w, c]`.
+fn batch_window(window: &Window2d, n: usize, input: &[usize]) -> Window {
+    let &[h, w, c] = input else {
+        unreachable!("run: window input checked 3-D")
+    };
+    Window::new(
+        [n, h, w, c],
+        window.size,
+        window.strides,
+        to_tensor_padding(window.padding),
+    )
+    .expect("run: window geometry checked when the model was built")
 }
 
 /// [`ActQuant::quantize`](crate::ActQuant::quantize) over a slice of finite values, in a form

@@ -566,6 +566,13 @@ fn file_op(kind: &LayerKind) -> &'static str {
         LayerKind::Reshape { .. } => "reshape",
         LayerKind::Relu => "re_lu",
         LayerKind::LeakyRelu { .. } => "leaky_re_lu",
+        LayerKind::DepthwiseConv2d { .. } => "depthwise_conv2d",
+        LayerKind::AvgPool2d { .. } => "average_pooling2d",
+        LayerKind::GlobalAvgPool2d => "global_average_pooling2d",
+        LayerKind::Relu6 => "re_lu6",
+        LayerKind::Sigmoid => "sigmoid",
+        LayerKind::Tanh => "tanh",
+        LayerKind::HardSwish => "hard_swish",
     }
 }
 
@@ -618,7 +625,30 @@ fn layer_entry(l: &QuantizedLayer) -> String {
             }
             per_tensor
         }
+        LayerKind::DepthwiseConv2d {
+            strides,
+            padding,
+            relu,
+            ..
+        } => {
+            let per_tensor = weights(&mut args);
+            if *strides != [1, 1] {
+                args.push(format!("strides={}", dims(strides)));
+            }
+            if *padding == Padding::Same {
+                args.push("same".into());
+            }
+            if *relu {
+                args.push("relu".into());
+            }
+            per_tensor
+        }
         LayerKind::MaxPool2d {
+            pool,
+            strides,
+            padding,
+        }
+        | LayerKind::AvgPool2d {
             pool,
             strides,
             padding,
@@ -636,7 +666,12 @@ fn layer_entry(l: &QuantizedLayer) -> String {
             args.push(dims(shape));
             false
         }
-        LayerKind::Relu => false,
+        LayerKind::Relu
+        | LayerKind::Relu6
+        | LayerKind::GlobalAvgPool2d
+        | LayerKind::Sigmoid
+        | LayerKind::Tanh
+        | LayerKind::HardSwish => false,
         // Display prints the shortest decimal that parses back to the same f32.
         LayerKind::LeakyRelu { alpha } => {
             args.push(alpha.to_string());
@@ -904,9 +939,12 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
     let allow: (&[&str], &[&str]) = match op {
         "conv2d" => (LAYER_FLAGS, &["strides", "zp"]),
         "dense" => (&["relu", "per-tensor", "int4"], &["zp"]),
-        "max_pooling2d" => (&["same"], &["strides"]),
-        "reshape" | "flatten" | "re_lu" => (&[], &[]),
-        "leaky_re_lu" => (&[], &["zp"]),
+        "depthwise_conv2d" => (LAYER_FLAGS, &["strides", "zp"]),
+        "max_pooling2d" | "average_pooling2d" => (&["same"], &["strides"]),
+        "reshape" | "flatten" | "re_lu" | "re_lu6" => (&[], &[]),
+        "leaky_re_lu" | "global_average_pooling2d" | "sigmoid" | "tanh" | "hard_swish" => {
+            (&[], &["zp"])
+        }
         _ => return Err(format!("unknown op {op:?}")),
     };
     let args = Args::parse(rest, allow.0, allow.1)?;
@@ -934,6 +972,17 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
             kernel = Some(parse_kernel(args.positional("kernel shape")?, 2)?);
             LayerKind::Dense { relu }
         }
+        "depthwise_conv2d" => {
+            let k = parse_kernel(args.positional("kernel shape")?, 3)?;
+            let kind = LayerKind::DepthwiseConv2d {
+                kernel_size: [k[0], k[1]],
+                strides: strides.unwrap_or([1, 1]),
+                padding,
+                relu,
+            };
+            kernel = Some(k);
+            kind
+        }
         "max_pooling2d" => {
             let pool = parse_pair(args.positional("pool size")?)?;
             LayerKind::MaxPool2d {
@@ -942,6 +991,19 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
                 padding,
             }
         }
+        "average_pooling2d" => {
+            let pool = parse_pair(args.positional("pool size")?)?;
+            LayerKind::AvgPool2d {
+                pool,
+                strides: strides.unwrap_or(pool),
+                padding,
+            }
+        }
+        "global_average_pooling2d" => LayerKind::GlobalAvgPool2d,
+        "re_lu6" => LayerKind::Relu6,
+        "sigmoid" => LayerKind::Sigmoid,
+        "tanh" => LayerKind::Tanh,
+        "hard_swish" => LayerKind::HardSwish,
         "reshape" | "flatten" => {
             let shape = parse_dims(args.positional("shape")?)?;
             if op == "flatten" && shape.len() != 1 {
@@ -957,7 +1019,15 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
         }
         _ => LayerKind::Relu,
     };
-    if let Some(a) = args.positional.filter(|_| op == "re_lu") {
+    let bare = [
+        "re_lu",
+        "re_lu6",
+        "global_average_pooling2d",
+        "sigmoid",
+        "tanh",
+        "hard_swish",
+    ];
+    if let Some(a) = args.positional.filter(|_| bare.contains(&op)) {
         return Err(format!("unexpected argument {a:?}"));
     }
     Ok(LayerSpec {

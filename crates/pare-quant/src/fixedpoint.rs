@@ -132,11 +132,75 @@ pub fn multiply_by_quantized_multiplier(x: i32, multiplier: i32, shift: i32) -> 
     )
 }
 
+/// TFLite's single-rounding `MultiplyByQuantizedMultiplier` (the `TFLITE_SINGLE_ROUNDING`
+/// form in `tensorflow/lite/kernels/internal/common.cc`): `(x · multiplier + 2^(30 − shift)) >>
+/// (31 − shift)` in 64 bits, one rounding to nearest with ties toward +∞, saturated to int32.
+///
+/// TFLite 2.21's reference `FULLY_CONNECTED` rescales its accumulators this way while its
+/// `CONV_2D` keeps gemmlowp's two roundings ([`multiply_by_quantized_multiplier`]); the two
+/// differ only where the exact product lies within one unit of the first rounding of a half
+/// step.
+///
+/// # Panics
+/// If `shift < −31` or `shift > 30` (never the case for a pair from [`quantize_multiplier`]).
+pub fn multiply_by_quantized_multiplier_single_rounding(
+    x: i32,
+    multiplier: i32,
+    shift: i32,
+) -> i32 {
+    assert!(
+        (-31..=30).contains(&shift),
+        "multiply_by_quantized_multiplier_single_rounding: shift {shift} outside [-31, 30]"
+    );
+    let total_shift = 31 - shift;
+    let round = 1i64 << (total_shift - 1);
+    let result = (x as i64 * multiplier as i64 + round) >> total_shift;
+    result.clamp(i32::MIN as i64, i32::MAX as i64) as i32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn single_rounding_is_the_exact_product_rounded_half_up() {
+        // Reference: floor(x · m / 2^(31 − shift) + 1/2) in exact integers.
+        let exact = |x: i32, m: i32, shift: i32| -> i32 {
+            let den = 1i128 << (31 - shift);
+            let num = 2 * x as i128 * m as i128 + den;
+            num.div_euclid(2 * den)
+                .clamp(i32::MIN as i128, i32::MAX as i128) as i32
+        };
+        let mut rng = StdRng::seed_from_u64(17);
+        let mut differ = 0;
+        for _ in 0..20_000 {
+            let x = rng.random_range(-(1 << 24)..(1 << 24));
+            let m = rng.random_range((1 << 30)..i32::MAX);
+            let shift = rng.random_range(-20..=0);
+            let single = multiply_by_quantized_multiplier_single_rounding(x, m, shift);
+            assert_eq!(single, exact(x, m, shift), "x {x} m {m} shift {shift}");
+            differ += (single != multiply_by_quantized_multiplier(x, m, shift)) as usize;
+        }
+        // The double rounding differs only near half steps: rarely, but it does.
+        assert!(differ > 0 && differ < 2_000, "{differ} of 20000 differ");
+        // A tie by hand: 3 · 2^30 / 2^32 = 0.75 → 1; 2 · 2^30 / 2^32 = 0.5 → 1 (up), −0.5 → 0.
+        assert_eq!(
+            multiply_by_quantized_multiplier_single_rounding(3, 1 << 30, -1),
+            1
+        );
+        assert_eq!(
+            multiply_by_quantized_multiplier_single_rounding(2, 1 << 30, -1),
+            1
+        );
+        assert_eq!(
+            multiply_by_quantized_multiplier_single_rounding(-2, 1 << 30, -1),
+            0
+        );
+        // gemmlowp's second rounding takes −0.5 away from zero: −1.
+        assert_eq!(multiply_by_quantized_multiplier(-2, 1 << 30, -1), -1);
+    }
 
     #[test]
     fn frexp_matches_c() {

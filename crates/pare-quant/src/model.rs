@@ -5,12 +5,17 @@
 use std::fmt;
 
 use ndarray::{ArrayD, Axis, IxDyn};
-use pare_tensor::nn::{Conv2d, Dense, LeakyReLU, MaxPool2d, ReLU, Reshape};
+use pare_tensor::nn::{
+    AvgPool2d, Conv2d, Dense, DepthwiseConv2d, GlobalAveragePool2d, HardSwish, LeakyReLU,
+    MaxPool2d, ReLU, ReLU6, Reshape, Sigmoid, Tanh,
+};
 use pare_tensor::{Activation as FloatActivation, Param, Sequential};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{QuantError, Result};
 use crate::int4::WeightBits;
+use crate::kernels::avgpool::ReduceMeanParams;
+use crate::kernels::lut::{HardSwishParams, LOGISTIC_OUTPUT, TANH_OUTPUT, lut_i8, relu6_range};
 use crate::kernels::{
     Activation, ConvPool, Im2col, Kernel, LeakyReluParams, PackedWeights, Padding, Requant,
     Rounding, Window2d, activation_range, onnxruntime_leaky_relu_table,
@@ -207,6 +212,46 @@ pub enum LayerKind {
         /// Slope below zero.
         alpha: f32,
     },
+    /// Depthwise convolution (TFLite's `DEPTHWISE_CONV_2D`), kernel `[kh, kw, c, m]` with
+    /// depth multiplier `m` and one weight scale per output channel `ci · m + j`, optionally
+    /// with a fused ReLU.
+    DepthwiseConv2d {
+        /// `[kh, kw]`.
+        kernel_size: [usize; 2],
+        /// `[sh, sw]`.
+        strides: [usize; 2],
+        /// Padding mode.
+        #[serde(default, skip_serializing_if = "is_valid")]
+        padding: Padding,
+        /// Fused ReLU.
+        #[serde(default, skip_serializing_if = "is_false")]
+        relu: bool,
+    },
+    /// Average pooling (TFLite's `AVERAGE_POOL_2D`); keeps the input's parameters.
+    AvgPool2d {
+        /// Window `[ph, pw]`.
+        pool: [usize; 2],
+        /// `[sh, sw]`.
+        strides: [usize; 2],
+        /// Padding mode.
+        #[serde(default, skip_serializing_if = "is_valid")]
+        padding: Padding,
+    },
+    /// Mean over height and width, `[h, w, c]` to `[c]`, with its own output parameters
+    /// (TFLite's `MEAN` over axes 1 and 2, as Keras' `GlobalAveragePooling2D` converts).
+    GlobalAvgPool2d,
+    /// ReLU6 that could not be fused: clamps to the codes of 0 and 6, keeps the parameters
+    /// (TFLite's `RELU6` with equal input and output parameters).
+    Relu6,
+    /// Logistic sigmoid (TFLite's int8 `LOGISTIC`), output parameters fixed at scale 1/256,
+    /// zero point −128.
+    Sigmoid,
+    /// Hyperbolic tangent (TFLite's int8 `TANH`), output parameters fixed at scale 1/128, zero
+    /// point 0.
+    Tanh,
+    /// Hard-swish `x · relu6(x + 3) / 6` with its own output parameters (TFLite's int8
+    /// `HARD_SWISH`).
+    HardSwish,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -227,20 +272,49 @@ impl LayerKind {
             LayerKind::Reshape { .. } => "reshape",
             LayerKind::Relu => "relu",
             LayerKind::LeakyRelu { .. } => "leaky_relu",
+            LayerKind::DepthwiseConv2d { .. } => "depthwise_conv2d",
+            LayerKind::AvgPool2d { .. } => "avg_pool2d",
+            LayerKind::GlobalAvgPool2d => "global_avg_pool2d",
+            LayerKind::Relu6 => "relu6",
+            LayerKind::Sigmoid => "sigmoid",
+            LayerKind::Tanh => "tanh",
+            LayerKind::HardSwish => "hard_swish",
         }
     }
 
     /// Whether the layer has weights.
     pub fn has_weights(&self) -> bool {
-        matches!(self, LayerKind::Conv2d { .. } | LayerKind::Dense { .. })
+        matches!(
+            self,
+            LayerKind::Conv2d { .. } | LayerKind::Dense { .. } | LayerKind::DepthwiseConv2d { .. }
+        )
     }
 
     /// Whether the layer computes new output parameters (others pass the input's through).
+    /// Sigmoid and tanh have new parameters too, but fixed ones ([`fixed_output`](Self::fixed_output)).
     pub fn requantizes(&self) -> bool {
         matches!(
             self,
-            LayerKind::Conv2d { .. } | LayerKind::Dense { .. } | LayerKind::LeakyRelu { .. }
+            LayerKind::Conv2d { .. }
+                | LayerKind::Dense { .. }
+                | LayerKind::LeakyRelu { .. }
+                | LayerKind::DepthwiseConv2d { .. }
+                | LayerKind::GlobalAvgPool2d
+                | LayerKind::HardSwish
+                | LayerKind::Sigmoid
+                | LayerKind::Tanh
         )
+    }
+
+    /// The output parameters TFLite prescribes for this op whatever the data: scale 1/256,
+    /// zero point −128 for `LOGISTIC`, 1/128 and 0 for `TANH`; `None` for the others.
+    pub fn fixed_output(&self) -> Option<ActQuant> {
+        let (scale, zero_point) = match self {
+            LayerKind::Sigmoid => crate::kernels::lut::LOGISTIC_OUTPUT,
+            LayerKind::Tanh => crate::kernels::lut::TANH_OUTPUT,
+            _ => return None,
+        };
+        Some(ActQuant { scale, zero_point })
     }
 }
 
@@ -368,6 +442,23 @@ pub(crate) enum Prepared {
         floor: i8,
     },
     Lut(Box<[i8; 256]>),
+    Depthwise {
+        /// `[kh · kw, c · m]`, row-major.
+        kernel: Vec<i8>,
+        bias: Vec<i32>,
+        requant: Requant,
+        input_zero_point: i32,
+        multiplier: usize,
+        window: Window2d,
+    },
+    AvgPool {
+        window: Window2d,
+    },
+    Mean(ReduceMeanParams),
+    Clamp {
+        lo: i8,
+        hi: i8,
+    },
 }
 
 /// A quantized network: what [`convert`](crate::convert()) produces and
@@ -485,7 +576,23 @@ impl QuantizedModel {
                 if !layer.kind.requantizes() && Some(*o) != params {
                     return Err(bad_layer(
                         layer,
-                        "a max-pool, reshape or relu must keep its input's parameters",
+                        "a pooling, reshape, relu or relu6 layer must keep its input's parameters",
+                    ));
+                }
+                if let Some(f) = layer.kind.fixed_output()
+                    && f != *o
+                {
+                    return Err(bad_layer(
+                        layer,
+                        format!(
+                            "int8 {} has fixed output parameters (scale {}, zero point {}), \
+                             found scale {}, zero point {}",
+                            layer.kind.op_name(),
+                            f.scale,
+                            f.zero_point,
+                            o.scale,
+                            o.zero_point
+                        ),
                     ));
                 }
             }
@@ -797,10 +904,14 @@ fn prepare_layer(
                     format!("dense kernel takes [{k}] inputs, found {input:?} (flatten first)"),
                 ));
             }
+            // TFLite 2.21's reference FULLY_CONNECTED rounds its rescaling once.
             let prep = requant(w, *relu)?.map(|(requant, bias)| Prepared::Dense {
                 packed: PackedWeights::new(kernel_2d(&w.kernel, k, n)),
                 bias,
-                requant,
+                requant: match rounding {
+                    Rounding::Tflite => requant.with_single_rounding(),
+                    _ => requant,
+                },
                 input_zero_point: in_q.map_or(0, |q| q.zero_point),
             });
             Ok((vec![n], prep, 0))
@@ -857,6 +968,114 @@ fn prepare_layer(
                         Rounding::OnnxRuntime => {
                             onnxruntime_leaky_relu_table(is, iz, os, oz, *alpha)?
                         }
+                    };
+                    Some(Prepared::Lut(Box::new(table)))
+                }
+                _ => None,
+            };
+            Ok((input.to_vec(), prep, 0))
+        }
+        LayerKind::DepthwiseConv2d {
+            kernel_size,
+            strides,
+            padding,
+            relu,
+        } => {
+            let w = layer.weights.as_ref().expect("checked by from_parts");
+            check_weights(layer, w, full)?;
+            let &[kh, kw, cout] = w.kernel.shape() else {
+                return Err(bad_layer(
+                    layer,
+                    format!(
+                        "depthwise kernel must be [kh, kw, c * multiplier], found {:?}",
+                        w.kernel.shape()
+                    ),
+                ));
+            };
+            let &[h, wd, c] = input else {
+                return Err(bad_layer(
+                    layer,
+                    format!("depthwise conv input must be [h, w, c], found {input:?}"),
+                ));
+            };
+            if *kernel_size != [kh, kw] || c == 0 || cout % c != 0 {
+                return Err(bad_layer(
+                    layer,
+                    format!(
+                        "kernel size {kernel_size:?}, kernel {:?} and input {input:?} do not \
+                         make a depthwise convolution",
+                        w.kernel.shape()
+                    ),
+                ));
+            }
+            let window = Window2d::new(*kernel_size, *strides, *padding);
+            let ([oh, ow], _) = window.geometry(&[1, h, wd, c])?;
+            let prep = requant(w, *relu)?.map(|(requant, bias)| Prepared::Depthwise {
+                kernel: w.kernel.iter().copied().collect(),
+                bias,
+                requant,
+                input_zero_point: in_q.map_or(0, |q| q.zero_point),
+                multiplier: cout / c,
+                window,
+            });
+            Ok((vec![oh, ow, cout], prep, 0))
+        }
+        LayerKind::AvgPool2d {
+            pool,
+            strides,
+            padding,
+        } => {
+            let &[h, w, c] = input else {
+                return Err(bad_layer(
+                    layer,
+                    format!("average-pool input must be [h, w, c], found {input:?}"),
+                ));
+            };
+            let window = Window2d::new(*pool, *strides, *padding);
+            let ([oh, ow], _) = window.geometry(&[1, h, w, c])?;
+            Ok((
+                vec![oh, ow, c],
+                full.then_some(Prepared::AvgPool { window }),
+                0,
+            ))
+        }
+        LayerKind::GlobalAvgPool2d => {
+            let &[h, w, c] = input else {
+                return Err(bad_layer(
+                    layer,
+                    format!("global average pool input must be [h, w, c], found {input:?}"),
+                ));
+            };
+            let prep = match (in_q, layer.output.as_ref()) {
+                (Some(i), Some(o)) => Some(Prepared::Mean(ReduceMeanParams::from_scales(
+                    (i.scale, i.zero_point),
+                    (o.scale, o.zero_point),
+                    h * w,
+                )?)),
+                _ => None,
+            };
+            Ok((vec![c], prep, 0))
+        }
+        LayerKind::Relu6 => {
+            let prep = in_q.map(|q| {
+                let (lo, hi) = relu6_range((q.scale, q.zero_point));
+                Prepared::Clamp {
+                    lo: lo as i8,
+                    hi: hi.max(lo) as i8,
+                }
+            });
+            Ok((input.to_vec(), prep, 0))
+        }
+        LayerKind::Sigmoid | LayerKind::Tanh | LayerKind::HardSwish => {
+            let prep = match (in_q, layer.output.as_ref()) {
+                (Some(i), Some(o)) => {
+                    let (input, output) = ((i.scale, i.zero_point), (o.scale, o.zero_point));
+                    let table = match layer.kind {
+                        LayerKind::Sigmoid => {
+                            lut_i8(|x| 1.0 / (1.0 + (-x).exp()), input, LOGISTIC_OUTPUT)
+                        }
+                        LayerKind::Tanh => lut_i8(f32::tanh, input, TANH_OUTPUT),
+                        _ => HardSwishParams::from_scales(input, output)?.table(),
                     };
                     Some(Prepared::Lut(Box::new(table)))
                 }
@@ -1035,6 +1254,47 @@ fn dequantized_model(
             LayerKind::Reshape { shape } => model.push(Reshape::new(&l.name, shape)),
             LayerKind::Relu => model.push(ReLU::new(&l.name)),
             LayerKind::LeakyRelu { alpha } => model.push(LeakyReLU::new(&l.name, *alpha)),
+            LayerKind::DepthwiseConv2d {
+                strides,
+                padding,
+                relu,
+                ..
+            } => {
+                let w = l.weights.as_ref().expect("checked by from_parts");
+                let (mut kernel, bias) = weights(w);
+                let &[kh, kw, cout] = w.kernel.shape() else {
+                    unreachable!("dequantized_model: depthwise kernel checked 3-D")
+                };
+                let c = l.input_shape[2];
+                kernel.value = kernel
+                    .value
+                    .into_shape_with_order(IxDyn(&[kh, kw, c, cout / c]))
+                    .expect("dequantized_model: depthwise kernel checked [kh, kw, c * m]");
+                model.push(DepthwiseConv2d {
+                    name: l.name.clone(),
+                    kernel,
+                    bias,
+                    strides: *strides,
+                    padding: to_tensor_padding(*padding),
+                    activation: act(*relu),
+                    use_bias: true,
+                })
+            }
+            LayerKind::AvgPool2d {
+                pool,
+                strides,
+                padding,
+            } => model.push(AvgPool2d {
+                name: l.name.clone(),
+                pool: *pool,
+                strides: *strides,
+                padding: to_tensor_padding(*padding),
+            }),
+            LayerKind::GlobalAvgPool2d => model.push(GlobalAveragePool2d::new(&l.name)),
+            LayerKind::Relu6 => model.push(ReLU6::new(&l.name)),
+            LayerKind::Sigmoid => model.push(Sigmoid::new(&l.name)),
+            LayerKind::Tanh => model.push(Tanh::new(&l.name)),
+            LayerKind::HardSwish => model.push(HardSwish::new(&l.name)),
         };
         if let Some(o) = &l.output {
             in_scale = Some(o.scale);

@@ -1767,3 +1767,162 @@ fn a_flipped_weight_byte_names_the_tensor_and_the_file() {
     same_model(&q, &back);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Every new layer kind in one model: BatchNorm folded, Dropout dropped, a ReLU6 fused by
+/// calibration, depthwise, average and global average pooling, the table activations.
+fn mobile_cnn(seed: u64) -> Sequential {
+    use pare_tensor::nn::{
+        AvgPool2d, BatchNorm, DepthwiseConv2d, Dropout, GlobalAveragePool2d, HardSwish, ReLU6,
+        Sigmoid, Tanh,
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    Sequential::new(&[10, 10, 2])
+        .push(Conv2d::new("c", 2, 6, [3, 3], &mut rng).use_bias(false))
+        .push(BatchNorm::new("bn", 6))
+        .push(ReLU6::new("r6"))
+        .push(
+            DepthwiseConv2d::with_multiplier("dw", 6, [3, 3], 2, &mut rng)
+                .padding(TPadding::Same)
+                .strides(2),
+        )
+        .push(HardSwish::new("hs"))
+        .push(AvgPool2d::new("ap", 2).padding(TPadding::Same))
+        .push(ReLU6::new("r6b"))
+        .push(Conv2d::new("pw", 12, 8, [1, 1], &mut rng))
+        .push(Sigmoid::new("sg"))
+        .push(Conv2d::new("pw2", 8, 8, [1, 1], &mut rng))
+        .push(Tanh::new("th"))
+        .push(GlobalAveragePool2d::new("gap"))
+        .push(Dropout::new("drop", 0.5).unwrap())
+        .push(Dense::new("fc", 8, 10, &mut rng))
+}
+
+#[test]
+fn new_layers_convert_run_and_round_trip_through_the_file() {
+    let model = with_random_biases(mobile_cnn(5), 6);
+    let calibration = uniform(&[64, 10, 10, 2], 7);
+    let q = convert(&model, calibration.view(), &ConvertConfig::default()).unwrap();
+    let ops: Vec<&str> = q.layers().iter().map(|l| l.kind.op_name()).collect();
+    assert_eq!(
+        ops,
+        [
+            "conv2d",
+            "relu6",
+            "depthwise_conv2d",
+            "hard_swish",
+            "avg_pool2d",
+            "relu6",
+            "conv2d",
+            "sigmoid",
+            "conv2d",
+            "tanh",
+            "global_avg_pool2d",
+            "dense"
+        ]
+    );
+    // The conv before the ReLU6 is calibrated on the ReLU6's output: range [0, <= 6], so its
+    // zero point is −128 and the clamp keeps every code below the code of 6.
+    let conv = q.layers()[0].output.unwrap();
+    assert_eq!(conv.zero_point, -128);
+    assert!(conv.scale * 255.0 <= 6.0 + 1e-5);
+    assert_eq!(q.layers()[1].output, Some(conv));
+    // Sigmoid and tanh take TFLite's fixed parameters.
+    assert_eq!(
+        (
+            q.layers()[7].output.unwrap().scale,
+            q.layers()[7].output.unwrap().zero_point
+        ),
+        (1.0 / 256.0, -128)
+    );
+    assert_eq!(
+        (
+            q.layers()[9].output.unwrap().scale,
+            q.layers()[9].output.unwrap().zero_point
+        ),
+        (1.0 / 128.0, 0)
+    );
+    let dw = q.layers()[2].weights.as_ref().unwrap();
+    assert_eq!(dw.kernel.shape(), [3, 3, 12]);
+    assert_eq!(dw.scale.len(), 12);
+
+    let x = uniform(&[200, 10, 10, 2], 8);
+    let engine = q.predict(x.view()).unwrap();
+    // Close to the fake-quant simulation and to the float model.
+    let sim = q.simulate(&model, x.view()).unwrap();
+    let out = q.output_quant().unwrap();
+    let max_diff = engine
+        .iter()
+        .zip(sim.iter())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        max_diff <= 4.0 * out.scale,
+        "{max_diff} vs scale {}",
+        out.scale
+    );
+    let float = pare_tensor::train::predict(&model, x.view(), 64).unwrap();
+    assert!(
+        agreement(&engine, &float) >= 0.8,
+        "{}",
+        agreement(&engine, &float)
+    );
+    // The dequantized model is the same network in float.
+    let deq = pare_tensor::train::predict(&q.dequantized_model(), x.view(), 64).unwrap();
+    assert!(agreement(&deq, &float) >= 0.8);
+    // The file holds every new op and loads to the same engine.
+    let bytes = q.to_bytes().unwrap();
+    let back = QuantizedModel::from_bytes(&bytes).unwrap();
+    assert_eq!(back.layers(), q.layers());
+    assert_eq!(back.predict(x.view()).unwrap(), engine);
+    // And the per-layer outputs end in the model's output.
+    let codes = q.quantize_input(x.view()).unwrap();
+    let layers = Interpreter::new(&q)
+        .unwrap()
+        .layer_outputs_i8(codes.view())
+        .unwrap();
+    assert_eq!(layers.len(), q.layers().len());
+    let last = layers
+        .last()
+        .unwrap()
+        .clone()
+        .into_dimensionality()
+        .unwrap();
+    assert_eq!(last, q.predict_i8(codes.view()).unwrap());
+}
+
+#[test]
+fn softmax_and_wrong_fixed_parameters_are_typed_errors() {
+    use pare_tensor::nn::{Sigmoid, Softmax};
+    let mut rng = StdRng::seed_from_u64(1);
+    let model = Sequential::new(&[4])
+        .push(Dense::new("d", 4, 3, &mut rng))
+        .push(Softmax::new("softmax"));
+    let x = uniform(&[8, 4], 2);
+    match convert(&model, x.view(), &ConvertConfig::default()) {
+        Err(QuantError::UnsupportedLayer { layer, .. }) => assert_eq!(layer, "softmax"),
+        other => panic!("expected UnsupportedLayer, got {other:?}"),
+    }
+    // A sigmoid whose file declares other output parameters than TFLite's is rejected.
+    let model = Sequential::new(&[4])
+        .push(Dense::new("d", 4, 3, &mut rng))
+        .push(Sigmoid::new("sigmoid"));
+    let q = convert(&model, x.view(), &ConvertConfig::default()).unwrap();
+    let mut layers = q.layers().to_vec();
+    layers[1].output = Some(ActQuant::new(0.01, -128).unwrap());
+    let parts = crate::model::ModelParts {
+        mode: Mode::FullInteger,
+        input_type: InputType::Float,
+        output_type: OutputType::Float,
+        input_shape: vec![4],
+        input: q.input_quant(),
+        layers,
+        provenance: q.provenance().clone(),
+    };
+    match QuantizedModel::from_parts(parts) {
+        Err(QuantError::UnsupportedLayer { layer, reason }) => {
+            assert_eq!(layer, "sigmoid");
+            assert!(reason.contains("fixed output parameters"), "{reason}");
+        }
+        other => panic!("expected UnsupportedLayer, got {other:?}"),
+    }
+}

@@ -120,6 +120,73 @@ pub fn global_avg_pool_i8(x: &[i8], n: usize, hw: usize, c: usize, p: &MeanParam
     }
 }
 
+/// The output stage of TFLite's general int8 `MEAN` (`reference_ops::QuantizedMeanOrSum`,
+/// `tensorflow/lite/kernels/internal/reference/reduce.h`), which runs a `MEAN` without
+/// `keep_dims` — the form Keras' `GlobalAveragePooling2D` converts to: the multiplier of
+/// `s_in / s_out` absorbs `1 / count` as `(m · 2^b) / count` (integer division) with the shift
+/// lowered by `b = min(floor(log2 count), 32, 31 + shift)`, then one
+/// [`multiply_by_quantized_multiplier`] of `Σ q − z_in · count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReduceMeanParams {
+    /// Input zero point.
+    pub input_zero_point: i32,
+    /// Output zero point.
+    pub output_zero_point: i32,
+    /// The multiplier and shift with `1 / count` folded in.
+    pub multiplier: (i32, i32),
+    /// Elements averaged.
+    pub count: i32,
+}
+
+impl ReduceMeanParams {
+    /// For a mean over `count` elements, from the input and output scales and zero points.
+    ///
+    /// # Errors
+    /// [`crate::QuantError::InvalidMultiplier`] when `s_in / s_out` cannot be represented or
+    /// `count` is 0.
+    pub fn from_scales(input: (f32, i32), output: (f32, i32), count: usize) -> Result<Self> {
+        let (m, shift) = quantize_multiplier(input.0 as f64 / output.0 as f64)?;
+        let count = i32::try_from(count)
+            .ok()
+            .filter(|&c| c > 0)
+            .ok_or(crate::QuantError::InvalidMultiplier { value: 0.0 })?;
+        let b = (31 - count.leading_zeros() as i32).min(32).min(31 + shift);
+        let m = ((i64::from(m) << b) / i64::from(count)) as i32;
+        Ok(ReduceMeanParams {
+            input_zero_point: input.1,
+            output_zero_point: output.1,
+            multiplier: (m, shift - b),
+            count,
+        })
+    }
+}
+
+/// int8 mean over height and width of NHWC `x` (`n · count · c` codes, `count = h · w`) into
+/// `out` (`n · c`), as TFLite's `MEAN` without `keep_dims` ([`ReduceMeanParams`]).
+///
+/// # Panics
+/// If the slice lengths disagree with `p.count` and `c`.
+pub fn reduce_mean_i8(x: &[i8], n: usize, c: usize, p: &ReduceMeanParams, out: &mut [i8]) {
+    let hw = p.count as usize;
+    assert_eq!(x.len(), n * hw * c, "reduce_mean_i8: input length");
+    assert_eq!(out.len(), n * c, "reduce_mean_i8: output length");
+    let (m, shift) = p.multiplier;
+    let mut acc = vec![0i32; c];
+    for img in 0..n {
+        acc.fill(0);
+        for px in x[img * hw * c..(img + 1) * hw * c].chunks_exact(c) {
+            for (a, &v) in acc.iter_mut().zip(px) {
+                *a += v as i32;
+            }
+        }
+        for (o, &a) in out[img * c..(img + 1) * c].iter_mut().zip(&acc) {
+            let shifted = a.wrapping_sub(p.input_zero_point.wrapping_mul(p.count));
+            let v = multiply_by_quantized_multiplier(shifted, m, shift) + p.output_zero_point;
+            *o = v.clamp(QMIN_I8, QMAX_I8) as i8;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +223,45 @@ mod tests {
         // A fused ReLU6-style range clamps.
         avg_pool_i8(&x, &win, 0, 6, &mut out);
         assert_eq!(out, [3, 5, 6, 6]);
+    }
+
+    #[test]
+    fn reduce_mean_folds_the_count_into_the_multiplier() {
+        // s_in / s_out = 2 → (2^30, 2); count 10 → b = 3, m = 2^33 / 10 = 858993459,
+        // shift −1: mean of codes 3..=12 with z_in 3 is 4.5 input steps = 9 output steps.
+        let p = ReduceMeanParams::from_scales((0.1, 3), (0.05, -10), 10).unwrap();
+        assert_eq!(p.multiplier, (858_993_459, -1));
+        let x: Vec<i8> = (3..13).collect();
+        let mut out = [0i8; 1];
+        reduce_mean_i8(&x, 1, 1, &p, &mut out);
+        assert_eq!(out, [-1]);
+        // Random codes: within 0.75 steps of the exact mean (the high-mul rounds to half an
+        // output step here, shift −1, before the final rounding shift), and differing from the
+        // keep_dims kernel on some outputs.
+        let mut state = 99u32;
+        let mut next = || {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (state >> 16) as i8
+        };
+        let (n, hw, c) = (40, 49, 8);
+        let x: Vec<i8> = (0..n * hw * c).map(|_| next()).collect();
+        let p = ReduceMeanParams::from_scales((0.02, -5), (0.0013, 7), hw).unwrap();
+        let keep = MeanParams::from_scales((0.02, -5), (0.0013, 7)).unwrap();
+        let (mut a, mut b) = (vec![0i8; n * c], vec![0i8; n * c]);
+        reduce_mean_i8(&x, n, c, &p, &mut a);
+        global_avg_pool_i8(&x, n, hw, c, &keep, &mut b);
+        for img in 0..n {
+            for ch in 0..c {
+                let mean: f64 = (0..hw)
+                    .map(|i| 0.02 * (x[(img * hw + i) * c + ch] as f64 + 5.0))
+                    .sum::<f64>()
+                    / hw as f64;
+                let exact = (mean / 0.0013 + 7.0).clamp(-128.0, 127.0);
+                let got = a[img * c + ch] as f64;
+                assert!((got - exact).abs() <= 0.75 + 1e-3, "{got} vs {exact}");
+            }
+        }
+        assert!(a != b, "the two MEAN kernels round alike on every output");
     }
 
     #[test]

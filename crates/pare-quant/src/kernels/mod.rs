@@ -55,7 +55,8 @@ use rayon::prelude::*;
 
 use crate::error::{QuantError, Result};
 use crate::fixedpoint::{
-    MAX_SHIFT, MIN_SHIFT, multiply_by_quantized_multiplier, quantize_multiplier,
+    MAX_SHIFT, MIN_SHIFT, multiply_by_quantized_multiplier,
+    multiply_by_quantized_multiplier_single_rounding, quantize_multiplier,
 };
 use crate::params::{QMAX_I8, QMIN_I8};
 
@@ -68,6 +69,7 @@ mod avx512;
 mod conv_pool;
 #[cfg(target_arch = "x86_64")]
 mod conv_pool_avx512;
+pub mod depthwise;
 pub mod lut;
 mod portable;
 mod window;
@@ -287,7 +289,9 @@ fn check_zero_point(zero_point: i32) -> Result<()> {
 pub enum Rounding {
     /// TFLite's reference kernels: the real multiplier as a 31-bit fixed-point number and a
     /// shift ([`quantize_multiplier`]), applied by gemmlowp's two roundings
-    /// ([`multiply_by_quantized_multiplier`]). Leaky ReLU as TFLite's `LEAKY_RELU`.
+    /// ([`multiply_by_quantized_multiplier`]) in convolutions and with one rounding
+    /// ([`Requant::with_single_rounding`]) in dense layers, as TFLite 2.21's reference
+    /// `CONV_2D` and `FULLY_CONNECTED` do. Leaky ReLU as TFLite's `LEAKY_RELU`.
     #[default]
     Tflite,
     /// onnxruntime's CPU kernels (MLAS `MlasRequantizeOutput`, as `QLinearConv` and
@@ -315,6 +319,9 @@ pub struct Requant {
     /// f32 multipliers, present under [`Rounding::OnnxRuntime`]; they then replace the
     /// fixed-point ones.
     float_multiplier: Option<Vec<f32>>,
+    /// The fixed-point multipliers are applied with one rounding (TFLite's
+    /// `FULLY_CONNECTED`), not gemmlowp's two.
+    single_rounding: bool,
     zero_point: i32,
     act_min: i32,
     act_max: i32,
@@ -376,6 +383,7 @@ impl Requant {
             multiplier,
             shift,
             float_multiplier: None,
+            single_rounding: false,
             zero_point,
             act_min,
             act_max,
@@ -456,6 +464,22 @@ impl Requant {
         Ok(rq)
     }
 
+    /// The same stage applying its fixed-point multipliers with one rounding
+    /// ([`multiply_by_quantized_multiplier_single_rounding`]), as TFLite 2.21's reference
+    /// `FULLY_CONNECTED` does; its `CONV_2D` and `DEPTHWISE_CONV_2D` keep gemmlowp's two. No
+    /// effect under [`Rounding::OnnxRuntime`], whose f32 stage rounds once anyway.
+
+    pub fn with_single_rounding(mut self) -> Self {
+        self.single_rounding = true;
+        self
+    }
+
+    /// Whether the fixed-point multipliers are applied with one rounding
+    /// ([`with_single_rounding`](Self::with_single_rounding)).
+    pub fn is_single_rounding(&self) -> bool {
+        self.single_rounding
+    }
+
     /// The rounding rule this stage applies.
     pub fn rounding(&self) -> Rounding {
         if self.float_multiplier.is_some() {
@@ -508,6 +532,12 @@ impl Requant {
             Some(m) => {
                 ((acc as f32 * m[c]).round_ties_even() as i32).saturating_add(self.zero_point)
             }
+            None if self.single_rounding => multiply_by_quantized_multiplier_single_rounding(
+                acc,
+                self.multiplier[c],
+                self.shift[c],
+            )
+            .wrapping_add(self.zero_point),
             None => multiply_by_quantized_multiplier(acc, self.multiplier[c], self.shift[c])
                 .wrapping_add(self.zero_point),
         };
@@ -518,7 +548,7 @@ impl Requant {
     /// multiplier, left shift, right shift (padding lanes: multiplier 0, shifts 0).
     pub(crate) fn block_params(&self, j0: usize, n: usize) -> [[i32; NR]; 3] {
         debug_assert!(
-            self.float_multiplier.is_none(),
+            self.float_multiplier.is_none() && !self.single_rounding,
             "Requant::block_params: the SIMD output stages are fixed point only"
         );
         let [mut mult, mut left, mut right] = [[0i32; NR]; 3];
@@ -771,10 +801,12 @@ fn run(kernel: Kernel, g: &Gemm<'_>, out: Out<'_>) -> Result<()> {
 fn run_rows(kernel: Kernel, g: &Gemm<'_>, r0: usize, out: Out<'_>) {
     let out = match out {
         Out::Requant(o, rq)
-            if rq.rounding() == Rounding::OnnxRuntime && kernel != Kernel::Portable =>
+            if (rq.rounding() == Rounding::OnnxRuntime || rq.single_rounding)
+                && kernel != Kernel::Portable =>
         {
-            // The SIMD output stages are fixed point: take their accumulators and apply the
-            // f32 stage here, a few rows at a time so the scratch stays small.
+            // The SIMD output stages are gemmlowp's double-rounding fixed point: take their
+            // accumulators and apply the f32 or single-rounding stage here, a few rows at a
+            // time so the scratch stays small.
             const ROWS: usize = 32;
             let n = g.b.n();
             let mut acc = vec![0i32; ROWS.min(o.len() / n) * n];

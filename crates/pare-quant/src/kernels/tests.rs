@@ -272,6 +272,34 @@ fn simd_requantization_matches_on_extreme_accumulators() {
             .unwrap();
             assert_eq!(got, want, "{kernel:?} round {round}");
         }
+        // The single-rounding stage (dense layers): every kernel agrees with the scalar
+        // formula on the accumulators.
+        let single = rq.clone().with_single_rounding();
+        let mut acc = Array2::zeros((m, n));
+        gemm_i8_acc_with(
+            Kernel::Portable,
+            a.view(),
+            za,
+            &packed,
+            Some(&bias),
+            acc.view_mut(),
+        )
+        .unwrap();
+        let want = Array2::from_shape_fn((m, n), |(i, j)| single.apply(acc[[i, j]], j));
+        for kernel in Kernel::available() {
+            let mut got = Array2::zeros((m, n));
+            gemm_i8_requant_with(
+                kernel,
+                a.view(),
+                za,
+                &packed,
+                Some(&bias),
+                &single,
+                got.view_mut(),
+            )
+            .unwrap();
+            assert_eq!(got, want, "{kernel:?} single rounding, round {round}");
+        }
     }
 }
 

@@ -1,0 +1,399 @@
+//! pare's integer engine against TFLite itself: every int8 op, old and new, and the small CNN
+//! trained on MNIST, run on TFLite 2.21's reference kernels (`OpResolverType.BUILTIN_REF`) with
+//! the same int8 weights, int32 biases, scales and zero points, through `tools/tflite_run.py`
+//! in the venv `tools/setup-tf.sh` makes. The tool writes the `.tflite` flatbuffer from pare's
+//! numbers directly, so nothing is re-quantized on the way, and returns every layer's output.
+//!
+//! - Every layer's int8 output equals TFLite's, code for code (0 codes differ): conv, dense
+//!   (one rounding, as TFLite's `FULLY_CONNECTED`), max-pool, reshape, ReLU, leaky ReLU,
+//!   depthwise conv, average pool, global average pool (`MEAN` without `keep_dims`, Keras'
+//!   form), ReLU6 fused and alone, logistic, tanh and hard-swish; BatchNorm folded and Dropout
+//!   dropped by the converter before.
+//! - XNNPACK (TFLite's default delegate) is measured beside, for information: its int8 kernels
+//!   are not bound to the reference's rounding.
+//!
+//! Without TensorFlow the tests show as ignored; under `PARE_REQUIRE_DATA=1` they run and fail,
+//! naming `tools/setup-tf.sh`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ndarray::{ArrayD, IxDyn};
+use pare::quant::kernels::avgpool::{MeanParams, global_avg_pool_i8};
+use pare::quant::{Bias, ConvertConfig, Interpreter, LayerKind, Padding, QuantizedModel, convert};
+use pare::tensor::nn::{
+    AvgPool2d, BatchNorm, Conv2d, Dense, DepthwiseConv2d, Dropout, Flatten, GlobalAveragePool2d,
+    HardSwish, LeakyReLU, MaxPool2d, ReLU, ReLU6, Sigmoid, Tanh,
+};
+use pare::tensor::{Activation, Padding as FloatPadding, Sequential};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// TensorFlow's Python: `PARE_TF_PYTHON`, else the venv of `tools/setup-tf.sh` (the places
+/// the build script checks before it sets `pare_tflite`).
+fn tf_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("PARE_TF_PYTHON").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    [
+        PathBuf::from("/work/venvs/tf/bin/python"),
+        root().join("target/venv-tf/bin/python"),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+    .unwrap_or_else(|| {
+        panic!("no TensorFlow: run tools/setup-tf.sh (or set PARE_TF_PYTHON to its python)")
+    })
+}
+
+/// The spec `tools/tflite_run.py` builds its flatbuffer from: pare's layers with their codes
+/// and parameters, in pare's layouts.
+fn spec(q: &QuantizedModel, n: usize, name: &str, dir: &Path, xnnpack: bool) -> serde_json::Value {
+    let input = q.input_quant().expect("a full-integer model");
+    let act = |a: pare::quant::ActQuant| serde_json::json!({"scale": a.scale, "zero_point": a.zero_point});
+    let padding = |p: &Padding| if *p == Padding::Same { "same" } else { "valid" };
+    let relu = |r: bool| if r { "relu" } else { "none" };
+    let layers: Vec<serde_json::Value> = q
+        .layers()
+        .iter()
+        .map(|l| {
+            let mut v = serde_json::json!({
+                "op": l.kind.op_name(),
+                "name": l.name,
+                "output": act(l.output.expect("full integer")),
+                "output_shape": l.output_shape,
+            });
+            let m = v.as_object_mut().unwrap();
+            if let Some(w) = &l.weights {
+                let Bias::Int32(b) = &w.bias else {
+                    panic!("full-integer bias")
+                };
+                let mut shape = w.kernel.shape().to_vec();
+                if let LayerKind::DepthwiseConv2d { .. } = l.kind {
+                    // [kh, kw, c · m] as the tool's [kh, kw, c, m].
+                    let c = l.input_shape[2];
+                    shape = vec![shape[0], shape[1], c, shape[2] / c];
+                }
+                m.insert("kernel_shape".into(), serde_json::json!(shape));
+                let codes: Vec<i8> = w.kernel.iter().copied().collect();
+                m.insert("kernel".into(), serde_json::json!(codes));
+                m.insert("weight_scale".into(), serde_json::json!(w.scale));
+                m.insert("bias".into(), serde_json::json!(b));
+            }
+            match &l.kind {
+                LayerKind::Conv2d {
+                    strides,
+                    padding: p,
+                    relu: r,
+                    ..
+                }
+                | LayerKind::DepthwiseConv2d {
+                    strides,
+                    padding: p,
+                    relu: r,
+                    ..
+                } => {
+                    m.insert("strides".into(), serde_json::json!(strides));
+                    m.insert("padding".into(), padding(p).into());
+                    m.insert("activation".into(), relu(*r).into());
+                }
+                LayerKind::Dense { relu: r } => {
+                    m.insert("activation".into(), relu(*r).into());
+                }
+                LayerKind::MaxPool2d {
+                    pool,
+                    strides,
+                    padding: p,
+                }
+                | LayerKind::AvgPool2d {
+                    pool,
+                    strides,
+                    padding: p,
+                } => {
+                    m.insert("pool".into(), serde_json::json!(pool));
+                    m.insert("strides".into(), serde_json::json!(strides));
+                    m.insert("padding".into(), padding(p).into());
+                }
+                LayerKind::LeakyRelu { alpha } => {
+                    m.insert("alpha".into(), serde_json::json!(alpha));
+                }
+                _ => {}
+            }
+            v
+        })
+        .collect();
+    serde_json::json!({
+        "batch": n,
+        "input": {"shape": q.input_shape(), "scale": input.scale, "zero_point": input.zero_point},
+        "layers": layers,
+        "model_path": dir.join(format!("{name}.tflite")),
+        "input_path": dir.join(format!("{name}.input.bin")),
+        "output_path": dir.join(format!("{name}.output.bin")),
+        "xnnpack": xnnpack,
+    })
+}
+
+/// TFLite's outputs of every layer (reference kernels), and the model's output under XNNPACK.
+struct TfliteRun {
+    layers: Vec<ArrayD<i8>>,
+    xnnpack: Option<ArrayD<i8>>,
+}
+
+fn run_tflite(q: &QuantizedModel, codes: &ArrayD<i8>, name: &str, xnnpack: bool) -> TfliteRun {
+    let dir = root().join("target/pare/tflite-test");
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = codes.shape()[0];
+    let spec = spec(q, n, name, &dir, xnnpack);
+    let spec_path = dir.join(format!("{name}.json"));
+    std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
+    let bytes: Vec<u8> = codes.iter().map(|&v| v as u8).collect();
+    std::fs::write(dir.join(format!("{name}.input.bin")), bytes).unwrap();
+    let out = Command::new(tf_python())
+        .arg(root().join("tools/tflite_run.py"))
+        .arg(&spec_path)
+        .output()
+        .unwrap_or_else(|e| panic!("running tools/tflite_run.py: {e}"));
+    assert!(
+        out.status.success(),
+        "tools/tflite_run.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |path: PathBuf| -> Vec<i8> {
+        std::fs::read(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .into_iter()
+            .map(|b| b as i8)
+            .collect()
+    };
+    let all = read(dir.join(format!("{name}.output.bin")));
+    let mut layers = Vec::new();
+    let mut at = 0;
+    for l in q.layers() {
+        let shape: Vec<usize> = std::iter::once(n).chain(l.output_shape.clone()).collect();
+        let len: usize = shape.iter().product();
+        layers.push(ArrayD::from_shape_vec(IxDyn(&shape), all[at..at + len].to_vec()).unwrap());
+        at += len;
+    }
+    assert_eq!(at, all.len(), "{name}: TFLite wrote {} codes", all.len());
+    let out_shape: Vec<usize> = std::iter::once(n)
+        .chain(q.output_shape().iter().copied())
+        .collect();
+    let xnnpack = xnnpack.then(|| {
+        let v = read(dir.join(format!("{name}.output.bin.xnnpack")));
+        ArrayD::from_shape_vec(IxDyn(&out_shape), v).unwrap()
+    });
+    TfliteRun { layers, xnnpack }
+}
+
+/// Codes that differ, and the largest difference.
+fn differ(a: &ArrayD<i8>, b: &ArrayD<i8>) -> (usize, i32) {
+    assert_eq!(a.shape(), b.shape());
+    a.iter().zip(b).fold((0, 0), |(n, m), (&x, &y)| {
+        let d = (x as i32 - y as i32).abs();
+        (n + usize::from(d != 0), m.max(d))
+    })
+}
+
+/// Runs `q` on `codes` in pare and in TFLite, prints every layer's comparison and asserts that
+/// no code differs. Returns pare's layer outputs and TFLite's run.
+fn compare(
+    q: &QuantizedModel,
+    codes: &ArrayD<i8>,
+    name: &str,
+    xnnpack: bool,
+) -> (Vec<ArrayD<i8>>, TfliteRun) {
+    let ours = Interpreter::new(q)
+        .unwrap()
+        .layer_outputs_i8(codes.view())
+        .unwrap();
+    let theirs = run_tflite(q, codes, name, xnnpack);
+    let mut failures = Vec::new();
+    for ((l, a), b) in q.layers().iter().zip(&ours).zip(&theirs.layers) {
+        let (n, max) = differ(a, b);
+        println!(
+            "{name}: {:<18} {:<16} {n:>6} of {:>7} codes differ (max {max})",
+            l.name,
+            l.kind.op_name(),
+            a.len()
+        );
+        if n > 0 {
+            failures.push(format!(
+                "{} ({}): {n} of {}",
+                l.name,
+                l.kind.op_name(),
+                a.len()
+            ));
+        }
+    }
+    if let Some(x) = &theirs.xnnpack {
+        let last = theirs.layers.last().unwrap();
+        let (n, max) = differ(x, last);
+        println!(
+            "{name}: XNNPACK vs reference, model output: {n} of {} codes differ (max {max})",
+            x.len()
+        );
+    }
+    assert!(
+        failures.is_empty(),
+        "{name}: pare's int8 codes differ from TFLite's reference kernels: {failures:?}"
+    );
+    (ours, theirs)
+}
+
+/// `n` examples of shape `shape`, uniform in [−1, 1] plus a per-example offset, seeded.
+fn inputs(n: usize, shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let per: usize = shape.iter().product();
+    let dims: Vec<usize> = std::iter::once(n).chain(shape.iter().copied()).collect();
+    let mut v = Vec::with_capacity(n * per);
+    for _ in 0..n {
+        let offset: f32 = rng.random_range(-0.3..0.3);
+        v.extend((0..per).map(|_| rng.random_range(-1.0f32..1.0) + offset));
+    }
+    ArrayD::from_shape_vec(IxDyn(&dims), v).unwrap()
+}
+
+/// `model` converted with 64 calibration examples, and the int8 codes of 500 other ones.
+fn converted(model: &Sequential, seed: u64) -> (QuantizedModel, ArrayD<i8>) {
+    let calibration = inputs(64, &model.input_shape, seed);
+    let q = convert(model, calibration.view(), &ConvertConfig::default()).unwrap();
+    let test = inputs(500, &model.input_shape, seed + 1);
+    let codes = q.quantize_input(test.view()).unwrap();
+    (q, codes)
+}
+
+#[test]
+#[cfg_attr(not(pare_tflite), ignore = "needs TensorFlow: run tools/setup-tf.sh")]
+fn conv_dense_pool_relu_and_leaky_relu_match_tflite_reference_kernels() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let model = Sequential::new(&[14, 14, 2])
+        .push(Conv2d::new("conv1", 2, 8, [3, 3], &mut rng).padding(FloatPadding::Same))
+        .push(LeakyReLU::new("leaky", 0.2))
+        .push(MaxPool2d::new("pool1", 2))
+        .push(ReLU::new("relu"))
+        .push(
+            Conv2d::new("conv2", 8, 16, [3, 3], &mut rng)
+                .strides(2)
+                .activation(Activation::Relu),
+        )
+        .push(Flatten::new("flatten"))
+        .push(Dense::new("fc1", 144, 48, &mut rng).activation(Activation::Relu))
+        .push(Dense::new("fc2", 48, 10, &mut rng));
+    let (q, codes) = converted(&model, 10);
+    compare(&q, &codes, "old_ops", true);
+}
+
+#[test]
+#[cfg_attr(not(pare_tflite), ignore = "needs TensorFlow: run tools/setup-tf.sh")]
+fn new_layers_match_tflite_reference_kernels() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let mut bn = BatchNorm::new("bn", 8);
+    // Moving statistics of a trained network, so the fold changes the kernel.
+    for (i, v) in bn.moving_mean.value.iter_mut().enumerate() {
+        *v = 0.1 * i as f32 - 0.3;
+    }
+    for (i, v) in bn.moving_variance.value.iter_mut().enumerate() {
+        *v = 0.5 + 0.2 * i as f32;
+    }
+    let model = Sequential::new(&[16, 16, 3])
+        .push(
+            Conv2d::new("conv", 3, 8, [3, 3], &mut rng)
+                .padding(FloatPadding::Same)
+                .use_bias(false),
+        )
+        .push(bn)
+        .push(ReLU6::new("relu6_fused"))
+        .push(
+            DepthwiseConv2d::with_multiplier("dw2", 8, [3, 3], 2, &mut rng)
+                .strides(2)
+                .padding(FloatPadding::Same)
+                .activation(Activation::Relu),
+        )
+        .push(
+            AvgPool2d::new("avg", 3)
+                .strides(2)
+                .padding(FloatPadding::Same),
+        )
+        .push(ReLU6::new("relu6"))
+        .push(Conv2d::new("expand", 16, 12, [1, 1], &mut rng))
+        .push(HardSwish::new("hswish"))
+        .push(DepthwiseConv2d::new("dw1", 12, [3, 3], &mut rng).padding(FloatPadding::Same))
+        .push(Sigmoid::new("sigmoid"))
+        .push(Conv2d::new("project", 12, 12, [1, 1], &mut rng))
+        .push(Tanh::new("tanh"))
+        .push(AvgPool2d::new("avg2", 2))
+        .push(GlobalAveragePool2d::new("gap"))
+        .push(Dropout::new("dropout", 0.3).unwrap())
+        .push(Dense::new("fc", 12, 10, &mut rng));
+    let (q, codes) = converted(&model, 20);
+    let ops: Vec<&str> = q.layers().iter().map(|l| l.kind.op_name()).collect();
+    assert_eq!(
+        ops,
+        [
+            "conv2d",
+            "relu6",
+            "depthwise_conv2d",
+            "avg_pool2d",
+            "relu6",
+            "conv2d",
+            "hard_swish",
+            "depthwise_conv2d",
+            "sigmoid",
+            "conv2d",
+            "tanh",
+            "avg_pool2d",
+            "global_avg_pool2d",
+            "dense"
+        ],
+        "BatchNorm folds into the conv, Dropout is dropped"
+    );
+    let (ours, theirs) = compare(&q, &codes, "new_ops", true);
+
+    // For the record: the spatial-mean kernel of TFLite's keep_dims MEAN (two roundings) on
+    // the same input, against the MEAN Keras converts to.
+    let gap = ops.iter().position(|&o| o == "global_avg_pool2d").unwrap();
+    let (input, output) = (
+        q.layers()[gap - 1].output.unwrap(),
+        q.layers()[gap].output.unwrap(),
+    );
+    let x = &ours[gap - 1];
+    let &[n, h, w, c] = x.shape() else { panic!() };
+    let p = MeanParams::from_scales(
+        (input.scale, input.zero_point),
+        (output.scale, output.zero_point),
+    )
+    .unwrap();
+    let mut keep = vec![0i8; n * c];
+    global_avg_pool_i8(x.as_slice().unwrap(), n, h * w, c, &p, &mut keep);
+    let keep = ArrayD::from_shape_vec(IxDyn(&[n, c]), keep).unwrap();
+    let (d, max) = differ(&keep, &theirs.layers[gap]);
+    println!(
+        "new_ops: keep_dims MEAN kernel vs TFLite's MEAN without keep_dims: {d} of {} codes \
+         differ (max {max})",
+        keep.len()
+    );
+}
+
+#[test]
+#[cfg_attr(not(pare_tflite), ignore = "needs TensorFlow: run tools/setup-tf.sh")]
+#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
+fn small_cnn_matches_tflite_reference_kernels_on_mnist() {
+    let data = common::mnist();
+    let (train, model, _) = common::small_cnn_one_epoch(&data);
+    let calibration = train.take(100);
+    let q = convert(
+        &model,
+        calibration.images().view().into_dyn(),
+        &ConvertConfig::default(),
+    )
+    .unwrap();
+    let test = data.test();
+    let codes = q.quantize_input(test.images().view().into_dyn()).unwrap();
+    compare(&q, &codes, "small_cnn", true);
+}
