@@ -21,8 +21,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ndarray::{ArrayD, IxDyn};
+use pare::quant::kernels::activation_range;
 use pare::quant::kernels::avgpool::{MeanParams, global_avg_pool_i8};
-use pare::quant::{Bias, ConvertConfig, Interpreter, LayerKind, Padding, QuantizedModel, convert};
+use pare::quant::{
+    Bias, ConvertConfig, Interpreter, LayerKind, PackedWeights, Padding, QuantizedModel, Requant,
+    convert, gemm_i8_requant,
+};
 use pare::tensor::nn::{
     AvgPool2d, BatchNorm, Conv2d, Dense, DepthwiseConv2d, Dropout, Flatten, GlobalAveragePool2d,
     HardSwish, LeakyReLU, MaxPool2d, ReLU, ReLU6, Sigmoid, Tanh,
@@ -395,5 +399,51 @@ fn small_cnn_matches_tflite_reference_kernels_on_mnist() {
     .unwrap();
     let test = data.test();
     let codes = q.quantize_input(test.images().view().into_dyn()).unwrap();
-    compare(&q, &codes, "small_cnn", true);
+    let (ours, theirs) = compare(&q, &codes, "small_cnn", true);
+
+    // For the record: the dense layer rescaled with gemmlowp's two roundings (CONV_2D's rule,
+    // pare's dense rule before it followed FULLY_CONNECTED) on the same input.
+    for (i, l) in q.layers().iter().enumerate() {
+        let (LayerKind::Dense { relu }, Some(w), Some(out)) = (&l.kind, &l.weights, l.output)
+        else {
+            continue;
+        };
+        let input = if i == 0 {
+            q.input_quant()
+        } else {
+            q.layers()[i - 1].output
+        }
+        .unwrap();
+        let x = if i == 0 { &codes } else { &ours[i - 1] };
+        let n = x.shape()[0];
+        let (k, m) = (w.kernel.shape()[0], w.kernel.shape()[1]);
+        let packed = PackedWeights::new(w.kernel.view().into_shape_with_order((k, m)).unwrap());
+        let act = if *relu {
+            pare::quant::Activation::Relu
+        } else {
+            pare::quant::Activation::None
+        };
+        let (lo, hi) = activation_range(act, out.scale, out.zero_point).unwrap();
+        let rq =
+            Requant::from_scales(input.scale, &w.scale, out.scale, out.zero_point, lo, hi).unwrap();
+        let Bias::Int32(bias) = &w.bias else { panic!() };
+        let mut double = ndarray::Array2::zeros((n, m));
+        let x2 = x.view().into_shape_with_order((n, k)).unwrap();
+        gemm_i8_requant(
+            x2,
+            input.zero_point,
+            &packed,
+            Some(bias),
+            &rq,
+            double.view_mut(),
+        )
+        .unwrap();
+        let (d, max) = differ(&double.into_dyn(), &theirs.layers[i]);
+        println!(
+            "small_cnn: {} with gemmlowp's double rounding vs TFLite's FULLY_CONNECTED: {d} of \
+             {} codes differ (max {max})",
+            l.name,
+            n * m
+        );
+    }
 }

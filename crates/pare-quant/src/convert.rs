@@ -7,7 +7,11 @@
 //! 1. **Plan**: each layer becomes one int8 operation. A conv or dense layer followed by a ReLU
 //!    layer (or carrying a fused ReLU) becomes one operation whose ReLU is a clamp of the output
 //!    range; a leaky ReLU becomes TFLite's `LEAKY_RELU` (two output multipliers); max-pool,
-//!    flatten and reshape keep their input's parameters, as TFLite requires.
+//!    average pool, flatten and reshape keep their input's parameters, as TFLite requires. A
+//!    ReLU6 is a clamp; after a conv, depthwise conv or dense layer it is fused in effect, that
+//!    layer being calibrated on the ReLU6's output. Sigmoid and tanh take TFLite's fixed
+//!    output parameters; global average pool (`MEAN`) and hard-swish have their own. Dropout
+//!    is dropped; Softmax has no int8 kernel ([`QuantError::UnsupportedLayer`]).
 //! 2. **Weights**: int8 symmetric in [−127, 127], per output channel (the last axis) or per
 //!    tensor ([`quantize_weights`]).
 //! 3. **Calibration** (full integer): the float model runs on the calibration batches layer by

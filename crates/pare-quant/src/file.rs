@@ -5,13 +5,14 @@
 //!
 //! Tensors, in this order in the data section:
 //!
-//! - [`BIAS_TENSOR`] (`bias`): the biases of every conv and dense layer, in layer order, one per
+//! - [`BIAS_TENSOR`] (`bias`): the biases of every conv, depthwise conv and dense layer, in
+//!   layer order, one per
 //!   output channel; `I32` in full-integer models, `F32` in dynamic-range ones;
 //! - [`SCALE_TENSOR`] (`scale`): `F32`, the input's activation scale (full integer only), then
 //!   for each layer in order its weight scales (one per output channel, or one) and, if it
-//!   computes new activation parameters (conv, dense and leaky ReLU in a full-integer model),
-//!   its output scale;
-//! - `<layer>.kernel` for each conv and dense layer: the int8 codes as an `I8` tensor of the
+//!   computes new activation parameters (conv, depthwise conv, dense, leaky ReLU, global
+//!   average pool, sigmoid, tanh and hard-swish in a full-integer model), its output scale;
+//! - `<layer>.kernel` for each weighted layer: the int8 codes as an `I8` tensor of the
 //!   kernel's shape, or a 1-D `U8` tensor of the bytes a [`WeightCodec`] encoded them to;
 //! - `<layer>.kernel.int4` instead for an int4 layer (flag `int4`) that no codec encoded: the
 //!   codes in [−7, 7] packed two per byte, row-major, first code in the low nibble, two's
@@ -63,13 +64,22 @@
 //! flatten        D                                           (a reshape to one dimension)
 //! re_lu
 //! leaky_re_lu    ALPHA         [zp=Z]
+//! depthwise_conv2d  KHxKWxC·M  [strides=SHxSW] [same] [relu] [per-tensor] [int4] [zp=Z]
+//! average_pooling2d  PHxPW     [strides=SHxSW] [same]       (strides default to the pool)
+//! global_average_pooling2d     [zp=Z]
+//! re_lu6
+//! sigmoid                      [zp=Z]                        (scale 1/256, zp −128)
+//! tanh                         [zp=Z]                        (scale 1/128, zp 0)
+//! hard_swish                   [zp=Z]
 //! ```
 //!
 //! `zp` is the layer's output zero point (full-integer models; its scale is in `scale`),
 //! `per-tensor` marks one weight scale for all output channels, `int4` weight codes in [−7, 7]
 //! (TFMOT's narrow-range 4-bit weights; int8 otherwise), conv strides default to 1 and
 //! padding to valid. Layer and observer names are percent-encoded outside `[A-Za-z0-9_.-]`.
-//! Layers that keep their input's parameters (max-pool, reshape, ReLU) store none.
+//! Layers that keep their input's parameters (pooling, reshape, ReLU, ReLU6) store none. A
+//! depthwise kernel `[kh, kw, c, m]` is stored as `[kh, kw, c · m]`, its last axis the output
+//! channel `ci · m + j` its scales follow.
 //!
 //! The fixed-point requantization multipliers are not stored either: they are recomputed from
 //! the scales at load. The only redundancy is the kernel shapes, in both the `layers` entry and

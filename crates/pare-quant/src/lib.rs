@@ -3,7 +3,9 @@
 //!
 //! - [`convert()`]: a float [`Sequential`](pare_tensor::Sequential) plus calibration data to a
 //!   [`QuantizedModel`] — full integer (int8 activations, int32 biases, conv/dense + ReLU fused
-//!   into a clamp, TFLite's two-multiplier `LEAKY_RELU`) or dynamic range (int8 weights only).
+//!   into a clamp, TFLite's two-multiplier `LEAKY_RELU`; depthwise conv, average and global
+//!   average pooling, ReLU6, sigmoid, tanh, hard-swish; BatchNorm folded, Dropout dropped) or
+//!   dynamic range (int8 weights only).
 //! - [`QuantizedModel`]: runs on the integer-only engine ([`predict_i8`](QuantizedModel::predict_i8),
 //!   [`predict_u8`](QuantizedModel::predict_u8), float in/out [`predict`](QuantizedModel::predict);
 //!   an [`Interpreter`] reuses its buffers across calls), simulates itself as a fake-quantized
@@ -26,7 +28,10 @@
 //!   ([`quantize_multiplier`], [`multiply_by_quantized_multiplier`], …).
 //! - [`kernels`]: the engine's kernels — int8 GEMM with int32 accumulation and a fused
 //!   requantize-and-clamp output stage (AVX-512 VNNI, AVX2 and portable paths that agree bit for
-//!   bit), im2col and max-pool on int8 NHWC tensors, the leaky-ReLU table.
+//!   bit), im2col and max-pool on int8 NHWC tensors, the leaky-ReLU table, and TFLite's
+//!   reference arithmetic for depthwise conv, average pool, `MEAN`, logistic, tanh and
+//!   hard-swish. Every op matches TFLite 2.21's reference kernels code for code
+//!   (`tests/tflite.rs`, `docs/tflite.md`); dense layers round once, as `FULLY_CONNECTED` does.
 //!
 //! Quantize a model and run it:
 //!

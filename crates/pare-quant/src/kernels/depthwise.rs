@@ -93,6 +93,7 @@ mod tests {
 
     /// The definition, position by position: output `(y, x, ci · m + j)` sums
     /// `w[ky][kx][ci][j] · (x[y·s + ky − pad][x·s + kx − pad][ci] − z)` over in-bounds taps.
+    #[allow(clippy::too_many_arguments)]
     fn reference(
         x: &[i8],
         [n, h, w, c]: [usize; 4],

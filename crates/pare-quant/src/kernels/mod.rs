@@ -468,7 +468,6 @@ impl Requant {
     /// ([`multiply_by_quantized_multiplier_single_rounding`]), as TFLite 2.21's reference
     /// `FULLY_CONNECTED` does; its `CONV_2D` and `DEPTHWISE_CONV_2D` keep gemmlowp's two. No
     /// effect under [`Rounding::OnnxRuntime`], whose f32 stage rounds once anyway.
-
     pub fn with_single_rounding(mut self) -> Self {
         self.single_rounding = true;
         self
