@@ -208,7 +208,11 @@ fn print_stages(r: &PipelineReport) {
                 common::pct(s.validation_accuracy),
                 common::thousands(s.size.bytes),
                 common::thousands(s.size.gzip_bytes),
-                format!("{:.1}x", f32_gzip / s.size.gzip_bytes as f64),
+                if s.name.starts_with("teacher") {
+                    "-".into()
+                } else {
+                    format!("{:.1}x", f32_gzip / s.size.gzip_bytes as f64)
+                },
                 format!("{:.1}", s.seconds),
             ]
         })
