@@ -146,19 +146,33 @@ fn compress(a: Args) -> Result<()> {
 
     let mut reports = Vec::new();
     for &seed in &a.seeds {
-        let p = Pipeline::new(PipelineConfig { seed, ..base.clone() })?;
-        let name = format!("compressed-{}-seed{seed}.safetensors", base.quantized_name().replace(' ', "-"));
+        let p = Pipeline::new(PipelineConfig {
+            seed,
+            ..base.clone()
+        })?;
+        let name = format!(
+            "compressed-{}-seed{seed}.safetensors",
+            base.quantized_name().replace(' ', "-")
+        );
         let path = results.model_path(&name)?;
         println!("\n== seed {seed}: {}", describe(&base));
         let r = p.run(teacher.as_ref(), &data, &path)?;
         print_stages(&r);
-        println!("wrote {} ({:.1}x smaller than the f32 student, gzip)", path.display(), r.ratio());
+        println!(
+            "wrote {} ({:.1}x smaller than the f32 student, gzip)",
+            path.display(),
+            r.ratio()
+        );
         reports.push(r);
     }
     let last = |r: &PipelineReport| r.stages.last().map_or(0.0, |s| s.test_accuracy);
     let test = Summary::of(&reports.iter().map(last).collect::<Vec<_>>());
     let ratio = reports.iter().map(PipelineReport::ratio).sum::<f64>() / reports.len() as f64;
-    println!("\n{}: test {} at {ratio:.1}x (mean over seeds)", describe(&base), test.percent());
+    println!(
+        "\n{}: test {} at {ratio:.1}x (mean over seeds)",
+        describe(&base),
+        test.percent()
+    );
     let json = json!({
         "config": base.to_json(),
         "teacher": teacher.as_ref().map(|t| t.report.to_json()),
@@ -173,8 +187,16 @@ fn compress(a: Args) -> Result<()> {
 }
 
 fn describe(c: &PipelineConfig) -> String {
-    let how = if c.distill { "distilled" } else { "from scratch" };
-    format!("{how}, pruned to {:.0} %, {}", c.sparsity * 100.0, c.quantized_name())
+    let how = if c.distill {
+        "distilled"
+    } else {
+        "from scratch"
+    };
+    format!(
+        "{how}, pruned to {:.0} %, {}",
+        c.sparsity * 100.0,
+        c.quantized_name()
+    )
 }
 
 /// `--teacher PATH` loads teacher_cnn(256, 512); `--teacher train` trains it on the training
@@ -183,7 +205,10 @@ fn load_teacher(a: &Args, data: &PipelineData<'_>) -> Result<pare::tensor::Seque
     let mut model = teacher_cnn(256, 512, 0);
     if a.teacher == "train" {
         let epochs = a.teacher_epochs.unwrap_or(if a.quick { 1 } else { 10 });
-        println!("\n== teacher: training teacher_cnn(256, 512), {}", common::count(epochs, "epoch"));
+        println!(
+            "\n== teacher: training teacher_cnn(256, 512), {}",
+            common::count(epochs, "epoch")
+        );
         return Ok(train_teacher(model, epochs, 0, data, true)?);
     }
     let path = PathBuf::from(&a.teacher);
@@ -217,7 +242,15 @@ fn print_stages(r: &PipelineReport) {
             ]
         })
         .collect();
-    let header = ["stage", "test", "validation", "bytes", "gzip", "vs f32", "s"];
+    let header = [
+        "stage",
+        "test",
+        "validation",
+        "bytes",
+        "gzip",
+        "vs f32",
+        "s",
+    ];
     common::print_table(&header, &rows);
     println!("{}", r.dead_channels.trim_end());
 }
@@ -266,15 +299,31 @@ fn sweep(
         })
         .collect();
     println!();
-    common::print_table(&["setting", "test (mean ± std [min, max])", "validation", "gzip B", "vs f32"], &table);
+    common::print_table(
+        &[
+            "setting",
+            "test (mean ± std [min, max])",
+            "validation",
+            "gzip B",
+            "vs f32",
+        ],
+        &table,
+    );
     let students: Vec<&FrontierRow> = rows.iter().filter(|r| r.distill).collect();
-    let students = if students.is_empty() { rows.iter().collect() } else { students };
+    let students = if students.is_empty() {
+        rows.iter().collect()
+    } else {
+        students
+    };
     let (gz, acc): (Vec<f64>, Vec<f32>) = students
         .iter()
         .flat_map(|r| &r.runs)
         .map(|r| (r.student.size.gzip_bytes as f64, r.student.test_accuracy))
         .unzip();
-    let student = (gz.iter().sum::<f64>() / gz.len() as f64, Summary::of(&acc).mean);
+    let student = (
+        gz.iter().sum::<f64>() / gz.len() as f64,
+        Summary::of(&acc).mean,
+    );
     let mut choices = Vec::new();
     for bar in [0.975, 0.98] {
         let c = choose(&rows, bar);

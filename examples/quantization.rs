@@ -286,7 +286,10 @@ fn quantize(a: Args) -> Result<()> {
     if let (Some(q), Some(acc)) = (&qat, qat_accuracy) {
         let [raw, gz] = size_cells(FileSize::of(&q.to_bytes()?));
         let name = format!("int8 (QAT, {})", common::count(a.qat, "epoch"));
-        rows.insert(2, vec![name, common::pct(acc), vs_float(acc), raw, gz, "-".into()]);
+        rows.insert(
+            2,
+            vec![name, common::pct(acc), vs_float(acc), raw, gz, "-".into()],
+        );
     }
     let header = [
         "model",

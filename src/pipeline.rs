@@ -355,7 +355,8 @@ impl StageReport {
 
 fn f32_bytes(model: &Sequential) -> Result<Vec<u8>> {
     let w = model.weights();
-    let tensors: Vec<(String, &ArrayD<f32>)> = w.iter().map(|p| (p.name.clone(), &p.value)).collect();
+    let tensors: Vec<(String, &ArrayD<f32>)> =
+        w.iter().map(|p| (p.name.clone(), &p.value)).collect();
     Ok(f32_tensors_bytes(&tensors, None)?)
 }
 
@@ -657,7 +658,8 @@ impl Pipeline {
         let mut model = (self.config.student)(self.config.seed);
         let epochs = (self.config.student_epochs, 32);
         self.fit(&mut model, teacher, epochs, (1e-3, false), vec![], data)?;
-        let mut report = float_report("student (f32)", &model, data, start.elapsed().as_secs_f64())?;
+        let mut report =
+            float_report("student (f32)", &model, data, start.elapsed().as_secs_f64())?;
         report.size = FileSize::of(&f32_bytes(&model)?);
         Ok((model, report))
     }
@@ -896,12 +898,22 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 impl FrontierRow {
     /// Test accuracy of the converted models over the seeds.
     pub fn test(&self) -> Summary {
-        Summary::of(&self.runs.iter().map(|r| r.quantized.test_accuracy).collect::<Vec<_>>())
+        Summary::of(
+            &self
+                .runs
+                .iter()
+                .map(|r| r.quantized.test_accuracy)
+                .collect::<Vec<_>>(),
+        )
     }
 
     /// Validation accuracy of the converted models over the seeds.
     pub fn validation(&self) -> Summary {
-        let v: Vec<f32> = self.runs.iter().map(|r| r.quantized.validation_accuracy).collect();
+        let v: Vec<f32> = self
+            .runs
+            .iter()
+            .map(|r| r.quantized.validation_accuracy)
+            .collect();
         Summary::of(&v)
     }
 
@@ -918,7 +930,11 @@ impl FrontierRow {
     /// `distilled, 90 %, int4`.
     pub fn label(&self) -> String {
         let how = if self.distill { "distilled" } else { "scratch" };
-        format!("{how}, {:.0} %, int{}", self.sparsity * 100.0, self.bits.bits())
+        format!(
+            "{how}, {:.0} %, int{}",
+            self.sparsity * 100.0,
+            self.bits.bits()
+        )
     }
 
     /// The row as JSON, with every run's stages.
@@ -966,7 +982,11 @@ pub fn frontier(
     data: &PipelineData<'_>,
     mut done: impl FnMut(&FrontierRun),
 ) -> Result<Vec<FrontierRow>> {
-    if grid.sparsities.is_empty() || grid.bits.is_empty() || grid.distill.is_empty() || grid.seeds.is_empty() {
+    if grid.sparsities.is_empty()
+        || grid.bits.is_empty()
+        || grid.distill.is_empty()
+        || grid.seeds.is_empty()
+    {
         return Err(Error::BadSetting {
             name: "grid",
             value: format!("{grid:?}"),
@@ -1066,7 +1086,11 @@ impl FrontierRow {
 pub fn frontier_plot(points: &[FrontierPoint], student: (f64, f64)) -> crate::plot::Result<String> {
     let mut series: Vec<SizeSeries> = Vec::new();
     for p in points {
-        let how = if p.distill { "distilled" } else { "from scratch" };
+        let how = if p.distill {
+            "distilled"
+        } else {
+            "from scratch"
+        };
         let label = format!("{how}, int{}", p.bits);
         let point = SizePoint {
             label: format!("{:.0} %", p.sparsity * 100.0),
@@ -1112,17 +1136,56 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let d = PipelineConfig::default;
-        assert_eq!(bad(PipelineConfig { sparsity: 1.0, ..d() }), "sparsity");
-        assert_eq!(bad(PipelineConfig { sparsity: f32::NAN, ..d() }), "sparsity");
-        assert_eq!(bad(PipelineConfig { prune_epochs: 0, ..d() }), "prune_epochs");
-        assert_eq!(bad(PipelineConfig { qat_lr: -1.0, ..d() }), "qat_lr");
-        assert_eq!(bad(PipelineConfig { prune_frequency: 0, ..d() }), "prune_frequency");
         assert_eq!(
-            bad(PipelineConfig { mask_kind: MaskKind::Nm { n: 2, m: 4 }, ..d() }),
+            bad(PipelineConfig {
+                sparsity: 1.0,
+                ..d()
+            }),
+            "sparsity"
+        );
+        assert_eq!(
+            bad(PipelineConfig {
+                sparsity: f32::NAN,
+                ..d()
+            }),
+            "sparsity"
+        );
+        assert_eq!(
+            bad(PipelineConfig {
+                prune_epochs: 0,
+                ..d()
+            }),
+            "prune_epochs"
+        );
+        assert_eq!(
+            bad(PipelineConfig {
+                qat_lr: -1.0,
+                ..d()
+            }),
+            "qat_lr"
+        );
+        assert_eq!(
+            bad(PipelineConfig {
+                prune_frequency: 0,
+                ..d()
+            }),
+            "prune_frequency"
+        );
+        assert_eq!(
+            bad(PipelineConfig {
+                mask_kind: MaskKind::Nm { n: 2, m: 4 },
+                ..d()
+            }),
             "mask_kind"
         );
         assert!(matches!(
-            Pipeline::new(PipelineConfig { kd: KdConfig { alpha: 2.0, temperature: 1.0 }, ..d() }),
+            Pipeline::new(PipelineConfig {
+                kd: KdConfig {
+                    alpha: 2.0,
+                    temperature: 1.0
+                },
+                ..d()
+            }),
             Err(Error::Distill(_))
         ));
         assert!(Pipeline::new(d()).is_ok());
@@ -1179,7 +1242,11 @@ mod tests {
             // The cut model holds no more non-zero weights than the sparsity leaves.
             let kernels = 9 * 4 + 9 * 4 * 8 + 7 * 7 * 8 * 10;
             let kept = ((1.0 - r.sparsity) * kernels as f32).ceil() as usize;
-            assert!(r.runs[0].pruned.nonzero <= kept, "{} > {kept}", r.runs[0].pruned.nonzero);
+            assert!(
+                r.runs[0].pruned.nonzero <= kept,
+                "{} > {kept}",
+                r.runs[0].pruned.nonzero
+            );
             assert!(r.runs[0].quantized.nonzero <= r.runs[0].pruned.nonzero);
         }
         // Sparser is smaller, both widths.
@@ -1192,16 +1259,28 @@ mod tests {
         assert!(size(0.9, WeightBits::Int4) < size(0.5, WeightBits::Int4));
         assert!(size(0.9, WeightBits::Int8) < size(0.5, WeightBits::Int8));
         let best = choose(&rows, 0.0).unwrap();
-        assert_eq!(best.gzip_bytes(), rows.iter().map(|r| r.gzip_bytes()).fold(f64::INFINITY, f64::min));
+        assert_eq!(
+            best.gzip_bytes(),
+            rows.iter()
+                .map(|r| r.gzip_bytes())
+                .fold(f64::INFINITY, f64::min)
+        );
         assert!(choose(&rows, 1.1).is_none());
         let points: Vec<FrontierPoint> = rows.iter().map(FrontierRow::point).collect();
         let svg = frontier_plot(&points, (70_000.0, 0.98)).unwrap();
         assert!(svg.contains("TFLite int8") && svg.contains("Deep Compression"));
         // Distilling without a teacher is a setting error, not a panic.
-        let distilled = Pipeline::new(PipelineConfig { distill: true, ..base }).unwrap();
+        let distilled = Pipeline::new(PipelineConfig {
+            distill: true,
+            ..base
+        })
+        .unwrap();
         assert!(matches!(
             distilled.student(None, &data),
-            Err(Error::BadSetting { name: "distill", .. })
+            Err(Error::BadSetting {
+                name: "distill",
+                ..
+            })
         ));
     }
 }

@@ -929,7 +929,9 @@ fn compress_section(
     plots: &mut Plots,
     missing: &mut Vec<String>,
 ) -> Result<()> {
-    md.push_str("## All together: distil → prune → quantization-aware int4/int8 (`pare::pipeline`)\n\n");
+    md.push_str(
+        "## All together: distil → prune → quantization-aware int4/int8 (`pare::pipeline`)\n\n",
+    );
     let teacher = "--teacher target/pare/models/teacher-f32.safetensors";
     let reproduce = format!("cargo run --release --example compress -- {teacher} --seeds 0,1,2");
     if let Some(f) = section_file(inputs, "compress.json", &reproduce, md, missing) {
@@ -990,12 +992,19 @@ fn compress_section(
                 ]
             })
             .collect();
-        let header = ["stage", "test", "validation", "file", "gzip", "vs f32 gzip", "time"];
+        let header = [
+            "stage",
+            "test",
+            "validation",
+            "file",
+            "gzip",
+            "vs f32 gzip",
+            "time",
+        ];
         table(md, &header, &rows);
     }
-    let reproduce = format!(
-        "cargo run --release --example compress -- {teacher} --frontier --seeds 0,1,2"
-    );
+    let reproduce =
+        format!("cargo run --release --example compress -- {teacher} --frontier --seeds 0,1,2");
     if let Some(f) = section_file(inputs, "compress-frontier.json", &reproduce, md, missing) {
         let rows = f
             .value("rows")
@@ -1036,9 +1045,22 @@ fn compress_section(
                 test_accuracy: num("test_accuracy.mean")?,
             });
         }
-        let header = ["student", "sparsity", "weights", "test", "validation", "gzip", "vs f32 gzip"];
+        let header = [
+            "student",
+            "sparsity",
+            "weights",
+            "test",
+            "validation",
+            "gzip",
+            "vs f32 gzip",
+        ];
         table(md, &header, &table_rows);
-        for c in f.value("choices").and_then(Value::as_array).into_iter().flatten() {
+        for c in f
+            .value("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let bar = c["min_validation_accuracy"].as_f64().unwrap_or(f64::NAN);
             match c.get("chosen").filter(|v| !v.is_null()) {
                 Some(ch) => md.push_str(&format!(
@@ -1066,7 +1088,9 @@ fn compress_section(
                 "compress-frontier.svg".into(),
                 crate::pipeline::frontier_plot(&points, student)?,
             ));
-            md.push_str("![Accuracy against gzip size, the frontier](img/compress-frontier.svg)\n\n");
+            md.push_str(
+                "![Accuracy against gzip size, the frontier](img/compress-frontier.svg)\n\n",
+            );
         }
     }
     md.push_str(NOTES_COMPRESS.trim_end());

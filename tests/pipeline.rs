@@ -27,14 +27,18 @@ use pare::tensor::models::teacher_cnn;
 fn qat_recovers_what_int4_post_training_quantization_loses() {
     let data = common::mnist();
     let (train, mut model, _) = common::small_cnn_one_epoch(&data);
-    let before = pare::tensor::train::predict(&model, train.images().view().into_dyn(), 256).unwrap();
+    let before =
+        pare::tensor::train::predict(&model, train.images().view().into_dyn(), 256).unwrap();
     outlier_channel(&mut model, 32.0);
     let (x, y) = (train.images().view().into_dyn(), train.labels_usize());
     let test = data.test().take(2000);
     let (tx, ty) = (test.images().view().into_dyn(), test.labels_usize());
     let after = pare::tensor::train::predict(&model, x.view(), 256).unwrap();
     let moved = (&before - &after).iter().fold(0f32, |m, v| m.max(v.abs()));
-    assert!(moved < 1e-3, "the rescaled model computes the same logits (moved {moved})");
+    assert!(
+        moved < 1e-3,
+        "the rescaled model computes the same logits (moved {moved})"
+    );
     let float = pare::tensor::train::evaluate(&model, tx.view(), &ty, 256)
         .unwrap()
         .accuracy;
@@ -77,7 +81,12 @@ fn qat_recovers_what_int4_post_training_quantization_loses() {
         back.predict_i8(codes.view()).unwrap(),
         q.predict_i8(codes.view()).unwrap()
     );
-    assert!(back.layers().iter().filter_map(|l| l.weights.as_ref()).all(|w| w.bits == WeightBits::Int4));
+    assert!(
+        back.layers()
+            .iter()
+            .filter_map(|l| l.weights.as_ref())
+            .all(|w| w.bits == WeightBits::Int4)
+    );
     let simulated = q.simulate(&out.model, tx.view()).unwrap();
     assert!(agreement(logits.view(), simulated.view()) > 0.99);
 }
@@ -87,7 +96,9 @@ fn qat_recovers_what_int4_post_training_quantization_loses() {
 fn outlier_channel(model: &mut pare::tensor::Sequential, k: f32) {
     let filters = 12;
     let conv = model.param_mut("conv2d.kernel").unwrap();
-    conv.value.slice_axis_mut(Axis(3), (0..1).into()).mapv_inplace(|w| w * k);
+    conv.value
+        .slice_axis_mut(Axis(3), (0..1).into())
+        .mapv_inplace(|w| w * k);
     model.param_mut("conv2d.bias").unwrap().value[[0]] *= k;
     let dense = model.param_mut("dense.kernel").unwrap();
     for (row, mut w) in dense.value.axis_iter_mut(Axis(0)).enumerate() {
@@ -134,7 +145,12 @@ fn pipeline_distils_prunes_and_quantizes_into_one_small_file() {
     eprintln!("{:#}", report.to_json());
     assert_eq!(
         names,
-        ["teacher (f32)", "student (f32)", "pruned 80 % (f32, sparse)", "int4 QAT"]
+        [
+            "teacher (f32)",
+            "student (f32)",
+            "pruned 80 % (f32, sparse)",
+            "int4 QAT"
+        ]
     );
     let [_, student, pruned, q] = &report.stages[..] else {
         unreachable!()
@@ -144,7 +160,10 @@ fn pipeline_distils_prunes_and_quantizes_into_one_small_file() {
     // 80 % of the weights gone and 4 bits for the rest: well past 10x after gzip.
     assert!(report.ratio() > 10.0, "{}", report.ratio());
     assert!(pruned.nonzero * 4 < student.nonzero, "{pruned:?}");
-    assert_eq!(back.to_bytes_with(&SparseCodec).unwrap().len(), q.size.bytes);
+    assert_eq!(
+        back.to_bytes_with(&SparseCodec).unwrap().len(),
+        q.size.bytes
+    );
     let logits = back.predict(tx.view()).unwrap();
     assert_eq!(accuracy(logits.view(), &ty), q.test_accuracy);
 }

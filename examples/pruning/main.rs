@@ -243,7 +243,13 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
 
     // 3b. The pruned model fine-tuned through int8 fake-quant (masks fixed), if asked.
     let qat = if a.qat > 0 {
-        Some(steps::qat(&main.model, a.qat, &recipe, &s, &file("pruned-int8-qat")?)?)
+        Some(steps::qat(
+            &main.model,
+            a.qat,
+            &recipe,
+            &s,
+            &file("pruned-int8-qat")?,
+        )?)
     } else {
         None
     };
