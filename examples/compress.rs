@@ -20,10 +20,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use pare::measure::Summary;
 use pare::pipeline::{
     FrontierGrid, FrontierRow, Pipeline, PipelineConfig, PipelineData, PipelineReport, Teacher,
-    choose, frontier, frontier_plot, train_teacher,
+    choice_json, choose, f32_student, frontier, frontier_plot, train_teacher,
 };
 use pare::quant::WeightBits;
 use pare::tensor::models::teacher_cnn;
@@ -51,9 +50,6 @@ struct Args {
     /// Epochs of quantization-aware training (0: post-training quantization).
     #[arg(long, default_value_t = 1)]
     qat: usize,
-    /// Pruning fine-tune epochs.
-    #[arg(long, default_value_t = 4, value_parser = common::positive)]
-    prune_epochs: usize,
     /// Student epochs [default: 3; 1 with --quick].
     #[arg(long, value_parser = common::positive)]
     student_epochs: Option<usize>,
@@ -84,6 +80,9 @@ fn bits(s: &str) -> std::result::Result<u32, String> {
     }
 }
 
+/// The targets: the smallest setting whose mean validation accuracy clears each.
+const BARS: [f64; 2] = [0.975, 0.98];
+
 fn main() -> ExitCode {
     let args: Args = common::parse();
     common::run(|| compress(args))
@@ -113,7 +112,7 @@ fn compress(a: Args) -> Result<()> {
         sparsity: a.sparsity,
         bits,
         qat_epochs: a.qat,
-        prune_epochs: if q { 2 } else { a.prune_epochs },
+        prune_epochs: if q { 2 } else { 4 },
         // TFMOT's 100 steps between mask updates; a quick run has too few steps for that.
         prune_frequency: if q { 5 } else { 100 },
         student_epochs: a.student_epochs.unwrap_or(if q { 1 } else { 3 }),
@@ -122,24 +121,16 @@ fn compress(a: Args) -> Result<()> {
     };
     Pipeline::new(base.clone())?;
     let distilling = a.frontier || base.distill;
-    let teacher_model = if distilling {
-        Some(load_teacher(&a, &data)?)
-    } else {
-        None
-    };
-    let teacher = match &teacher_model {
-        Some(m) => {
-            let t = Teacher::new(m, &data)?;
-            println!(
-                "teacher: test {}, validation {}; logits cached in {:.1} s",
-                common::pct(t.report.test_accuracy),
-                common::pct(t.report.validation_accuracy),
-                t.report.seconds
-            );
-            Some(t)
-        }
-        None => None,
-    };
+    let teacher_model = distilling.then(|| load_teacher(&a, &data)).transpose()?;
+    let teacher = teacher_model
+        .as_ref()
+        .map(|m| Teacher::new(m, &data))
+        .transpose()?;
+    if let Some(t) = &teacher {
+        let (test, val) = (t.report.test_accuracy, t.report.validation_accuracy);
+        let (test, val, secs) = (common::pct(test), common::pct(val), t.report.seconds);
+        println!("teacher: test {test}, validation {val}; logits cached in {secs:.1} s");
+    }
     if a.frontier {
         return sweep(&a, &base, teacher.as_ref(), &data, &results);
     }
@@ -155,7 +146,7 @@ fn compress(a: Args) -> Result<()> {
             base.quantized_name().replace(' ', "-")
         );
         let path = results.model_path(&name)?;
-        println!("\n== seed {seed}: {}", describe(&base));
+        println!("\n== seed {seed}: {}", base.describe());
         let r = p.run(teacher.as_ref(), &data, &path)?;
         print_stages(&r);
         println!(
@@ -165,12 +156,10 @@ fn compress(a: Args) -> Result<()> {
         );
         reports.push(r);
     }
-    let last = |r: &PipelineReport| r.stages.last().map_or(0.0, |s| s.test_accuracy);
-    let test = Summary::of(&reports.iter().map(last).collect::<Vec<_>>());
-    let ratio = reports.iter().map(PipelineReport::ratio).sum::<f64>() / reports.len() as f64;
+    let (test, ratio) = PipelineReport::summary(&reports);
     println!(
         "\n{}: test {} at {ratio:.1}x (mean over seeds)",
-        describe(&base),
+        base.describe(),
         test.percent()
     );
     let json = json!({
@@ -184,19 +173,6 @@ fn compress(a: Args) -> Result<()> {
     let path = results.write_json("compress.json", json)?;
     println!("wrote {}", path.display());
     Ok(())
-}
-
-fn describe(c: &PipelineConfig) -> String {
-    let how = if c.distill {
-        "distilled"
-    } else {
-        "from scratch"
-    };
-    format!(
-        "{how}, pruned to {:.0} %, {}",
-        c.sparsity * 100.0,
-        c.quantized_name()
-    )
 }
 
 /// `--teacher PATH` loads teacher_cnn(256, 512); `--teacher train` trains it on the training
@@ -218,40 +194,7 @@ fn load_teacher(a: &Args, data: &PipelineData<'_>) -> Result<pare::tensor::Seque
 }
 
 fn print_stages(r: &PipelineReport) {
-    let f32_gzip = r
-        .stages
-        .iter()
-        .find(|s| s.name.starts_with("student"))
-        .map_or(f64::NAN, |s| s.size.gzip_bytes as f64);
-    let rows: Vec<Vec<String>> = r
-        .stages
-        .iter()
-        .map(|s| {
-            vec![
-                s.name.clone(),
-                common::pct(s.test_accuracy),
-                common::pct(s.validation_accuracy),
-                common::thousands(s.size.bytes),
-                common::thousands(s.size.gzip_bytes),
-                if s.name.starts_with("teacher") {
-                    "-".into()
-                } else {
-                    format!("{:.1}x", f32_gzip / s.size.gzip_bytes as f64)
-                },
-                format!("{:.1}", s.seconds),
-            ]
-        })
-        .collect();
-    let header = [
-        "stage",
-        "test",
-        "validation",
-        "bytes",
-        "gzip",
-        "vs f32",
-        "s",
-    ];
-    common::print_table(&header, &rows);
+    common::print_table(&PipelineReport::HEADER, &r.table());
     println!("{}", r.dead_channels.trim_end());
 }
 
@@ -275,61 +218,31 @@ fn sweep(
     };
     let start = std::time::Instant::now();
     let rows = frontier(base, &grid, teacher, data, |r| {
+        let (q, secs) = (&r.quantized, start.elapsed().as_secs_f64());
+        let (test, val) = (
+            common::pct(q.test_accuracy),
+            common::pct(q.validation_accuracy),
+        );
+        let what = format!(
+            "{} {:.0} % int{}",
+            r.distill,
+            r.sparsity * 100.0,
+            r.bits.bits()
+        );
+        let gz = q.size.gzip_bytes;
         println!(
-            "{} seed {}: test {}, validation {}, {} B gzip ({:.1}x)  [{:.0} s]",
-            if r.distill { "distilled" } else { "scratch  " },
-            r.seed,
-            common::pct(r.quantized.test_accuracy),
-            common::pct(r.quantized.validation_accuracy),
-            r.quantized.size.gzip_bytes,
-            r.ratio(),
-            start.elapsed().as_secs_f64()
+            "distill {what} seed {}: test {test}, val {val}, {gz} B gzip [{secs:.0} s]",
+            r.seed
         );
     })?;
-    let table: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            vec![
-                r.label(),
-                r.test().percent(),
-                format!("{:.2} %", r.validation().mean * 100.0),
-                format!("{:.0}", r.gzip_bytes()),
-                format!("{:.1}x", r.ratio()),
-            ]
-        })
-        .collect();
+    let table: Vec<Vec<String>> = rows.iter().map(FrontierRow::cells).collect();
     println!();
-    common::print_table(
-        &[
-            "setting",
-            "test (mean ± std [min, max])",
-            "validation",
-            "gzip B",
-            "vs f32",
-        ],
-        &table,
-    );
-    let students: Vec<&FrontierRow> = rows.iter().filter(|r| r.distill).collect();
-    let students = if students.is_empty() {
-        rows.iter().collect()
-    } else {
-        students
-    };
-    let (gz, acc): (Vec<f64>, Vec<f32>) = students
-        .iter()
-        .flat_map(|r| &r.runs)
-        .map(|r| (r.student.size.gzip_bytes as f64, r.student.test_accuracy))
-        .unzip();
-    let student = (
-        gz.iter().sum::<f64>() / gz.len() as f64,
-        Summary::of(&acc).mean,
-    );
-    let mut choices = Vec::new();
-    for bar in [0.975, 0.98] {
-        let c = choose(&rows, bar);
-        match c {
+    common::print_table(&FrontierRow::HEADER, &table);
+    let student = f32_student(&rows);
+    for bar in BARS {
+        match choose(&rows, bar) {
             Some(r) => println!(
-                "smallest with validation >= {:.1} %: {} — test {}, {:.1}x",
+                "smallest with validation >= {:.1} %: {}, test {}, {:.1}x",
                 bar * 100.0,
                 r.label(),
                 r.test().percent(),
@@ -337,12 +250,6 @@ fn sweep(
             ),
             None => println!("no setting reaches validation {:.1} %", bar * 100.0),
         }
-        choices.push(json!({
-            "min_validation_accuracy": bar,
-            "chosen": c.map(|r| json!({"label": r.label(), "test_accuracy": r.test().to_json(),
-                "validation_accuracy": r.validation().mean, "gzip_bytes": r.gzip_bytes(),
-                "ratio": r.ratio()})),
-        }));
     }
     let points: Vec<_> = rows.iter().map(FrontierRow::point).collect();
     let svg = frontier_plot(&points, student)?;
@@ -351,13 +258,10 @@ fn sweep(
     let json = json!({
         "config": base.to_json(),
         "teacher": teacher.map(|t| t.report.to_json()),
-        "grid": {
-            "sparsities": grid.sparsities.iter().map(|s| pare::measure::decimal(*s)).collect::<Vec<_>>(),
-            "bits": [8, 4], "distill": [true, false], "seeds": grid.seeds,
-        },
+        "grid": grid.to_json(),
         "f32_student": {"gzip_bytes": student.0, "test_accuracy": student.1},
         "rows": rows.iter().map(FrontierRow::to_json).collect::<Vec<_>>(),
-        "choices": choices,
+        "choices": BARS.map(|bar| choice_json(&rows, bar)),
         "seconds": start.elapsed().as_secs_f64(),
     });
     let path = results.write_json("compress-frontier.json", json)?;

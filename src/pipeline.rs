@@ -193,6 +193,17 @@ impl PipelineConfig {
         format!("int{} {how}", self.bits.bits())
     }
 
+    /// `distilled, pruned to 90 %, int4 QAT`.
+    pub fn describe(&self) -> String {
+        let how = if self.distill {
+            "distilled"
+        } else {
+            "from scratch"
+        };
+        let (s, q) = (self.sparsity * 100.0, self.quantized_name());
+        format!("{how}, pruned to {s:.0} %, {q}")
+    }
+
     /// The settings as JSON.
     pub fn to_json(&self) -> Value {
         json!({
@@ -557,6 +568,60 @@ pub struct PipelineReport {
 }
 
 impl PipelineReport {
+    /// The columns of [`table`](Self::table).
+    pub const HEADER: [&str; 7] = [
+        "stage",
+        "test",
+        "validation",
+        "bytes",
+        "gzip",
+        "vs f32",
+        "s",
+    ];
+
+    /// One row per stage: name, test and validation accuracy, file bytes raw and gzipped, the
+    /// student's f32 gzip bytes over the stage's, seconds.
+    pub fn table(&self) -> Vec<Vec<String>> {
+        let student = self.stages.iter().find(|s| s.name.starts_with("student"));
+        let f32_gzip = student.map_or(f64::NAN, |s| s.size.gzip_bytes as f64);
+        let pct = |x: f32| format!("{:.2} %", x * 100.0);
+        let n = |x: usize| crate::plot::group_thousands(x as u64);
+        self.stages
+            .iter()
+            .map(|s| {
+                let ratio = if s.name.starts_with("teacher") {
+                    "-".into()
+                } else {
+                    format!("{:.1}x", f32_gzip / s.size.gzip_bytes as f64)
+                };
+                vec![
+                    s.name.clone(),
+                    pct(s.test_accuracy),
+                    pct(s.validation_accuracy),
+                    n(s.size.bytes),
+                    n(s.size.gzip_bytes),
+                    ratio,
+                    format!("{:.1}", s.seconds),
+                ]
+            })
+            .collect()
+    }
+
+    /// Test accuracy of the final (converted) model.
+    pub fn test_accuracy(&self) -> f32 {
+        self.stages.last().map_or(f32::NAN, |s| s.test_accuracy)
+    }
+
+    /// Over several runs (seeds): the final models' test accuracy and the mean
+    /// [`ratio`](Self::ratio).
+    pub fn summary(reports: &[PipelineReport]) -> (Summary, f64) {
+        let acc: Vec<f32> = reports.iter().map(PipelineReport::test_accuracy).collect();
+        (
+            Summary::of(&acc),
+            mean(reports.iter().map(PipelineReport::ratio)),
+        )
+    }
+
     /// The student's dense f32 file gzipped over the final file gzipped.
     pub fn ratio(&self) -> f64 {
         let student = self.stages.iter().find(|s| s.name.starts_with("student"));
@@ -896,6 +961,27 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 }
 
 impl FrontierRow {
+    /// The columns of [`cells`](Self::cells).
+    pub const HEADER: [&str; 5] = [
+        "setting",
+        "test (mean ± std [min, max])",
+        "validation",
+        "gzip B",
+        "vs f32",
+    ];
+
+    /// The row as table cells: label, test summary, mean validation accuracy, mean gzip
+    /// bytes, mean ratio.
+    pub fn cells(&self) -> Vec<String> {
+        vec![
+            self.label(),
+            self.test().percent(),
+            format!("{:.2} %", self.validation().mean * 100.0),
+            format!("{:.0}", self.gzip_bytes()),
+            format!("{:.1}x", self.ratio()),
+        ]
+    }
+
     /// Test accuracy of the converted models over the seeds.
     pub fn test(&self) -> Summary {
         Summary::of(
@@ -1046,6 +1132,49 @@ pub fn choose(rows: &[FrontierRow], min_validation: f64) -> Option<&FrontierRow>
     rows.iter()
         .filter(|r| r.validation().mean >= min_validation)
         .min_by(|a, b| a.gzip_bytes().total_cmp(&b.gzip_bytes()))
+}
+
+impl FrontierGrid {
+    /// The grid as JSON: `{"sparsities", "bits", "distill", "seeds"}`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "sparsities": self.sparsities.iter().copied().map(decimal).collect::<Vec<_>>(),
+            "bits": self.bits.iter().map(|b| b.bits()).collect::<Vec<_>>(),
+            "distill": self.distill,
+            "seeds": self.seeds,
+        })
+    }
+}
+
+/// The f32 students of a frontier: mean gzip bytes of their dense files and mean test
+/// accuracy, over the distilled runs (over all runs if none distilled).
+pub fn f32_student(rows: &[FrontierRow]) -> (f64, f64) {
+    let distilled = rows.iter().any(|r| r.distill);
+    let runs: Vec<&FrontierRun> = rows
+        .iter()
+        .filter(|r| r.distill == distilled)
+        .flat_map(|r| &r.runs)
+        .collect();
+    (
+        mean(runs.iter().map(|r| r.student.size.gzip_bytes as f64)),
+        mean(runs.iter().map(|r| decimal(r.student.test_accuracy))),
+    )
+}
+
+/// [`choose`] at `min_validation` as JSON: `{"min_validation_accuracy", "chosen"}`, `chosen`
+/// null when no setting clears the bar, else its label, test accuracy summary, mean
+/// validation accuracy, mean gzip bytes and ratio.
+pub fn choice_json(rows: &[FrontierRow], min_validation: f64) -> Value {
+    let chosen = choose(rows, min_validation).map(|r| {
+        json!({
+            "label": r.label(),
+            "test_accuracy": r.test().to_json(),
+            "validation_accuracy": r.validation().mean,
+            "gzip_bytes": r.gzip_bytes(),
+            "ratio": r.ratio(),
+        })
+    });
+    json!({ "min_validation_accuracy": min_validation, "chosen": chosen })
 }
 
 /// One setting's mean on the frontier plot.
