@@ -968,6 +968,10 @@ fn compress_section(
                         stages.len() - 1
                     }
                 };
+                // The teacher is one model for every seed: shown once.
+                if stages[at].0.starts_with("teacher") && !stages[at].1[0].is_empty() {
+                    continue;
+                }
                 for (v, x) in stages[at].1.iter_mut().zip(values) {
                     v.push(x);
                 }
@@ -987,7 +991,10 @@ fn compress_section(
                     pct(m(1)),
                     bytes(m(2)),
                     bytes(m(3)),
-                    f32_gzip.map_or("–".into(), |g| format!("{:.1}×", g / m(3))),
+                    match f32_gzip {
+                        Some(g) if !name.starts_with("teacher") => format!("{:.1}×", g / m(3)),
+                        _ => "–".into(),
+                    },
                     format!("{:.0} s", m(4)),
                 ]
             })
@@ -1338,6 +1345,59 @@ mod tests {
         r.write(&page, &d.0.join("out/img")).unwrap();
         assert_eq!(std::fs::read_to_string(&page).unwrap(), *md);
         assert!(d.0.join("out/img/distillation-sweep.svg").is_file());
+    }
+
+    #[test]
+    fn compress_stages_and_frontier_become_tables_choices_and_a_plot() {
+        let d = dir("compress");
+        let stage = |name: &str, acc: f64, gz: u64| {
+            json!({"stage": name, "test_accuracy": acc, "validation_accuracy": acc + 0.004,
+                   "size": {"bytes": gz + 400, "gzip_bytes": gz}, "seconds": 8.0})
+        };
+        let run = |acc: f64| {
+            json!({"stages": [stage("teacher (f32)", 0.9869, 5_339_922),
+                              stage("student (f32)", 0.983, 76_672),
+                              stage("int4 QAT", acc, 2_723)]})
+        };
+        put(
+            &d.0,
+            "compress.json",
+            &json!({"runs": [run(0.9795), run(0.9805)]}),
+        );
+        let row = |distill: bool, s: f64, gz: f64, acc: f64| {
+            json!({"distill": distill, "sparsity": s, "bits": 4, "gzip_bytes": gz, "ratio": 76_672.0 / gz,
+                   "test_accuracy": {"mean": acc}, "validation_accuracy": {"mean": acc + 0.004},
+                   "runs": [{"quantized": {"test_accuracy": acc}}]})
+        };
+        put(
+            &d.0,
+            "compress-frontier.json",
+            &json!({
+                "f32_student": {"gzip_bytes": 76_672.0, "test_accuracy": 0.983},
+                "rows": [row(true, 0.9, 2_723.0, 0.98), row(false, 0.95, 2_000.0, 0.975)],
+                "choices": [
+                    {"min_validation_accuracy": 0.975, "chosen": {"label": "scratch, 95 %, int4",
+                     "test_accuracy": {"mean": 0.975}, "gzip_bytes": 2_000.0, "ratio": 38.3}},
+                    {"min_validation_accuracy": 0.99, "chosen": null}
+                ]
+            }),
+        );
+        let r = build(&Inputs::find(&[&d.0]).unwrap()).unwrap();
+        let md = &r.markdown;
+        // The teacher once, not per seed, and no ratio for it.
+        assert!(md.contains("| teacher (f32) | 98.69 % | 99.09 % |"), "{md}");
+        assert!(md.contains("5,339,922 B (5214.8 KiB) | – |"), "{md}");
+        assert!(
+            md.contains("| int4 QAT | 98.00 % ± 0.07 [97.95, 98.05] (2 seeds) |"),
+            "{md}"
+        );
+        assert!(md.contains("| 2,723 B | 28.2× |"), "{md}");
+        assert!(md.contains("| distilled | 90 % | int4 | 98.00 % |"), "{md}");
+        assert!(md.contains("**scratch, 95 %, int4**, test 97.50 %, 2,000 B gzip, **38.3×**"));
+        assert!(md.contains("No setting reaches a mean validation accuracy of 99.00 %."));
+        let names: Vec<&str> = r.plots.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["compress-frontier.svg"]);
+        assert!(r.plots[0].1.contains("Deep Compression"));
     }
 
     #[test]
