@@ -76,6 +76,10 @@ struct Args {
     /// One weight scale per tensor instead of per output channel.
     #[arg(long)]
     per_tensor: bool,
+    /// Epochs of quantization-aware training (Adam 1e-4) before a second conversion at the
+    /// learned ranges, reported beside post-training int8 (0: off).
+    #[arg(long, default_value_t = 0)]
+    qat: usize,
     /// Also convert with every observer and compare them.
     #[arg(long)]
     all_observers: bool,
@@ -143,11 +147,31 @@ fn quantize(a: Args) -> Result<()> {
     };
     let dynamic = convert(&model, calibration.view(), &dynamic_config)?;
 
+    // 2b. Quantization-aware fine-tune of a copy, converted at its learned ranges, if asked.
+    let qat = if a.qat > 0 {
+        let tune = pare::pipeline::QatFineTune {
+            epochs: a.qat,
+            batch_size: a.batch_size,
+            learning_rate: 1e-4,
+            bits: pare::quant::WeightBits::Int8,
+            per_channel: !a.per_tensor,
+            seed: a.seed,
+            verbose: true,
+        };
+        Some(tune.run(&model, None, (x.view(), &y))?.quantized)
+    } else {
+        None
+    };
+
     // 3. Accuracy on the test set, and the engine against the fake-quant simulation.
     let float_accuracy = evaluate(&model, tx.view(), &ty, 256)?.accuracy;
     let int8_logits = int8.predict(tx.view())?;
     let int8_accuracy = accuracy(int8_logits.view(), &ty);
     let dynamic_accuracy = accuracy(dynamic.predict(tx.view())?.view(), &ty);
+    let qat_accuracy = match &qat {
+        Some(q) => Some(accuracy(q.predict(tx.view())?.view(), &ty)),
+        None => None,
+    };
     let simulated = int8.simulate(&model, tx.view())?;
     let matches_simulation = agreement(int8_logits.view(), simulated.view());
     let simulated_accuracy = accuracy(simulated.view(), &ty);
@@ -258,6 +282,15 @@ fn quantize(a: Args) -> Result<()> {
         let [raw, gz] = size_cells(size);
         vec![name.to_string(), common::pct(acc), delta, raw, gz, latency]
     });
+    let mut rows = rows.to_vec();
+    if let (Some(q), Some(acc)) = (&qat, qat_accuracy) {
+        let [raw, gz] = size_cells(FileSize::of(&q.to_bytes()?));
+        let name = format!("int8 (QAT, {})", common::count(a.qat, "epoch"));
+        rows.insert(
+            2,
+            vec![name, common::pct(acc), vs_float(acc), raw, gz, "-".into()],
+        );
+    }
     let header = [
         "model",
         "accuracy",
@@ -315,6 +348,8 @@ fn quantize(a: Args) -> Result<()> {
             "float_accuracy": float_accuracy,
             "int8_accuracy": int8_accuracy,
             "dynamic_range_accuracy": dynamic_accuracy,
+            "qat_epochs": a.qat,
+            "qat_accuracy": qat_accuracy,
             "simulated_accuracy": simulated_accuracy,
             "int8_matches_simulation": matches_simulation,
             "float_model_bytes": f32_size.bytes,

@@ -14,6 +14,8 @@
 //! - [`breakdown`]: where the bytes of such a file go, against the kernels' entropy bound;
 //! - [`sweep`]: pruning recipes (TFMOT's schedule, strip, dead channels cut, int8 file) and the
 //!   sparsity sweep;
+//! - [`pipeline`]: one compression run (distil, prune, cut dead channels, quantization-aware
+//!   int8/int4, one file) and the accuracy/size frontier over its settings;
 //! - [`measure`]: accuracy, file sizes raw and gzipped, timing medians, summaries over seeds;
 //! - [`results`]: results files that say how they were made;
 //! - [`plot`] and [`report`]: the SVG figures and the results page, rebuilt from those files.
@@ -28,6 +30,7 @@ pub mod codecs;
 pub mod error;
 pub mod inspect;
 pub mod measure;
+pub mod pipeline;
 pub mod plot;
 pub mod report;
 pub mod results;

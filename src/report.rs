@@ -286,6 +286,7 @@ const NOTES_TRAINING: &str = include_str!("../docs/notes/training.md");
 const NOTES_QUANT: &str = include_str!("../docs/notes/quantization.md");
 const NOTES_PRUNE: &str = include_str!("../docs/notes/pruning.md");
 const NOTES_DISTILL: &str = include_str!("../docs/notes/distillation.md");
+const NOTES_COMPRESS: &str = include_str!("../docs/notes/compress.md");
 
 fn pct(x: f64) -> String {
     format!("{:.2} %", x * 100.0)
@@ -424,6 +425,7 @@ pub fn build(inputs: &Inputs) -> Result<Report> {
     quantization_section(inputs, &mut md, &mut plots, &mut missing)?;
     pruning_section(inputs, &mut md, &mut plots, &mut missing)?;
     distillation_section(inputs, &mut md, &mut plots, &mut missing)?;
+    compress_section(inputs, &mut md, &mut plots, &mut missing)?;
     onnx_section(inputs, &mut md, &mut missing)?;
     Ok(Report {
         markdown: md,
@@ -919,6 +921,190 @@ fn distillation_section(
     Ok(())
 }
 
+/// The compression pipeline (`compress.json`: each stage of each seed's run) and its frontier
+/// (`compress-frontier.json`: one row per setting, means over seeds, and the plot).
+fn compress_section(
+    inputs: &Inputs,
+    md: &mut String,
+    plots: &mut Plots,
+    missing: &mut Vec<String>,
+) -> Result<()> {
+    md.push_str(
+        "## All together: distil → prune → quantization-aware int4/int8 (`pare::pipeline`)\n\n",
+    );
+    let teacher = "--teacher target/pare/models/teacher-f32.safetensors";
+    let reproduce = format!("cargo run --release --example compress -- {teacher} --seeds 0,1,2");
+    if let Some(f) = section_file(inputs, "compress.json", &reproduce, md, missing) {
+        let runs = f
+            .value("runs")
+            .and_then(Value::as_array)
+            .ok_or_else(|| f.key_error("runs", "an array of runs"))?;
+        // Stage name -> (test, validation, bytes, gzip bytes, seconds) per seed.
+        let mut stages: Vec<(String, [Vec<f64>; 5])> = Vec::new();
+        for r in runs {
+            let list = r
+                .get("stages")
+                .and_then(Value::as_array)
+                .ok_or_else(|| f.key_error("runs.stages", "an array of stages"))?;
+            for st in list {
+                let name = st["stage"].as_str().unwrap_or("?").to_string();
+                let num = |k: &str| {
+                    k.split('.')
+                        .try_fold(st, |v, k| v.get(k))
+                        .and_then(Value::as_f64)
+                        .ok_or_else(|| f.key_error("runs.stages", "stages with figures"))
+                };
+                let values = [
+                    num("test_accuracy")?,
+                    num("validation_accuracy")?,
+                    num("size.bytes")?,
+                    num("size.gzip_bytes")?,
+                    num("seconds")?,
+                ];
+                let at = match stages.iter().position(|(n, _)| *n == name) {
+                    Some(i) => i,
+                    None => {
+                        stages.push((name, Default::default()));
+                        stages.len() - 1
+                    }
+                };
+                // The teacher is one model for every seed: shown once.
+                if stages[at].0.starts_with("teacher") && !stages[at].1[0].is_empty() {
+                    continue;
+                }
+                for (v, x) in stages[at].1.iter_mut().zip(values) {
+                    v.push(x);
+                }
+            }
+        }
+        let f32_gzip = stages
+            .iter()
+            .find(|(n, _)| n.starts_with("student"))
+            .and_then(|(_, v)| mean(&v[3]));
+        let rows: Vec<Vec<String>> = stages
+            .iter()
+            .map(|(name, v)| {
+                let m = |i: usize| mean(&v[i]).unwrap_or(f64::NAN);
+                vec![
+                    name.clone(),
+                    spread(&v[0]),
+                    pct(m(1)),
+                    bytes(m(2)),
+                    bytes(m(3)),
+                    match f32_gzip {
+                        Some(g) if !name.starts_with("teacher") => format!("{:.1}×", g / m(3)),
+                        _ => "–".into(),
+                    },
+                    format!("{:.0} s", m(4)),
+                ]
+            })
+            .collect();
+        let header = [
+            "stage",
+            "test",
+            "validation",
+            "file",
+            "gzip",
+            "vs f32 gzip",
+            "time",
+        ];
+        table(md, &header, &rows);
+    }
+    let reproduce =
+        format!("cargo run --release --example compress -- {teacher} --frontier --seeds 0,1,2");
+    if let Some(f) = section_file(inputs, "compress-frontier.json", &reproduce, md, missing) {
+        let rows = f
+            .value("rows")
+            .and_then(Value::as_array)
+            .ok_or_else(|| f.key_error("rows", "an array of rows"))?;
+        let mut table_rows = Vec::new();
+        let mut points = Vec::new();
+        for r in rows {
+            let num = |k: &str| {
+                k.split('.')
+                    .try_fold(r, |v, k| v.get(k))
+                    .and_then(Value::as_f64)
+                    .ok_or_else(|| f.key_error("rows", "rows with figures"))
+            };
+            let distill = r["distill"].as_bool().unwrap_or(false);
+            let bits = num("bits")?;
+            let sparsity = num("sparsity")?;
+            let tests: Vec<f64> = r["runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|run| run["quantized"]["test_accuracy"].as_f64())
+                .collect();
+            table_rows.push(vec![
+                if distill { "distilled" } else { "from scratch" }.into(),
+                format!("{:.0} %", sparsity * 100.0),
+                format!("int{bits}"),
+                spread(&tests),
+                pct(num("validation_accuracy.mean")?),
+                bytes(num("gzip_bytes")?),
+                format!("{:.1}×", num("ratio")?),
+            ]);
+            points.push(crate::pipeline::FrontierPoint {
+                distill,
+                bits: bits as u32,
+                sparsity,
+                gzip_bytes: num("gzip_bytes")?,
+                test_accuracy: num("test_accuracy.mean")?,
+            });
+        }
+        let header = [
+            "student",
+            "sparsity",
+            "weights",
+            "test",
+            "validation",
+            "gzip",
+            "vs f32 gzip",
+        ];
+        table(md, &header, &table_rows);
+        for c in f
+            .value("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let bar = c["min_validation_accuracy"].as_f64().unwrap_or(f64::NAN);
+            match c.get("chosen").filter(|v| !v.is_null()) {
+                Some(ch) => md.push_str(&format!(
+                    "- Smallest setting with mean validation accuracy ≥ {}: **{}**, test {}, \
+                     {} gzip, **{:.1}×** smaller than the f32 student.\n",
+                    pct(bar),
+                    ch["label"].as_str().unwrap_or("?"),
+                    pct(ch["test_accuracy"]["mean"].as_f64().unwrap_or(f64::NAN)),
+                    bytes(ch["gzip_bytes"].as_f64().unwrap_or(f64::NAN)),
+                    ch["ratio"].as_f64().unwrap_or(f64::NAN),
+                )),
+                None => md.push_str(&format!(
+                    "- No setting reaches a mean validation accuracy of {}.\n",
+                    pct(bar)
+                )),
+            }
+        }
+        md.push('\n');
+        let student = (
+            f.f64("f32_student.gzip_bytes")?,
+            f.f64("f32_student.test_accuracy")?,
+        );
+        if !points.is_empty() {
+            plots.push((
+                "compress-frontier.svg".into(),
+                crate::pipeline::frontier_plot(&points, student)?,
+            ));
+            md.push_str(
+                "![Accuracy against gzip size, the frontier](img/compress-frontier.svg)\n\n",
+            );
+        }
+    }
+    md.push_str(NOTES_COMPRESS.trim_end());
+    md.push_str("\n\n");
+    Ok(())
+}
+
 fn heat_map(f: &ResultFile, cells: &[Value], md: &mut String, plots: &mut Plots) -> Result<()> {
     let mut ts: Vec<f64> = Vec::new();
     let mut alphas: Vec<f64> = Vec::new();
@@ -1159,6 +1345,59 @@ mod tests {
         r.write(&page, &d.0.join("out/img")).unwrap();
         assert_eq!(std::fs::read_to_string(&page).unwrap(), *md);
         assert!(d.0.join("out/img/distillation-sweep.svg").is_file());
+    }
+
+    #[test]
+    fn compress_stages_and_frontier_become_tables_choices_and_a_plot() {
+        let d = dir("compress");
+        let stage = |name: &str, acc: f64, gz: u64| {
+            json!({"stage": name, "test_accuracy": acc, "validation_accuracy": acc + 0.004,
+                   "size": {"bytes": gz + 400, "gzip_bytes": gz}, "seconds": 8.0})
+        };
+        let run = |acc: f64| {
+            json!({"stages": [stage("teacher (f32)", 0.9869, 5_339_922),
+                              stage("student (f32)", 0.983, 76_672),
+                              stage("int4 QAT", acc, 2_723)]})
+        };
+        put(
+            &d.0,
+            "compress.json",
+            &json!({"runs": [run(0.9795), run(0.9805)]}),
+        );
+        let row = |distill: bool, s: f64, gz: f64, acc: f64| {
+            json!({"distill": distill, "sparsity": s, "bits": 4, "gzip_bytes": gz, "ratio": 76_672.0 / gz,
+                   "test_accuracy": {"mean": acc}, "validation_accuracy": {"mean": acc + 0.004},
+                   "runs": [{"quantized": {"test_accuracy": acc}}]})
+        };
+        put(
+            &d.0,
+            "compress-frontier.json",
+            &json!({
+                "f32_student": {"gzip_bytes": 76_672.0, "test_accuracy": 0.983},
+                "rows": [row(true, 0.9, 2_723.0, 0.98), row(false, 0.95, 2_000.0, 0.975)],
+                "choices": [
+                    {"min_validation_accuracy": 0.975, "chosen": {"label": "scratch, 95 %, int4",
+                     "test_accuracy": {"mean": 0.975}, "gzip_bytes": 2_000.0, "ratio": 38.3}},
+                    {"min_validation_accuracy": 0.99, "chosen": null}
+                ]
+            }),
+        );
+        let r = build(&Inputs::find(&[&d.0]).unwrap()).unwrap();
+        let md = &r.markdown;
+        // The teacher once, not per seed, and no ratio for it.
+        assert!(md.contains("| teacher (f32) | 98.69 % | 99.09 % |"), "{md}");
+        assert!(md.contains("5,339,922 B (5214.8 KiB) | – |"), "{md}");
+        assert!(
+            md.contains("| int4 QAT | 98.00 % ± 0.07 [97.95, 98.05] (2 seeds) |"),
+            "{md}"
+        );
+        assert!(md.contains("| 2,723 B | 28.2× |"), "{md}");
+        assert!(md.contains("| distilled | 90 % | int4 | 98.00 % |"), "{md}");
+        assert!(md.contains("**scratch, 95 %, int4**, test 97.50 %, 2,000 B gzip, **38.3×**"));
+        assert!(md.contains("No setting reaches a mean validation accuracy of 99.00 %."));
+        let names: Vec<&str> = r.plots.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["compress-frontier.svg"]);
+        assert!(r.plots[0].1.contains("Deep Compression"));
     }
 
     #[test]

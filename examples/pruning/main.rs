@@ -71,6 +71,10 @@ struct Args {
     /// Prune only these kernels, comma-separated (dense.kernel, conv2d.kernel) [default: all].
     #[arg(long, value_delimiter = ',', num_args = 1..)]
     prune_only: Option<Vec<String>>,
+    /// Epochs of quantization-aware training (Adam 1e-4, masks fixed) of the pruned model
+    /// before a second int8 conversion at the learned ranges (0: off).
+    #[arg(long, default_value_t = 0)]
+    qat: usize,
     /// Also sweep the final sparsity (50 to 95 %).
     #[arg(long)]
     sweep: bool,
@@ -96,7 +100,19 @@ fn main() -> ExitCode {
             let path = results.write_json("pruning-sweep.json", sweep)?;
             println!("wrote {}", path.display());
         }
-        let path = results.write_json("pruning.json", report::json(&o)?)?;
+        let mut json = report::json(&o)?;
+        if let Some((acc, size)) = o.qat {
+            println!(
+                "pruned int8 after {} of QAT: {} test, {} bytes gzipped",
+                common::count(o.args.qat, "epoch"),
+                common::pct(acc),
+                size.gzip_bytes
+            );
+            json["qat"] = serde_json::json!({
+                "epochs": o.args.qat, "int8_accuracy": acc, "int8_model": size.to_json(),
+            });
+        }
+        let path = results.write_json("pruning.json", json)?;
         println!("wrote {}", path.display());
         Ok(())
     })
@@ -130,6 +146,7 @@ struct Outcome {
     sparse_acc: f32,
     sparse_runtime: serde_json::Value,
     sweep: Option<Vec<SweepPoint>>,
+    qat: Option<(f32, FileSize)>,
 }
 
 fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
@@ -225,6 +242,19 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
     let bytes = std::fs::read(file("pruned-int8")?)?;
     let breakdown = FileBreakdown::of(&pruned_int8.model, &bytes)?;
 
+    // 3b. The pruned model fine-tuned through int8 fake-quant (masks fixed), if asked.
+    let qat = if a.qat > 0 {
+        Some(steps::qat(
+            &main.model,
+            a.qat,
+            &recipe,
+            &s,
+            &file("pruned-int8-qat")?,
+        )?)
+    } else {
+        None
+    };
+
     // 4. Only the dense kernel pruned, harder; the conv kernel (108 weights) left dense.
     let dense_only = steps::dense_only(&recipe, &baseline, &s, &file, &meta("pruned"))?;
 
@@ -279,6 +309,7 @@ fn prune(a: Args, results: &pare::results::Results) -> Result<Outcome> {
         sparse_acc,
         sparse_runtime,
         sweep,
+        qat,
         main,
         recipe,
         args: a,
