@@ -185,6 +185,11 @@ fn unknown(model: &Sequential, which: &'static str, layer: &str) -> DistillError
 
 /// Runs `model`'s layers up to and including `layer`; its output.
 fn forward_until(model: &Sequential, g: &mut Graph, x: Var, layer: &str) -> Result<Var> {
+    if !model.is_sequential() {
+        // A graph model's layer order is not a chain: run it whole and tap the layer.
+        let (_, taps) = model.forward_with_taps(g, x, &[layer]);
+        return taps[0].ok_or_else(|| unknown(model, "teacher", layer));
+    }
     let mut x = x;
     for l in &model.layers {
         x = l.module().forward(g, x);

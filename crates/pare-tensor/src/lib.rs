@@ -74,6 +74,7 @@ pub mod checkpoint;
 pub mod data;
 mod error;
 pub mod fold;
+pub mod functional;
 pub mod gradcheck;
 mod graph;
 pub mod infer;
@@ -88,11 +89,13 @@ pub mod schedule;
 pub mod train;
 
 #[cfg(test)]
+mod functional_tests;
+#[cfg(test)]
 mod graph_tests;
 #[cfg(test)]
 mod layers_tests;
 
-pub use error::{Result, TensorError, batch_shape, hyper_parameter_message};
+pub use error::{Result, TensorError, WiringError, batch_shape, hyper_parameter_message};
 pub use fold::fold_batch_norm;
 
 /// The `ndarray` pare-tensor is built on (0.17): arrays a user builds with it are the arrays
@@ -111,4 +114,5 @@ pub fn seeded_rng(seed: u64) -> rand::rngs::StdRng {
 pub use graph::{Activation, FakeQuantSpec, Grads, Graph, Op, ParamHook, Var};
 pub use kernels::conv::Padding;
 pub use layer_ops::Pointwise;
-pub use nn::{Layer, Module, Param, Sequential};
+pub use functional::{Add, Concatenate, INPUT};
+pub use nn::{Layer, Model, Module, Param, Sequential};
