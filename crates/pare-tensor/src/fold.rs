@@ -77,7 +77,9 @@ fn fold_graph(model: &Model) -> Model {
     let mut layers: Vec<Option<Layer>> = model.layers.iter().cloned().map(Some).collect();
     let mut wiring = model.wiring.clone();
     for (j, layer) in model.layers.iter().enumerate() {
-        let Layer::BatchNorm(bn) = layer else { continue };
+        let Layer::BatchNorm(bn) = layer else {
+            continue;
+        };
         let Some([source]) = model.wiring.get(&bn.name).map(Vec::as_slice) else {
             continue;
         };

@@ -73,7 +73,11 @@ impl Module for Add {
             return Err(arity(&self.name, "two or more inputs", inputs.len()));
         }
         if inputs.iter().any(|s| s != &inputs[0]) {
-            return Err(mismatch(&self.name, inputs, "cannot be added: they must be equal"));
+            return Err(mismatch(
+                &self.name,
+                inputs,
+                "cannot be added: they must be equal",
+            ));
         }
         Ok(inputs[0].clone())
     }
@@ -170,7 +174,11 @@ impl Graph {
         let mut out = Vec::with_capacity(rows * total);
         let parts: Vec<&[f32]> = xs
             .iter()
-            .map(|&x| self.value(x).as_slice().expect("graph values are contiguous"))
+            .map(|&x| {
+                self.value(x)
+                    .as_slice()
+                    .expect("graph values are contiguous")
+            })
             .collect();
         for r in 0..rows {
             for (p, &w) in parts.iter().zip(&widths) {
@@ -192,7 +200,10 @@ pub(crate) fn split_last_axis(g: &ArrayD<f32>, widths: &[usize]) -> Vec<ArrayD<f
     let total: usize = widths.iter().sum();
     let lead = &g.shape()[..g.ndim() - 1];
     let rows = s.len() / total.max(1);
-    let mut parts: Vec<Vec<f32>> = widths.iter().map(|w| Vec::with_capacity(rows * w)).collect();
+    let mut parts: Vec<Vec<f32>> = widths
+        .iter()
+        .map(|w| Vec::with_capacity(rows * w))
+        .collect();
     for row in s.chunks_exact(total.max(1)) {
         let mut at = 0;
         for (p, &w) in parts.iter_mut().zip(widths) {
@@ -339,8 +350,11 @@ fn topological_order(names: &[String], nodes: &[(Layer, Vec<String>)]) -> Result
                         .expect("an unplaced node waits on an unplaced input");
                 }
                 let start = path.iter().position(|&p| p == at).expect("repeat");
-                let mut cycle: Vec<String> =
-                    path[start..].iter().rev().map(|&i| names[i].clone()).collect();
+                let mut cycle: Vec<String> = path[start..]
+                    .iter()
+                    .rev()
+                    .map(|&i| names[i].clone())
+                    .collect();
                 cycle.push(cycle[0].clone());
                 return Err(WiringError::Cycle(cycle).into());
             }
@@ -409,7 +423,10 @@ impl Model {
             .map(|l| {
                 let n = l.module().name();
                 let inputs = self.inputs_of(n).unwrap_or_default();
-                (n.to_string(), inputs.into_iter().map(String::from).collect())
+                (
+                    n.to_string(),
+                    inputs.into_iter().map(String::from).collect(),
+                )
             })
             .collect()
     }
@@ -429,10 +446,18 @@ impl Model {
             let s = if self.is_sequential() {
                 m.output_shape(&prev)?
             } else {
-                let inputs = self.wiring.get(m.name()).ok_or_else(|| unknown(m.name(), ""))?;
+                let inputs = self
+                    .wiring
+                    .get(m.name())
+                    .ok_or_else(|| unknown(m.name(), ""))?;
                 let ins = inputs
                     .iter()
-                    .map(|i| shapes.get(i.as_str()).cloned().ok_or_else(|| unknown(m.name(), i)))
+                    .map(|i| {
+                        shapes
+                            .get(i.as_str())
+                            .cloned()
+                            .ok_or_else(|| unknown(m.name(), i))
+                    })
                     .collect::<Result<Vec<_>>>()?;
                 m.output_shape_many(&ins)?
             };

@@ -7,9 +7,7 @@ use crate::gradcheck::{max_gradient_error, toy_halves};
 use crate::graph::{Graph, Var};
 use crate::kernels::conv::Padding;
 use crate::models::{resnet8, tiny_residual};
-use crate::nn::{
-    BatchNorm, Conv2d, Dense, Flatten, Layer, Model, Module, Param, ReLU,
-};
+use crate::nn::{BatchNorm, Conv2d, Dense, Flatten, Layer, Model, Module, Param, ReLU};
 use crate::optim::{Adam, AdamConfig};
 use crate::train::{Fit, FitConfig, evaluate, predict};
 use ndarray::{ArrayD, Axis, IxDyn, concatenate};
@@ -104,7 +102,10 @@ fn the_builder_rejects_bad_wiring_with_typed_errors() {
         .build();
     assert_eq!(wiring_err(dup), WiringError::DuplicateName("a".into()));
     let named_input = b().node(ReLU::new(INPUT), &[INPUT]).build();
-    assert_eq!(wiring_err(named_input), WiringError::DuplicateName(INPUT.into()));
+    assert_eq!(
+        wiring_err(named_input),
+        WiringError::DuplicateName(INPUT.into())
+    );
     let cycle = b()
         .node(conv("a", 2, 2, 0), &[INPUT])
         .node(Add::new("s"), &["a", "t"])
@@ -212,8 +213,10 @@ fn graph_forward_computes_each_node_after_its_inputs() {
     assert_eq!(pushed.inputs_of("tail"), Some(vec!["head"]));
     assert!(pushed.require_sequential("x").is_err());
     assert!(crate::models::small_cnn(0).require_sequential("x").is_ok());
-    assert!(crate::infer::forward(&pushed, ndarray::ArrayD::zeros(IxDyn(&[1, 5, 5, 2])).view())
-        .is_err());
+    assert!(
+        crate::infer::forward(&pushed, ndarray::ArrayD::zeros(IxDyn(&[1, 5, 5, 2])).view())
+            .is_err()
+    );
 }
 
 #[test]
@@ -287,22 +290,32 @@ fn checkpoints_save_and_check_the_wiring() {
     save(&a, &path, meta.clone()).unwrap();
     assert_eq!(wiring(&path).unwrap(), Some(a.wiring.clone()));
     let mut b = resnet8(2);
-    assert_eq!(load(&mut b, &path).unwrap(), meta, "the wiring key is not user metadata");
+    assert_eq!(
+        load(&mut b, &path).unwrap(),
+        meta,
+        "the wiring key is not user metadata"
+    );
     assert_eq!(a.weights(), b.weights());
     // Same tensors, other wiring: the shortcut of block 1 taken from its first ReLU.
     let mut rewired = resnet8(2);
-    rewired.wiring.insert(
-        "b1_add".into(),
-        vec!["b1_bn2".into(), "b1_relu1".into()],
-    );
-    let before = rewired.weights().into_iter().cloned().collect::<Vec<Param>>();
+    rewired
+        .wiring
+        .insert("b1_add".into(), vec!["b1_bn2".into(), "b1_relu1".into()]);
+    let before = rewired
+        .weights()
+        .into_iter()
+        .cloned()
+        .collect::<Vec<Param>>();
     let err = load(&mut rewired, &path).unwrap_err();
     assert!(
         matches!(&err, TensorError::CheckpointMismatch { mismatches, .. }
             if mismatches.len() == 1 && mismatches[0].starts_with("wiring:")),
         "{err}"
     );
-    assert_eq!(rewired.weights().into_iter().cloned().collect::<Vec<_>>(), before);
+    assert_eq!(
+        rewired.weights().into_iter().cloned().collect::<Vec<_>>(),
+        before
+    );
     // A chain's checkpoint has no wiring entry, as before.
     let chain = tmp("chain.safetensors");
     save(&crate::models::small_cnn(0), &chain, Default::default()).unwrap();
@@ -316,7 +329,9 @@ fn trained_like(model: &mut Model, seed: u64) {
         if let Layer::BatchNorm(bn) = l {
             bn.gamma.value.mapv_inplace(|_| rng.random_range(0.5..2.0));
             bn.beta.value.mapv_inplace(|_| rng.random_range(-1.0..1.0));
-            bn.moving_mean.value.mapv_inplace(|_| rng.random_range(-0.5..0.5));
+            bn.moving_mean
+                .value
+                .mapv_inplace(|_| rng.random_range(-0.5..0.5));
             bn.moving_variance
                 .value
                 .mapv_inplace(|_| rng.random_range(0.1..3.0));
@@ -329,9 +344,17 @@ fn batch_norm_folds_in_a_graph_model_with_equal_outputs() {
     let mut model = resnet8(3);
     trained_like(&mut model, 4);
     let folded = crate::fold_batch_norm(&model).unwrap();
-    assert!(!folded.layers.iter().any(|l| matches!(l, Layer::BatchNorm(_))));
+    assert!(
+        !folded
+            .layers
+            .iter()
+            .any(|l| matches!(l, Layer::BatchNorm(_)))
+    );
     assert_eq!(folded.layers.len(), model.layers.len() - 9);
-    assert_eq!(folded.inputs_of("b2_add"), Some(vec!["b2_conv2", "b2_proj"]));
+    assert_eq!(
+        folded.inputs_of("b2_add"),
+        Some(vec!["b2_conv2", "b2_proj"])
+    );
     assert_eq!(folded.inputs_of("stem_relu"), Some(vec!["stem_conv"]));
     folded.output_shape().unwrap();
     let mut rng = StdRng::seed_from_u64(5);
@@ -360,14 +383,32 @@ fn the_graph_summary_has_keras_columns_and_totals() {
     assert!(text.contains("Connected to"));
     assert!(text.contains(" input (InputLayer)"));
     assert!(text.contains("Total params: 78,426 (306.35 KB)"), "{text}");
-    assert!(text.contains("Trainable params: 77,754 (303.73 KB)"), "{text}");
-    assert!(text.contains("Non-trainable params: 672 (2.62 KB)"), "{text}");
+    assert!(
+        text.contains("Trainable params: 77,754 (303.73 KB)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("Non-trainable params: 672 (2.62 KB)"),
+        "{text}"
+    );
     assert!(text.lines().all(|l| l.chars().count() <= 100), "{text}");
-    let add = text.lines().position(|l| l.contains("b2_add (Add)")).unwrap();
+    let add = text
+        .lines()
+        .position(|l| l.contains("b2_add (Add)"))
+        .unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[add].trim_end().ends_with("b2_bn2"), "{}", lines[add]);
-    assert!(lines[add + 1].trim_end().ends_with("b2_proj_bn"), "{}", lines[add + 1]);
+    assert!(
+        lines[add + 1].trim_end().ends_with("b2_proj_bn"),
+        "{}",
+        lines[add + 1]
+    );
     assert!(text.contains(" b2_proj_bn (BatchNormalization)"));
     // A chain keeps its table.
-    assert!(!crate::models::small_cnn(0).summary().to_string().contains("Connected"));
+    assert!(
+        !crate::models::small_cnn(0)
+            .summary()
+            .to_string()
+            .contains("Connected")
+    );
 }

@@ -111,8 +111,8 @@ pub use rand;
 pub fn seeded_rng(seed: u64) -> rand::rngs::StdRng {
     <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed)
 }
+pub use functional::{Add, Concatenate, INPUT};
 pub use graph::{Activation, FakeQuantSpec, Grads, Graph, Op, ParamHook, Var};
 pub use kernels::conv::Padding;
 pub use layer_ops::Pointwise;
-pub use functional::{Add, Concatenate, INPUT};
 pub use nn::{Layer, Model, Module, Param, Sequential};

@@ -2,9 +2,9 @@
 //! tests and benches share one definition: the three chains of the MNIST experiments and the
 //! graph models [`resnet8`] and [`tiny_residual`].
 
+use crate::functional::{Add, INPUT};
 use crate::graph::Activation;
 use crate::kernels::conv::Padding;
-use crate::functional::{Add, INPUT};
 use crate::nn::{
     BatchNorm, Conv2d, Dense, Flatten, GlobalAveragePool2d, LeakyReLU, MaxPool2d, Model, ReLU,
     Reshape, Sequential,
@@ -122,7 +122,10 @@ pub fn resnet8(seed: u64) -> Model {
             .node(conv(&n("conv1"), cin, filters, 3, stride, &mut rng), &[&x])
             .node(BatchNorm::new(&n("bn1"), filters), &[&n("conv1")])
             .node(ReLU::new(&n("relu1")), &[&n("bn1")])
-            .node(conv(&n("conv2"), filters, filters, 3, 1, &mut rng), &[&n("relu1")])
+            .node(
+                conv(&n("conv2"), filters, filters, 3, 1, &mut rng),
+                &[&n("relu1")],
+            )
             .node(BatchNorm::new(&n("bn2"), filters), &[&n("conv2")]);
         let shortcut = if stride == 1 && cin == filters {
             x.clone()

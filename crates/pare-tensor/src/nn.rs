@@ -1,6 +1,7 @@
 //! Layers with named parameters, Keras' initialisation, and `Sequential`.
 
 use crate::error::{Result, TensorError};
+pub use crate::functional::{Add, Concatenate};
 pub use crate::graph::Activation;
 use crate::graph::{Graph, Var};
 use crate::kernels::conv::{Padding, Window};
@@ -8,11 +9,10 @@ pub use crate::layers::{
     AvgPool2d, BatchNorm, BatchNormConfig, DepthwiseConv2d, Dropout, GlobalAveragePool2d,
     HardSwish, ReLU6, Sigmoid, Softmax, Tanh,
 };
-pub use crate::functional::{Add, Concatenate};
 use ndarray::{ArrayD, IxDyn};
 use rand::Rng;
-use std::collections::BTreeMap;
 use rand_distr::{Distribution, Uniform};
+use std::collections::BTreeMap;
 
 /// A named trainable tensor. Names are `layer.kernel` / `layer.bias`, so pruning, quantization
 /// and checkpoints find parameters by name.
@@ -754,7 +754,10 @@ impl Model {
 
     fn push_layer(&mut self, layer: Layer) {
         if !self.is_sequential() {
-            let last = self.layers.last().map_or(crate::INPUT, |l| l.module().name());
+            let last = self
+                .layers
+                .last()
+                .map_or(crate::INPUT, |l| l.module().name());
             self.wiring
                 .insert(layer.module().name().to_string(), vec![last.to_string()]);
         }
