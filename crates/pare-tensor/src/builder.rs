@@ -635,8 +635,8 @@ impl Summary {
         line(f, '_')?;
         writeln!(
             f,
-            " {:<31} {:<21} {:<11} {}",
-            "Layer (type)", "Output Shape", "Param #", "Connected to"
+            " {:<31} {:<21} {:<11} Connected to",
+            "Layer (type)", "Output Shape", "Param #"
         )?;
         line(f, '=')?;
         for (i, r) in self.rows.iter().enumerate() {

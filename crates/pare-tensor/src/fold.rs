@@ -116,31 +116,29 @@ fn fold_graph(model: &Model) -> Model {
 
 /// `layer` with `bn` folded into it, using its bias; `None` when it cannot take it.
 fn fold_pair(layer: &Layer, bn: &BatchNorm) -> Option<Layer> {
-    {
-        let folded = match layer {
-            Layer::Conv2d(c) if c.activation == Activation::Linear => {
-                let mut c = c.clone();
-                fold_into(&mut c.kernel, &mut c.bias, bn).map(|_| Layer::Conv2d(c))
-            }
-            Layer::Dense(d) if d.activation == Activation::Linear => {
-                let mut d = d.clone();
-                fold_into(&mut d.kernel, &mut d.bias, bn).map(|_| Layer::Dense(d))
-            }
-            Layer::DepthwiseConv2d(c) if c.activation == Activation::Linear => {
-                let mut c = c.clone();
-                fold_into(&mut c.kernel, &mut c.bias, bn).map(|_| Layer::DepthwiseConv2d(c))
-            }
-            _ => None,
-        };
-        let mut l = folded?;
-        match &mut l {
-            Layer::Conv2d(c) => c.use_bias = true,
-            Layer::Dense(d) => d.use_bias = true,
-            Layer::DepthwiseConv2d(c) => c.use_bias = true,
-            _ => unreachable!("fold_batch_norm: only weighted layers fold"),
+    let folded = match layer {
+        Layer::Conv2d(c) if c.activation == Activation::Linear => {
+            let mut c = c.clone();
+            fold_into(&mut c.kernel, &mut c.bias, bn).map(|_| Layer::Conv2d(c))
         }
-        Some(l)
+        Layer::Dense(d) if d.activation == Activation::Linear => {
+            let mut d = d.clone();
+            fold_into(&mut d.kernel, &mut d.bias, bn).map(|_| Layer::Dense(d))
+        }
+        Layer::DepthwiseConv2d(c) if c.activation == Activation::Linear => {
+            let mut c = c.clone();
+            fold_into(&mut c.kernel, &mut c.bias, bn).map(|_| Layer::DepthwiseConv2d(c))
+        }
+        _ => None,
+    };
+    let mut l = folded?;
+    match &mut l {
+        Layer::Conv2d(c) => c.use_bias = true,
+        Layer::Dense(d) => d.use_bias = true,
+        Layer::DepthwiseConv2d(c) => c.use_bias = true,
+        _ => unreachable!("fold_batch_norm: only weighted layers fold"),
     }
+    Some(l)
 }
 
 /// Scales each output channel of `kernel` (the last axis, or for a depthwise kernel the last

@@ -9,6 +9,9 @@
 //! - [`nn`]: `Dense`, `Conv2d`, `MaxPool2d`, `Flatten`, `Reshape`, `ReLU`, `LeakyReLU` and
 //!   [`Sequential`], with Keras' layouts (NHWC, kernels `[kh, kw, in, out]` and `[in, out]`) and
 //!   initialisation (Glorot-uniform kernels, zero biases).
+//! - [`functional`]: graph models ([`Model`], Keras' functional API): named layers wired as a
+//!   DAG with [`Add`] and [`Concatenate`]; a [`Sequential`] is the chain case of the same type,
+//!   so training, checkpoints, BatchNorm folding and distillation take either.
 //! - [`optim`]: `Adam` and `Sgd` with Keras' rules and defaults.
 //! - [`train`]: `fit` / `evaluate` / `predict` with callbacks and replaceable objectives.
 //! - [`checkpoint`]: parameters to and from safetensors files.
