@@ -185,6 +185,11 @@ fn unknown(model: &Sequential, which: &'static str, layer: &str) -> DistillError
 
 /// Runs `model`'s layers up to and including `layer`; its output.
 fn forward_until(model: &Sequential, g: &mut Graph, x: Var, layer: &str) -> Result<Var> {
+    if !model.is_sequential() {
+        // A graph model's layer order is not a chain: run it whole and tap the layer.
+        let (_, taps) = model.forward_with_taps(g, x, &[layer]);
+        return taps[0].ok_or_else(|| unknown(model, "teacher", layer));
+    }
     let mut x = x;
     for l in &model.layers {
         x = l.module().forward(g, x);
@@ -400,6 +405,56 @@ mod tests {
             after.accuracy > 0.9 && after.loss < before.loss,
             "{before:?} -> {after:?}"
         );
+    }
+
+    #[test]
+    fn graph_models_distil_with_a_hint_at_a_merge_node() {
+        use pare_tensor::models::tiny_residual;
+        let (x, y) = toy_data(32, 7);
+        let teacher = tiny_residual(2, 1);
+        let mut student = tiny_residual(2, 2);
+        // b_add sums the residual branch and the shortcut: only the wiring computes it.
+        let cfg = HintConfig::same_layer("b_add", 1.0);
+        let hint = Hint::new(&student, &teacher, cfg, 0).unwrap();
+        let cache = TeacherCache::compute(&teacher, x.view(), 8).unwrap();
+        let live = Distiller::new(&teacher, KdConfig::default())
+            .unwrap()
+            .with_hint(hint.clone())
+            .unwrap();
+        let cached = Distiller::new(&teacher, KdConfig::default())
+            .unwrap()
+            .with_cache(&cache)
+            .unwrap()
+            .with_hint(hint)
+            .unwrap();
+        let idx = [0usize, 5, 9, 30];
+        let (_, loss_live, grads) = one_step(&live, &student, &x, &y, &idx);
+        // The cached path runs the teacher only as far as the tap: the same feature.
+        let (_, loss_cached, _) = one_step(&cached, &student, &x, &y, &idx);
+        assert_abs_diff_eq!(loss_live, loss_cached, epsilon = 1e-5);
+        for name in ["b_conv1.kernel", "conv.kernel", PROJECTION_NAME] {
+            assert!(
+                grads.get(name).unwrap().iter().any(|v| v.abs() > 0.0),
+                "{name}"
+            );
+        }
+        let mut d = live;
+        let mut adam = Adam::new(AdamConfig {
+            learning_rate: 0.01,
+            ..Default::default()
+        })
+        .unwrap();
+        let cfg = FitConfig {
+            epochs: 3,
+            batch_size: 8,
+            verbose: false,
+            ..Default::default()
+        };
+        let h = Fit::new(cfg)
+            .objective(&mut d)
+            .run(&mut student, &mut adam, x.view(), &y)
+            .unwrap();
+        assert!(h.epochs[2].loss < h.epochs[0].loss, "{h:?}");
     }
 
     #[test]

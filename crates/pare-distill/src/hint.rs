@@ -60,9 +60,8 @@ pub(crate) fn layer_output_shape(
     which: &'static str,
     name: &str,
 ) -> Result<Vec<usize>> {
-    let mut shape = model.input_shape.clone();
-    for layer in &model.layers {
-        shape = layer.module().output_shape(&shape)?;
+    // Every node's shape, so a graph model's layers count as wired, not as a chain.
+    for (layer, shape) in model.layers.iter().zip(model.node_shapes()?) {
         if layer.module().name() == name {
             return Ok(shape);
         }

@@ -362,6 +362,16 @@ pub fn keras_class(layer: &Layer) -> &'static str {
         Layer::Reshape(_) => "Reshape",
         Layer::ReLU(_) => "ReLU",
         Layer::LeakyReLU(_) => "LeakyReLU",
+        Layer::BatchNorm(_) => "BatchNormalization",
+        Layer::Dropout(_) => "Dropout",
+        Layer::AvgPool2d(_) => "AveragePooling2D",
+        Layer::GlobalAveragePool2d(_) => "GlobalAveragePooling2D",
+        Layer::DepthwiseConv2d(_) => "DepthwiseConv2D",
+        Layer::Sigmoid(_) | Layer::Tanh(_) | Layer::HardSwish(_) => "Activation",
+        Layer::ReLU6(_) => "ReLU",
+        Layer::Softmax(_) => "Softmax",
+        Layer::Add(_) => "Add",
+        Layer::Concatenate(_) => "Concatenate",
         Layer::Custom(_) => "Custom",
         // Kinds added to `Layer` later show as a generic layer until named here.
         #[allow(unreachable_patterns)]
@@ -475,29 +485,62 @@ impl Sequential {
 
     /// The model's layers, output shapes and parameter counts, printed (`Display`) as Keras'
     /// `model.summary()`.
+    ///
+    /// A graph model's table has Keras' "Connected to" column and the input as its first row.
     pub fn summary(&self) -> Summary {
         let mut rows = Vec::new();
-        let mut shape = Some(self.input_shape.clone());
         let mut error = None;
-        for l in &self.layers {
-            let m = l.module();
-            shape = match shape.map(|s| m.output_shape(&s)) {
-                Some(Ok(s)) => Some(s),
-                Some(Err(e)) => {
-                    error.get_or_insert(e.to_string());
-                    None
+        let graph = !self.is_sequential();
+        let shapes = match self.node_shapes() {
+            Ok(s) => s.into_iter().map(Some).collect(),
+            Err(e) => {
+                error = Some(e.to_string());
+                // Shapes up to the first layer that cannot take its input.
+                let mut shape = Some(self.input_shape.clone());
+                let mut out = Vec::new();
+                for l in &self.layers {
+                    shape = match (graph, shape) {
+                        (false, Some(s)) => l.module().output_shape(&s).ok(),
+                        _ => None,
+                    };
+                    out.push(shape.clone());
                 }
-                None => None,
-            };
+                out
+            }
+        };
+        if graph {
+            rows.push(SummaryRow {
+                name: crate::INPUT.to_string(),
+                class: "InputLayer",
+                output_shape: Some(self.input_shape.clone()),
+                params: 0,
+                non_trainable_params: 0,
+                connected_to: Some(Vec::new()),
+            });
+        }
+        for (l, shape) in self.layers.iter().zip(shapes) {
+            let m = l.module();
             rows.push(SummaryRow {
                 name: m.name().to_string(),
                 class: keras_class(l),
-                output_shape: shape.clone(),
+                output_shape: shape,
                 params: m.params().iter().map(|p| p.value.len()).sum(),
+                non_trainable_params: m.non_trainable_params().iter().map(|p| p.value.len()).sum(),
+                connected_to: graph.then(|| {
+                    self.inputs_of(m.name())
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(String::from)
+                        .collect()
+                }),
             });
         }
+        let trainable: usize = rows.iter().map(|r| r.params).sum();
+        let non_trainable: usize = rows.iter().map(|r| r.non_trainable_params).sum();
         Summary {
-            total_params: rows.iter().map(|r| r.params).sum(),
+            total_params: trainable + non_trainable,
+            trainable_params: trainable,
+            non_trainable_params: non_trainable,
             rows,
             error,
         }
@@ -507,10 +550,14 @@ impl Sequential {
 /// What [`Sequential::summary`] returns; `Display` prints Keras' table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {
-    /// One row per layer, in order.
+    /// One row per layer, in order (a graph model's input first).
     pub rows: Vec<SummaryRow>,
-    /// Parameters (scalars) of the whole model.
+    /// Scalars saved with the whole model, trainable and not (Keras' "Total params").
     pub total_params: usize,
+    /// Trained parameters (scalars).
+    pub trainable_params: usize,
+    /// Non-trainable state (scalars), e.g. BatchNorm's moving statistics.
+    pub non_trainable_params: usize,
     /// Why the layers do not chain from the input shape, if they do not.
     pub error: Option<String>,
 }
@@ -525,8 +572,12 @@ pub struct SummaryRow {
     /// Per-example output shape (batch dimension excluded); `None` from the first layer
     /// that cannot take its input.
     pub output_shape: Option<Vec<usize>>,
-    /// Parameters (scalars) of the layer.
+    /// Trainable parameters (scalars) of the layer.
     pub params: usize,
+    /// Non-trainable state (scalars) of the layer; Keras counts it in "Param #".
+    pub non_trainable_params: usize,
+    /// For a graph model, the nodes (or the input) the layer takes; `None` for a chain.
+    pub connected_to: Option<Vec<String>>,
 }
 
 /// `20410` → `20,410`, as Keras prints parameter counts.
@@ -542,8 +593,77 @@ fn thousands(n: usize) -> String {
     out
 }
 
+fn shape_text(shape: &Option<Vec<usize>>) -> String {
+    match shape {
+        Some(s) => {
+            let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
+            format!("(None, {})", dims.join(", "))
+        }
+        None => "?".to_string(),
+    }
+}
+
+impl Summary {
+    fn totals(&self, f: &mut fmt::Formatter<'_>, always_split: bool) -> fmt::Result {
+        let size = |n: usize| {
+            let bytes = n as f64 * 4.0;
+            if bytes >= 1024.0 * 1024.0 {
+                format!("{:.2} MB", bytes / (1024.0 * 1024.0))
+            } else {
+                format!("{:.2} KB", bytes / 1024.0)
+            }
+        };
+        let line = |f: &mut fmt::Formatter<'_>, what: &str, n: usize| {
+            writeln!(f, "{what}: {} ({})", thousands(n), size(n))
+        };
+        line(f, "Total params", self.total_params)?;
+        if always_split || self.non_trainable_params > 0 {
+            line(f, "Trainable params", self.trainable_params)?;
+            line(f, "Non-trainable params", self.non_trainable_params)?;
+        }
+        if let Some(e) = &self.error {
+            writeln!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+
+    /// Keras 2's functional layout: 98 columns, with "Connected to".
+    fn fmt_graph(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let line =
+            |f: &mut fmt::Formatter<'_>, c: char| writeln!(f, "{}", c.to_string().repeat(98));
+        writeln!(f, "Model: \"functional\"")?;
+        line(f, '_')?;
+        writeln!(
+            f,
+            " {:<31} {:<21} {:<11} Connected to",
+            "Layer (type)", "Output Shape", "Param #"
+        )?;
+        line(f, '=')?;
+        for (i, r) in self.rows.iter().enumerate() {
+            let name = format!("{} ({})", r.name, r.class);
+            let params = thousands(r.params + r.non_trainable_params);
+            let inputs = r.connected_to.as_deref().unwrap_or(&[]);
+            let first = inputs.first().map_or(String::new(), |s| s.clone());
+            let shape = shape_text(&r.output_shape);
+            writeln!(f, " {name:<31} {shape:<21} {params:<11} {first}")?;
+            for more in inputs.iter().skip(1) {
+                writeln!(f, " {:<31} {:<21} {:<11} {more}", "", "", "")?;
+            }
+            if i + 1 < self.rows.len() {
+                writeln!(f)?;
+            }
+        }
+        line(f, '=')?;
+        self.totals(f, true)?;
+        line(f, '_')
+    }
+}
+
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.rows.iter().any(|r| r.connected_to.is_some()) {
+            return self.fmt_graph(f);
+        }
         // Keras 2's layout: 65 columns, the batch dimension shown as None.
         let line =
             |f: &mut fmt::Formatter<'_>, c: char| writeln!(f, "{}", c.to_string().repeat(65));
@@ -556,30 +676,16 @@ impl fmt::Display for Summary {
         )?;
         line(f, '=')?;
         for (i, r) in self.rows.iter().enumerate() {
-            let shape = match &r.output_shape {
-                Some(s) => {
-                    let dims: Vec<String> = s.iter().map(|d| d.to_string()).collect();
-                    format!("(None, {})", dims.join(", "))
-                }
-                None => "?".to_string(),
-            };
+            let shape = shape_text(&r.output_shape);
             let name = format!("{} ({})", r.name, r.class);
-            writeln!(f, " {name:<27} {shape:<25} {:<10}", thousands(r.params))?;
+            let params = thousands(r.params + r.non_trainable_params);
+            writeln!(f, " {name:<27} {shape:<25} {params:<10}")?;
             if i + 1 < self.rows.len() {
                 writeln!(f)?;
             }
         }
         line(f, '=')?;
-        let bytes = self.total_params as f64 * 4.0;
-        let size = if bytes >= 1024.0 * 1024.0 {
-            format!("{:.2} MB", bytes / (1024.0 * 1024.0))
-        } else {
-            format!("{:.2} KB", bytes / 1024.0)
-        };
-        writeln!(f, "Total params: {} ({size})", thousands(self.total_params))?;
-        if let Some(e) = &self.error {
-            writeln!(f, "error: {e}")?;
-        }
+        self.totals(f, false)?;
         line(f, '_')
     }
 }

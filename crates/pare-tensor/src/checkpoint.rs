@@ -5,6 +5,10 @@
 //! [`crate::io`] (`crc32c` for the header, `crc32c:<tensor>` per tensor). Other safetensors
 //! readers ignore the checksums; files from other tools (or an older pare) have none and load
 //! as [`Integrity::Unchecked`].
+//!
+//! A graph model's checkpoint also holds its wiring (JSON, node → inputs) under the metadata
+//! key [`WIRING_KEY`]: loading it into a model wired otherwise is a
+//! [`TensorError::CheckpointMismatch`], and [`wiring`] reads it back.
 
 use crate::error::{Result, TensorError};
 pub use crate::io::Integrity;
@@ -13,10 +17,18 @@ use crate::nn::Sequential;
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The metadata key of a graph model's wiring.
+pub const WIRING_KEY: &str = "pare.wiring";
+
 /// Writes every parameter of `model` to `path` (safetensors, f32, named `layer.kernel`, ...),
-/// and its non-trainable state (`bn.moving_mean`, ...), with `metadata` in the header. The
-/// write is atomic.
+/// and its non-trainable state (`bn.moving_mean`, ...), with `metadata` in the header, and a
+/// graph model's wiring. The write is atomic.
 pub fn save(model: &Sequential, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
+    let mut metadata = metadata;
+    if !model.is_sequential() {
+        let json = serde_json::to_string(&model.wiring).expect("a map of strings serializes");
+        metadata.insert(WIRING_KEY.into(), json);
+    }
     let params = model.weights();
     let tensors: Vec<_> = params.iter().map(|p| (p.name.clone(), &p.value)).collect();
     save_f32_tensors(path, &tensors, Some(metadata))
@@ -56,7 +68,8 @@ pub fn load_bytes(
     bytes: &[u8],
     path: &Path,
 ) -> Result<(HashMap<String, String>, Integrity)> {
-    let ((tensors, meta), integrity) = read_f32_tensors(bytes, path)?;
+    let ((tensors, mut meta), integrity) = read_f32_tensors(bytes, path)?;
+    let stored = take_wiring(&mut meta, path)?;
     for (name, t) in &tensors {
         if let Some(index) = t.iter().position(|v| !v.is_finite()) {
             return Err(TensorError::NonFinite {
@@ -92,6 +105,19 @@ pub fn load_bytes(
         .collect();
     extra.sort();
     mismatches.extend(extra.into_iter().map(|n| format!("unexpected {n}")));
+    if let Some(stored) = stored.filter(|w| *w != model.full_wiring()) {
+        let edges = |w: &Wiring| {
+            w.iter()
+                .map(|(n, i)| format!("{n} <- {}", i.join(" + ")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        mismatches.push(format!(
+            "wiring: file has {}; model has {}",
+            edges(&stored),
+            edges(&model.full_wiring())
+        ));
+    }
     if !mismatches.is_empty() {
         return Err(TensorError::CheckpointMismatch {
             path: path.to_path_buf(),
@@ -109,6 +135,33 @@ pub fn load_bytes(
         }
     }
     Ok((meta, integrity))
+}
+
+/// A model's wiring: node → the names of its inputs.
+pub type Wiring = std::collections::BTreeMap<String, Vec<String>>;
+
+fn take_wiring(meta: &mut HashMap<String, String>, path: &Path) -> Result<Option<Wiring>> {
+    let Some(json) = meta.remove(WIRING_KEY) else {
+        return Ok(None);
+    };
+    serde_json::from_str(&json)
+        .map(Some)
+        .map_err(|e| TensorError::BadCheckpoint {
+            path: path.to_path_buf(),
+            reason: format!("metadata {WIRING_KEY:?} is not a wiring map: {e}"),
+        })
+}
+
+/// The wiring a graph model's checkpoint holds (`None` for a chain's, or a file from another
+/// tool).
+///
+/// # Errors
+/// As [`load_verified`] for a file that cannot be read, or a wiring entry that is not JSON
+/// of node → input names.
+pub fn wiring(path: &Path) -> Result<Option<Wiring>> {
+    let bytes = crate::io::read_file(path)?;
+    let ((_, mut meta), _) = read_f32_tensors(&bytes, path)?;
+    take_wiring(&mut meta, path)
 }
 
 #[cfg(test)]

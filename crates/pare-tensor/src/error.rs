@@ -151,6 +151,66 @@ pub enum TensorError {
     /// The data set is empty.
     #[error("{0} is empty")]
     Empty(&'static str),
+    /// A graph model's wiring is wrong (see [`crate::functional`]).
+    #[error(transparent)]
+    Wiring(#[from] WiringError),
+}
+
+/// What is wrong with the wiring of a graph model ([`crate::functional::FunctionalBuilder`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WiringError {
+    /// A node names an input that is neither `"input"` nor another node.
+    #[error("node {node:?} takes {input:?}, which is neither \"input\" nor a node of the model")]
+    UnknownInput {
+        /// The node.
+        node: String,
+        /// The name it gave.
+        input: String,
+    },
+    /// Two nodes (or a node and the model input) share a name.
+    #[error("two nodes are called {0:?}; node names must be unique and not \"input\"")]
+    DuplicateName(String),
+    /// The nodes' inputs form a cycle, so no order computes them.
+    #[error("the wiring has a cycle through {}", .0.join(" → "))]
+    Cycle(Vec<String>),
+    /// A merge layer's inputs do not fit together.
+    #[error("node {node:?}: inputs of shapes {} {reason}", shapes_list(shapes))]
+    ShapeMismatch {
+        /// The merge node.
+        node: String,
+        /// Its inputs' per-example shapes.
+        shapes: Vec<Vec<usize>>,
+        /// Why they do not fit.
+        reason: String,
+    },
+    /// A node was given a number of inputs its layer does not take.
+    #[error("node {node:?} takes {expected} but was given {found}")]
+    Arity {
+        /// The node.
+        node: String,
+        /// What the layer takes, e.g. "one input" or "two or more inputs".
+        expected: &'static str,
+        /// How many it was given.
+        found: usize,
+    },
+    /// Not exactly one node is left unconsumed, so the model has no single output.
+    #[error("a model has one output, but {} nodes feed nothing: {}", .0.len(), .0.join(", "))]
+    Outputs(Vec<String>),
+    /// The model has no nodes.
+    #[error("a graph model needs at least one node")]
+    NoNodes,
+    /// An operation that handles only a straight chain of layers was given a graph model.
+    #[error("{what} takes a sequential model (a chain of layers), not a graph model")]
+    NotSequential {
+        /// The operation.
+        what: String,
+    },
+}
+
+fn shapes_list(shapes: &[Vec<usize>]) -> String {
+    let s: Vec<String> = shapes.iter().map(|s| batch_shape(s)).collect();
+    s.join(", ")
 }
 
 /// A per-example shape in the one form every pare message uses: the batch dimension named,

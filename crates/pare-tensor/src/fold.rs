@@ -30,14 +30,15 @@
 
 use crate::error::{Result, TensorError};
 use crate::graph::Activation;
-use crate::nn::{BatchNorm, Layer, Param, Sequential};
+use crate::nn::{BatchNorm, Layer, Model, Param, Sequential};
 
 /// A copy of `model` with every BatchNorm that directly follows a `Conv2d`, `DepthwiseConv2d`
 /// or `Dense` without activation folded into that layer (which then uses its bias). The folded
 /// model computes what `model` computes in inference (moving statistics), to float rounding.
 ///
 /// A BatchNorm after anything else (the input, a pool, a layer with a fused activation) cannot
-/// fold and is left in place.
+/// fold and is left in place. In a graph model the layer must feed only the BatchNorm; the
+/// folded layer takes the BatchNorm's place and name in the wiring of the nodes after it.
 ///
 /// # Errors
 /// [`TensorError::BadLayer`] for a model with a custom layer, which cannot be copied.
@@ -48,6 +49,9 @@ pub fn fold_batch_norm(model: &Sequential) -> Result<Sequential> {
             reason: "fold_batch_norm cannot copy a custom layer".into(),
         });
     }
+    if !model.is_sequential() {
+        return Ok(fold_graph(model));
+    }
     let mut out = Sequential::new(&model.input_shape);
     let mut layers = model.layers.iter().peekable();
     while let Some(layer) = layers.next() {
@@ -55,29 +59,8 @@ pub fn fold_batch_norm(model: &Sequential) -> Result<Sequential> {
             out.layers.push(layer.clone());
             continue;
         };
-        let folded = match layer {
-            Layer::Conv2d(c) if c.activation == Activation::Linear => {
-                let mut c = c.clone();
-                fold_into(&mut c.kernel, &mut c.bias, bn).map(|_| Layer::Conv2d(c))
-            }
-            Layer::Dense(d) if d.activation == Activation::Linear => {
-                let mut d = d.clone();
-                fold_into(&mut d.kernel, &mut d.bias, bn).map(|_| Layer::Dense(d))
-            }
-            Layer::DepthwiseConv2d(c) if c.activation == Activation::Linear => {
-                let mut c = c.clone();
-                fold_into(&mut c.kernel, &mut c.bias, bn).map(|_| Layer::DepthwiseConv2d(c))
-            }
-            _ => None,
-        };
-        match folded {
-            Some(mut l) => {
-                match &mut l {
-                    Layer::Conv2d(c) => c.use_bias = true,
-                    Layer::Dense(d) => d.use_bias = true,
-                    Layer::DepthwiseConv2d(c) => c.use_bias = true,
-                    _ => unreachable!("fold_batch_norm: only weighted layers fold"),
-                }
+        match fold_pair(layer, bn) {
+            Some(l) => {
                 out.layers.push(l);
                 layers.next();
             }
@@ -85,6 +68,77 @@ pub fn fold_batch_norm(model: &Sequential) -> Result<Sequential> {
         }
     }
     Ok(out)
+}
+
+/// The graph case of [`fold_batch_norm`]: each BatchNorm whose one input is a foldable layer
+/// feeding nothing else is replaced by that layer, folded; the nodes that took the BatchNorm
+/// take the layer.
+fn fold_graph(model: &Model) -> Model {
+    let mut layers: Vec<Option<Layer>> = model.layers.iter().cloned().map(Some).collect();
+    let mut wiring = model.wiring.clone();
+    for (j, layer) in model.layers.iter().enumerate() {
+        let Layer::BatchNorm(bn) = layer else {
+            continue;
+        };
+        let Some([source]) = model.wiring.get(&bn.name).map(Vec::as_slice) else {
+            continue;
+        };
+        let Some(i) = model
+            .layers
+            .iter()
+            .position(|l| l.module().name() == source)
+        else {
+            continue;
+        };
+        if model.consumers_of(source) != [bn.name.as_str()] {
+            continue;
+        }
+        let Some(folded) = layers[i].as_ref().and_then(|l| fold_pair(l, bn)) else {
+            continue;
+        };
+        // The folded layer moves to the BatchNorm's slot: its own inputs still come before
+        // it, and everything that took the BatchNorm comes after.
+        layers[i] = None;
+        layers[j] = Some(folded);
+        wiring.remove(&bn.name);
+        for inputs in wiring.values_mut() {
+            for name in inputs.iter_mut().filter(|n| **n == bn.name) {
+                name.clone_from(source);
+            }
+        }
+    }
+    Model {
+        input_shape: model.input_shape.clone(),
+        layers: layers.into_iter().flatten().collect(),
+        wiring,
+    }
+}
+
+/// `layer` with `bn` folded into it, using its bias; `None` when it cannot take it.
+fn fold_pair(layer: &Layer, bn: &BatchNorm) -> Option<Layer> {
+    let folded = match layer {
+        Layer::Conv2d(c) if c.activation == Activation::Linear => {
+            let mut c = c.clone();
+            fold_into(&mut c.kernel, &mut c.bias, bn).map(|_| Layer::Conv2d(c))
+        }
+        Layer::Dense(d) if d.activation == Activation::Linear => {
+            let mut d = d.clone();
+            fold_into(&mut d.kernel, &mut d.bias, bn).map(|_| Layer::Dense(d))
+        }
+        Layer::DepthwiseConv2d(c) if c.activation == Activation::Linear => {
+            let mut c = c.clone();
+            fold_into(&mut c.kernel, &mut c.bias, bn).map(|_| Layer::DepthwiseConv2d(c))
+        }
+        _ => None,
+    };
+    let mut l = folded?;
+    match &mut l {
+        Layer::Conv2d(c) => c.use_bias = true,
+        Layer::Dense(d) => d.use_bias = true,
+        Layer::DepthwiseConv2d(c) => c.use_bias = true,
+        _ => unreachable!("fold_batch_norm: only weighted layers fold"),
+    }
+    Some(l)
 }
 
 /// Scales each output channel of `kernel` (the last axis, or for a depthwise kernel the last

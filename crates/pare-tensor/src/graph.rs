@@ -275,6 +275,8 @@ pub enum Op {
     },
     /// An element-wise activation that is not fused into a conv or dense node.
     Pointwise(Var, crate::layer_ops::Pointwise),
+    /// Inputs joined along the last axis (see [`Graph::concat`]).
+    Concat(Vec<Var>),
 }
 
 struct Node {
@@ -1426,6 +1428,18 @@ impl Graph {
                 let mut g = g;
                 f.backprop_inplace(&mut g, val(*x), &node.value);
                 self.acc(grads, *x, g);
+            }
+            Op::Concat(parts) => {
+                let widths: Vec<usize> = parts
+                    .iter()
+                    .map(|p| *val(*p).shape().last().expect("concat: rank >= 1"))
+                    .collect();
+                let split = crate::functional::split_last_axis(&g, &widths);
+                for (p, gp) in parts.iter().zip(split) {
+                    if needs(*p) {
+                        self.acc(grads, *p, gp);
+                    }
+                }
             }
         }
     }

@@ -48,8 +48,10 @@ fn bad(layer: &str, reason: String) -> TensorError {
 ///
 /// # Errors
 /// [`TensorError::InputShape`] for input the model does not take; [`TensorError::BadLayer`]
-/// for a layer with no graph-free path (a custom layer).
+/// for a layer with no graph-free path (a custom layer); [`crate::WiringError::NotSequential`]
+/// for a graph model.
 pub fn forward(model: &Sequential, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
+    model.require_sequential("infer::forward")?;
     model.check_input(x.shape())?;
     let mut v = x.to_owned();
     let n = x.shape()[0];

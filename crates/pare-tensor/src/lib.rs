@@ -9,6 +9,9 @@
 //! - [`nn`]: `Dense`, `Conv2d`, `MaxPool2d`, `Flatten`, `Reshape`, `ReLU`, `LeakyReLU` and
 //!   [`Sequential`], with Keras' layouts (NHWC, kernels `[kh, kw, in, out]` and `[in, out]`) and
 //!   initialisation (Glorot-uniform kernels, zero biases).
+//! - [`functional`]: graph models ([`Model`], Keras' functional API): named layers wired as a
+//!   DAG with [`Add`] and [`Concatenate`]; a [`Sequential`] is the chain case of the same type,
+//!   so training, checkpoints, BatchNorm folding and distillation take either.
 //! - [`optim`]: `Adam` and `Sgd` with Keras' rules and defaults.
 //! - [`train`]: `fit` / `evaluate` / `predict` with callbacks and replaceable objectives.
 //! - [`checkpoint`]: parameters to and from safetensors files.
@@ -74,6 +77,7 @@ pub mod checkpoint;
 pub mod data;
 mod error;
 pub mod fold;
+pub mod functional;
 pub mod gradcheck;
 mod graph;
 pub mod infer;
@@ -88,11 +92,13 @@ pub mod schedule;
 pub mod train;
 
 #[cfg(test)]
+mod functional_tests;
+#[cfg(test)]
 mod graph_tests;
 #[cfg(test)]
 mod layers_tests;
 
-pub use error::{Result, TensorError, batch_shape, hyper_parameter_message};
+pub use error::{Result, TensorError, WiringError, batch_shape, hyper_parameter_message};
 pub use fold::fold_batch_norm;
 
 /// The `ndarray` pare-tensor is built on (0.17): arrays a user builds with it are the arrays
@@ -108,7 +114,8 @@ pub use rand;
 pub fn seeded_rng(seed: u64) -> rand::rngs::StdRng {
     <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed)
 }
+pub use functional::{Add, Concatenate, INPUT};
 pub use graph::{Activation, FakeQuantSpec, Grads, Graph, Op, ParamHook, Var};
 pub use kernels::conv::Padding;
 pub use layer_ops::Pointwise;
-pub use nn::{Layer, Module, Param, Sequential};
+pub use nn::{Layer, Model, Module, Param, Sequential};

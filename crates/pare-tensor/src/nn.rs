@@ -1,6 +1,7 @@
 //! Layers with named parameters, Keras' initialisation, and `Sequential`.
 
 use crate::error::{Result, TensorError};
+pub use crate::functional::{Add, Concatenate};
 pub use crate::graph::Activation;
 use crate::graph::{Graph, Var};
 use crate::kernels::conv::{Padding, Window};
@@ -11,6 +12,7 @@ pub use crate::layers::{
 use ndarray::{ArrayD, IxDyn};
 use rand::Rng;
 use rand_distr::{Distribution, Uniform};
+use std::collections::BTreeMap;
 
 /// A named trainable tensor. Names are `layer.kernel` / `layer.bias`, so pruning, quantization
 /// and checkpoints find parameters by name.
@@ -73,6 +75,34 @@ pub trait Module: Send + Sync {
     /// The non-trainable state, mutably.
     fn non_trainable_params_mut(&mut self) -> Vec<&mut Param> {
         Vec::new()
+    }
+    /// Records the forward pass of a node of a graph model taking `xs` (one per input, in
+    /// wiring order). By default the layer takes exactly one input; merge layers
+    /// ([`crate::Add`], [`crate::Concatenate`]) take several.
+    ///
+    /// # Panics
+    /// By default, unless `xs` holds exactly one input (the model's wiring checks it).
+    fn forward_many(&self, g: &mut Graph, xs: &[Var]) -> Var {
+        assert!(
+            xs.len() == 1,
+            "{}: one input expected, got {}",
+            self.name(),
+            xs.len()
+        );
+        self.forward(g, xs[0])
+    }
+    /// Output shape for the shapes of a node's inputs; by default exactly one input, as
+    /// [`Module::output_shape`].
+    fn output_shape_many(&self, inputs: &[Vec<usize>]) -> Result<Vec<usize>> {
+        match inputs {
+            [one] => self.output_shape(one),
+            _ => Err(crate::WiringError::Arity {
+                node: self.name().to_string(),
+                expected: "one input",
+                found: inputs.len(),
+            }
+            .into()),
+        }
     }
 }
 
@@ -561,6 +591,10 @@ pub enum Layer {
     HardSwish(HardSwish),
     /// Softmax over the last axis.
     Softmax(Softmax),
+    /// Element-wise sum of several inputs (graph models).
+    Add(Add),
+    /// Inputs joined on the channel axis (graph models).
+    Concatenate(Concatenate),
     /// Anything else implementing [`Module`].
     Custom(Box<dyn Module>),
 }
@@ -593,6 +627,8 @@ impl Clone for Layer {
             Layer::ReLU6(l) => Layer::ReLU6(l.clone()),
             Layer::HardSwish(l) => Layer::HardSwish(l.clone()),
             Layer::Softmax(l) => Layer::Softmax(l.clone()),
+            Layer::Add(l) => Layer::Add(l.clone()),
+            Layer::Concatenate(l) => Layer::Concatenate(l.clone()),
             Layer::Custom(m) => panic!("Layer::clone: custom layer {} cannot be cloned", m.name()),
         }
     }
@@ -619,6 +655,8 @@ impl Layer {
             Layer::ReLU6(l) => l,
             Layer::HardSwish(l) => l,
             Layer::Softmax(l) => l,
+            Layer::Add(l) => l,
+            Layer::Concatenate(l) => l,
             Layer::Custom(m) => m.as_ref(),
         }
     }
@@ -642,6 +680,8 @@ impl Layer {
             Layer::ReLU6(l) => l,
             Layer::HardSwish(l) => l,
             Layer::Softmax(l) => l,
+            Layer::Add(l) => l,
+            Layer::Concatenate(l) => l,
             Layer::Custom(m) => m.as_mut(),
         }
     }
@@ -667,46 +707,70 @@ into_layer!(
     Tanh,
     ReLU6,
     HardSwish,
-    Softmax
+    Softmax,
+    Add,
+    Concatenate
 );
 
-/// A stack of layers applied in order, with a fixed per-example input shape.
+/// A model with a fixed per-example input shape: a chain of layers applied in order (a
+/// [`Sequential`], empty [`Model::wiring`]), or a graph of named layers (Keras' functional
+/// API, [`Model::functional`]; see [`crate::functional`]).
 #[derive(Debug, Clone)]
-pub struct Sequential {
+pub struct Model {
     /// Input shape without the batch dimension, e.g. `[28, 28, 1]`.
     pub input_shape: Vec<usize>,
-    /// The layers.
+    /// The layers, each after the layers it takes input from; the last is the output.
     pub layers: Vec<Layer>,
+    /// For a graph model, each layer's name → the names of its inputs (other layers or
+    /// [`crate::INPUT`]); empty for a chain, where each layer takes the one before.
+    pub wiring: BTreeMap<String, Vec<String>>,
 }
 
-impl Sequential {
+/// The simple case of a [`Model`]: a stack of layers applied in order. The same type, so
+/// everything that takes one takes the other.
+pub type Sequential = Model;
+
+impl Model {
     /// An empty model taking examples of `input_shape` (batch dimension excluded).
-    pub fn new(input_shape: &[usize]) -> Sequential {
-        Sequential {
+    pub fn new(input_shape: &[usize]) -> Model {
+        Model {
             input_shape: input_shape.to_vec(),
             layers: Vec::new(),
+            wiring: BTreeMap::new(),
         }
     }
 
-    /// Appends a layer.
-    pub fn push(mut self, layer: impl Into<Layer>) -> Sequential {
-        self.layers.push(layer.into());
+    /// Appends a layer; in a graph model it takes the current output.
+    pub fn push(mut self, layer: impl Into<Layer>) -> Model {
+        self.push_layer(layer.into());
         self
     }
 
     /// Appends a user-defined module.
-    pub fn push_module(mut self, m: Box<dyn Module>) -> Sequential {
-        self.layers.push(Layer::Custom(m));
+    pub fn push_module(mut self, m: Box<dyn Module>) -> Model {
+        self.push_layer(Layer::Custom(m));
         self
     }
 
-    /// Checks that the layers chain from the input shape; returns the per-example output shape.
-    pub fn output_shape(&self) -> Result<Vec<usize>> {
-        let mut s = self.input_shape.clone();
-        for l in &self.layers {
-            s = l.module().output_shape(&s)?;
+    fn push_layer(&mut self, layer: Layer) {
+        if !self.is_sequential() {
+            let last = self
+                .layers
+                .last()
+                .map_or(crate::INPUT, |l| l.module().name());
+            self.wiring
+                .insert(layer.module().name().to_string(), vec![last.to_string()]);
         }
-        Ok(s)
+        self.layers.push(layer);
+    }
+
+    /// Checks that the layers fit the input shape and each other; returns the per-example
+    /// output shape.
+    pub fn output_shape(&self) -> Result<Vec<usize>> {
+        Ok(self
+            .node_shapes()?
+            .pop()
+            .unwrap_or_else(|| self.input_shape.clone()))
     }
 
     /// Checks a batch's shape (`[n, input_shape...]`) before it enters the graph.
@@ -740,6 +804,9 @@ impl Sequential {
         x: Var,
         taps: &[&str],
     ) -> (Var, Vec<Option<Var>>) {
+        if !self.is_sequential() {
+            return self.forward_graph(g, x, taps);
+        }
         let mut found = vec![None; taps.len()];
         let mut x = x;
         let mut i = 0;
