@@ -238,3 +238,42 @@ fn input_batch_of_the_wrong_shape() {
         Err(QuantError::ShapeMismatch { .. })
     ));
 }
+
+/// The operations that walk a model's layer list in order refuse a graph model with a typed
+/// error instead of following the wrong consumer (a residual block's projection shortcut
+/// comes after the block's second BatchNorm in the list, but does not consume it).
+#[test]
+fn chain_only_operations_refuse_graph_models() {
+    use pare::quant::{Qat, QatConfig};
+    use pare::tensor::models::tiny_residual;
+    let graph = tiny_residual(10, 0);
+    let x = images(4, 28, 28);
+    let graph_model = ["takes a sequential model", "not a graph model"];
+    says(
+        convert(&graph, x.view(), &ConvertConfig::default()).unwrap_err(),
+        &["int8 conversion", graph_model[0], graph_model[1]],
+    );
+    let mut m = graph.clone();
+    says(
+        Qat::attach(&mut m, QatConfig::default()).unwrap_err(),
+        &["Qat::attach", graph_model[1]],
+    );
+    says(
+        pare::prune::structured::remove_dead_channels(&graph).unwrap_err(),
+        &["live_channels", graph_model[1]],
+    );
+    says(
+        pare::prune::structured::fold_constant_channels(&graph).unwrap_err(),
+        &["fold_constant_channels", graph_model[1]],
+    );
+    says(
+        pare::prune::SparseSequential::new(&graph, 0.5).unwrap_err(),
+        &["SparseSequential", graph_model[1]],
+    );
+    says(
+        pare::onnx::export_float(&graph).unwrap_err(),
+        &["ONNX export", graph_model[1]],
+    );
+    // The float model itself runs: only the chain-walking consumers refuse it.
+    predict(&graph, x.view(), 2).unwrap();
+}

@@ -26,6 +26,8 @@ use crate::proto::{DataType, ModelProto};
 /// # Errors
 /// [`OnnxError::Unsupported`] for a custom layer, or a model whose layers do not chain.
 pub fn export_float(model: &Sequential) -> Result<ModelProto> {
+    // The exporter follows the layer list; a graph model's edges are in its wiring.
+    model.require_sequential("ONNX export")?;
     let output_shape = model.output_shape()?;
     let mut g = GraphBuilder::default();
     let mut cur = Cursor {

@@ -410,6 +410,8 @@ impl SparseSequential {
         model: &Sequential,
         sparse: impl Fn(&Layer, &[usize]) -> bool,
     ) -> Result<SparseSequential> {
+        // The runtime runs the layer list in order; a graph model needs its wiring.
+        model.require_sequential("SparseSequential")?;
         crate::strip::check_copyable(model, "SparseSequential")?;
         let output_len = model.output_shape()?.iter().product();
         let mut stages = Vec::new();

@@ -138,6 +138,8 @@ pub fn remove_channels<S: AsRef<str>>(
     model: &Sequential,
     keep: &[(S, Vec<usize>)],
 ) -> Result<Sequential> {
+    // Channel tracing walks the layer list; a graph model's consumers are in its wiring.
+    model.require_sequential("remove_channels")?;
     check_copyable(model, "remove_channels")?;
     let shapes = layer_input_shapes(model)?;
     let mut plan: Vec<Option<&[usize]>> = vec![None; model.layers.len()];
@@ -293,6 +295,7 @@ type Constants = (usize, usize, Route, Vec<(usize, f32)>);
 /// Every `Conv2d` / `Dense` layer with a consumer, and its zero-kernel channels whose output
 /// reaches the consumer as one constant.
 fn constant_channels(model: &Sequential) -> Result<Vec<Constants>> {
+    model.require_sequential("live_channels")?;
     let shapes = layer_input_shapes(model)?;
     let mut out = Vec::new();
     for (i, l) in model.layers.iter().enumerate() {
@@ -367,6 +370,7 @@ pub fn live_channels(model: &Sequential) -> Result<ChannelPlan> {
 /// # Errors
 /// As [`remove_channels`] and [`live_channels`].
 pub fn fold_constant_channels(model: &Sequential) -> Result<(Sequential, ChannelPlan)> {
+    model.require_sequential("fold_constant_channels")?;
     check_copyable(model, "fold_constant_channels")?;
     let mut out = model.clone();
     let mut plan = Vec::new();

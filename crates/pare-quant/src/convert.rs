@@ -112,6 +112,8 @@ pub fn convert(
     config: &ConvertConfig,
 ) -> Result<QuantizedModel> {
     config.validate()?;
+    // The integer engine runs the layers in order; graph models have no int8 path yet.
+    model.require_sequential("int8 conversion")?;
     model.output_shape()?;
     let model = &*folded(model)?;
     let mut layers = plan(model, config.per_channel, config.weight_bits)?;

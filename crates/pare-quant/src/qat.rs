@@ -263,6 +263,8 @@ impl Qat {
     /// - errors of the model (`Tensor`) or of its weights (`NonFinite`).
     pub fn attach(model: &mut Sequential, config: QatConfig) -> Result<Qat> {
         config.validate()?;
+        // Fake-quant layers are inserted by position in the layer list.
+        model.require_sequential("Qat::attach")?;
         model.output_shape()?;
         if model
             .layers
