@@ -107,18 +107,19 @@ fn batch_norm_of<'m>(model: &'m Sequential, name: &str) -> Option<&'m str> {
     })
 }
 
-/// `(layer name, kernel name, bias name)` of every `Conv2d` and `Dense` layer.
-fn weighted_layers(model: &Sequential) -> impl Iterator<Item = (&str, &str, &str)> {
+/// `(layer name, kernel name, bias name)` of every `Conv2d` and `Dense` layer; no bias name for
+/// a layer built with `use_bias(false)` (its zero bias is not a parameter of the model).
+fn weighted_layers(model: &Sequential) -> impl Iterator<Item = (&str, &str, Option<&str>)> {
     model.layers.iter().filter_map(|l| match l {
         Layer::Dense(d) => Some((
             d.name.as_str(),
             d.kernel.name.as_str(),
-            d.bias.name.as_str(),
+            d.use_bias.then_some(d.bias.name.as_str()),
         )),
         Layer::Conv2d(c) => Some((
             c.name.as_str(),
             c.kernel.name.as_str(),
-            c.bias.name.as_str(),
+            c.use_bias.then_some(c.bias.name.as_str()),
         )),
         _ => None,
     })
@@ -275,7 +276,7 @@ impl PruneCallback {
             let bias = if channel {
                 weighted_layers(model)
                     .find(|(_, k, _)| k == name)
-                    .map(|(_, _, b)| b.to_owned())
+                    .and_then(|(_, _, b)| b.map(str::to_owned))
             } else {
                 None
             };
@@ -699,6 +700,29 @@ mod tests {
             .zip(&got)
             .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
         assert_abs_diff_eq!(d, 0.0, epsilon = 1e-4);
+    }
+
+    #[test]
+    fn channel_pruning_of_bias_free_convs_masks_kernels_only() {
+        // ResNets write their convs without bias (BatchNorm's beta takes its place): there is no
+        // bias to mask with the channel, and asking for one was an UnknownParam error.
+        let mut model = pare_tensor::models::tiny_residual(10, 0);
+        let sched = ConstantSparsity::new(0.5, 0, -1, 1).unwrap();
+        let mut prune =
+            PruneCallback::new(sched).with_mask_kind(MaskKind::Channel { norm: Norm::L2 });
+        assert!(prune.update(0, &mut model).unwrap());
+        let names: Vec<&str> = prune.masks().iter().map(|(n, _)| n.as_str()).collect();
+        assert!(!names.is_empty());
+        assert!(names.iter().all(|n| n.ends_with(".kernel")), "{names:?}");
+        for (name, _) in prune.masks() {
+            let w = &model.param(name).unwrap().value;
+            let last = Axis(w.ndim() - 1);
+            let dead = w
+                .axis_iter(last)
+                .filter(|c| c.iter().all(|&v| v == 0.0))
+                .count();
+            assert_eq!(dead, w.shape()[w.ndim() - 1] / 2, "{name}");
+        }
     }
 
     #[test]
