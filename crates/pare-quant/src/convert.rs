@@ -273,13 +273,17 @@ pub(crate) fn plan(
                     w,
                 )
             }
-            Layer::MaxPool2d(p) => {
-                let kind = LayerKind::MaxPool2d {
-                    pool: p.pool,
-                    strides: p.strides,
-                    padding: from_tensor_padding(p.padding),
-                };
-                push(p.name.clone(), kind, None);
+            l @ (Layer::MaxPool2d(_)
+            | Layer::Reshape(_)
+            | Layer::ReLU(_)
+            | Layer::LeakyReLU(_)
+            | Layer::AvgPool2d(_)
+            | Layer::GlobalAveragePool2d(_)
+            | Layer::ReLU6(_)
+            | Layer::Sigmoid(_)
+            | Layer::Tanh(_)
+            | Layer::HardSwish(_)) => {
+                push(l.module().name().to_owned(), weightless_kind(l)?, None);
                 i += 1;
                 continue;
             }
@@ -292,29 +296,6 @@ pub(crate) fn plan(
                     })?;
                 let n = shape.iter().product();
                 push(f.name.clone(), LayerKind::Reshape { shape: vec![n] }, None);
-                i += 1;
-                continue;
-            }
-            Layer::Reshape(r) => {
-                let kind = LayerKind::Reshape {
-                    shape: r.shape.clone(),
-                };
-                push(r.name.clone(), kind, None);
-                i += 1;
-                continue;
-            }
-            Layer::ReLU(r) => {
-                push(r.name.clone(), LayerKind::Relu, None);
-                i += 1;
-                continue;
-            }
-            Layer::LeakyReLU(l) => {
-                check_alpha(&l.name, l.alpha)?;
-                push(
-                    l.name.clone(),
-                    LayerKind::LeakyRelu { alpha: l.alpha },
-                    None,
-                );
                 i += 1;
                 continue;
             }
@@ -337,41 +318,6 @@ pub(crate) fn plan(
                     .map_err(|_| unsupported(&c.name, "depthwise kernel is not [kh, kw, c, m]"))?;
                 let w = quantize_layer_weights(&c.name, &kernel, &c.bias, per_channel, bits)?;
                 (c.name.clone(), c.activation, kind, w)
-            }
-            Layer::AvgPool2d(p) => {
-                let kind = LayerKind::AvgPool2d {
-                    pool: p.pool,
-                    strides: p.strides,
-                    padding: from_tensor_padding(p.padding),
-                };
-                push(p.name.clone(), kind, None);
-                i += 1;
-                continue;
-            }
-            Layer::GlobalAveragePool2d(p) => {
-                push(p.name.clone(), LayerKind::GlobalAvgPool2d, None);
-                i += 1;
-                continue;
-            }
-            Layer::ReLU6(l) => {
-                push(l.name.clone(), LayerKind::Relu6, None);
-                i += 1;
-                continue;
-            }
-            Layer::Sigmoid(l) => {
-                push(l.name.clone(), LayerKind::Sigmoid, None);
-                i += 1;
-                continue;
-            }
-            Layer::Tanh(l) => {
-                push(l.name.clone(), LayerKind::Tanh, None);
-                i += 1;
-                continue;
-            }
-            Layer::HardSwish(l) => {
-                push(l.name.clone(), LayerKind::HardSwish, None);
-                i += 1;
-                continue;
             }
             // The identity at inference, as TFLite's converter drops it.
             Layer::Dropout(_) => {
@@ -736,4 +682,41 @@ pub(crate) fn float_forward(
         visit(Some(i), g.value(v))?;
     }
     Ok(g.value(v).clone())
+}
+
+/// The int8 kind of a layer without weights that converts one to one, as TFLite's converter
+/// maps it to a single op.
+///
+/// # Panics
+/// For any other layer: the caller matches exactly the layers handled here.
+fn weightless_kind(layer: &Layer) -> Result<LayerKind> {
+    Ok(match layer {
+        Layer::MaxPool2d(p) => LayerKind::MaxPool2d {
+            pool: p.pool,
+            strides: p.strides,
+            padding: from_tensor_padding(p.padding),
+        },
+        Layer::Reshape(r) => LayerKind::Reshape {
+            shape: r.shape.clone(),
+        },
+        Layer::ReLU(_) => LayerKind::Relu,
+        Layer::LeakyReLU(l) => {
+            check_alpha(&l.name, l.alpha)?;
+            LayerKind::LeakyRelu { alpha: l.alpha }
+        }
+        Layer::AvgPool2d(p) => LayerKind::AvgPool2d {
+            pool: p.pool,
+            strides: p.strides,
+            padding: from_tensor_padding(p.padding),
+        },
+        Layer::GlobalAveragePool2d(_) => LayerKind::GlobalAvgPool2d,
+        Layer::ReLU6(_) => LayerKind::Relu6,
+        Layer::Sigmoid(_) => LayerKind::Sigmoid,
+        Layer::Tanh(_) => LayerKind::Tanh,
+        Layer::HardSwish(_) => LayerKind::HardSwish,
+        other => panic!(
+            "weightless_kind: layer {:?} has weights or no one-to-one int8 op",
+            other.module().name()
+        ),
+    })
 }
