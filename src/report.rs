@@ -287,6 +287,7 @@ const NOTES_QUANT: &str = include_str!("../docs/notes/quantization.md");
 const NOTES_PRUNE: &str = include_str!("../docs/notes/pruning.md");
 const NOTES_DISTILL: &str = include_str!("../docs/notes/distillation.md");
 const NOTES_COMPRESS: &str = include_str!("../docs/notes/compress.md");
+const NOTES_RESNET: &str = include_str!("../docs/notes/resnet.md");
 
 fn pct(x: f64) -> String {
     format!("{:.2} %", x * 100.0)
@@ -426,6 +427,7 @@ pub fn build(inputs: &Inputs) -> Result<Report> {
     pruning_section(inputs, &mut md, &mut plots, &mut missing)?;
     distillation_section(inputs, &mut md, &mut plots, &mut missing)?;
     compress_section(inputs, &mut md, &mut plots, &mut missing)?;
+    resnet_section(inputs, &mut md, &mut missing)?;
     onnx_section(inputs, &mut md, &mut missing)?;
     Ok(Report {
         markdown: md,
@@ -435,6 +437,73 @@ pub fn build(inputs: &Inputs) -> Result<Report> {
 }
 
 type Plots = Vec<(String, String)>;
+
+/// ResNet-8 beside Keras (`resnet-<dataset>.json` from `examples/resnet.rs --keras`): the
+/// example's rows as it printed them, and Keras's and TFLite's figures from the same run.
+fn resnet_section(inputs: &Inputs, md: &mut String, missing: &mut Vec<String>) -> Result<()> {
+    md.push_str("## A graph model: ResNet-8 on Fashion-MNIST beside Keras\n\n");
+    let reproduce = "bash tools/setup-tf.sh && \"$PARE_TF_PYTHON\" tools/keras_resnet.py --dataset fashion --epochs 10 \
+                     --tflite --out target/pare/keras-resnet-fashion.json && cargo run --release \
+                     --example resnet -- --dataset fashion --keras \
+                     target/pare/keras-resnet-fashion.json";
+    let Some(f) = section_file(inputs, "resnet-fashion.json", reproduce, md, missing) else {
+        return Ok(());
+    };
+    let rows = f
+        .value("rows")
+        .and_then(Value::as_array)
+        .ok_or_else(|| f.key_error("rows", "an array of rows"))?;
+    let mut table_rows = Vec::new();
+    for r in rows {
+        let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("–").to_string();
+        let acc = r.get("test_accuracy").and_then(Value::as_f64);
+        let nonzero = r.get("nonzero_weights").and_then(Value::as_f64);
+        table_rows.push(vec![
+            text("stage"),
+            acc.map_or_else(|| "–".into(), pct),
+            nonzero.map_or_else(|| "–".into(), |n| plot::group_thousands(n as u64)),
+            text("note"),
+        ]);
+    }
+    table(
+        md,
+        &["model", "test", "nonzero weights", "note"],
+        &table_rows,
+    );
+    let pare_s = f.f64("median_epoch_seconds")?;
+    let keras_s = f.f64s("keras.epoch_seconds")?;
+    let mut sorted = keras_s.clone();
+    sorted.sort_by(f64::total_cmp);
+    let keras_median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    let refs = vec![
+        vec![
+            "float test accuracy".to_string(),
+            pct(f.f64("float_accuracy")?),
+            pct(f.f64("keras.test_accuracy")?),
+        ],
+        vec![
+            "seconds per epoch (median)".to_string(),
+            format!("{pare_s:.1}"),
+            format!("{keras_median:.1}"),
+        ],
+        vec![
+            "int8 test accuracy (TFLite: BN folded, 100 calibration images)".to_string(),
+            "–".into(),
+            f.opt_f64("keras.tflite_int8_accuracy")
+                .map_or_else(|| "–".into(), pct),
+        ],
+        vec![
+            "int8 file".to_string(),
+            "–".into(),
+            f.opt_f64("keras.tflite_int8_bytes")
+                .map_or_else(|| "–".into(), bytes),
+        ],
+    ];
+    table(md, &["", "pare", "Keras 3 / TFLite"], &refs);
+    md.push_str(NOTES_RESNET.trim_end());
+    md.push_str("\n\n");
+    Ok(())
+}
 
 /// The exported models (`export-<model>-<format>.json` from `examples/export.rs --compare`):
 /// sizes, onnxruntime's accuracy beside pare's, agreement and batch-1 latency, each file one
@@ -1345,6 +1414,45 @@ mod tests {
         r.write(&page, &d.0.join("out/img")).unwrap();
         assert_eq!(std::fs::read_to_string(&page).unwrap(), *md);
         assert!(d.0.join("out/img/distillation-sweep.svg").is_file());
+    }
+
+    #[test]
+    fn resnet_rows_and_the_keras_figures_become_two_tables() {
+        let d = dir("resnet");
+        put(
+            &d.0,
+            "resnet-fashion.json",
+            &json!({
+                "rows": [
+                    {"stage": "float", "test_accuracy": 0.9241, "nonzero_weights": 77072,
+                     "note": "115.1 s/epoch (median)"},
+                    {"stage": "int8 (BN folded)", "test_accuracy": null, "nonzero_weights": null,
+                     "note": "not run: no int8 Add"}
+                ],
+                "float_accuracy": 0.9241, "median_epoch_seconds": 115.1,
+                "keras": {"test_accuracy": 0.9207, "epoch_seconds": [75.1, 58.2, 67.4],
+                          "tflite_int8_accuracy": 0.9213, "tflite_int8_bytes": 95536}
+            }),
+        );
+        let md = build(&Inputs::find(&[&d.0]).unwrap()).unwrap().markdown;
+        assert!(
+            md.contains("| float | 92.41 % | 77,072 | 115.1 s/epoch (median) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| int8 (BN folded) | – | – | not run: no int8 Add |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| float test accuracy | 92.41 % | 92.07 % |"),
+            "{md}"
+        );
+        // The median of Keras's epochs, not their mean (66.9).
+        assert!(
+            md.contains("| seconds per epoch (median) | 115.1 | 67.4 |"),
+            "{md}"
+        );
+        assert!(md.contains("| – | 95,536 B (93.3 KiB) |"), "{md}");
     }
 
     #[test]
