@@ -615,6 +615,12 @@ fn layer_entry(l: &QuantizedLayer) -> String {
             padding,
             relu,
             ..
+        }
+        | LayerKind::DepthwiseConv2d {
+            strides,
+            padding,
+            relu,
+            ..
         } => {
             let per_tensor = weights(&mut args);
             if *strides != [1, 1] {
@@ -630,24 +636,6 @@ fn layer_entry(l: &QuantizedLayer) -> String {
         }
         LayerKind::Dense { relu } => {
             let per_tensor = weights(&mut args);
-            if *relu {
-                args.push("relu".into());
-            }
-            per_tensor
-        }
-        LayerKind::DepthwiseConv2d {
-            strides,
-            padding,
-            relu,
-            ..
-        } => {
-            let per_tensor = weights(&mut args);
-            if *strides != [1, 1] {
-                args.push(format!("strides={}", dims(strides)));
-            }
-            if *padding == Padding::Same {
-                args.push("same".into());
-            }
             if *relu {
                 args.push("relu".into());
             }
