@@ -580,8 +580,8 @@ fn branchy_model() -> Sequential {
     use pare::tensor::nn::{
         AvgPool2d, Conv2d, Dense, DepthwiseConv2d, GlobalAveragePool2d, MaxPool2d, Model, ReLU,
     };
-    use pare::tensor::{Add, Concatenate, Padding};
     use pare::tensor::rand::{SeedableRng, rngs::StdRng};
+    use pare::tensor::{Add, Concatenate, Padding};
     let mut rng = StdRng::seed_from_u64(23);
     let same = |c: Conv2d| c.padding(Padding::Same);
     Model::functional(&[10, 9, 3])
@@ -620,11 +620,20 @@ fn graph_models() -> Vec<(&'static str, Sequential)> {
 
 /// Runs the float export of `model` on onnxruntime over `x`; returns max |Δlogit| and the
 /// argmax agreement with pare's forward pass.
-fn float_graph_agreement(stem: &str, model: &Sequential, x: ndarray::ArrayViewD<'_, f32>) -> (f32, f64) {
+fn float_graph_agreement(
+    stem: &str,
+    model: &Sequential,
+    x: ndarray::ArrayViewD<'_, f32>,
+) -> (f32, f64) {
     let path = root().join(format!("target/pare/onnx-test/graph/{stem}.onnx"));
     pare::onnx::save(&pare::onnx::export_float(model).unwrap(), &path).unwrap();
     let ours = predict(model, x.view(), 100).unwrap();
-    let theirs = f32_output(runtime().run(&path, Input::F32(x.view()), 0).unwrap().output);
+    let theirs = f32_output(
+        runtime()
+            .run(&path, Input::F32(x.view()), 0)
+            .unwrap()
+            .output,
+    );
     let diff = max_abs_diff(ours.as_slice().unwrap(), theirs.as_slice().unwrap());
     let (a, b) = (argmaxes(ours.view()), argmaxes(theirs.view()));
     (diff, agreement(&a, &b))
@@ -641,9 +650,12 @@ fn graph_models_export_to_onnxruntime() {
     for (stem, model) in graph_models() {
         let mut shape = vec![64];
         shape.extend_from_slice(&model.input_shape);
-        let x = ArrayD::from_shape_simple_fn(ndarray::IxDyn(&shape), || rng.random_range(0.0f32..1.0));
+        let x =
+            ArrayD::from_shape_simple_fn(ndarray::IxDyn(&shape), || rng.random_range(0.0f32..1.0));
         let (diff, agree) = float_graph_agreement(stem, &model, x.view());
-        println!("{stem} float (random inputs): max |logit diff| {diff:.2e}, argmax agreement {agree:.4}");
+        println!(
+            "{stem} float (random inputs): max |logit diff| {diff:.2e}, argmax agreement {agree:.4}"
+        );
         assert!(diff <= 1e-4, "{stem}: max |logit difference| {diff}");
         assert_eq!(agree, 1.0, "{stem}: argmax differs");
     }
@@ -663,9 +675,14 @@ fn graph_models_agree_on_mnist() {
     let x = test.images().view().into_dyn();
     let trained = common::one_epoch(&f.data, pare::tensor::models::tiny_residual(10, 0));
     let (_, resnet8) = graph_models().swap_remove(0);
-    for (stem, model) in [("tiny_residual_trained", trained), ("resnet8_mnist", resnet8)] {
+    for (stem, model) in [
+        ("tiny_residual_trained", trained),
+        ("resnet8_mnist", resnet8),
+    ] {
         let (diff, agree) = float_graph_agreement(stem, &model, x.view());
-        println!("{stem} float (2,000 MNIST test images): max |logit diff| {diff:.2e}, argmax agreement {agree:.4}");
+        println!(
+            "{stem} float (2,000 MNIST test images): max |logit diff| {diff:.2e}, argmax agreement {agree:.4}"
+        );
         assert!(diff <= 1e-4, "{stem}: max |logit difference| {diff}");
         assert_eq!(agree, 1.0, "{stem}: argmax differs");
     }
@@ -675,8 +692,8 @@ fn graph_models_agree_on_mnist() {
 /// difference shows at its op), and one through all of them, on 12×12×3 inputs.
 fn int8_op_models() -> Vec<(&'static str, Sequential)> {
     use pare::tensor::nn::{
-        AvgPool2d, Conv2d, Dense, DepthwiseConv2d, GlobalAveragePool2d, HardSwish, ReLU6,
-        Sigmoid, Tanh,
+        AvgPool2d, Conv2d, Dense, DepthwiseConv2d, GlobalAveragePool2d, HardSwish, ReLU6, Sigmoid,
+        Tanh,
     };
     use pare::tensor::rand::{SeedableRng, rngs::StdRng};
     use pare::tensor::{Activation, Padding};
@@ -731,7 +748,10 @@ fn int8_op_models() -> Vec<(&'static str, Sequential)> {
                     .into(),
             ),
         ),
-        ("global_avg_pool", with(c2, GlobalAveragePool2d::new("gap").into())),
+        (
+            "global_avg_pool",
+            with(c2, GlobalAveragePool2d::new("gap").into()),
+        ),
         ("relu6_fused", with(c3, ReLU6::new("relu6").into())),
         (
             "relu6_alone",
@@ -795,7 +815,7 @@ fn new_int8_ops_export_to_onnxruntime() {
         let dqt = CodeDiff::new(tflite.as_slice().unwrap(), &qdq);
         println!(
             "{stem} ({} codes): qoperator {:.3} % equal to pare under onnxruntime's rule ({}), \
-             {:.3} % under TFLite's ({}); qdq {:.3} % ({}), {:.3} % ({})",
+             {:.3} % under TFLite's ({}); qdq {:.3} % ({}), {:.3} % under TFLite's ({})",
             d.total,
             100.0 * d.equal_fraction(),
             d.histogram_line(),
@@ -806,5 +826,92 @@ fn new_int8_ops_export_to_onnxruntime() {
             100.0 * dqt.equal_fraction(),
             dqt.histogram_line(),
         );
+        // Bit for bit where onnxruntime has the op's arithmetic: depthwise `QLinearConv`, the
+        // ReLU6 clamp, `QLinearSigmoid`'s table and the float tanh / hard-swish between
+        // `DequantizeLinear` and `QuantizeLinear` round as pare's tables do. The average pools
+        // differ: `QLinearAveragePool` resolves exact ties (a window sum halfway between two
+        // codes) by its float arithmetic's noise (see
+        // `qlinear_average_pool_differs_from_pare_only_at_ties`), and pare's global average
+        // pool is TFLite's `MEAN`, whose fixed-point multiplier has `1 / count` folded in and
+        // lands up to 0.75 steps from the exact mean, which onnxruntime computes in float.
+        let (qoperator_min, qdq_min) = match stem {
+            "avg_pool" => (0.95, 0.95),
+            "global_avg_pool" | "all_int8_ops" => (0.9, 0.9),
+            _ => (1.0, 0.9999),
+        };
+        for (form, d, min) in [("qoperator", &d, qoperator_min), ("qdq", &dq, qdq_min)] {
+            assert!(
+                d.equal_fraction() >= min && d.max_abs <= 1,
+                "{stem} {form}: {}",
+                d.histogram_line()
+            );
+        }
     }
+}
+
+/// One int8 average pool (3×3, stride 2, `same` padding, so the edge windows count 4 and 6
+/// elements) on onnxruntime's `QLinearAveragePool` against pare's TFLite kernel: the codes
+/// are equal wherever the window's mean is not exactly halfway between two codes.
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+fn qlinear_average_pool_differs_from_pare_only_at_ties() {
+    use pare::tensor::Padding;
+    use pare::tensor::nn::AvgPool2d;
+    use pare::tensor::rand::{Rng, SeedableRng, rngs::StdRng};
+    let (h, w, c) = (12, 12, 3);
+    let model = Sequential::new(&[h, w, c])
+        .push(AvgPool2d::new("avg", 3).strides(2).padding(Padding::Same));
+    let mut rng = StdRng::seed_from_u64(3);
+    let x = ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[64, h, w, c]), || {
+        rng.random_range(-1.0f32..1.0)
+    });
+    let q = convert(&model, x.view(), &ConvertConfig::default()).unwrap();
+    let codes = q.quantize_input(x.view()).unwrap();
+    let ours = q.predict_i8(codes.view()).unwrap();
+    let path = root().join("target/pare/onnx-test/int8-ops/avg_pool_alone-qoperator.onnx");
+    pare::onnx::save(&pare::onnx::export_qoperator(&q).unwrap(), &path).unwrap();
+    let theirs: ArrayD<i8> = i8_output(
+        runtime()
+            .run(&path, Input::I8(codes.view()), 0)
+            .unwrap()
+            .output,
+    );
+    let zp = q.input_quant().unwrap().zero_point;
+    // `same` with an odd window and stride 2 on 12 pads one row and column after (TF's rule).
+    let (oh, ow) = (6, 6);
+    let (mut ties, mut at_ties, mut elsewhere) = (0, 0, 0);
+    let theirs = theirs.as_slice().unwrap();
+    for (i, (&a, &b)) in ours.as_slice().unwrap().iter().zip(theirs).enumerate() {
+        let (n, y, xx, ch) = (i / (oh * ow * c), i / (ow * c) % oh, i / c % ow, i % c);
+        let (mut sum, mut count) = (0i32, 0i32);
+        for dy in 0..3 {
+            for dx in 0..3 {
+                let (iy, ix) = (2 * y + dy, 2 * xx + dx);
+                if iy < h && ix < w {
+                    sum += codes[[n, iy, ix, ch]] as i32 - zp;
+                    count += 1;
+                }
+            }
+        }
+        let tie = (2 * sum).rem_euclid(2 * count) == count;
+        ties += usize::from(tie);
+        match (a == b, tie) {
+            (true, _) => {}
+            (false, true) => at_ties += 1,
+            (false, false) => elsewhere += 1,
+        }
+        assert!(
+            (a as i32 - b as i32).abs() <= 1,
+            "code {i}: pare {a}, onnxruntime {b}"
+        );
+    }
+    println!(
+        "average pool: {} codes, {ties} at a tie, {at_ties} of those differ, {elsewhere} \
+         differ elsewhere",
+        theirs.len()
+    );
+    assert_eq!(elsewhere, 0);
 }

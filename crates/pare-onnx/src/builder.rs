@@ -203,7 +203,10 @@ impl GraphBuilder {
     ) -> ModelProto {
         // Renaming the producer of the result is enough unless another node reads it too (a
         // graph model's output may be an input of an earlier branch's transpose).
-        let read = self.nodes.iter().any(|n| n.input.iter().any(|i| i == result));
+        let read = self
+            .nodes
+            .iter()
+            .any(|n| n.input.iter().any(|i| i == result));
         match self.nodes.iter_mut().find(|n| n.output[0] == result) {
             Some(n) if !read => n.output[0] = output.0.to_string(),
             _ => {
@@ -432,8 +435,9 @@ pub(crate) fn merge(
         let (first, rest) = names
             .split_first()
             .unwrap_or_else(|| panic!("{layer}: a merge of no inputs (checked by the model)"));
-        rest.iter()
-            .fold(first.to_string(), |acc, x| g.node("Add", &[&acc, x], vec![], layer))
+        rest.iter().fold(first.to_string(), |acc, x| {
+            g.node("Add", &[&acc, x], vec![], layer)
+        })
     } else {
         let axis = channel_axis(layout, shape.len());
         g.node("Concat", &names, vec![int("axis", axis)], layer)

@@ -685,8 +685,7 @@ fn depthwise_attributes(
             reason: format!("depthwise conv input must be [h, w, c], found {input:?}"),
         });
     };
-    let mut attrs =
-        conv_attributes(&layer.name, input, kernel, strides, tensor_padding(padding))?;
+    let mut attrs = conv_attributes(&layer.name, input, kernel, strides, tensor_padding(padding))?;
     attrs.push(int("group", channels as i64));
     Ok(attrs)
 }

@@ -313,7 +313,11 @@ fn evaluate(m: &ModelProto, x: ArrayD<f32>) -> ArrayD<f32> {
             "Add" => a + &values[&n.input[1]],
             "Concat" => {
                 let axis = n.attribute[0].i;
-                let axis = if axis < 0 { a.ndim() as i64 + axis } else { axis } as usize;
+                let axis = if axis < 0 {
+                    a.ndim() as i64 + axis
+                } else {
+                    axis
+                } as usize;
                 let parts: Vec<_> = n.input.iter().map(|i| values[i].view()).collect();
                 ndarray::concatenate(Axis(axis), &parts).unwrap()
             }
@@ -433,7 +437,10 @@ fn branchy() -> pare_tensor::Model {
         .node(Flatten::new("flat_pool"), &["pool"])
         .node(Flatten::new("flat_a"), &["a"])
         .node(Concatenate::new("cat_flat"), &["flat_pool", "flat_a"])
-        .node(Dense::seeded("head", 3 * 2 * 5 + 6 * 5 * 3, 4, 4), &["cat_flat"])
+        .node(
+            Dense::seeded("head", 3 * 2 * 5 + 6 * 5 * 3, 4, 4),
+            &["cat_flat"],
+        )
         .build()
         .unwrap()
 }
@@ -447,7 +454,11 @@ fn a_graph_models_float_graph_computes_its_forward_pass() {
     assert_eq!(ops.iter().filter(|o| **o == "Concat").count(), 2, "{ops:?}");
     // The input goes to NCHW once though the conv `a` and the concat both read it there; the
     // conv outputs of `a` and of the pool go back to NHWC once each, for the flattens.
-    assert_eq!(ops.iter().filter(|o| **o == "Transpose").count(), 3, "{ops:?}");
+    assert_eq!(
+        ops.iter().filter(|o| **o == "Transpose").count(),
+        3,
+        "{ops:?}"
+    );
     let x = images(3, &model.input_shape, 4);
     let want = pare_tensor::train::predict(&model, x.view(), 8).unwrap();
     let got = evaluate(&m, x);
