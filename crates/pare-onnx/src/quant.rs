@@ -175,6 +175,12 @@ fn axis_attr(channels: usize, axis: i64) -> Vec<crate::proto::AttributeProto> {
 /// to the zero point. Transposes and reshapes move the int8 codes, between a `QuantizeLinear`
 /// and a `DequantizeLinear`.
 ///
+/// The newer ops wrap their float operators the same way: depthwise conv → grouped `Conv`
+/// (per-channel weights along `c · m`), average pool → `AveragePool` (padding not counted),
+/// global average pool → `GlobalAveragePool` + `Flatten`, ReLU6 → `Clip` to `[0, 6]`,
+/// sigmoid, tanh → `Sigmoid`, `Tanh` (at TFLite's fixed output parameters), hard-swish →
+/// `x · HardSigmoid(x)`.
+///
 /// `QuantizeLinear` rounds half to even where pare rounds half away from zero; only inputs
 /// exactly halfway between two codes can quantize differently.
 ///
@@ -416,7 +422,14 @@ fn qdq_bias(
 /// - a fused ReLU → `Clip` at the output zero point, pare's clamp (omitted when the zero point
 ///   is −128, where the clamp is void);
 /// - max-pool → `MaxPool` on int8; reshape → `Reshape`; a separate ReLU → `Clip`;
-/// - leaky ReLU → onnxruntime's `com.microsoft.QLinearLeakyRelu` (no standard int8 form).
+/// - leaky ReLU → onnxruntime's `com.microsoft.QLinearLeakyRelu` (no standard int8 form);
+/// - depthwise conv → `QLinearConv` with `group` = input channels, kernel `[c · m, 1, kh, kw]`;
+/// - average pool → `com.microsoft.QLinearAveragePool` (padding not counted), global average
+///   pool → `com.microsoft.QLinearGlobalAveragePool` and a `Reshape` to `[batch, c]`;
+/// - ReLU6 → `Clip` to the codes of 0 and 6, as pare clamps; sigmoid →
+///   `com.microsoft.QLinearSigmoid`; tanh and hard-swish, which have no integer operator in
+///   ONNX or onnxruntime, → the float operator between `DequantizeLinear` and
+///   `QuantizeLinear`.
 ///
 /// onnxruntime requantizes in f32 and rounds once (ties to even), and builds its leaky-ReLU
 /// table in f32; pare's default engine rounds as TFLite does, twice. The model's
