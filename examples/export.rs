@@ -166,13 +166,8 @@ fn run(args: Args) -> Result<()> {
             let us = median_micros(args.latency_runs, |i| {
                 predict(&float, one(i), 1).expect("a checked model runs");
             });
-            (
-                predict(&float, tx.view(), 500)?,
-                run.output.clone(),
-                run,
-                us,
-                None,
-            )
+            let ours = predict(&float, tx.view(), 500)?;
+            (ours, run.output.clone(), run, us, None)
         }
         Format::Qdq => {
             let q = int8.as_ref().expect("int8 model for qdq");
