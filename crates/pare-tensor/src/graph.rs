@@ -819,7 +819,7 @@ impl Graph {
 
     /// max(x, 0).
     pub fn relu(&mut self, x: Var) -> Var {
-        let y = self.value(x).mapv(|v| v.max(0.0));
+        let y = buffers::map_array(self.value(x), |v| v.max(0.0));
         self.push(Op::Relu(x), y, &[x])
     }
 
@@ -941,7 +941,7 @@ impl Graph {
     pub fn add(&mut self, a: Var, b: Var) -> Var {
         let (av, bv) = (self.value(a), self.value(b));
         same_shape("add", av, bv);
-        let y = av + bv;
+        let y = buffers::zip_map(av, bv, |a, b| a + b);
         self.push(Op::Add(a, b), y, &[a, b])
     }
 
@@ -1321,7 +1321,7 @@ impl Graph {
             }
             Op::Add(a, b) => {
                 if needs(*b) {
-                    self.acc(grads, *b, g.clone());
+                    self.acc(grads, *b, buffers::clone_array(&g));
                 }
                 self.acc(grads, *a, g);
             }
