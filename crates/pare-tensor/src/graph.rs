@@ -6,7 +6,7 @@
 //! inputs need no gradient is a constant, and backward skips it.
 
 use crate::kernels::buffers;
-use crate::kernels::conv::{Padding, Window, col2im, im2col, shallow};
+use crate::kernels::conv::{Padding, Window, conv2d_input_grad, im2col, shallow};
 use crate::kernels::gemm::{matmul, matmul_into};
 use crate::kernels::pool::{
     argmax_fits, max_pool, max_pool_backward, max_pool_backward_argmax, max_pool_with_argmax,
@@ -1153,9 +1153,7 @@ impl Graph {
                         .view()
                         .into_shape_with_order((win.patch_len(), oc))
                         .expect("2-D");
-                    let gp = matmul(g2, k2.t());
-                    self.acc(grads, *x, col2im(gp.view(), win).into_dyn());
-                    buffers::give_array(gp);
+                    self.acc(grads, *x, conv2d_input_grad(g2, k2, win).into_dyn());
                 }
                 buffers::give_array(g);
             }
@@ -1201,9 +1199,7 @@ impl Graph {
                         .view()
                         .into_shape_with_order((conv.patch_len(), oc))
                         .expect("2-D");
-                    let gp = matmul(g2, k2.t());
-                    self.acc(grads, *x, col2im(gp.view(), conv).into_dyn());
-                    buffers::give_array(gp);
+                    self.acc(grads, *x, conv2d_input_grad(g2, k2, conv).into_dyn());
                     buffers::give_array(gz);
                 }
                 buffers::give_array(g);

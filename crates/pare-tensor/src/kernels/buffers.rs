@@ -27,10 +27,12 @@ fn take_raw(len: usize) -> Option<Vec<f32>> {
     // Best fit: the smallest buffer that holds `len`, preferring one whose first `len` floats
     // are already initialised (a buffer last used for something shorter would be zero-filled
     // up to `len` by `take_any`).
+    // A buffer more than twice too big is left for a request it fits: handing a patch matrix's
+    // buffer to an activation sent the next patch matrix to the allocator, step after step.
     let best = pool
         .iter()
         .enumerate()
-        .filter(|(_, b)| b.capacity() >= len)
+        .filter(|(_, b)| b.capacity() >= len && b.capacity() <= 2 * len)
         .min_by_key(|(_, b)| (b.len() < len, b.capacity()))
         .map(|(i, _)| i)?;
     Some(pool.swap_remove(best))
