@@ -143,7 +143,13 @@ const RESNET_POOL: usize = 8;
 
 /// Times `steps` ResNet-8 training steps at batch 128 through `fit` (gather, forward, backward,
 /// Adam, BatchNorm moving statistics), as one epoch of `steps` batches.
-fn resnet_fit(model: &mut pare::tensor::Model, adam: &mut Adam, x: &ArrayD<f32>, y: &[usize], steps: usize) -> Duration {
+fn resnet_fit(
+    model: &mut pare::tensor::Model,
+    adam: &mut Adam,
+    x: &ArrayD<f32>,
+    y: &[usize],
+    steps: usize,
+) -> Duration {
     let xs = x.slice_axis(ndarray::Axis(0), (0..steps * 128).into());
     let cfg = FitConfig {
         verbose: false,
@@ -165,8 +171,20 @@ fn resnet_inputs() -> (ArrayD<f32>, Vec<usize>) {
     (x, y)
 }
 
+/// CPU seconds this process has used (user + system), from `/proc/self/stat` (Linux; USER_HZ is
+/// 100 in the kernel's ABI), or `None` elsewhere.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 /// Median step time of a few `fit` epochs, printed as images/s and projected s/epoch: the
-/// figure issue 17's target (seconds per training epoch) is stated in.
+/// figure issue 17's target (seconds per training epoch) is stated in. CPU seconds per step are
+/// printed too: on a shared machine they move less with the load than wall time does.
 fn resnet_projection() {
     // Skipped when a criterion filter that names another bench is given.
     let filters: Vec<String> = std::env::args()
@@ -180,13 +198,27 @@ fn resnet_projection() {
     let mut model = resnet8(0);
     let mut adam = Adam::new(AdamConfig::default()).unwrap();
     resnet_fit(&mut model, &mut adam, &x, &y, 2);
+    let cpu0 = cpu_seconds();
     let mut per_step: Vec<f64> = (0..7)
-        .map(|_| resnet_fit(&mut model, &mut adam, &x, &y, RESNET_POOL).as_secs_f64() / RESNET_POOL as f64)
+        .map(|_| {
+            resnet_fit(&mut model, &mut adam, &x, &y, RESNET_POOL).as_secs_f64()
+                / RESNET_POOL as f64
+        })
         .collect();
+    let cpu = cpu_seconds()
+        .zip(cpu0)
+        .map(|(b, a)| {
+            format!(
+                ", {:.1} CPU ms/step",
+                (b - a) * 1e3 / (7 * RESNET_POOL) as f64
+            )
+        })
+        .unwrap_or_default();
     per_step.sort_by(f64::total_cmp);
     let step = per_step[per_step.len() / 2];
     println!(
-        "resnet8_fit batch 128: {:.1} ms/step (min {:.1}), {:.0} images/s, projected {:.1} s per 60,000-image epoch",
+        "resnet8_fit batch 128: {:.1} ms/step (min {:.1}{cpu}), {:.0} images/s, \
+         projected {:.1} s per 60,000-image epoch",
         step * 1e3,
         per_step[0] * 1e3,
         128.0 / step,

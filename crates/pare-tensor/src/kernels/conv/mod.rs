@@ -308,17 +308,19 @@ const BLOCK_ROWS: usize = 512;
 /// Whole images per block: the blocks depend on the shapes only, never on the thread count,
 /// so the kernel gradient's partial sums, added in block order, are reproducible.
 fn images_per_block(win: &Window) -> usize {
-    BLOCK_ROWS.div_ceil((win.oh * win.ow).max(1)).clamp(1, win.n.max(1))
+    BLOCK_ROWS
+        .div_ceil((win.oh * win.ow).max(1))
+        .clamp(1, win.n.max(1))
 }
 
 /// Images `i0 .. i0 + count` of `x` and their window.
 fn image_block<'a>(
-    x: &ArrayView4<'a, f32>,
+    x: ArrayView4<'a, f32>,
     win: &Window,
     i0: usize,
     count: usize,
 ) -> (ArrayView4<'a, f32>, Window) {
-    let xb = x.clone().slice_move(ndarray::s![i0..i0 + count, .., .., ..]);
+    let xb = x.slice_move(ndarray::s![i0..i0 + count, .., .., ..]);
     (xb, Window { n: count, ..*win })
 }
 
@@ -342,16 +344,13 @@ pub fn conv2d_forward(
     let oc = kernel.ncols();
     let per_image = win.oh * win.ow;
     let ipb = images_per_block(win);
-    let mut y = Array2::from_shape_vec(
-        (win.rows(), oc),
-        super::buffers::take_any(win.rows() * oc),
-    )
-    .expect("conv2d: shape matches length");
+    let mut y = Array2::from_shape_vec((win.rows(), oc), super::buffers::take_any(win.rows() * oc))
+        .expect("conv2d: shape matches length");
     if win.rows() == 0 || oc == 0 {
         return y;
     }
     let block = |(bi, mut yb): (usize, ArrayViewMut2<'_, f32>)| {
-        let (xb, wb) = image_block(&x, win, bi * ipb, yb.nrows() / per_image);
+        let (xb, wb) = image_block(x, win, bi * ipb, yb.nrows() / per_image);
         super::with_sequential_kernels(|| {
             let p = im2col(xb, &wb);
             super::gemm::matmul_into(p.view(), kernel, yb.view_mut(), false);
@@ -391,7 +390,7 @@ pub fn conv2d_kernel_grad(
     let partial = |bi: usize| {
         let i0 = bi * ipb;
         let count = ipb.min(win.n - i0);
-        let (xb, wb) = image_block(&x, win, i0, count);
+        let (xb, wb) = image_block(x, win, i0, count);
         let gb = g.slice(ndarray::s![i0 * per_image..(i0 + count) * per_image, ..]);
         let mut gk = Array2::zeros((plen, oc));
         super::with_sequential_kernels(|| {
@@ -500,9 +499,8 @@ mod tests {
         ] {
             let win = Window::new([n, h, w, c], [k, k], [s, s], pad).unwrap();
             let g = Array2::from_shape_fn((win.rows(), oc), |_| rng.random_range(-1.0f32..1.0));
-            let kern = Array2::from_shape_fn((win.patch_len(), oc), |_| {
-                rng.random_range(-1.0f32..1.0)
-            });
+            let kern =
+                Array2::from_shape_fn((win.patch_len(), oc), |_| rng.random_range(-1.0f32..1.0));
             let want = col2im(matmul(g.view(), kern.t()).view(), &win);
             let got = conv2d_input_grad(g.view(), kern.view(), &win);
             assert_eq!(got.shape(), want.shape());
@@ -525,9 +523,8 @@ mod tests {
         ] {
             let win = Window::new([n, h, w, c], [k, k], [s, s], pad).unwrap();
             let x = Array4::from_shape_fn((n, h, w, c), |_| rng.random_range(-1.0f32..1.0));
-            let kern = Array2::from_shape_fn((win.patch_len(), oc), |_| {
-                rng.random_range(-1.0f32..1.0)
-            });
+            let kern =
+                Array2::from_shape_fn((win.patch_len(), oc), |_| rng.random_range(-1.0f32..1.0));
             let g = Array2::from_shape_fn((win.rows(), oc), |_| rng.random_range(-1.0f32..1.0));
             let p = im2col(x.view(), &win);
             let (want_y, want_gk) = (matmul(p.view(), kern.view()), matmul(p.t(), g.view()));

@@ -249,7 +249,13 @@ mod tests {
             let at = a.t().to_owned();
             let b = random(&mut rng, k, n);
             let mut want = Array2::zeros((m, n));
-            matmul_into_with(GemmBackend::Portable, a.view(), b.view(), want.view_mut(), false);
+            matmul_into_with(
+                GemmBackend::Portable,
+                a.view(),
+                b.view(),
+                want.view_mut(),
+                false,
+            );
             let mut runs = Vec::new();
             for threads in [2, 3] {
                 let pool = rayon::ThreadPoolBuilder::new()
