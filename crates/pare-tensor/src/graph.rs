@@ -6,8 +6,10 @@
 //! inputs need no gradient is a constant, and backward skips it.
 
 use crate::kernels::buffers;
-use crate::kernels::conv::{Padding, Window, col2im, im2col, shallow};
-use crate::kernels::gemm::{matmul, matmul_into};
+use crate::kernels::conv::{
+    Padding, Window, conv2d_forward, conv2d_input_grad, conv2d_kernel_grad, shallow,
+};
+use crate::kernels::gemm::matmul;
 use crate::kernels::pool::{
     argmax_fits, max_pool, max_pool_backward, max_pool_backward_argmax, max_pool_with_argmax,
 };
@@ -147,9 +149,10 @@ pub enum Op {
         /// Fused activation.
         act: Activation,
     },
-    /// NHWC convolution by im2col + GEMM, with optional bias and fused activation; keeps the
-    /// patch matrix for the kernel gradient. Convolutions with short patch rows (see
-    /// [`crate::kernels::conv::shallow`]) run direct kernels instead and keep no patches.
+    /// NHWC convolution by im2col + GEMM, with optional bias and fused activation. The patch
+    /// matrix is made block by block and not kept (see
+    /// [`crate::kernels::conv::conv2d_forward`]); convolutions with short patch rows (see
+    /// [`crate::kernels::conv::shallow`]) run direct kernels instead.
     Conv2d {
         /// Input `[n, h, w, c]`.
         x: Var,
@@ -161,8 +164,6 @@ pub enum Op {
         act: Activation,
         /// Window geometry.
         win: Window,
-        /// im2col of the input (empty when the kernel gradient does not need it).
-        patches: Array2<f32>,
     },
     /// `max_pool(act(conv2d(x, kernel) + bias))` in one node, when the pair fuses (see
     /// [`crate::kernels::conv::shallow::pool_fusable`]): the convolution's output is never
@@ -318,9 +319,6 @@ impl Drop for Graph {
     fn drop(&mut self) {
         for node in self.nodes.drain(..) {
             crate::kernels::buffers::give_array(node.value);
-            if let Op::Conv2d { patches, .. } = node.op {
-                crate::kernels::buffers::give_array(patches);
-            }
         }
     }
 }
@@ -638,27 +636,24 @@ impl Graph {
         let win = Window::new(xs, [ks[0], ks[1]], strides, padding)
             .unwrap_or_else(|| panic!("conv2d: window {ks:?} does not fit input {xs:?}"));
         let x4 = four(xv);
-        let keep = self.training && self.needs(kernel);
-        let (y, patches) = if shallow::applies(&win) {
+        let y = if shallow::applies(&win) {
             let b = bias.map(|b| self.value(b));
             if let Some(bv) = b {
                 check_bias("conv2d", &[ks[3]], bv);
             }
             let b = b.map(|b| b.view().into_dimensionality().expect("1-D checked"));
-            let y = shallow::forward(x4, four(kv), b, act, &win).into_dyn();
-            (y, Array2::zeros((0, 0)))
+            shallow::forward(x4, four(kv), b, act, &win).into_dyn()
         } else {
-            let patches = im2col(x4, &win);
             let k2 = kv
                 .view()
                 .into_shape_with_order((win.patch_len(), ks[3]))
                 .expect("contiguous");
-            let mut y = matmul(patches.view(), k2).into_dyn();
+            // Patch rows are made block by block in cache and not kept: backward makes them
+            // again, which costs less than writing and re-reading the whole matrix.
+            let mut y = conv2d_forward(x4, k2, &win).into_dyn();
             self.bias_act_inplace("conv2d", &mut y, bias, act);
-            let y = y
-                .into_shape_with_order(IxDyn(&[win.n, win.oh, win.ow, ks[3]]))
-                .expect("shape");
-            (y, if keep { patches } else { Array2::zeros((0, 0)) })
+            y.into_shape_with_order(IxDyn(&[win.n, win.oh, win.ow, ks[3]]))
+                .expect("shape")
         };
         let op = Op::Conv2d {
             x,
@@ -666,7 +661,6 @@ impl Graph {
             bias,
             act,
             win,
-            patches,
         };
         let mut inputs = vec![x, kernel];
         inputs.extend(bias);
@@ -819,7 +813,7 @@ impl Graph {
 
     /// max(x, 0).
     pub fn relu(&mut self, x: Var) -> Var {
-        let y = self.value(x).mapv(|v| v.max(0.0));
+        let y = buffers::map_array(self.value(x), |v| v.max(0.0));
         self.push(Op::Relu(x), y, &[x])
     }
 
@@ -941,7 +935,7 @@ impl Graph {
     pub fn add(&mut self, a: Var, b: Var) -> Var {
         let (av, bv) = (self.value(a), self.value(b));
         same_shape("add", av, bv);
-        let y = av + bv;
+        let y = buffers::zip_map(av, bv, |a, b| a + b);
         self.push(Op::Add(a, b), y, &[a, b])
     }
 
@@ -1105,7 +1099,6 @@ impl Graph {
                 bias,
                 act,
                 win,
-                patches,
             } => {
                 let mut g = if g.is_standard_layout() {
                     g
@@ -1136,9 +1129,7 @@ impl Graph {
                         self.acc(grads, b, g2.sum_axis(Axis(0)).into_dyn());
                     }
                     if needs(*kernel) {
-                        let mut gk = Array2::zeros((win.patch_len(), oc));
-                        matmul_into(patches.t(), g2, gk.view_mut(), false);
-                        let gk = gk
+                        let gk = conv2d_kernel_grad(four(val(*x)), g2, win)
                             .into_shape_with_order(kv.raw_dim())
                             .expect("kernel shape");
                         self.acc(grads, *kernel, gk);
@@ -1153,9 +1144,7 @@ impl Graph {
                         .view()
                         .into_shape_with_order((win.patch_len(), oc))
                         .expect("2-D");
-                    let gp = matmul(g2, k2.t());
-                    self.acc(grads, *x, col2im(gp.view(), win).into_dyn());
-                    buffers::give_array(gp);
+                    self.acc(grads, *x, conv2d_input_grad(g2, k2, win).into_dyn());
                 }
                 buffers::give_array(g);
             }
@@ -1201,9 +1190,7 @@ impl Graph {
                         .view()
                         .into_shape_with_order((conv.patch_len(), oc))
                         .expect("2-D");
-                    let gp = matmul(g2, k2.t());
-                    self.acc(grads, *x, col2im(gp.view(), conv).into_dyn());
-                    buffers::give_array(gp);
+                    self.acc(grads, *x, conv2d_input_grad(g2, k2, conv).into_dyn());
                     buffers::give_array(gz);
                 }
                 buffers::give_array(g);
@@ -1321,7 +1308,7 @@ impl Graph {
             }
             Op::Add(a, b) => {
                 if needs(*b) {
-                    self.acc(grads, *b, g.clone());
+                    self.acc(grads, *b, buffers::clone_array(&g));
                 }
                 self.acc(grads, *a, g);
             }

@@ -14,6 +14,7 @@
 
 use crate::graph::{Graph, Op, Var, four};
 use crate::kernels::avgpool::{avg_pool, global_avg_pool};
+use crate::kernels::buffers;
 use crate::kernels::conv::{Padding, Window};
 use crate::kernels::depthwise::depthwise_conv2d;
 use ndarray::{ArrayD, IxDyn, Zip};
@@ -158,7 +159,7 @@ pub(crate) fn batch_norm_backward(
         .expect("[c]");
     let dx = need_x.then(|| {
         let n = (gs.len() / c.max(1)) as f64;
-        let mut dx = vec![0f32; gs.len()];
+        let mut dx = buffers::take_any(gs.len());
         let scale: Vec<f32> = (0..c).map(|k| gam[k] * inv_std[k]).collect();
         if batch_stats {
             let mean_g: Vec<f32> = sum_g.iter().map(|&s| (s / n) as f32).collect();
@@ -262,22 +263,24 @@ impl Graph {
             )
         };
         let inv_std: Vec<f32> = var.iter().map(|&v| 1.0 / (v + epsilon).sqrt()).collect();
-        let xs = xv.as_standard_layout();
-        let mut xhat = xs.to_owned();
-        let mut y = xs.to_owned();
+        // Graph values are standard layout (see `Graph::push`).
+        let xs = xv.as_slice().expect("batch_norm: standard layout");
+        let mut xhat = buffers::take_any(xs.len());
+        let mut y = buffers::take_any(xs.len());
         let (gv, bv) = (self.value(gamma), self.value(beta));
         let (gs, bs) = (gv.as_slice().expect("1-D"), bv.as_slice().expect("1-D"));
-        for (h, o) in xhat
-            .as_slice_mut()
-            .expect("owned")
+        for ((h, o), xp) in xhat
             .chunks_exact_mut(c)
-            .zip(y.as_slice_mut().expect("owned").chunks_exact_mut(c))
+            .zip(y.chunks_exact_mut(c))
+            .zip(xs.chunks_exact(c))
         {
             for k in 0..c {
-                h[k] = (h[k] - mean[k]) * inv_std[k];
+                h[k] = (xp[k] - mean[k]) * inv_std[k];
                 o[k] = h[k] * gs[k] + bs[k];
             }
         }
+        let xhat = ArrayD::from_shape_vec(xv.raw_dim(), xhat).expect("shape");
+        let y = ArrayD::from_shape_vec(xv.raw_dim(), y).expect("shape");
         let op = Op::BatchNorm {
             x,
             gamma,

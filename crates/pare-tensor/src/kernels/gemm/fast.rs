@@ -2,7 +2,14 @@
 
 use super::PARALLEL_THRESHOLD;
 use gemm::Parallelism;
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis, s};
+use rayon::prelude::*;
+
+/// Rows of `a` per task when a thin product is split by rows (see [`rows_in_parallel`]).
+const ROW_BLOCK: usize = 1024;
+/// Depth of each partial product when a long-`k` product is split (see [`depth_in_parallel`]):
+/// a block of patch rows this deep stays in L2 while every output tile passes over it.
+const DEPTH_BLOCK: usize = 1024;
 
 /// Entry point of the fast backend: the `gemm` crate runs at about half speed when an operand
 /// is column-major (measured on the teacher's kernel- and input-gradient products: ~150 vs
@@ -16,11 +23,24 @@ pub(super) fn matmul(
 ) {
     let (m, k) = a.dim();
     let n = b.ncols();
-    // Thin outputs: our register-tile kernel, unless the product is big enough for the gemm
-    // crate's threads to pay.
-    let threaded = m * n * k >= PARALLEL_THRESHOLD && crate::kernels::parallel_allowed();
-    if !threaded && super::skinny::applies(&a, &b, &c) {
-        return super::skinny::matmul(a, b, c, accumulate);
+    let threaded = m * n * k >= PARALLEL_THRESHOLD
+        && rayon::current_num_threads() > 1
+        && crate::kernels::parallel_allowed();
+    // A convolution's kernel gradient `patchesᵀ · g` is a small output over a very long `k`
+    // (144 x 16 over 100,352 rows for ResNet-8's first block at batch 128): the gemm crate
+    // splits only the output between threads, so one thread did it all. Fixed-depth partial
+    // products summed in order keep the result independent of the thread count.
+    if threaded && k >= 4 * DEPTH_BLOCK && k >= 8 * m.max(n) {
+        return depth_in_parallel(a, b, c, accumulate);
+    }
+    if super::skinny::applies(&a, &b, &c) {
+        // Thin outputs: our register-tile kernel, by row blocks on every thread when large
+        // (the gemm crate's 6-column tiles waste most of a 16-column output).
+        return if threaded {
+            rows_in_parallel(a, b, c, accumulate)
+        } else {
+            super::skinny::matmul(a, b, c, accumulate)
+        };
     }
     let row = |v: &ArrayView2<'_, f32>| v.strides()[1] == 1 || v.ncols() <= 1;
     // Small or thin products (a first layer's kernel gradient is 9 x 12 over a long k) gain
@@ -34,6 +54,63 @@ pub(super) fn matmul(
     let a2v = a2.as_ref().map(|t| t.view()).unwrap_or(a);
     let b2v = b2.as_ref().map(|t| t.view()).unwrap_or(b);
     raw_matmul(a2v, b2v, c, accumulate);
+}
+
+/// The skinny kernel over blocks of [`ROW_BLOCK`] rows on the rayon pool. Each output row is
+/// computed exactly as the one-thread kernel computes it.
+fn rows_in_parallel(
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    mut c: ArrayViewMut2<'_, f32>,
+    accumulate: bool,
+) {
+    c.axis_chunks_iter_mut(Axis(0), ROW_BLOCK)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(i, cb)| {
+            let r0 = i * ROW_BLOCK;
+            let ab = a.slice(s![r0..r0 + cb.nrows(), ..]);
+            super::skinny::matmul(ab, b, cb, accumulate);
+        });
+}
+
+/// `a · b` as partial products over [`DEPTH_BLOCK`]-deep slices of `k`, computed on the rayon
+/// pool one thread each and summed in slice order.
+fn depth_in_parallel(
+    a: ArrayView2<'_, f32>,
+    b: ArrayView2<'_, f32>,
+    mut c: ArrayViewMut2<'_, f32>,
+    accumulate: bool,
+) {
+    let (m, k) = a.dim();
+    let n = b.ncols();
+    let blocks = k.div_ceil(DEPTH_BLOCK);
+    let partials: Vec<Array2<f32>> = (0..blocks)
+        .into_par_iter()
+        .map(|i| {
+            let (k0, k1) = (i * DEPTH_BLOCK, ((i + 1) * DEPTH_BLOCK).min(k));
+            let mut p = Array2::zeros((m, n));
+            crate::kernels::with_sequential_kernels(|| {
+                matmul(
+                    a.slice(s![.., k0..k1]),
+                    b.slice(s![k0..k1, ..]),
+                    p.view_mut(),
+                    false,
+                )
+            });
+            p
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let first = parts.next().expect("k > 0");
+    if accumulate {
+        c += &first;
+    } else {
+        c.assign(&first);
+    }
+    for p in parts {
+        c += &p;
+    }
 }
 
 /// Returns `vᵀ` as a row-major array, copied through 32x32 tiles so both sides stay in cache.

@@ -239,6 +239,45 @@ mod tests {
     }
 
     #[test]
+    fn thin_and_long_products_split_across_threads_match_portable() {
+        // Above PARALLEL_THRESHOLD: 16 columns split by rows, long k split by depth (both
+        // layouts of `a`, as a kernel gradient passes patchesᵀ), in pools of 2 and 3 threads,
+        // which must agree bit for bit (the split does not depend on the thread count).
+        let mut rng = StdRng::seed_from_u64(12);
+        for &(m, k, n) in &[(3001, 40, 16), (20, 5000, 16), (30, 4500, 70), (9, 9000, 5)] {
+            let a = random(&mut rng, m, k);
+            let at = a.t().to_owned();
+            let b = random(&mut rng, k, n);
+            let mut want = Array2::zeros((m, n));
+            matmul_into_with(
+                GemmBackend::Portable,
+                a.view(),
+                b.view(),
+                want.view_mut(),
+                false,
+            );
+            let mut runs = Vec::new();
+            for threads in [2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                for (x, acc) in [(a.view(), false), (at.t(), true)] {
+                    let mut c = Array2::from_elem((m, n), 0.5f32);
+                    pool.install(|| matmul_into(x, b.view(), c.view_mut(), acc));
+                    let base = if acc { 0.5 } else { 0.0 };
+                    for (p, q) in c.iter().zip(want.iter()) {
+                        assert_abs_diff_eq!(*p, q + base, epsilon = 1e-4 * (k as f32).sqrt());
+                    }
+                    runs.push(c);
+                }
+            }
+            assert_eq!(runs[0], runs[2], "{m}x{k}x{n}: 2 vs 3 threads");
+            assert_eq!(runs[1], runs[3], "{m}x{k}x{n}: 2 vs 3 threads (transposed)");
+        }
+    }
+
+    #[test]
     fn large_parallel_product_matches_portable() {
         let mut rng = StdRng::seed_from_u64(9);
         let a = random(&mut rng, 200, 257);
