@@ -159,10 +159,9 @@ fn qoperator_codes(q: &QuantizedModel, name: &str, input: Input<'_>) -> ArrayD<i
 
 #[test]
 #[cfg_attr(
-    not(pare_onnxruntime),
-    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+    not(all(pare_onnxruntime, pare_mnist)),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh, and MNIST: set MNIST_DIR"
 )]
-#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn float_exports_give_pares_logits_on_onnxruntime() {
     let f = fixture();
     let (tx, ty) = f.test_set();
@@ -191,10 +190,9 @@ fn float_exports_give_pares_logits_on_onnxruntime() {
 
 #[test]
 #[cfg_attr(
-    not(pare_onnxruntime),
-    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+    not(all(pare_onnxruntime, pare_mnist)),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh, and MNIST: set MNIST_DIR"
 )]
-#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn qoperator_codes_match_the_integer_engine() {
     let f = fixture();
     let (tx, ty) = f.test_set();
@@ -262,10 +260,9 @@ fn qoperator_codes_match_the_integer_engine() {
 /// One `QLinearConv` against pare's conv: the model cut after its conv layer.
 #[test]
 #[cfg_attr(
-    not(pare_onnxruntime),
-    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+    not(all(pare_onnxruntime, pare_mnist)),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh, and MNIST: set MNIST_DIR"
 )]
-#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn a_qlinearconv_rounds_as_pares_conv_under_its_rule() {
     let f = fixture();
     let (_, float, _) = &f.models[0];
@@ -301,10 +298,9 @@ fn a_qlinearconv_rounds_as_pares_conv_under_its_rule() {
 
 #[test]
 #[cfg_attr(
-    not(pare_onnxruntime),
-    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+    not(all(pare_onnxruntime, pare_mnist)),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh, and MNIST: set MNIST_DIR"
 )]
-#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn a_uint8_input_model_runs_on_uint8_codes() {
     let f = fixture();
     let (_, float, _) = &f.models[0];
@@ -324,10 +320,9 @@ fn a_uint8_input_model_runs_on_uint8_codes() {
 
 #[test]
 #[cfg_attr(
-    not(pare_onnxruntime),
-    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+    not(all(pare_onnxruntime, pare_mnist)),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh, and MNIST: set MNIST_DIR"
 )]
-#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn qdq_exports_keep_pares_int8_predictions() {
     let f = fixture();
     let (tx, ty) = f.test_set();
@@ -665,10 +660,9 @@ fn graph_models_export_to_onnxruntime() {
 /// its random initialisation and random BatchNorm statistics.
 #[test]
 #[cfg_attr(
-    not(pare_onnxruntime),
-    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+    not(all(pare_onnxruntime, pare_mnist)),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh, and MNIST: set MNIST_DIR"
 )]
-#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
 fn graph_models_agree_on_mnist() {
     let f = fixture();
     let test = f.data.test().take(2000);

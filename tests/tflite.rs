@@ -385,8 +385,10 @@ fn new_layers_match_tflite_reference_kernels() {
 }
 
 #[test]
-#[cfg_attr(not(pare_tflite), ignore = "needs TensorFlow: run tools/setup-tf.sh")]
-#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
+#[cfg_attr(
+    not(all(pare_tflite, pare_mnist)),
+    ignore = "needs TensorFlow: run tools/setup-tf.sh, and MNIST: set MNIST_DIR"
+)]
 fn small_cnn_matches_tflite_reference_kernels_on_mnist() {
     let data = common::mnist();
     let (train, model, _) = common::small_cnn_one_epoch(&data);
