@@ -70,6 +70,7 @@ pub mod gaps;
 pub mod inference;
 pub mod kernels;
 pub mod mask;
+pub mod recalibrate;
 pub mod report;
 pub mod schedule;
 pub mod sparse;
@@ -88,6 +89,7 @@ pub use mask::{
     ChannelMask, MaskKind, Norm, Pooling, apply_mask, block_mask, channel_mask, compute_masks,
     global_magnitude_masks, kept_count, magnitude_mask, nm_mask, sparsity_of,
 };
+pub use recalibrate::recalibrate_batch_norm;
 pub use report::{DeadChannels, KernelFormats, Order0Bound, remove_dead_channels_checked};
 pub use schedule::{ConstantSparsity, PolynomialDecay, PruningSchedule};
 pub use sparse::{SparseShape, SparseTensor, Storage, choose_encoding};
