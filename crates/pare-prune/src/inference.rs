@@ -12,7 +12,9 @@
 //! graph, exactly as `pare_tensor::train::predict` runs them.
 //!
 //! Whether sparse wins depends on the shape, the sparsity and the machine (see the
-//! `sparse_dense` bench). [`SparseSequential::new`] decides per layer from the kernel's actual
+//! `sparse_dense` bench). A graph model (Add, Concatenate) runs node by node along its wiring
+//! on one inference graph, as `predict` runs it, its sparse layers on [`SparseDense`] with
+//! their own fused activations. [`SparseSequential::new`] decides per layer from the kernel's actual
 //! fraction of zeros (`min_sparsity`); [`SparseSequential::measured`] then times each such
 //! layer both ways on a probe batch and keeps dense where sparse does not win, so the model
 //! never runs slower than dense; [`SparseSequential::with_sparse_layers`] takes the choice by
@@ -925,6 +927,47 @@ mod tests {
             SparseSequential::measured(&model, 1.5, images(1, 0).view()),
             Err(PruneError::InvalidSparsity { .. })
         ));
+    }
+
+    #[test]
+    fn graph_models_run_sparse_with_the_dense_outputs() {
+        use pare_tensor::models::{resnet8, tiny_residual};
+        for mut model in [resnet8(3), tiny_residual(3, 1)] {
+            prune_all(&mut model, 0.8);
+            let x = images(5, 7);
+            let want = predict(&model, x.view(), 8).unwrap();
+            let s = SparseSequential::new(&model, 0.5).unwrap();
+            assert!(
+                s.sparse_layers().contains(&"dense"),
+                "{:?}",
+                s.sparse_layers()
+            );
+            let d = max_diff(&s.predict(x.view(), 2).unwrap(), &want);
+            assert_abs_diff_eq!(d, 0.0, epsilon = 1e-4);
+            // Every conv and the head forced sparse: the same outputs.
+            let all: Vec<&str> = (model.layers.iter())
+                .filter(|l| matches!(l, Layer::Dense(_) | Layer::Conv2d(_)))
+                .map(|l| l.module().name())
+                .collect();
+            let forced = SparseSequential::with_sparse_layers(&model, &all).unwrap();
+            assert_eq!(forced.sparse_layers(), all);
+            let d = max_diff(&forced.predict(x.view(), 3).unwrap(), &want);
+            assert_abs_diff_eq!(d, 0.0, epsilon = 1e-4);
+            // Measured: each candidate timed on its own input, the faster kept.
+            let m = SparseSequential::measured(&model, 0.5, images(16, 1).view()).unwrap();
+            let timed: Vec<&str> = m.report().layers.iter().map(|l| l.layer.as_str()).collect();
+            assert_eq!(timed, s.sparse_layers());
+            let chosen: Vec<&str> = (m.report().layers.iter())
+                .filter(|l| {
+                    assert!(l.sparse_seconds > 0.0 && l.dense_seconds > 0.0, "{l:?}");
+                    l.chosen == Kernel::Sparse
+                })
+                .map(|l| l.layer.as_str())
+                .collect();
+            assert_eq!(m.sparse_layers(), chosen);
+            let d = max_diff(&m.predict(x.view(), 4).unwrap(), &want);
+            assert_abs_diff_eq!(d, 0.0, epsilon = 1e-4);
+        }
     }
 
     #[test]

@@ -96,4 +96,5 @@ pub use sparse::{SparseShape, SparseTensor, Storage, choose_encoding};
 pub use strip::strip;
 pub use structured::{
     ChannelPlan, fold_constant_channels, live_channels, remove_channels, remove_dead_channels,
+    smallest_channels,
 };

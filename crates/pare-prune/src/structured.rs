@@ -43,6 +43,7 @@ use pare_tensor::nn::Layer;
 use pare_tensor::{Activation, INPUT, Padding, Pointwise, Sequential};
 
 use crate::error::{PruneError, Result};
+use crate::mask::{Norm, kept_count};
 use crate::strip::check_copyable;
 
 /// The output channels to keep per layer: `(layer name, ascending channel indices)`.
@@ -566,6 +567,93 @@ fn fold_into_bias(consumer: &mut Layer, row: usize, v: f32) {
     }
 }
 
+/// The channels to keep when `fraction` of each `Conv2d` layer's filters go, the smallest
+/// first by `norm` of their kernel slices (Li et al. 2017): the plan to give
+/// [`remove_channels`], which prunes by filter before a fine-tune, the way structured pruning
+/// is done on models with BatchNorm (where a zeroed filter still outputs the BatchNorm's
+/// offset, so zeroing filters in training would not make them removable). Channels an `Add`
+/// sums go together, ranked by the sum of their norms in every producer, and are counted once,
+/// in the first producer; channels that cannot be traced (see the
+/// [module documentation](self)) stay.
+///
+/// ```
+/// use pare_prune::{Norm, remove_channels, smallest_channels};
+/// use pare_tensor::models::resnet8;
+///
+/// let model = resnet8(0);
+/// let plan = smallest_channels(&model, 0.5, Norm::L1)?;
+/// // stem_conv and b1_conv2 feed the same add: they keep the same 8 channels.
+/// let kept = |name: &str| plan.iter().find(|(n, _)| n == name).map(|(_, k)| k.clone());
+/// assert_eq!(kept("stem_conv"), kept("b1_conv2"));
+/// assert_eq!(kept("stem_conv").unwrap().len(), 8);
+/// let thin = remove_channels(&model, &plan)?;
+/// assert!(thin.num_params() < model.num_params() / 3);
+/// # Ok::<(), pare_prune::PruneError>(())
+/// ```
+///
+/// # Errors
+/// [`PruneError::InvalidSparsity`] unless `0 <= fraction < 1`; [`PruneError::Tensor`] if the
+/// model's layers do not fit together.
+pub fn smallest_channels(model: &Sequential, fraction: f32, norm: Norm) -> Result<ChannelPlan> {
+    kept_count(1, fraction)?;
+    let t = Trace::new(model)?;
+    let kernel_of = |i: usize| match &model.layers[i] {
+        Layer::Dense(d) => &d.kernel.value,
+        Layer::Conv2d(c) => &c.kernel.value,
+        _ => unreachable!("smallest_channels: producers are Conv2d and Dense"),
+    };
+    let mut score = vec![0.0f64; t.parent.len()];
+    for &(i, first) in &t.producers {
+        let k = kernel_of(i);
+        for (c, ch) in k.axis_iter(Axis(k.ndim() - 1)).enumerate() {
+            score[t.find(first + c)] += match norm {
+                Norm::L1 => ch.iter().map(|v| f64::from(v.abs())).sum::<f64>(),
+                Norm::L2 => ch
+                    .iter()
+                    .map(|&v| f64::from(v) * f64::from(v))
+                    .sum::<f64>()
+                    .sqrt(),
+            };
+        }
+    }
+    // Per class: removed or kept, once its first producer has decided.
+    let mut decided: Vec<Option<bool>> = vec![None; t.parent.len()];
+    for &(i, first) in &t.producers {
+        if !matches!(model.layers[i], Layer::Conv2d(_)) {
+            continue;
+        }
+        let n = out_channels(&model.layers[i]).expect("producer");
+        let mut roots: Vec<usize> = (0..n).map(|c| t.find(first + c)).collect();
+        let done = roots.iter().filter(|&&r| decided[r] == Some(true)).count();
+        let mut open: Vec<usize> = roots
+            .iter()
+            .copied()
+            .filter(|&r| decided[r].is_none() && r != FIXED && t.blocked[r].is_none())
+            .collect();
+        open.sort_by(|&a, &b| score[a].total_cmp(&score[b]).then(a.cmp(&b)));
+        open.dedup();
+        let go = (n - kept_count(n, fraction)?).saturating_sub(done);
+        for &r in open.iter().take(go) {
+            decided[r] = Some(true);
+        }
+        roots.retain(|&r| decided[r].is_none());
+        for r in roots {
+            decided[r] = Some(false);
+        }
+    }
+    let mut plan = Vec::new();
+    for &(i, first) in &t.producers {
+        let n = out_channels(&model.layers[i]).expect("producer");
+        let kept: Vec<usize> = (0..n)
+            .filter(|&c| decided[t.find(first + c)] != Some(true))
+            .collect();
+        if kept.len() < n {
+            plan.push((model.layers[i].module().name().to_owned(), kept));
+        }
+    }
+    Ok(plan)
+}
+
 /// Removes every dead channel ([`live_channels`]) with [`remove_channels`]; the outputs are
 /// those of `model`. Returns the smaller model and the channels kept per layer.
 ///
@@ -580,7 +668,7 @@ pub fn remove_dead_channels(model: &Sequential) -> Result<(Sequential, ChannelPl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mask::{Norm, channel_mask};
+    use crate::mask::channel_mask;
     use approx::assert_abs_diff_eq;
     use ndarray::{Array4, ArrayD};
     use pare_tensor::models::{small_cnn, teacher_cnn};
