@@ -149,8 +149,8 @@ mod tests {
             .node(model.layer("conv").unwrap().clone(), &["input"])
             .build()
             .unwrap();
-        let mut want_mean = vec![0.0f64; 4];
-        let mut want_var = vec![0.0f64; 4];
+        let mut want_mean = [0.0f64; 4];
+        let mut want_var = [0.0f64; 4];
         for rows in [0..16, 16..32, 32..40] {
             let xb = x.slice_axis(Axis(0), rows.into()).to_owned();
             let mut g = Graph::inference();

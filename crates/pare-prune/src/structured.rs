@@ -1389,4 +1389,31 @@ mod tests {
         let got = predict(&smaller, x.view(), 8).unwrap();
         assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-5);
     }
+
+    #[test]
+    fn smallest_channels_ranks_add_groups_by_their_summed_norms() {
+        let mut model = pare_tensor::models::tiny_residual(3, 2);
+        // Channel 1 is small in `conv` only, channel 3 small in both producers of the add:
+        // the sum ranks channel 3 lowest, then the smaller of the others.
+        let scale = |m: &mut Sequential, layer: &str, c: usize, f: f32| {
+            let k = m.param_mut(&format!("{layer}.kernel")).unwrap();
+            k.value.index_axis_mut(Axis(3), c).mapv_inplace(|v| v * f);
+        };
+        scale(&mut model, "conv", 1, 1e-3);
+        scale(&mut model, "conv", 3, 1e-3);
+        scale(&mut model, "b_conv2", 3, 1e-3);
+        let plan = smallest_channels(&model, 0.25, Norm::L1).unwrap();
+        let kept = |n: &str| plan.iter().find(|(l, _)| l == n).map(|(_, k)| k.clone());
+        assert_eq!(kept("conv"), Some(vec![0, 1, 2]));
+        assert_eq!(kept("b_conv2"), Some(vec![0, 1, 2]));
+        assert_eq!(kept("b_conv1").map(|k| k.len()), Some(3));
+        assert_eq!(kept("dense"), None, "dense layers are not filter-pruned");
+        let thin = remove_channels(&model, &plan).unwrap();
+        assert_eq!(thin.output_shape().unwrap(), [3]);
+        assert!(smallest_channels(&model, 0.0, Norm::L2).unwrap().is_empty());
+        assert!(matches!(
+            smallest_channels(&model, 1.0, Norm::L1),
+            Err(PruneError::InvalidSparsity { .. })
+        ));
+    }
 }
