@@ -226,6 +226,21 @@ impl PruneRecipe {
         Ok((model, history))
     }
 
+    /// Fine-tunes a copy of `base` with `callback`'s masks and strips it (pruned weights
+    /// exactly zero, as TFMOT's `strip_pruning` after `fit`); graph models too.
+    ///
+    /// # Errors
+    /// Invalid settings or data.
+    pub fn train_stripped(
+        &self,
+        base: &Sequential,
+        callback: &mut PruneCallback,
+        s: &Splits<'_>,
+    ) -> Result<Sequential> {
+        let (trained, _) = self.fine_tune(base, callback, s)?;
+        Ok(callback.strip(&trained)?)
+    }
+
     /// Fine-tunes a copy of `base` while pruning the kernels `only` names (every conv and
     /// dense kernel if `None`) to `final_sparsity`, strips it and cuts out its dead channels,
     /// checking on the test images that the logits stay the same (within 1e-3) and scoring

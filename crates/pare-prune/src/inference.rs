@@ -12,7 +12,9 @@
 //! graph, exactly as `pare_tensor::train::predict` runs them.
 //!
 //! Whether sparse wins depends on the shape, the sparsity and the machine (see the
-//! `sparse_dense` bench). [`SparseSequential::new`] decides per layer from the kernel's actual
+//! `sparse_dense` bench). A graph model (Add, Concatenate) runs node by node along its wiring
+//! on one inference graph, as `predict` runs it, its sparse layers on [`SparseDense`] with
+//! their own fused activations. [`SparseSequential::new`] decides per layer from the kernel's actual
 //! fraction of zeros (`min_sparsity`); [`SparseSequential::measured`] then times each such
 //! layer both ways on a probe batch and keeps dense where sparse does not win, so the model
 //! never runs slower than dense; [`SparseSequential::with_sparse_layers`] takes the choice by
@@ -21,7 +23,7 @@
 use ndarray::{Array2, ArrayD, ArrayViewD, Axis, Ix2, Ix4, IxDyn};
 use pare_tensor::kernels::conv::{Window, im2col, shallow};
 use pare_tensor::nn::{Conv2d, Layer};
-use pare_tensor::{Activation, Graph, Padding, Sequential};
+use pare_tensor::{Activation, Graph, INPUT, Model, Padding, Sequential, Var};
 use rayon::prelude::*;
 
 use crate::error::{PruneError, Result};
@@ -80,7 +82,50 @@ pub struct SparseSequential {
     input_shape: Vec<usize>,
     output_len: usize,
     stages: Vec<Stage>,
+    /// A graph model's plan, run instead of `stages`.
+    graph: Option<GraphRun>,
     report: RuntimeReport,
+}
+
+/// A graph model run node by node on one inference graph, as `predict` runs it, with the
+/// planned layers on [`SparseDense`] (each with its own fused activation; an activation
+/// layer after it stays a node of its own, since in a graph it may not be the layer's only
+/// reader).
+#[derive(Debug, Clone)]
+struct GraphRun {
+    model: Model,
+    /// Per layer: the indices of the layers whose outputs it takes (`None`: the model's input).
+    inputs: Vec<Vec<Option<usize>>>,
+    /// Per layer: its sparse kernel, when it runs sparse.
+    sparse: Vec<Option<(SparseOp, SparseDense, Activation)>>,
+}
+
+impl GraphRun {
+    /// The model's output for `x`; `tap(i, input)` sees the input of every sparse layer `i`
+    /// before it runs.
+    fn run(&self, x: ArrayD<f32>, tap: &mut dyn FnMut(usize, &ArrayD<f32>)) -> ArrayD<f32> {
+        let mut g = Graph::inference();
+        let input = g.constant(x);
+        let mut vals: Vec<Var> = Vec::with_capacity(self.model.layers.len());
+        for (i, l) in self.model.layers.iter().enumerate() {
+            let ins: Vec<Var> = self.inputs[i]
+                .iter()
+                .map(|s| s.map_or(input, |j| vals[j]))
+                .collect();
+            let y = match &self.sparse[i] {
+                Some((op, kernel, act)) => {
+                    let h = g.value(ins[0]).clone();
+                    tap(i, &h);
+                    let out = run_sparse(op, kernel, *act, h);
+                    g.constant(out)
+                }
+                None => l.module().forward_many(&mut g, &ins),
+            };
+            vals.push(y);
+        }
+        let out = vals.last().copied().unwrap_or(input);
+        g.value(out).clone()
+    }
 }
 
 /// Which kernel runs a layer.
@@ -308,8 +353,30 @@ impl SparseSequential {
             }
             .into());
         }
+        let timings = match &candidates.graph {
+            Some(run) => time_graph_layers(model, run, probe.to_owned()),
+            None => candidates.time_chain_layers(model, probe.to_owned()),
+        };
+        let chosen: Vec<&str> = timings
+            .iter()
+            .filter(|t| t.chosen == Kernel::Sparse)
+            .map(|t| t.layer.as_str())
+            .collect();
+        let mut planned =
+            SparseSequential::plan(model, |l, _| chosen.contains(&l.module().name()))?;
+        planned.report = RuntimeReport {
+            batch,
+            runs: MEASURED_RUNS,
+            layers: timings,
+        };
+        Ok(planned)
+    }
+
+    /// Both kernels timed on each sparse stage of a chain's plan, on its input from `probe`.
+    fn time_chain_layers(&self, model: &Sequential, probe: ArrayD<f32>) -> Vec<LayerTiming> {
+        let candidates = self;
         let mut timings = Vec::new();
-        let mut h = probe.to_owned();
+        let mut h = probe;
         // Index in the model of the stage's first layer.
         let mut i = 0;
         for stage in &candidates.stages {
@@ -352,19 +419,7 @@ impl SparseSequential {
             h = run_plain(&dense, h);
             i += layers;
         }
-        let chosen: Vec<&str> = timings
-            .iter()
-            .filter(|t| t.chosen == Kernel::Sparse)
-            .map(|t| t.layer.as_str())
-            .collect();
-        let mut planned =
-            SparseSequential::plan(model, |l, _| chosen.contains(&l.module().name()))?;
-        planned.report = RuntimeReport {
-            batch,
-            runs: MEASURED_RUNS,
-            layers: timings,
-        };
-        Ok(planned)
+        timings
     }
 
     /// Plans `model` with exactly the named `Dense` / `Conv2d` layers sparse, whatever their
@@ -410,10 +465,11 @@ impl SparseSequential {
         model: &Sequential,
         sparse: impl Fn(&Layer, &[usize]) -> bool,
     ) -> Result<SparseSequential> {
-        // The runtime runs the layer list in order; a graph model needs its wiring.
-        model.require_sequential("SparseSequential")?;
         crate::strip::check_copyable(model, "SparseSequential")?;
         let output_len = model.output_shape()?.iter().product();
+        if !model.is_sequential() {
+            return plan_graph(model, output_len, sparse);
+        }
         let mut stages = Vec::new();
         let mut shape = model.input_shape.clone();
         let mut plain = Sequential::new(&shape);
@@ -453,24 +509,7 @@ impl SparseSequential {
                 activation = a;
                 consumed = 2;
             }
-            let rows = kernel.len() / kernel.shape().last().copied().unwrap_or(1).max(1);
-            let k2 = kernel
-                .view()
-                .into_shape_with_order((rows, *kernel.shape().last().unwrap_or(&0)))
-                .map_err(|_| PruneError::BadRank {
-                    op: "SparseSequential",
-                    expected: "a contiguous kernel with the output channel last",
-                    shape: kernel.shape().to_vec(),
-                })?;
-            let b1 = bias
-                .view()
-                .into_dimensionality::<ndarray::Ix1>()
-                .map_err(|_| PruneError::BadRank {
-                    op: "SparseSequential",
-                    expected: "a rank-1 bias",
-                    shape: bias.shape().to_vec(),
-                })?;
-            let sparse = SparseDense::from_dense(k2, Some(b1)).map_err(|e| e.in_tensor(name))?;
+            let sparse = sparse_kernel(name, kernel, bias)?;
             if !plain.layers.is_empty() {
                 stages.push(Stage::Plain(plain));
             }
@@ -494,12 +533,19 @@ impl SparseSequential {
             input_shape: model.input_shape.clone(),
             output_len,
             stages,
+            graph: None,
             report: RuntimeReport::default(),
         })
     }
 
     /// Names of the layers that run sparse, in order.
     pub fn sparse_layers(&self) -> Vec<&str> {
+        if let Some(run) = &self.graph {
+            return (run.model.layers.iter().zip(&run.sparse))
+                .filter(|(_, s)| s.is_some())
+                .map(|(l, _)| l.module().name())
+                .collect();
+        }
         self.stages
             .iter()
             .filter_map(|s| match s {
@@ -515,6 +561,9 @@ impl SparseSequential {
     /// [`PruneError::Tensor`] for a batch of the wrong shape or holding NaN or infinity.
     pub fn forward(&self, x: ArrayViewD<'_, f32>) -> Result<ArrayD<f32>> {
         check_input(&self.input_shape, &x)?;
+        if let Some(run) = &self.graph {
+            return Ok(run.run(x.to_owned(), &mut |_, _| {}));
+        }
         let mut h = x.to_owned();
         for stage in &self.stages {
             h = match stage {
@@ -562,6 +611,118 @@ impl SparseSequential {
             })?;
         Ok(out)
     }
+}
+
+/// A `Dense` / `Conv2d` kernel (output channel last) and bias as a [`SparseDense`].
+fn sparse_kernel(name: &str, kernel: &ArrayD<f32>, bias: &ArrayD<f32>) -> Result<SparseDense> {
+    let rows = kernel.len() / kernel.shape().last().copied().unwrap_or(1).max(1);
+    let k2 = kernel
+        .view()
+        .into_shape_with_order((rows, *kernel.shape().last().unwrap_or(&0)))
+        .map_err(|_| PruneError::BadRank {
+            op: "SparseSequential",
+            expected: "a contiguous kernel with the output channel last",
+            shape: kernel.shape().to_vec(),
+        })?;
+    let b1 = bias
+        .view()
+        .into_dimensionality::<ndarray::Ix1>()
+        .map_err(|_| PruneError::BadRank {
+            op: "SparseSequential",
+            expected: "a rank-1 bias",
+            shape: bias.shape().to_vec(),
+        })?;
+    SparseDense::from_dense(k2, Some(b1)).map_err(|e| e.in_tensor(name))
+}
+
+/// The plan of a graph model: its layers in order, the `Dense` / `Conv2d` ones that
+/// `sparse(layer, input shape)` picks on [`SparseDense`].
+fn plan_graph(
+    model: &Model,
+    output_len: usize,
+    sparse: impl Fn(&Layer, &[usize]) -> bool,
+) -> Result<SparseSequential> {
+    let shapes = model.node_shapes()?;
+    let index: std::collections::HashMap<&str, usize> = (model.layers.iter().enumerate())
+        .map(|(i, l)| (l.module().name(), i))
+        .collect();
+    let mut inputs = Vec::with_capacity(model.layers.len());
+    let mut kernels = Vec::with_capacity(model.layers.len());
+    for l in &model.layers {
+        let name = l.module().name();
+        let ins: Vec<Option<usize>> = (model.inputs_of(name).unwrap_or_default().iter())
+            .map(|n| (*n != INPUT).then(|| index[n]))
+            .collect();
+        let shape = match ins.first() {
+            Some(Some(j)) => &shapes[*j],
+            _ => &model.input_shape,
+        };
+        let planned = match l {
+            Layer::Dense(d) if sparse(l, shape) => Some((
+                SparseOp::Dense,
+                sparse_kernel(name, &d.kernel.value, &d.bias.value)?,
+                d.activation,
+            )),
+            Layer::Conv2d(c) if sparse(l, shape) => {
+                let [kh, kw, _, _] = c.kernel_shape();
+                let op = SparseOp::Conv {
+                    window: [kh, kw],
+                    strides: c.strides,
+                    padding: c.padding,
+                };
+                let k = sparse_kernel(name, &c.kernel.value, &c.bias.value)?;
+                Some((op, k, c.activation))
+            }
+            _ => None,
+        };
+        inputs.push(ins);
+        kernels.push(planned);
+    }
+    Ok(SparseSequential {
+        input_shape: model.input_shape.clone(),
+        output_len,
+        stages: Vec::new(),
+        graph: Some(GraphRun {
+            model: model.clone(),
+            inputs,
+            sparse: kernels,
+        }),
+        report: RuntimeReport::default(),
+    })
+}
+
+/// Both kernels timed on each sparse layer of a graph model's plan, on its input from
+/// `probe` (the dense one as a one-layer model, as `predict` runs the layer).
+fn time_graph_layers(model: &Model, run: &GraphRun, probe: ArrayD<f32>) -> Vec<LayerTiming> {
+    let mut seen: Vec<(usize, ArrayD<f32>)> = Vec::new();
+    run.run(probe, &mut |i, h| seen.push((i, h.clone())));
+    seen.into_iter()
+        .map(|(i, h)| {
+            let (op, kernel, act) = run.sparse[i].as_ref().expect("tapped layers run sparse");
+            let mut dense = Sequential::new(&h.shape()[1..]);
+            dense.layers = vec![model.layers[i].clone()];
+            let (sparse_seconds, dense_seconds) = on_one_thread(|| {
+                let s = median_seconds(MEASURED_RUNS, || {
+                    std::hint::black_box(run_sparse(op, kernel, *act, h.clone()));
+                });
+                let d = median_seconds(MEASURED_RUNS, || {
+                    std::hint::black_box(run_plain(&dense, h.clone()));
+                });
+                (s, d)
+            });
+            LayerTiming {
+                layer: model.layers[i].module().name().to_owned(),
+                sparsity: kernel_sparsity(&model.layers[i]),
+                sparse_seconds,
+                dense_seconds,
+                chosen: if sparse_seconds < dense_seconds {
+                    Kernel::Sparse
+                } else {
+                    Kernel::Dense
+                },
+            }
+        })
+        .collect()
 }
 
 fn activate(y: &mut Array2<f32>, a: Activation) {
@@ -766,6 +927,47 @@ mod tests {
             SparseSequential::measured(&model, 1.5, images(1, 0).view()),
             Err(PruneError::InvalidSparsity { .. })
         ));
+    }
+
+    #[test]
+    fn graph_models_run_sparse_with_the_dense_outputs() {
+        use pare_tensor::models::{resnet8, tiny_residual};
+        for mut model in [resnet8(3), tiny_residual(3, 1)] {
+            prune_all(&mut model, 0.8);
+            let x = images(5, 7);
+            let want = predict(&model, x.view(), 8).unwrap();
+            let s = SparseSequential::new(&model, 0.5).unwrap();
+            assert!(
+                s.sparse_layers().contains(&"dense"),
+                "{:?}",
+                s.sparse_layers()
+            );
+            let d = max_diff(&s.predict(x.view(), 2).unwrap(), &want);
+            assert_abs_diff_eq!(d, 0.0, epsilon = 1e-4);
+            // Every conv and the head forced sparse: the same outputs.
+            let all: Vec<&str> = (model.layers.iter())
+                .filter(|l| matches!(l, Layer::Dense(_) | Layer::Conv2d(_)))
+                .map(|l| l.module().name())
+                .collect();
+            let forced = SparseSequential::with_sparse_layers(&model, &all).unwrap();
+            assert_eq!(forced.sparse_layers(), all);
+            let d = max_diff(&forced.predict(x.view(), 3).unwrap(), &want);
+            assert_abs_diff_eq!(d, 0.0, epsilon = 1e-4);
+            // Measured: each candidate timed on its own input, the faster kept.
+            let m = SparseSequential::measured(&model, 0.5, images(16, 1).view()).unwrap();
+            let timed: Vec<&str> = m.report().layers.iter().map(|l| l.layer.as_str()).collect();
+            assert_eq!(timed, s.sparse_layers());
+            let chosen: Vec<&str> = (m.report().layers.iter())
+                .filter(|l| {
+                    assert!(l.sparse_seconds > 0.0 && l.dense_seconds > 0.0, "{l:?}");
+                    l.chosen == Kernel::Sparse
+                })
+                .map(|l| l.layer.as_str())
+                .collect();
+            assert_eq!(m.sparse_layers(), chosen);
+            let d = max_diff(&m.predict(x.view(), 4).unwrap(), &want);
+            assert_abs_diff_eq!(d, 0.0, epsilon = 1e-4);
+        }
     }
 
     #[test]

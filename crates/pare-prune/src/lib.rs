@@ -8,8 +8,10 @@
 //! * [`callback`]: [`PruneCallback`], pruning while pare-tensor's `Fit` trains (TFMOT's
 //!   `prune_low_magnitude` + `UpdatePruningStep`), and [`sparsity_report`].
 //! * [`strip`](mod@strip): the plain model with its zeros ([`strip()`]); [`structured`]: whole
-//!   channels cut out of the model ([`remove_dead_channels`]), smaller and faster with no
-//!   sparse kernel; [`report`]: what pruning did in figures (each kernel in each sparse format
+//!   channels cut out of the model, a chain or a graph whose `Add`s tie channels together
+//!   ([`remove_dead_channels`], [`smallest_channels`] + [`remove_channels`]), smaller and
+//!   faster with no sparse kernel; [`recalibrate`]: BatchNorm statistics re-estimated for
+//!   pruned weights ([`recalibrate_batch_norm`]); [`report`]: what pruning did in figures (each kernel in each sparse format
 //!   against its order-0 entropy bound, the dead channels cut out).
 //! * [`sparse`]: storing a pruned tensor as a bitmask plus its non-zeros (f32 or i8), with a
 //!   checked byte format, and picking it only when it is smaller than dense; [`gaps`]: the
@@ -20,7 +22,7 @@
 //!   model file, which pick the smallest format per kernel.
 //! * [`kernels`]: running a pruned dense layer with the zeros skipped ([`SparseDense`]), next to a
 //!   register-tiled dense baseline ([`kernels::DenseKernel`]); [`inference`]: a whole model on
-//!   them ([`SparseSequential`]).
+//!   them ([`SparseSequential`], chains and graph models).
 //!
 //! ```
 //! use ndarray::{ArrayD, IxDyn};
@@ -70,6 +72,7 @@ pub mod gaps;
 pub mod inference;
 pub mod kernels;
 pub mod mask;
+pub mod recalibrate;
 pub mod report;
 pub mod schedule;
 pub mod sparse;
@@ -88,10 +91,12 @@ pub use mask::{
     ChannelMask, MaskKind, Norm, Pooling, apply_mask, block_mask, channel_mask, compute_masks,
     global_magnitude_masks, kept_count, magnitude_mask, nm_mask, sparsity_of,
 };
+pub use recalibrate::recalibrate_batch_norm;
 pub use report::{DeadChannels, KernelFormats, Order0Bound, remove_dead_channels_checked};
 pub use schedule::{ConstantSparsity, PolynomialDecay, PruningSchedule};
 pub use sparse::{SparseShape, SparseTensor, Storage, choose_encoding};
 pub use strip::strip;
 pub use structured::{
     ChannelPlan, fold_constant_channels, live_channels, remove_channels, remove_dead_channels,
+    smallest_channels,
 };

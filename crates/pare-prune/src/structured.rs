@@ -1,4 +1,4 @@
-//! Structured pruning made real: removing whole channels from a model.
+//! Structured pruning made real: removing whole channels from a model, a chain or a graph.
 //!
 //! After channel pruning ([`MaskKind::Channel`](crate::MaskKind::Channel) in a
 //! [`PruneCallback`](crate::PruneCallback)) the pruned filters of a conv layer, or units of a
@@ -11,101 +11,99 @@
 //! filter outputs its bias everywhere, and when that bias is negative a ReLU turns it into an
 //! exact zero, so it is just as dead, and so are the ~19 % of the next layer's surviving weights
 //! that read it. [`live_channels`] counts a channel dead whenever its kernel slice is zero and its
-//! bias comes out of the activations between it and its consumer as exactly zero.
+//! bias comes out of the layers between it and every layer that reads it as exactly zero.
 //!
-//! Removing output channel `c` of a layer touches two places:
+//! A channel is followed from the `Conv2d` or `Dense` layer that makes it (its *producer*)
+//! along the model's wiring to the layers that read it (its *consumers*, the next `Conv2d`s and
+//! `Dense`s):
 //!
-//! * the layer: slice `c` of its kernel's last axis and entry `c` of its bias;
-//! * its consumer, the next `Conv2d` or `Dense` (through the layers that act per channel: the
-//!   activations, dropout, the max, average and global average pools, BatchNorm and depthwise
-//!   convs): a next conv loses slice `c` of its kernel's input axis (axis 2 of
-//!   `[kh, kw, in, out]`); a dense layer after a `Flatten` of an `[h, w, C]` map loses every
-//!   row `(y · w + x) · C + c` (NHWC flattening order), and a dense layer after a dense layer
-//!   (or a global average pool) loses row `c`. A BatchNorm on the way loses entry `c` of its
-//!   four vectors, a depthwise conv its input channel `c` (and the outputs made from it).
+//! * through the layers that act per channel: the activations, dropout, the max, average and
+//!   global average pools, BatchNorm (which loses entry `c` of its four vectors) and depthwise
+//!   convs (which lose input channel `c` and the outputs made from it);
+//! * through a `Flatten` of an `[h, w, C]` map, after which channel `c` is every feature
+//!   `(y · w + x) · C + c` (NHWC flattening order);
+//! * through a `Concatenate`, at its input's offset;
+//! * through an `Add`: the inputs of an add share their channels, so channel `c` of every
+//!   producer feeding it is one channel. It can be removed only in all of them at once (and
+//!   [`live_channels`] removes it only when it is dead in all of them).
 //!
-//! A `Reshape`, a `Softmax` (which mixes channels), a custom layer, or no consumer at all (the
-//! model's output) between a layer and its consumer is an error: the channel could not be
-//! traced.
+//! A consumer conv loses slice `c` of its kernel's input axis (axis 2 of `[kh, kw, in, out]`), a
+//! dense layer the kernel rows that read the channel. A channel that reaches a `Reshape`, a
+//! `Softmax` (which mixes channels), a custom layer or the model's output, or that is added to
+//! the model's input, cannot be traced, and removing it is an error.
 //!
 //! A zero filter before a BatchNorm outputs the BatchNorm's offset, a constant that is rarely
 //! zero, so [`live_channels`] keeps it; [`fold_constant_channels`] removes it anyway, adding the
-//! constant's contribution to the consumer's bias.
+//! constant's contribution to its consumers' biases.
+
+use std::collections::HashMap;
 
 use ndarray::{ArrayD, Axis};
 use pare_tensor::nn::Layer;
-use pare_tensor::{Activation, Padding, Pointwise, Sequential};
+use pare_tensor::{Activation, INPUT, Padding, Pointwise, Sequential};
 
 use crate::error::{PruneError, Result};
+use crate::mask::{Norm, kept_count};
 use crate::strip::check_copyable;
-
-/// How a removed channel shows up in the consumer's input.
-#[derive(Debug, Clone, Copy)]
-enum Route {
-    /// Directly as input channel / feature `c`.
-    Channel,
-    /// After a `Flatten` of `[.., C]` with `positions` spatial positions: features
-    /// `p · C + c`.
-    Flattened { positions: usize, channels: usize },
-}
 
 /// The output channels to keep per layer: `(layer name, ascending channel indices)`.
 pub type ChannelPlan = Vec<(String, Vec<usize>)>;
 
-/// Index of the consumer of layer `i`'s channels and how they reach it.
-fn find_consumer(model: &Sequential, i: usize, shapes: &[Vec<usize>]) -> Result<(usize, Route)> {
-    let name = model.layers[i].module().name();
-    let mut route = Route::Channel;
-    for (j, layer) in model.layers.iter().enumerate().skip(i + 1) {
-        match layer {
-            Layer::ReLU(_)
-            | Layer::LeakyReLU(_)
-            | Layer::ReLU6(_)
-            | Layer::Sigmoid(_)
-            | Layer::Tanh(_)
-            | Layer::HardSwish(_)
-            | Layer::Dropout(_)
-            | Layer::MaxPool2d(_)
-            | Layer::AvgPool2d(_)
-            | Layer::GlobalAveragePool2d(_)
-            | Layer::BatchNorm(_)
-            | Layer::DepthwiseConv2d(_)
-                if matches!(route, Route::Channel) => {}
-            Layer::Flatten(_) if matches!(route, Route::Channel) => {
-                let input = &shapes[j];
-                let channels = *input.last().unwrap_or(&1);
-                route = Route::Flattened {
-                    positions: input.iter().product::<usize>() / channels.max(1),
-                    channels,
-                };
-            }
-            Layer::Conv2d(_) if matches!(route, Route::Channel) => return Ok((j, route)),
-            Layer::Dense(_) => return Ok((j, route)),
-            other => {
-                return Err(PruneError::Unsupported {
-                    layer: name.to_owned(),
-                    reason: format!(
-                        "its channels reach layer {:?}, through which they cannot be traced",
-                        other.module().name()
-                    ),
-                });
-            }
-        }
-    }
-    Err(PruneError::Unsupported {
-        layer: name.to_owned(),
-        reason: "its channels are the model's outputs".into(),
-    })
+/// The label of channels that cannot be removed: the model's input, and the outputs of the
+/// layers that channels cannot be traced through.
+const FIXED: usize = 0;
+
+/// Channels as they flow through a model: every last-axis entry of every layer's input and
+/// output carries the label of the producer channel it is made from, labels joined where an
+/// `Add` sums them, and whether it is one constant for every input.
+struct Trace {
+    /// Per layer: the labels and constants of its (merged) input's last axis.
+    input: Vec<Flow>,
+    /// Per layer: the labels and constants of its output's last axis.
+    output: Vec<Flow>,
+    /// Per producer (`Conv2d` / `Dense`): its layer index and the label of its channel 0 (its
+    /// channels have consecutive labels).
+    producers: Vec<(usize, usize)>,
+    /// Union-find parent of each label.
+    parent: Vec<usize>,
+    /// Per label: why its channels cannot be removed, if they cannot.
+    blocked: Vec<Option<String>>,
 }
 
-/// Input shape of every layer (and the model's output shape last).
-fn layer_input_shapes(model: &Sequential) -> Result<Vec<Vec<usize>>> {
-    let mut shapes = vec![model.input_shape.clone()];
-    for l in &model.layers {
-        let next = l.module().output_shape(shapes.last().expect("non-empty"))?;
-        shapes.push(next);
+/// The labels of a tensor's last axis and, per entry, its value when that is one constant.
+#[derive(Clone, Default)]
+struct Flow {
+    labels: Vec<usize>,
+    constants: Vec<Option<f32>>,
+}
+
+impl Flow {
+    fn fixed(n: usize) -> Flow {
+        Flow {
+            labels: vec![FIXED; n],
+            constants: vec![None; n],
+        }
     }
-    Ok(shapes)
+
+    /// Each entry repeated `m` times in place (a depthwise multiplier) or the whole repeated
+    /// `m` times (a flatten over `m` positions).
+    fn spread(&self, m: usize, interleave: bool) -> Flow {
+        let n = self.labels.len();
+        let at = |i: usize| if interleave { i / m } else { i % n };
+        Flow {
+            labels: (0..n * m).map(|i| self.labels[at(i)]).collect(),
+            constants: (0..n * m).map(|i| self.constants[at(i)]).collect(),
+        }
+    }
+
+    fn map(&self, f: impl Fn(usize, f32) -> Option<f32>) -> Flow {
+        Flow {
+            labels: self.labels.clone(),
+            constants: (self.constants.iter().enumerate())
+                .map(|(c, v)| v.and_then(|v| f(c, v)))
+                .collect(),
+        }
+    }
 }
 
 fn out_channels(l: &Layer) -> Option<usize> {
@@ -116,32 +114,227 @@ fn out_channels(l: &Layer) -> Option<usize> {
     }
 }
 
+/// The value of channel `c` of a `Conv2d` / `Dense` layer when its kernel slice is zero: its
+/// bias through its activation.
+fn producer_constants(l: &Layer) -> Vec<Option<f32>> {
+    let (kernel, bias, use_bias, act) = match l {
+        Layer::Dense(d) => (&d.kernel.value, &d.bias.value, d.use_bias, d.activation),
+        Layer::Conv2d(c) => (&c.kernel.value, &c.bias.value, c.use_bias, c.activation),
+        _ => unreachable!("producer_constants: Conv2d and Dense only"),
+    };
+    let last = Axis(kernel.ndim() - 1);
+    kernel
+        .axis_iter(last)
+        .zip(bias.iter())
+        .map(|(k, &b)| {
+            let b = if use_bias { b } else { 0.0 };
+            k.iter().all(|&v| v == 0.0).then(|| act.apply(b))
+        })
+        .collect()
+}
+
+impl Trace {
+    fn new(model: &Sequential) -> Result<Trace> {
+        let shapes = model.node_shapes()?;
+        let index: HashMap<&str, usize> = (model.layers.iter().enumerate())
+            .map(|(i, l)| (l.module().name(), i))
+            .collect();
+        let mut t = Trace {
+            input: Vec::with_capacity(model.layers.len()),
+            output: Vec::with_capacity(model.layers.len()),
+            producers: Vec::new(),
+            parent: vec![FIXED],
+            blocked: vec![Some(
+                "its channels are added to channels that cannot be traced".into(),
+            )],
+        };
+        let model_input = Flow::fixed(*model.input_shape.last().unwrap_or(&1));
+        for (i, l) in model.layers.iter().enumerate() {
+            let name = l.module().name();
+            let sources: Vec<Option<usize>> = if model.is_sequential() {
+                vec![i.checked_sub(1)]
+            } else {
+                let inputs = model.inputs_of(name).unwrap_or_default();
+                inputs
+                    .iter()
+                    .map(|n| (*n != INPUT).then(|| index[n]))
+                    .collect()
+            };
+            let ins: Vec<&Flow> = sources
+                .iter()
+                .map(|s| s.map_or(&model_input, |j| &t.output[j]))
+                .collect();
+            let input = match l {
+                Layer::Concatenate(_) => Flow {
+                    labels: ins.iter().flat_map(|f| f.labels.clone()).collect(),
+                    constants: ins.iter().flat_map(|f| f.constants.clone()).collect(),
+                },
+                Layer::Add(_) => {
+                    let mut sum = ins[0].clone();
+                    for f in &ins[1..] {
+                        for (c, (&a, &b)) in sum.labels.iter().zip(&f.labels).enumerate() {
+                            self::union(&mut t.parent, a, b);
+                            sum.constants[c] =
+                                sum.constants[c].zip(f.constants[c]).map(|(x, y)| x + y);
+                        }
+                    }
+                    sum
+                }
+                _ => ins.first().map(|f| (*f).clone()).unwrap_or_default(),
+            };
+            // Labels merged by the add above; the borrow of `t.output` ends here.
+            let output = match l {
+                Layer::Dense(_) | Layer::Conv2d(_) => {
+                    let n = out_channels(l).expect("producer");
+                    let first = t.parent.len();
+                    t.parent.extend(first..first + n);
+                    t.blocked.resize(first + n, None);
+                    t.producers.push((i, first));
+                    Flow {
+                        labels: (first..first + n).collect(),
+                        constants: producer_constants(l),
+                    }
+                }
+                Layer::ReLU(_) => input.map(|_, v| Some(Activation::Relu.apply(v))),
+                Layer::LeakyReLU(r) => {
+                    input.map(|_, v| Some(Activation::LeakyRelu(r.alpha).apply(v)))
+                }
+                Layer::ReLU6(_) => input.map(|_, v| Some(Pointwise::Relu6.apply(v))),
+                Layer::Sigmoid(_) => input.map(|_, v| Some(Pointwise::Sigmoid.apply(v))),
+                Layer::Tanh(_) => input.map(|_, v| Some(Pointwise::Tanh.apply(v))),
+                Layer::HardSwish(_) => input.map(|_, v| Some(Pointwise::HardSwish.apply(v))),
+                Layer::BatchNorm(b) => {
+                    let (scale, offset) = b.scale_and_offset();
+                    input.map(|c, v| Some(v * scale[c] + offset[c]))
+                }
+                // The padding of a `same` average pool is left out of each window's count, so
+                // a constant stays that constant; a `same` max-pool sees its zero padding.
+                Layer::Dropout(_) | Layer::AvgPool2d(_) | Layer::GlobalAveragePool2d(_) => {
+                    input.clone()
+                }
+                Layer::MaxPool2d(p) => {
+                    input.map(|_, v| (v == 0.0 || p.padding == Padding::Valid).then_some(v))
+                }
+                Layer::DepthwiseConv2d(d) => {
+                    let m = d.kernel_shape()[3];
+                    let mut out = input.spread(m, true);
+                    for (o, v) in out.constants.iter_mut().enumerate() {
+                        *v = v
+                            .filter(|&v| v == 0.0 || d.padding == Padding::Valid)
+                            .map(|v| {
+                                let (c, k) = (o / m, o % m);
+                                let w: f32 = (d.kernel.value.index_axis(Axis(2), c))
+                                    .index_axis(Axis(2), k)
+                                    .sum();
+                                let b = if d.use_bias { d.bias.value[[o]] } else { 0.0 };
+                                d.activation.apply(v * w + b)
+                            });
+                    }
+                    out
+                }
+                Layer::Flatten(_) => {
+                    let positions = shapes[i].iter().product::<usize>() / input.labels.len().max(1);
+                    input.spread(positions, false)
+                }
+                Layer::Add(_) | Layer::Concatenate(_) => input.clone(),
+                other => {
+                    let reason = format!(
+                        "its channels reach layer {:?}, through which they cannot be traced",
+                        other.module().name()
+                    );
+                    for &lab in &input.labels {
+                        t.block(lab, &reason);
+                    }
+                    Flow::fixed(*shapes[i].last().unwrap_or(&1))
+                }
+            };
+            t.input.push(input);
+            t.output.push(output);
+        }
+        if let Some(out) = t.output.last() {
+            for lab in out.labels.clone() {
+                t.block(lab, "its channels are the model's outputs");
+            }
+        }
+        // Gather each class's reason at its root.
+        for lab in 0..t.parent.len() {
+            let root = t.find(lab);
+            if t.blocked[root].is_none() {
+                t.blocked[root] = t.blocked[lab].clone();
+            }
+        }
+        for v in t.output.iter_mut().chain(t.input.iter_mut()) {
+            for c in &mut v.constants {
+                *c = c.filter(|v| v.is_finite());
+            }
+        }
+        Ok(t)
+    }
+
+    fn block(&mut self, label: usize, reason: &str) {
+        if self.blocked[label].is_none() {
+            self.blocked[label] = Some(reason.to_owned());
+        }
+    }
+
+    fn find(&self, mut label: usize) -> usize {
+        while self.parent[label] != label {
+            label = self.parent[label];
+        }
+        label
+    }
+
+    /// Why the class of `label` cannot be removed, if it cannot.
+    fn blocked(&self, label: usize) -> Option<&str> {
+        self.blocked[self.find(label)].as_deref()
+    }
+}
+
+/// Joins the classes of labels `a` and `b` (the smaller root wins, so [`FIXED`] stays a root).
+fn union(parent: &mut [usize], a: usize, b: usize) {
+    let root = |mut l: usize| {
+        while parent[l] != l {
+            l = parent[l];
+        }
+        l
+    };
+    let (ra, rb) = (root(a), root(b));
+    let (lo, hi) = (ra.min(rb), ra.max(rb));
+    parent[hi] = lo;
+}
+
 /// `a` restricted to `idx` along `axis`, in standard layout (pare-tensor's kernels need it).
 fn select(a: &ArrayD<f32>, axis: usize, idx: &[usize]) -> ArrayD<f32> {
     a.select(Axis(axis), idx).as_standard_layout().into_owned()
 }
 
+/// The positions of `flow` whose class is not `removed`.
+fn kept_of(t: &Trace, flow: &Flow, removed: &[bool]) -> Vec<usize> {
+    (flow.labels.iter().enumerate())
+        .filter(|&(_, &l)| !removed[t.find(l)])
+        .map(|(c, _)| c)
+        .collect()
+}
+
 /// A copy of `model` with only the listed output channels of each named `Conv2d` / `Dense`
 /// layer, and the matching inputs of the layers that consume them (see the
 /// [module documentation](self)). `keep` pairs a layer name with the channel indices to keep,
-/// ascending.
+/// ascending. Producers whose outputs an `Add` sums must keep the same channels.
 ///
 /// The outputs are unchanged when every removed channel is dead (see [`live_channels`]);
 /// otherwise the removed channels' contributions are lost, as requested.
 ///
 /// # Errors
 /// [`PruneError::Unsupported`] for a custom layer in the model, a named layer that is not a
-/// `Conv2d`/`Dense`, or whose channels cannot be traced to a consumer;
-/// [`PruneError::BadChannels`] for an empty, unsorted, repeated or out-of-range list or a layer
-/// named twice; [`PruneError::Tensor`] if the model does not chain.
+/// `Conv2d`/`Dense`, or a removed channel that cannot be traced to its consumers;
+/// [`PruneError::BadChannels`] for an empty, unsorted, repeated or out-of-range list, a layer
+/// named twice, or a channel removed from one producer of an `Add` and kept in another;
+/// [`PruneError::Tensor`] if the model's layers do not fit together.
 pub fn remove_channels<S: AsRef<str>>(
     model: &Sequential,
     keep: &[(S, Vec<usize>)],
 ) -> Result<Sequential> {
-    // Channel tracing walks the layer list; a graph model's consumers are in its wiring.
-    model.require_sequential("remove_channels")?;
     check_copyable(model, "remove_channels")?;
-    let shapes = layer_input_shapes(model)?;
     let mut plan: Vec<Option<&[usize]>> = vec![None; model.layers.len()];
     for (name, kept) in keep {
         let name = name.as_ref();
@@ -174,192 +367,152 @@ pub fn remove_channels<S: AsRef<str>>(
         }
         plan[i] = Some(kept.as_slice());
     }
-    let mut out = model.clone();
-    for (i, kept) in plan.iter().enumerate() {
-        let Some(kept) = kept else { continue };
-        if kept.len() == out_channels(&model.layers[i]).unwrap_or(0) {
-            continue; // nothing removed
+    let t = Trace::new(model)?;
+    // Every producer channel votes for its class: removed or kept; the votes must agree.
+    let mut vote: Vec<Option<(bool, usize, usize)>> = vec![None; t.parent.len()];
+    for &(i, first) in &t.producers {
+        let name = model.layers[i].module().name();
+        for c in 0..out_channels(&model.layers[i]).expect("producer") {
+            let removed = plan[i].is_some_and(|k| k.binary_search(&c).is_err());
+            if let Some(reason) = t.blocked(first + c).filter(|_| removed) {
+                return Err(PruneError::Unsupported {
+                    layer: name.to_owned(),
+                    reason: reason.to_owned(),
+                });
+            }
+            let root = t.find(first + c);
+            if root == FIXED {
+                continue;
+            }
+            match vote[root] {
+                None => vote[root] = Some((removed, i, c)),
+                Some((r, j, d)) if r != removed => {
+                    let (what, other) = if removed {
+                        ("removed", "kept")
+                    } else {
+                        ("kept", "removed")
+                    };
+                    return Err(PruneError::BadChannels {
+                        layer: name.to_owned(),
+                        reason: format!(
+                            "channel {c} is {what} but it is summed (by an Add) with channel \
+                             {d} of {:?}, which is {other}: added channels go together",
+                            model.layers[j].module().name()
+                        ),
+                    });
+                }
+                Some(_) => {}
+            }
         }
-        let (j, route) = find_consumer(model, i, &shapes)?;
-        // The channels as they reach the consumer: a depthwise conv with multiplier m turns
-        // channel c into its outputs c·m … c·m + m − 1.
-        let mut kept: Vec<usize> = kept.to_vec();
-        for l in &mut out.layers[i + 1..j] {
-            match l {
-                Layer::BatchNorm(b) => {
+    }
+    let removed: Vec<bool> = vote.iter().map(|v| v.is_some_and(|v| v.0)).collect();
+    let mut out = model.clone();
+    if !removed.contains(&true) {
+        return Ok(out);
+    }
+    for (i, l) in out.layers.iter_mut().enumerate() {
+        let ins = kept_of(&t, &t.input[i], &removed);
+        let outs = kept_of(&t, &t.output[i], &removed);
+        let (ins, outs) = (
+            (ins.len() < t.input[i].labels.len()).then_some(ins),
+            (outs.len() < t.output[i].labels.len()).then_some(outs),
+        );
+        let (kernel, bias, in_axis) = match l {
+            Layer::Dense(d) => (&mut d.kernel.value, &mut d.bias.value, 0),
+            Layer::Conv2d(c) => (&mut c.kernel.value, &mut c.bias.value, 2),
+            Layer::DepthwiseConv2d(d) => {
+                if let Some(ins) = &ins {
+                    d.kernel.value = select(&d.kernel.value, 2, ins);
+                }
+                if let Some(outs) = &outs {
+                    d.bias.value = select(&d.bias.value, 0, outs);
+                }
+                continue;
+            }
+            Layer::BatchNorm(b) => {
+                if let Some(ins) = &ins {
                     for p in [
                         &mut b.gamma,
                         &mut b.beta,
                         &mut b.moving_mean,
                         &mut b.moving_variance,
                     ] {
-                        p.value = select(&p.value, 0, &kept);
+                        p.value = select(&p.value, 0, ins);
                     }
                 }
-                Layer::DepthwiseConv2d(d) => {
-                    let m = d.kernel_shape()[3];
-                    d.kernel.value = select(&d.kernel.value, 2, &kept);
-                    kept = kept
-                        .iter()
-                        .flat_map(|&c| (0..m).map(move |k| c * m + k))
-                        .collect();
-                    d.bias.value = select(&d.bias.value, 0, &kept);
-                }
-                _ => {}
+                continue;
             }
-        }
-        let kept = &kept;
-        let own = plan[i].expect("remove_channels: layer i is planned");
-        match &mut out.layers[i] {
-            Layer::Dense(d) => {
-                d.kernel.value = select(&d.kernel.value, 1, own);
-                d.bias.value = select(&d.bias.value, 0, own);
-            }
-            Layer::Conv2d(c) => {
-                c.kernel.value = select(&c.kernel.value, 3, own);
-                c.bias.value = select(&c.bias.value, 0, own);
-            }
-            _ => unreachable!("remove_channels: the plan holds Conv2d and Dense layers only"),
-        }
-        match (&mut out.layers[j], route) {
-            (Layer::Conv2d(c), Route::Channel) => {
-                c.kernel.value = select(&c.kernel.value, 2, kept);
-            }
-            (Layer::Dense(d), Route::Channel) => {
-                d.kernel.value = select(&d.kernel.value, 0, kept);
-            }
-            (
-                Layer::Dense(d),
-                Route::Flattened {
-                    positions,
-                    channels,
-                },
-            ) => {
-                let rows: Vec<usize> = (0..positions)
-                    .flat_map(|p| kept.iter().map(move |&c| p * channels + c))
-                    .collect();
-                d.kernel.value = select(&d.kernel.value, 0, &rows);
-            }
-            _ => unreachable!("remove_channels: find_consumer returns a Conv2d or Dense"),
-        }
-    }
-    out.output_shape()?;
-    Ok(out)
-}
-
-/// What channel `c` of layer `i`, with a zero kernel slice, reaches its consumer `j` as: `bias`
-/// through layer `i`'s own activation and the per-channel layers between, or `None` when that
-/// is not one constant everywhere. The activations, BatchNorm (its inference affine map),
-/// dropout (the identity in inference) and the average pools map a constant to a constant (the
-/// padding of a `same` average pool is left out of each window's count); a `same` max-pool or
-/// depthwise conv sees its padding at the borders, so only an exact zero (which the padding
-/// equals) passes them; a depthwise conv with a multiplier above 1 spreads the channel over
-/// several, which this does not follow.
-fn channel_constant(model: &Sequential, i: usize, j: usize, c: usize, bias: f32) -> Option<f32> {
-    let own = match &model.layers[i] {
-        Layer::Dense(d) => d.activation,
-        Layer::Conv2d(c) => c.activation,
-        _ => Activation::Linear,
-    };
-    let mut v = own.apply(bias);
-    for l in &model.layers[i + 1..j] {
-        v = match l {
-            Layer::ReLU(_) => Activation::Relu.apply(v),
-            Layer::LeakyReLU(r) => Activation::LeakyRelu(r.alpha).apply(v),
-            Layer::ReLU6(_) => Pointwise::Relu6.apply(v),
-            Layer::Sigmoid(_) => Pointwise::Sigmoid.apply(v),
-            Layer::Tanh(_) => Pointwise::Tanh.apply(v),
-            Layer::HardSwish(_) => Pointwise::HardSwish.apply(v),
-            Layer::BatchNorm(b) => {
-                let (scale, offset) = b.scale_and_offset();
-                v * scale[c] + offset[c]
-            }
-            Layer::MaxPool2d(p) if v != 0.0 && p.padding != Padding::Valid => return None,
-            Layer::DepthwiseConv2d(d) => {
-                if d.kernel_shape()[3] != 1 || (v != 0.0 && d.padding != Padding::Valid) {
-                    return None;
-                }
-                let k: f32 = d.kernel.value.index_axis(Axis(2), c).iter().sum();
-                d.activation.apply(v * k + d.bias.value[[c]])
-            }
-            _ => v,
-        };
-    }
-    v.is_finite().then_some(v)
-}
-
-/// A producer's constant channels: `(layer index, consumer index, route, channels with their
-/// constants)`, every channel listed having a zero kernel slice and a finite bias.
-type Constants = (usize, usize, Route, Vec<(usize, f32)>);
-
-/// Every `Conv2d` / `Dense` layer with a consumer, and its zero-kernel channels whose output
-/// reaches the consumer as one constant.
-fn constant_channels(model: &Sequential) -> Result<Vec<Constants>> {
-    model.require_sequential("live_channels")?;
-    let shapes = layer_input_shapes(model)?;
-    let mut out = Vec::new();
-    for (i, l) in model.layers.iter().enumerate() {
-        let (kernel, bias) = match l {
-            Layer::Dense(d) => (&d.kernel.value, &d.bias.value),
-            Layer::Conv2d(c) => (&c.kernel.value, &c.bias.value),
             _ => continue,
         };
-        let Ok((j, route)) = find_consumer(model, i, &shapes) else {
-            continue;
-        };
-        let last = Axis(kernel.ndim() - 1);
-        let constants = kernel
-            .axis_iter(last)
-            .zip(bias.iter())
-            .enumerate()
-            .filter(|(_, (k, b))| b.is_finite() && k.iter().all(|&v| v == 0.0))
-            .filter_map(|(c, (_, &b))| channel_constant(model, i, j, c, b).map(|v| (c, v)))
-            .collect();
-        out.push((i, j, route, constants));
+        if let Some(ins) = &ins {
+            *kernel = select(kernel, in_axis, ins);
+        }
+        if let Some(outs) = &outs {
+            *kernel = select(kernel, kernel.ndim() - 1, outs);
+            *bias = select(bias, 0, outs);
+        }
     }
+    out.node_shapes()?;
     Ok(out)
 }
 
-/// The kept channels of a producer with `total` channels whose `removed` ones go; `None` when
-/// none go. All removed keeps channel 0, so the model stays well-formed.
-fn kept_after(total: usize, removed: &[usize]) -> Option<Vec<usize>> {
-    if removed.is_empty() {
-        return None;
+/// Which classes of channels go: those not blocked whose every entry read by a consumer is a
+/// constant `allowed` there (`allowed(consumer, value)`). Each producer keeps one channel at
+/// least (its channel 0, with every channel it is added to), so the model stays well-formed.
+fn removable(
+    model: &Sequential,
+    t: &Trace,
+    allowed: impl Fn(&Layer, f32) -> bool,
+) -> (Vec<bool>, ChannelPlan) {
+    let mut ok: Vec<bool> = (0..t.parent.len())
+        .map(|l| t.parent[l] == l && t.blocked[l].is_none())
+        .collect();
+    for (i, l) in model.layers.iter().enumerate() {
+        if out_channels(l).is_none() {
+            continue;
+        }
+        let flow = &t.input[i];
+        for (&lab, &v) in flow.labels.iter().zip(&flow.constants) {
+            if !v.is_some_and(|v| allowed(l, v)) {
+                ok[t.find(lab)] = false;
+            }
+        }
     }
-    let mut kept: Vec<usize> = (0..total).filter(|c| !removed.contains(c)).collect();
-    if kept.is_empty() {
-        kept.push(0);
+    let mut plan = Vec::new();
+    let mut kept_of_each = Vec::new();
+    for &(i, first) in &t.producers {
+        let n = out_channels(&model.layers[i]).expect("producer");
+        if (0..n).all(|c| ok[t.find(first + c)]) {
+            ok[t.find(first)] = false;
+        }
+        kept_of_each.push((i, first, n));
     }
-    Some(kept)
+    for (i, first, n) in kept_of_each {
+        let kept: Vec<usize> = (0..n).filter(|&c| !ok[t.find(first + c)]).collect();
+        if kept.len() < n {
+            plan.push((model.layers[i].module().name().to_owned(), kept));
+        }
+    }
+    (ok, plan)
 }
 
 /// The channels of each `Conv2d` / `Dense` layer that are alive, for every layer that has a
-/// dead one and a consumer to trace it to. A channel is dead when its kernel slice is zero and
-/// its (finite) bias reaches the consumer as exactly zero: a zero bias, or a negative one through
-/// a ReLU (see the [module documentation](self)). Layers whose channels are all dead keep their
-/// first channel, so the model stays well-formed.
+/// dead one that can be removed. A channel is dead when its kernel slice is zero and its
+/// (finite) bias reaches every consumer as exactly zero: a zero bias, or a negative one through
+/// a ReLU (see the [module documentation](self)); channels an `Add` sums are dead when they
+/// are dead in every producer. Layers whose channels are all dead keep their first channel, so
+/// the model stays well-formed.
 ///
 /// # Errors
-/// [`PruneError::Tensor`] if the model does not chain.
+/// [`PruneError::Tensor`] if the model's layers do not fit together.
 pub fn live_channels(model: &Sequential) -> Result<ChannelPlan> {
-    let mut out = Vec::new();
-    for (i, _, _, constants) in constant_channels(model)? {
-        let dead: Vec<usize> = constants
-            .iter()
-            .filter(|(_, v)| *v == 0.0)
-            .map(|&(c, _)| c)
-            .collect();
-        let total = out_channels(&model.layers[i]).unwrap_or(0);
-        if let Some(kept) = kept_after(total, &dead) {
-            out.push((model.layers[i].module().name().to_owned(), kept));
-        }
-    }
-    Ok(out)
+    let t = Trace::new(model)?;
+    Ok(removable(model, &t, |_, v| v == 0.0).1)
 }
 
-/// Removes every channel whose output is one constant at its consumer's input, the dead ones
+/// Removes every channel whose output is one constant at its consumers' inputs, the dead ones
 /// ([`live_channels`]) and those that are not zero, folding each constant `v` into the
-/// consumer's bias first: `v · Σ` of the kernel rows that read it (over the spatial positions
+/// consumers' biases first: `v · Σ` of the kernel rows that read it (over the spatial positions
 /// for a dense layer after a `Flatten`, over the window for a conv, which must have `valid`
 /// padding for a non-zero `v`, since a `same` conv sees zeros at the borders). The outputs are
 /// those of `model` up to float rounding. This is what a pruned conv before a BatchNorm needs:
@@ -370,70 +523,135 @@ pub fn live_channels(model: &Sequential) -> Result<ChannelPlan> {
 /// # Errors
 /// As [`remove_channels`] and [`live_channels`].
 pub fn fold_constant_channels(model: &Sequential) -> Result<(Sequential, ChannelPlan)> {
-    model.require_sequential("fold_constant_channels")?;
     check_copyable(model, "fold_constant_channels")?;
+    let t = Trace::new(model)?;
+    let (gone, plan) = removable(model, &t, |consumer, v| {
+        v == 0.0
+            || match consumer {
+                Layer::Conv2d(c) => c.padding == Padding::Valid,
+                _ => true,
+            }
+    });
     let mut out = model.clone();
-    let mut plan = Vec::new();
-    for (i, j, route, constants) in constant_channels(model)? {
-        let foldable: Vec<(usize, f32)> = constants
-            .into_iter()
-            .filter(|&(_, v)| {
-                v == 0.0
-                    || match &model.layers[j] {
-                        Layer::Conv2d(c) => c.padding == Padding::Valid,
-                        _ => true,
-                    }
-            })
-            .collect();
-        let removed: Vec<usize> = foldable.iter().map(|&(c, _)| c).collect();
-        let total = out_channels(&model.layers[i]).unwrap_or(0);
-        let Some(kept) = kept_after(total, &removed) else {
+    for (i, l) in out.layers.iter_mut().enumerate() {
+        if out_channels(l).is_none() {
             continue;
-        };
-        for &(c, v) in foldable
-            .iter()
-            .filter(|(c, v)| *v != 0.0 && !kept.contains(c))
-        {
-            fold_into_bias(&mut out.layers[j], route, c, v);
         }
-        plan.push((model.layers[i].module().name().to_owned(), kept));
+        let flow = &t.input[i];
+        for (row, (&lab, &v)) in flow.labels.iter().zip(&flow.constants).enumerate() {
+            if let Some(v) = v.filter(|&v| v != 0.0 && gone[t.find(lab)]) {
+                fold_into_bias(l, row, v);
+            }
+        }
     }
     let smaller = remove_channels(&out, &plan)?;
     Ok((smaller, plan))
 }
 
-/// Adds input channel `c`'s constant `v` to the consumer's bias.
-fn fold_into_bias(consumer: &mut Layer, route: Route, c: usize, v: f32) {
-    match (consumer, route) {
-        (Layer::Dense(d), Route::Channel) => {
-            let row = d.kernel.value.index_axis(Axis(0), c).to_owned();
-            d.bias.value.scaled_add(v, &row);
+/// Adds input entry `row`'s constant `v` to a consumer's bias.
+fn fold_into_bias(consumer: &mut Layer, row: usize, v: f32) {
+    match consumer {
+        Layer::Dense(d) => {
+            let k = d.kernel.value.index_axis(Axis(0), row).to_owned();
+            d.bias.value.scaled_add(v, &k);
+            d.use_bias = true;
         }
-        (
-            Layer::Dense(d),
-            Route::Flattened {
-                positions,
-                channels,
-            },
-        ) => {
-            for p in 0..positions {
-                let row = d
-                    .kernel
-                    .value
-                    .index_axis(Axis(0), p * channels + c)
-                    .to_owned();
-                d.bias.value.scaled_add(v, &row);
-            }
-        }
-        (Layer::Conv2d(conv), Route::Channel) => {
-            // [kh, kw, in, out] → the [out] sums over the window of input channel c.
-            let k = conv.kernel.value.index_axis(Axis(2), c);
+        Layer::Conv2d(conv) => {
+            // [kh, kw, in, out] → the [out] sums over the window of input channel `row`.
+            let k = conv.kernel.value.index_axis(Axis(2), row);
             let sums = k.sum_axis(Axis(0)).sum_axis(Axis(0));
             conv.bias.value.scaled_add(v, &sums);
             conv.use_bias = true;
         }
-        _ => unreachable!("fold_into_bias: find_consumer returns a Conv2d or Dense"),
+        _ => unreachable!("fold_into_bias: only Conv2d and Dense consume channels"),
     }
+}
+
+/// The channels to keep when `fraction` of each `Conv2d` layer's filters go, the smallest
+/// first by `norm` of their kernel slices (Li et al. 2017): the plan to give
+/// [`remove_channels`], which prunes by filter before a fine-tune, the way structured pruning
+/// is done on models with BatchNorm (where a zeroed filter still outputs the BatchNorm's
+/// offset, so zeroing filters in training would not make them removable). Channels an `Add`
+/// sums go together, ranked by the sum of their norms in every producer, and are counted once,
+/// in the first producer; channels that cannot be traced (see the
+/// [module documentation](self)) stay.
+///
+/// ```
+/// use pare_prune::{Norm, remove_channels, smallest_channels};
+/// use pare_tensor::models::resnet8;
+///
+/// let model = resnet8(0);
+/// let plan = smallest_channels(&model, 0.5, Norm::L1)?;
+/// // stem_conv and b1_conv2 feed the same add: they keep the same 8 channels.
+/// let kept = |name: &str| plan.iter().find(|(n, _)| n == name).map(|(_, k)| k.clone());
+/// assert_eq!(kept("stem_conv"), kept("b1_conv2"));
+/// assert_eq!(kept("stem_conv").unwrap().len(), 8);
+/// let thin = remove_channels(&model, &plan)?;
+/// assert!(thin.num_params() < model.num_params() / 3);
+/// # Ok::<(), pare_prune::PruneError>(())
+/// ```
+///
+/// # Errors
+/// [`PruneError::InvalidSparsity`] unless `0 <= fraction < 1`; [`PruneError::Tensor`] if the
+/// model's layers do not fit together.
+pub fn smallest_channels(model: &Sequential, fraction: f32, norm: Norm) -> Result<ChannelPlan> {
+    kept_count(1, fraction)?;
+    let t = Trace::new(model)?;
+    let kernel_of = |i: usize| match &model.layers[i] {
+        Layer::Dense(d) => &d.kernel.value,
+        Layer::Conv2d(c) => &c.kernel.value,
+        _ => unreachable!("smallest_channels: producers are Conv2d and Dense"),
+    };
+    let mut score = vec![0.0f64; t.parent.len()];
+    for &(i, first) in &t.producers {
+        let k = kernel_of(i);
+        for (c, ch) in k.axis_iter(Axis(k.ndim() - 1)).enumerate() {
+            score[t.find(first + c)] += match norm {
+                Norm::L1 => ch.iter().map(|v| f64::from(v.abs())).sum::<f64>(),
+                Norm::L2 => ch
+                    .iter()
+                    .map(|&v| f64::from(v) * f64::from(v))
+                    .sum::<f64>()
+                    .sqrt(),
+            };
+        }
+    }
+    // Per class: removed or kept, once its first producer has decided.
+    let mut decided: Vec<Option<bool>> = vec![None; t.parent.len()];
+    for &(i, first) in &t.producers {
+        if !matches!(model.layers[i], Layer::Conv2d(_)) {
+            continue;
+        }
+        let n = out_channels(&model.layers[i]).expect("producer");
+        let mut roots: Vec<usize> = (0..n).map(|c| t.find(first + c)).collect();
+        let done = roots.iter().filter(|&&r| decided[r] == Some(true)).count();
+        let mut open: Vec<usize> = roots
+            .iter()
+            .copied()
+            .filter(|&r| decided[r].is_none() && r != FIXED && t.blocked[r].is_none())
+            .collect();
+        open.sort_by(|&a, &b| score[a].total_cmp(&score[b]).then(a.cmp(&b)));
+        open.dedup();
+        let go = (n - kept_count(n, fraction)?).saturating_sub(done);
+        for &r in open.iter().take(go) {
+            decided[r] = Some(true);
+        }
+        roots.retain(|&r| decided[r].is_none());
+        for r in roots {
+            decided[r] = Some(false);
+        }
+    }
+    let mut plan = Vec::new();
+    for &(i, first) in &t.producers {
+        let n = out_channels(&model.layers[i]).expect("producer");
+        let kept: Vec<usize> = (0..n)
+            .filter(|&c| decided[t.find(first + c)] != Some(true))
+            .collect();
+        if kept.len() < n {
+            plan.push((model.layers[i].module().name().to_owned(), kept));
+        }
+    }
+    Ok(plan)
 }
 
 /// Removes every dead channel ([`live_channels`]) with [`remove_channels`]; the outputs are
@@ -450,7 +668,7 @@ pub fn remove_dead_channels(model: &Sequential) -> Result<(Sequential, ChannelPl
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mask::{Norm, channel_mask};
+    use crate::mask::channel_mask;
     use approx::assert_abs_diff_eq;
     use ndarray::{Array4, ArrayD};
     use pare_tensor::models::{small_cnn, teacher_cnn};
@@ -918,6 +1136,284 @@ mod tests {
         assert!(matches!(
             crate::strip::strip::<&str>(&custom, &[]),
             Err(PruneError::Unsupported { .. })
+        ));
+    }
+
+    /// Every BatchNorm of `model` given random statistics and parameters.
+    fn randomise_bns(model: &mut Sequential, seed: u64) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        for l in &mut model.layers {
+            if let Layer::BatchNorm(b) = l {
+                *b = random_bn(&b.name.clone(), b.channels(), &mut rng);
+            }
+        }
+    }
+
+    /// The producers of each `Add` group of resnet8: their channels are one.
+    const RESNET_GROUPS: [&[&str]; 3] = [
+        &["stem_conv", "b1_conv2"],
+        &["b2_conv2", "b2_proj"],
+        &["b3_conv2", "b3_proj"],
+    ];
+
+    #[test]
+    fn resnet8_channels_dead_in_every_producer_of_an_add_are_cut() {
+        let mut model = pare_tensor::models::resnet8(2);
+        randomise_bns(&mut model, 3);
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut expected: ChannelPlan = Vec::new();
+        // Per add group a random set of channels dead in all its producers, plus a channel
+        // dead in only one producer (which must stay); per first conv of each block a random
+        // set of its own. A zero filter dies through BN + ReLU when the BN's offset is
+        // negative: β = -0.5 with zero mean.
+        let kill = |m: &mut Sequential, layer: &str, bn: &str, cs: &[usize]| {
+            zero_filters(m, layer, cs);
+            let Some(Layer::BatchNorm(b)) = m.layers.iter_mut().find(|l| l.module().name() == bn)
+            else {
+                panic!("{bn}")
+            };
+            for &c in cs {
+                b.beta.value[[c]] = -0.5;
+                b.moving_mean.value[[c]] = 0.0;
+            }
+        };
+        let bn_of = |conv: &str| match conv {
+            "stem_conv" => "stem_bn".to_string(),
+            c if c.ends_with("proj") => format!("{c}_bn"),
+            c => c.replace("conv", "bn"),
+        };
+        for (g, group) in RESNET_GROUPS.iter().enumerate() {
+            let n = [16, 32, 64][g];
+            let mut dead: Vec<usize> = (0..n).filter(|_| rng.random_bool(0.4)).collect();
+            dead.retain(|&c| c != 0);
+            for p in group.iter() {
+                kill(&mut model, p, &bn_of(p), &dead);
+            }
+            // Dead in the first producer only: the sum is alive.
+            kill(&mut model, group[0], &bn_of(group[0]), &[0]);
+            let kept: Vec<usize> = (0..n).filter(|c| !dead.contains(c)).collect();
+            for p in group.iter() {
+                expected.push((p.to_string(), kept.clone()));
+            }
+        }
+        for (b, n) in [("b1", 16), ("b2", 32), ("b3", 64)] {
+            let conv = format!("{b}_conv1");
+            let dead: Vec<usize> = (0..n).filter(|_| rng.random_bool(0.5)).collect();
+            kill(&mut model, &conv, &bn_of(&conv), &dead);
+            let kept: Vec<usize> = (0..n).filter(|c| !dead.contains(c)).collect();
+            expected.push((conv, kept));
+        }
+        let x = images(6, 8);
+        let want = predict(&model, x.view(), 8).unwrap();
+        let (smaller, plan) = remove_dead_channels(&model).unwrap();
+        let sorted = |mut p: ChannelPlan| {
+            p.retain(|(name, k)| {
+                k.len()
+                    < model
+                        .param(&format!("{name}.kernel"))
+                        .unwrap()
+                        .value
+                        .shape()[3]
+            });
+            p.sort();
+            p
+        };
+        assert_eq!(sorted(plan.clone()), sorted(expected));
+        assert!(smaller.num_params() < model.num_params());
+        let got = predict(&smaller, x.view(), 8).unwrap();
+        assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-5);
+        // Shapes follow the channels through the adds: b2_conv1 and b2_proj read b1's group.
+        let k1 = &plan.iter().find(|(n, _)| n == "b1_conv2").unwrap().1;
+        for reader in ["b2_conv1", "b2_proj"] {
+            let shape = smaller
+                .param(&format!("{reader}.kernel"))
+                .unwrap()
+                .value
+                .shape()
+                .to_vec();
+            assert_eq!(shape[2], k1.len(), "{reader}");
+        }
+        let Some(Layer::BatchNorm(b)) = smaller.layer("stem_bn") else {
+            panic!("stem_bn")
+        };
+        assert_eq!(b.channels(), k1.len());
+    }
+
+    #[test]
+    fn random_zero_filters_fold_on_graph_models() {
+        for (seed, mut model) in [
+            (1, pare_tensor::models::resnet8(1)),
+            (2, pare_tensor::models::tiny_residual(3, 5)),
+        ] {
+            randomise_bns(&mut model, seed);
+            let mut rng = StdRng::seed_from_u64(seed + 10);
+            let convs: Vec<String> = (model.layers.iter())
+                .filter(|l| matches!(l, Layer::Conv2d(_)))
+                .map(|l| l.module().name().to_owned())
+                .collect();
+            for c in &convs {
+                let n = model.param(&format!("{c}.kernel")).unwrap().value.shape()[3];
+                let cs: Vec<usize> = (0..n).filter(|_| rng.random_bool(0.5)).collect();
+                zero_filters(&mut model, c, &cs);
+            }
+            let x = images(5, seed);
+            let want = predict(&model, x.view(), 8).unwrap();
+            for (smaller, _) in [
+                remove_dead_channels(&model).unwrap(),
+                fold_constant_channels(&model).unwrap(),
+            ] {
+                let got = predict(&smaller, x.view(), 8).unwrap();
+                assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-5);
+            }
+        }
+        // tiny_residual's last add feeds the dense head through the pool: zero filters in both
+        // of its producers fold into the dense bias whatever the BatchNorm offsets.
+        let mut model = pare_tensor::models::tiny_residual(3, 5);
+        randomise_bns(&mut model, 9);
+        zero_filters(&mut model, "conv", &[1, 2]);
+        zero_filters(&mut model, "b_conv2", &[2, 3]);
+        // Channel 2 of `conv` reaches the `same` conv b_conv1 too: dead there through a ReLU.
+        if let Some(Layer::BatchNorm(b)) =
+            model.layers.iter_mut().find(|l| l.module().name() == "bn")
+        {
+            b.beta.value[[2]] = -1.0;
+            b.moving_mean.value[[2]] = 0.0;
+        }
+        let x = images(4, 1);
+        let want = predict(&model, x.view(), 8).unwrap();
+        let (smaller, plan) = fold_constant_channels(&model).unwrap();
+        assert_eq!(
+            plan,
+            vec![
+                ("conv".to_string(), vec![0, 1, 3]),
+                ("b_conv2".to_string(), vec![0, 1, 3])
+            ]
+        );
+        assert_eq!(
+            smaller.param("dense.kernel").unwrap().value.shape(),
+            &[3, 3]
+        );
+        let got = predict(&smaller, x.view(), 8).unwrap();
+        assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-5);
+    }
+
+    #[test]
+    fn added_channels_go_together_or_not_at_all() {
+        let model = pare_tensor::models::resnet8(0);
+        let half: Vec<usize> = (0..16).step_by(2).collect();
+        for one in ["stem_conv", "b1_conv2"] {
+            match remove_channels(&model, &[(one, half.clone())]) {
+                Err(PruneError::BadChannels { reason, .. }) => {
+                    assert!(reason.contains("Add"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let both =
+            remove_channels(&model, &[("stem_conv", half.clone()), ("b1_conv2", half)]).unwrap();
+        for (name, shape) in [
+            ("stem_conv.kernel", vec![3, 3, 1, 8]),
+            ("b1_conv1.kernel", vec![3, 3, 8, 16]),
+            ("b1_conv2.kernel", vec![3, 3, 16, 8]),
+            ("b1_bn2.moving_mean", vec![8]),
+            ("b2_conv1.kernel", vec![3, 3, 8, 32]),
+            ("b2_proj.kernel", vec![1, 1, 8, 32]),
+        ] {
+            let p = both.weights();
+            let p = p.iter().find(|p| p.name == name).unwrap();
+            assert_eq!(p.value.shape(), &shape[..], "{name}");
+        }
+        // The head's outputs are the model's.
+        assert!(matches!(
+            remove_channels(&model, &[("dense", vec![0])]),
+            Err(PruneError::Unsupported { .. })
+        ));
+        // A channel added to the model's input cannot go.
+        let mut rng = StdRng::seed_from_u64(1);
+        let skip = Sequential::functional(&[6, 6, 2])
+            .node(
+                Conv2d::new("c", 2, 2, [3, 3], &mut rng).padding(Padding::Same),
+                &["input"],
+            )
+            .node(pare_tensor::Add::new("add"), &["c", "input"])
+            .node(Flatten::new("f"), &["add"])
+            .node(Dense::new("d", 72, 2, &mut rng), &["f"])
+            .build()
+            .unwrap();
+        assert!(matches!(
+            remove_channels(&skip, &[("c", vec![0])]),
+            Err(PruneError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn channels_keep_their_offsets_through_concatenate_and_a_depthwise_multiplier() {
+        let mut rng = StdRng::seed_from_u64(5);
+        let relu = |c: Conv2d| c.activation(Activation::Relu);
+        let mut model = Sequential::functional(&[9, 9, 2])
+            .node(relu(Conv2d::new("a", 2, 4, [3, 3], &mut rng)), &["input"])
+            .node(relu(Conv2d::new("b", 2, 3, [3, 3], &mut rng)), &["input"])
+            .node(pare_tensor::Concatenate::new("cat"), &["a", "b"])
+            .node(
+                DepthwiseConv2d::with_multiplier("dw", 7, [3, 3], 2, &mut rng),
+                &["cat"],
+            )
+            .node(Conv2d::new("c", 14, 3, [3, 3], &mut rng), &["dw"])
+            .node(Flatten::new("f"), &["c"])
+            .node(Dense::new("d", 27, 2, &mut rng), &["f"])
+            .build()
+            .unwrap();
+        model.param_mut("a.bias").unwrap().value[[1]] = -0.2;
+        zero_filters(&mut model, "a", &[1]);
+        zero_filters(&mut model, "b", &[2]);
+        let x = inputs(3, [9, 9, 2], 6);
+        let want = predict(&model, x.view(), 8).unwrap();
+        let (smaller, plan) = remove_dead_channels(&model).unwrap();
+        assert_eq!(
+            plan,
+            vec![
+                ("a".to_string(), vec![0, 2, 3]),
+                ("b".to_string(), vec![0, 1])
+            ]
+        );
+        // Concatenated channels 1 and 4 + 2 go, and with them depthwise outputs 2, 3, 12, 13.
+        let dw = &smaller.param("dw.kernel").unwrap().value;
+        assert_eq!(dw.shape(), &[3, 3, 5, 2]);
+        let old = &model.param("dw.kernel").unwrap().value;
+        assert_eq!(dw.index_axis(Axis(2), 4), old.index_axis(Axis(2), 5));
+        let c = &smaller.param("c.kernel").unwrap().value;
+        assert_eq!(c.shape(), &[3, 3, 10, 3]);
+        let old = &model.param("c.kernel").unwrap().value;
+        assert_eq!(c.index_axis(Axis(2), 2), old.index_axis(Axis(2), 4));
+        assert_eq!(smaller.param("dw.bias").unwrap().value.len(), 10);
+        let got = predict(&smaller, x.view(), 8).unwrap();
+        assert_abs_diff_eq!(max_diff(&got, &want), 0.0, epsilon = 1e-5);
+    }
+
+    #[test]
+    fn smallest_channels_ranks_add_groups_by_their_summed_norms() {
+        let mut model = pare_tensor::models::tiny_residual(3, 2);
+        // Channel 1 is small in `conv` only, channel 3 small in both producers of the add:
+        // the sum ranks channel 3 lowest, then the smaller of the others.
+        let scale = |m: &mut Sequential, layer: &str, c: usize, f: f32| {
+            let k = m.param_mut(&format!("{layer}.kernel")).unwrap();
+            k.value.index_axis_mut(Axis(3), c).mapv_inplace(|v| v * f);
+        };
+        scale(&mut model, "conv", 1, 1e-3);
+        scale(&mut model, "conv", 3, 1e-3);
+        scale(&mut model, "b_conv2", 3, 1e-3);
+        let plan = smallest_channels(&model, 0.25, Norm::L1).unwrap();
+        let kept = |n: &str| plan.iter().find(|(l, _)| l == n).map(|(_, k)| k.clone());
+        assert_eq!(kept("conv"), Some(vec![0, 1, 2]));
+        assert_eq!(kept("b_conv2"), Some(vec![0, 1, 2]));
+        assert_eq!(kept("b_conv1").map(|k| k.len()), Some(3));
+        assert_eq!(kept("dense"), None, "dense layers are not filter-pruned");
+        let thin = remove_channels(&model, &plan).unwrap();
+        assert_eq!(thin.output_shape().unwrap(), [3]);
+        assert!(smallest_channels(&model, 0.0, Norm::L2).unwrap().is_empty());
+        assert!(matches!(
+            smallest_channels(&model, 1.0, Norm::L1),
+            Err(PruneError::InvalidSparsity { .. })
         ));
     }
 }
