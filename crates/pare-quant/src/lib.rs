@@ -127,7 +127,7 @@ pub use kernels::{
 };
 pub use model::{
     ActQuant, Bias, InputType, LayerKind, MAX_ELEMENTS, Mode, OutputType, Provenance,
-    QuantizedLayer, QuantizedModel, QuantizedWeights,
+    QuantizedLayer, QuantizedModel, QuantizedWeights, Source,
 };
 pub use observer::{
     KlObserver, MinMaxObserver, MovingAverageMinMaxObserver, MseObserver, Observer, ObserverConfig,
