@@ -318,8 +318,12 @@ fn cases() -> Vec<Case> {
     };
     let q = convert(&model, calibration().view(), &ConvertConfig::default()).expect("int8");
     let int8 = q.to_bytes().expect("int8 bytes");
-    let qg = convert(&tiny_graph(2), calibration().view(), &ConvertConfig::default())
-        .expect("int8 graph");
+    let qg = convert(
+        &tiny_graph(2),
+        calibration().view(),
+        &ConvertConfig::default(),
+    )
+    .expect("int8 graph");
     let graph = qg.to_bytes().expect("int8 graph bytes");
     // int4 weights: kernels packed two per byte in `<layer>.kernel.int4` tensors.
     let int4_cfg = ConvertConfig {
@@ -591,11 +595,20 @@ fn corruptions(c: &Case, others: &[&[u8]], seed: u64) -> Vec<(String, Vec<u8>)> 
     // Graph wiring: each `in=` list of the layers entry replaced by unknown, later, own,
     // too many, too few, empty and badly escaped names (the checksum-free cases reach the
     // wiring checks; the others must fail on the header's checksum).
-    let lists = with_header(b, |_| {}).map_or(0, |_| {
-        String::from_utf8_lossy(b).matches("in=").count()
-    });
+    let lists =
+        with_header(b, |_| {}).map_or(0, |_| String::from_utf8_lossy(b).matches("in=").count());
     let names = [
-        "nope", "", "dense", "gap", "cat", "input,input,input", "a", "a,a", "%ZZ", "a,", ",",
+        "nope",
+        "",
+        "dense",
+        "gap",
+        "cat",
+        "input,input,input",
+        "a",
+        "a,a",
+        "%ZZ",
+        "a,",
+        ",",
         "input;x",
     ];
     for k in 0..lists {

@@ -31,11 +31,11 @@ use pare::quant::{
     Bias, ConvertConfig, Interpreter, LayerKind, PackedWeights, Padding, QuantizedModel, Requant,
     Source, convert, gemm_i8_requant,
 };
+use pare::tensor::nn::Model;
 use pare::tensor::nn::{
     AvgPool2d, BatchNorm, Conv2d, Dense, DepthwiseConv2d, Dropout, Flatten, GlobalAveragePool2d,
     HardSwish, LeakyReLU, MaxPool2d, ReLU, ReLU6, Sigmoid, Tanh,
 };
-use pare::tensor::nn::Model;
 use pare::tensor::{Activation, Add, Concatenate, Padding as FloatPadding, Sequential};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -529,7 +529,10 @@ fn residual_graph_with_add_and_concat_matches_tflite_reference_kernels() {
         .node(Conv2d::new("side", 8, 4, [1, 1], &mut rng), &["stem_relu"])
         .node(MaxPool2d::new("side_pool", 1), &["side"])
         .node(Concatenate::new("cat"), &["add_relu", "side_pool"])
-        .node(Conv2d::new("mix", 12, 6, [3, 3], &mut rng).strides(2), &["cat"])
+        .node(
+            Conv2d::new("mix", 12, 6, [3, 3], &mut rng).strides(2),
+            &["cat"],
+        )
         .node(Add::new("add2"), &["mix", "mix"])
         .node(GlobalAveragePool2d::new("gap"), &["add2"])
         .node(Dense::new("fc", 6, 10, &mut rng), &["gap"])

@@ -251,8 +251,10 @@ pub(crate) fn plan(
         .chain([(pare_tensor::INPUT, model.input_shape.as_slice())])
         .collect();
     // The int8 layer (or the input) computing each float node's output.
-    let mut producer: HashMap<String, String> =
-        HashMap::from([(pare_tensor::INPUT.to_string(), pare_tensor::INPUT.to_string())]);
+    let mut producer: HashMap<String, String> = HashMap::from([(
+        pare_tensor::INPUT.to_string(),
+        pare_tensor::INPUT.to_string(),
+    )]);
     let mut fused = vec![false; layers.len()];
     for i in 0..layers.len() {
         if fused[i] {
@@ -260,19 +262,14 @@ pub(crate) fn plan(
         }
         let name = names[i];
         let float_inputs = model.inputs_of(name).unwrap_or_default();
-        let inputs: Vec<String> = float_inputs
-            .iter()
-            .map(|n| producer[*n].clone())
-            .collect();
+        let inputs: Vec<String> = float_inputs.iter().map(|n| producer[*n].clone()).collect();
         // The ReLU this layer feeds alone, which its op can absorb as a clamp.
-        let relu_after = || {
-            match model.consumers_of(name)[..] {
-                [c] => names.iter().position(|n| *n == c).filter(|&j| {
-                    matches!(layers[j], Layer::ReLU(_))
-                        && model.inputs_of(c).is_some_and(|i| i == [name])
-                }),
-                _ => None,
-            }
+        let relu_after = || match model.consumers_of(name)[..] {
+            [c] => names.iter().position(|n| *n == c).filter(|&j| {
+                matches!(layers[j], Layer::ReLU(_))
+                    && model.inputs_of(c).is_some_and(|i| i == [name])
+            }),
+            _ => None,
         };
         let mut push = |qname: String, kind: LayerKind, weights, inputs: Vec<String>| {
             out.push(QuantizedLayer {
@@ -347,7 +344,12 @@ pub(crate) fn plan(
                     .first()
                     .and_then(|i| shape_of.get(i))
                     .map_or(0, |s| s.iter().product());
-                push(f.name.clone(), LayerKind::Reshape { shape: vec![n] }, None, inputs);
+                push(
+                    f.name.clone(),
+                    LayerKind::Reshape { shape: vec![n] },
+                    None,
+                    inputs,
+                );
                 producer.insert(name.to_string(), name.to_string());
                 continue;
             }
@@ -504,9 +506,16 @@ fn calibrate(
     let relu6_after: Vec<bool> = (0..layers.len())
         .map(|i| {
             layers[i].kind.has_weights()
-                && layers.get(i + 1).is_some_and(|l| l.kind == LayerKind::Relu6)
+                && layers
+                    .get(i + 1)
+                    .is_some_and(|l| l.kind == LayerKind::Relu6)
                 && sources[i + 1] == [Source::Layer(i)]
-                && sources.iter().flatten().filter(|s| **s == Source::Layer(i)).count() == 1
+                && sources
+                    .iter()
+                    .flatten()
+                    .filter(|s| **s == Source::Layer(i))
+                    .count()
+                    == 1
         })
         .collect();
     for batch in calibration.axis_chunks_iter(Axis(0), config.calibration_batch_size) {
@@ -597,8 +606,7 @@ fn share_concat_params(
                 stack.extend(sources[j].iter().copied());
                 continue;
             }
-            if kind.fixed_output().is_some_and(|f| f != p) || (forced[j + 1] && own[j] != Some(p))
-            {
+            if kind.fixed_output().is_some_and(|f| f != p) || (forced[j + 1] && own[j] != Some(p)) {
                 return Err(unsupported(
                     &layers[c].name,
                     format!(

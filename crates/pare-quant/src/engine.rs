@@ -22,10 +22,10 @@ use rayon::prelude::*;
 use crate::error::{QuantError, Result};
 use pare_tensor::kernels::conv::Window;
 
+use crate::kernels::add::{add_i8, concat_i8};
 use crate::kernels::avgpool::{avg_pool_i8, reduce_mean_i8};
 use crate::kernels::depthwise::depthwise_conv_i8;
 use crate::kernels::{Window2d, apply_table, gemm_i8_requant, max_pool_i8_into};
-use crate::kernels::add::{add_i8, concat_i8};
 use crate::model::{Mode, Prepared, QuantizedModel, Source, in_place, to_tensor_padding};
 use crate::params::check_finite;
 
@@ -293,7 +293,11 @@ impl<'m> Interpreter<'m> {
                         let pool_slot = schedule.output[i + 1];
                         self.bufs[to] = dst_buf;
                         let mut pool_buf = std::mem::take(&mut self.bufs[pool_slot]);
-                        f.run(n, &self.bufs[from][..in_len], &mut pool_buf[..n * f.output_len()]);
+                        f.run(
+                            n,
+                            &self.bufs[from][..in_len],
+                            &mut pool_buf[..n * f.output_len()],
+                        );
                         self.bufs[pool_slot] = pool_buf;
                         pooled = true;
                         continue;

@@ -975,7 +975,11 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
         "depthwise_conv2d" => (LAYER_FLAGS, &["strides", "zp", "in"]),
         "max_pooling2d" | "average_pooling2d" => (&["same"], &["strides", "in"]),
         "reshape" | "flatten" | "re_lu" | "re_lu6" => (&[], &["in"]),
-        "leaky_re_lu" | "global_average_pooling2d" | "sigmoid" | "tanh" | "hard_swish"
+        "leaky_re_lu"
+        | "global_average_pooling2d"
+        | "sigmoid"
+        | "tanh"
+        | "hard_swish"
         | "concatenate" => (&[], &["zp", "in"]),
         "add" => (&["relu"], &["zp", "in"]),
         _ => return Err(format!("unknown op {op:?}")),

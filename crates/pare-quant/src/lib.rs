@@ -101,6 +101,8 @@ pub mod file;
 pub mod fixedpoint;
 #[cfg(test)]
 mod fold_tests;
+#[cfg(test)]
+mod graph_tests;
 mod int4;
 pub mod kernels;
 mod model;

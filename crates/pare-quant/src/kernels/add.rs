@@ -153,7 +153,10 @@ mod tests {
                 let real = a.0 * (x - a.1) as f32 + b.0 * (y - b.1) as f32;
                 let exact = (real / o.0 + o.1 as f32).clamp(-128.0, 127.0);
                 let got = p.add(x as i8, y as i8) as f32;
-                assert!((got - exact).abs() <= 0.5 + 1e-3, "{x} + {y}: {got} vs {exact}");
+                assert!(
+                    (got - exact).abs() <= 0.5 + 1e-3,
+                    "{x} + {y}: {got} vs {exact}"
+                );
             }
         }
     }
