@@ -1,12 +1,14 @@
-//! Post-training quantization: a float [`Sequential`] plus calibration data to a
+//! Post-training quantization: a float model (a chain or a graph) plus calibration data to a
 //! [`QuantizedModel`], as TFLite's converter does it.
 //!
 //! 0. **BatchNorm folding**: a BatchNorm after a conv or dense layer without activation is
 //!    folded into it first ([`pare_tensor::fold_batch_norm`]), as TFLite's converter does; one
 //!    that cannot fold is an [`QuantError::UnsupportedLayer`].
-//! 1. **Plan**: each layer becomes one int8 operation. A conv or dense layer followed by a ReLU
-//!    layer (or carrying a fused ReLU) becomes one operation whose ReLU is a clamp of the output
-//!    range; a leaky ReLU becomes TFLite's `LEAKY_RELU` (two output multipliers); max-pool,
+//! 1. **Plan**: each layer becomes one int8 operation, in the model's order, taking the int8
+//!    layers that compute its float inputs ([`QuantizedLayer::inputs`]). A conv, dense or add
+//!    followed by a ReLU that it alone feeds (or a conv/dense carrying a fused ReLU) becomes one
+//!    operation whose ReLU is a clamp of the output range, as TFLite fuses ResNet's add → ReLU;
+//!    an add of two inputs is TFLite's `ADD`, a concatenation `CONCATENATION`; a leaky ReLU becomes TFLite's `LEAKY_RELU` (two output multipliers); max-pool,
 //!    average pool, flatten and reshape keep their input's parameters, as TFLite requires. A
 //!    ReLU6 is a clamp; after a conv, depthwise conv or dense layer it is fused in effect, that
 //!    layer being calibrated on the ReLU6's output. Sigmoid and tanh take TFLite's fixed
@@ -15,8 +17,11 @@
 //! 2. **Weights**: int8 symmetric in [−127, 127], per output channel (the last axis) or per
 //!    tensor ([`quantize_weights`]).
 //! 3. **Calibration** (full integer): the float model runs on the calibration batches layer by
-//!    layer; an observer per tensor watches the model input and the output of every conv, dense
-//!    and leaky ReLU, and gives asymmetric per-tensor int8 parameters.
+//!    layer; an observer per tensor watches the model input and the output of every layer with
+//!    parameters of its own (conv, dense, leaky ReLU, add, concatenation, …), and gives
+//!    asymmetric per-tensor int8 parameters. A concatenation's are then given to the layers
+//!    producing its inputs (through pools, reshapes and ReLUs), as TFLite's converter
+//!    propagates them: its int8 `CONCATENATION` copies codes and requires equal parameters.
 //! 4. **Biases**: int32 at scale `s_in · s_w[c]` ([`quantize_bias`]).
 //!
 //! Dynamic-range mode stops after step 2: int8 weights, float biases and activations.

@@ -10,6 +10,12 @@
 //! bits. No float
 //! arithmetic happens between the input quantization and the output dequantization.
 //!
+//! A graph model runs in its layers' (topological) order; an add is TFLite's int8 `ADD`
+//! (AVX-512 where present), a concatenation copies codes. Every value lives in one of a few
+//! scratch buffers, planned when the model is built: a buffer is reused once no later layer
+//! reads its value, and an element-wise step on a value read last runs in place (a chain
+//! alternates between two buffers).
+//!
 //! An [`Interpreter`] (TFLite's name) owns the scratch buffers, so repeated calls at the same
 //! batch size allocate nothing; the `predict*` methods of [`QuantizedModel`] split large batches
 //! over threads, one interpreter each.
@@ -22,7 +28,7 @@ use rayon::prelude::*;
 use crate::error::{QuantError, Result};
 use pare_tensor::kernels::conv::Window;
 
-use crate::kernels::add::{add_i8, concat_i8};
+use crate::kernels::add::{add_i8, concat_part_i8};
 use crate::kernels::avgpool::{avg_pool_i8, reduce_mean_i8};
 use crate::kernels::depthwise::depthwise_conv_i8;
 use crate::kernels::{Window2d, apply_table, gemm_i8_requant, max_pool_i8_into};
@@ -312,15 +318,13 @@ impl<'m> Interpreter<'m> {
                         Ok(())
                     }
                     Prepared::Concat { widths } => {
-                        let rows = n * layer.input_shape[..layer.input_shape.len() - 1]
-                            .iter()
-                            .product::<usize>();
-                        let parts: Vec<&[i8]> = srcs
-                            .iter()
-                            .zip(widths)
-                            .map(|(s, w)| &self.bufs[slot(s)][..rows * w])
-                            .collect();
-                        concat_i8(&parts, widths, rows, dst);
+                        let total: usize = widths.iter().sum();
+                        let rows = out_len / total.max(1);
+                        let mut at = 0;
+                        for (s, &w) in srcs.iter().zip(widths) {
+                            concat_part_i8(&self.bufs[slot(s)][..rows * w], w, at, total, dst);
+                            at += w;
+                        }
                         Ok(())
                     }
                     p if in_place(p) => {

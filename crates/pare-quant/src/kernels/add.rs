@@ -215,27 +215,27 @@ mod avx512 {
     const ADD_LEFT_SHIFT_U: u32 = ADD_LEFT_SHIFT as u32;
 }
 
-/// `out` = the inputs joined on their last axis: `rows` rows, input `k` contributing
-/// `widths[k]` codes per row. The codes are copied as they are (TFLite's int8
-/// `CONCATENATION`, whose inputs share the output's parameters).
+/// One input of a concatenation on the last axis: `part` holds rows of `width` codes, which
+/// go to columns `at .. at + width` of `out`'s rows of `total` codes. The codes are copied as
+/// they are (TFLite's int8 `CONCATENATION`, whose inputs share the output's parameters); one
+/// call per input fills `out`, with no list of inputs to allocate.
 ///
 /// # Panics
-/// If a slice's length is not `rows` times its width.
-pub fn concat_i8(inputs: &[&[i8]], widths: &[usize], rows: usize, out: &mut [i8]) {
-    let total: usize = widths.iter().sum();
+/// If the part does not fit: `at + width > total`, or `part` and `out` hold different numbers
+/// of rows.
+pub fn concat_part_i8(part: &[i8], width: usize, at: usize, total: usize, out: &mut [i8]) {
+    let rows = out.len() / total.max(1);
     assert!(
-        out.len() == rows * total
-            && inputs.len() == widths.len()
-            && inputs.iter().zip(widths).all(|(x, &w)| x.len() == rows * w),
-        "concat_i8: inputs of widths {widths:?} over {rows} rows, output of {} codes",
+        at + width <= total && part.len() == rows * width && out.len() == rows * total,
+        "concat_part_i8: a part of {} codes in rows of {width} at {at} of {total}, output of {}",
+        part.len(),
         out.len()
     );
-    let mut at = 0;
-    for (x, &w) in inputs.iter().zip(widths) {
-        for (r, src) in x.chunks_exact(w.max(1)).enumerate().take(rows) {
-            out[r * total + at..r * total + at + w].copy_from_slice(&src[..w]);
-        }
-        at += w;
+    if width == 0 {
+        return;
+    }
+    for (src, dst) in part.chunks_exact(width).zip(out.chunks_exact_mut(total)) {
+        dst[at..at + width].copy_from_slice(src);
     }
 }
 
@@ -308,7 +308,8 @@ mod tests {
     fn concat_interleaves_rows() {
         let (a, b) = ([1i8, 2, 3, 4], [9i8, 8]);
         let mut out = [0i8; 6];
-        concat_i8(&[&a, &b], &[2, 1], 2, &mut out);
+        concat_part_i8(&a, 2, 0, 3, &mut out);
+        concat_part_i8(&b, 1, 2, 3, &mut out);
         assert_eq!(out, [1, 2, 9, 3, 4, 8]);
     }
 }
