@@ -27,8 +27,8 @@ use ndarray::{ArrayD, IxDyn};
 use pare::quant::kernels::activation_range;
 use pare::quant::kernels::avgpool::{MeanParams, global_avg_pool_i8};
 use pare::quant::{
-    Bias, ConvertConfig, Interpreter, LayerKind, PackedWeights, Padding, QuantizedModel, Requant,
-    Source, convert, gemm_i8_requant,
+    Bias, ConvertConfig, Interpreter, LayerKind, PackedWeights, QuantizedModel, Requant, convert,
+    gemm_i8_requant,
 };
 use pare::tensor::nn::Model;
 use pare::tensor::nn::{

@@ -184,7 +184,7 @@ mod avx512 {
     /// The CPU must have AVX-512 F and BW; the three slices have one length, a multiple of 16.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub(super) unsafe fn add(a: &[i8], b: &[i8], p: &AddParams, out: &mut [i8]) {
-        debug_assert!(a.len() == b.len() && a.len() == out.len() && a.len() % 16 == 0);
+        debug_assert!(a.len() == b.len() && a.len() == out.len() && a.len().is_multiple_of(16));
         let offset = [
             _mm512_set1_epi32(p.input_offset[0]),
             _mm512_set1_epi32(p.input_offset[1]),
