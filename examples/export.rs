@@ -18,7 +18,8 @@ mod common;
 use anyhow::{Context, Result, bail};
 use ndarray::Axis;
 use pare::codecs::SparseCodec;
-use pare::onnx::compare::{CodeDiff, agreement, argmaxes, max_abs_diff, median_latency_us};
+use pare::measure::median_micros;
+use pare::onnx::compare::{CodeDiff, agreement, argmaxes, max_abs_diff};
 use pare::onnx::runtime::{Input, OnnxRuntime, Output};
 use pare::onnx::{ActivationType, FileSize, Format, QOperatorOptions};
 use pare::quant::{ConvertConfig, InputType, Interpreter, QuantizedModel, Rounding, convert};
@@ -162,22 +163,17 @@ fn run(args: Args) -> Result<()> {
     let (ours, theirs, run, pare_us, codes) = match args.format {
         Format::Float => {
             let run = ort(Input::F32(tx.view()))?;
-            let us = median_latency_us(args.latency_runs, |i| {
+            let us = median_micros(args.latency_runs, |i| {
                 predict(&float, one(i), 1).expect("a checked model runs");
             });
-            (
-                predict(&float, tx.view(), 500)?,
-                run.output.clone(),
-                run,
-                us,
-                None,
-            )
+            let ours = predict(&float, tx.view(), 500)?;
+            (ours, run.output.clone(), run, us, None)
         }
         Format::Qdq => {
             let q = int8.as_ref().expect("int8 model for qdq");
             let run = ort(Input::F32(tx.view()))?;
             let mut it = Interpreter::new(q)?;
-            let us = median_latency_us(args.latency_runs, |i| {
+            let us = median_micros(args.latency_runs, |i| {
                 it.invoke(one(i)).expect("a checked model runs");
             });
             (q.predict(tx.view())?, run.output.clone(), run, us, None)
@@ -194,7 +190,7 @@ fn run(args: Args) -> Result<()> {
                 Input::I8(x.view())
             })?;
             let mut it = Interpreter::new(q)?;
-            let us = median_latency_us(args.latency_runs, |i| {
+            let us = median_micros(args.latency_runs, |i| {
                 let i = i % ty.len();
                 it.invoke_i8(x.slice_axis(Axis(0), (i..i + 1).into()))
                     .expect("a checked model runs");

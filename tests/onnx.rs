@@ -559,3 +559,359 @@ fn new_layers_export_to_onnxruntime() {
         assert!(diff <= 1e-5, "{stem}: max |difference| {diff}");
     }
 }
+
+/// Gives every BatchNorm of `model` seeded, non-trivial statistics (fresh ones are the
+/// identity, which would hide a swapped input of `BatchNormalization`).
+fn randomize_batch_norms(model: &mut Sequential, seed: u64) {
+    use pare::tensor::rand::{SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(seed);
+    for layer in &mut model.layers {
+        if let Layer::BatchNorm(bn) = layer {
+            let name = bn.name.clone();
+            *layer = random_batch_norm(&name, bn.channels(), &mut rng);
+        }
+    }
+}
+
+/// Graph models beyond the two reference ones: several branches off the NHWC input and off a
+/// conv's NCHW output joined by `Concatenate` (so the merge meets both layouts), a three-way
+/// `Add`, and a concat of flat features after global pooling.
+fn branchy_model() -> Sequential {
+    use pare::tensor::nn::{
+        AvgPool2d, Conv2d, Dense, DepthwiseConv2d, GlobalAveragePool2d, MaxPool2d, Model, ReLU,
+    };
+    use pare::tensor::rand::{SeedableRng, rngs::StdRng};
+    use pare::tensor::{Add, Concatenate, Padding};
+    let mut rng = StdRng::seed_from_u64(23);
+    let same = |c: Conv2d| c.padding(Padding::Same);
+    Model::functional(&[10, 9, 3])
+        .node(same(Conv2d::new("a", 3, 5, [3, 3], &mut rng)), &["input"])
+        // The input itself (NHWC) joined with a conv's output (NCHW).
+        .node(Concatenate::new("cat_in"), &["a", "input"])
+        .node(random_batch_norm("bn", 8, &mut rng), &["cat_in"])
+        .node(ReLU::new("relu"), &["bn"])
+        .node(same(Conv2d::new("b1", 8, 8, [1, 1], &mut rng)), &["relu"])
+        .node(
+            DepthwiseConv2d::new("b2", 8, [3, 3], &mut rng).padding(Padding::Same),
+            &["relu"],
+        )
+        .node(Add::new("sum3"), &["b1", "b2", "relu"])
+        .node(MaxPool2d::new("pool", 2).padding(Padding::Same), &["sum3"])
+        .node(GlobalAveragePool2d::new("gap_max"), &["pool"])
+        .node(AvgPool2d::new("avg", 2).padding(Padding::Same), &["sum3"])
+        .node(GlobalAveragePool2d::new("gap_avg"), &["avg"])
+        .node(Concatenate::new("cat_flat"), &["gap_max", "gap_avg"])
+        .node(Dense::new("head", 16, 10, &mut rng), &["cat_flat"])
+        .build()
+        .unwrap()
+}
+
+fn graph_models() -> Vec<(&'static str, Sequential)> {
+    let mut resnet8 = pare::tensor::models::resnet8(4);
+    randomize_batch_norms(&mut resnet8, 1);
+    let mut tiny = pare::tensor::models::tiny_residual(10, 2);
+    randomize_batch_norms(&mut tiny, 3);
+    vec![
+        ("resnet8", resnet8),
+        ("tiny_residual", tiny),
+        ("branchy", branchy_model()),
+    ]
+}
+
+/// Runs the float export of `model` on onnxruntime over `x`; returns max |Δlogit| and the
+/// argmax agreement with pare's forward pass.
+fn float_graph_agreement(
+    stem: &str,
+    model: &Sequential,
+    x: ndarray::ArrayViewD<'_, f32>,
+) -> (f32, f64) {
+    let path = root().join(format!("target/pare/onnx-test/graph/{stem}.onnx"));
+    pare::onnx::save(&pare::onnx::export_float(model).unwrap(), &path).unwrap();
+    let ours = predict(model, x.view(), 100).unwrap();
+    let theirs = f32_output(
+        runtime()
+            .run(&path, Input::F32(x.view()), 0)
+            .unwrap()
+            .output,
+    );
+    let diff = max_abs_diff(ours.as_slice().unwrap(), theirs.as_slice().unwrap());
+    let (a, b) = (argmaxes(ours.view()), argmaxes(theirs.view()));
+    (diff, agreement(&a, &b))
+}
+
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+fn graph_models_export_to_onnxruntime() {
+    use pare::tensor::rand::{Rng, SeedableRng, rngs::StdRng};
+    let mut rng = StdRng::seed_from_u64(8);
+    for (stem, model) in graph_models() {
+        let mut shape = vec![64];
+        shape.extend_from_slice(&model.input_shape);
+        let x =
+            ArrayD::from_shape_simple_fn(ndarray::IxDyn(&shape), || rng.random_range(0.0f32..1.0));
+        let (diff, agree) = float_graph_agreement(stem, &model, x.view());
+        println!(
+            "{stem} float (random inputs): max |logit diff| {diff:.2e}, argmax agreement {agree:.4}"
+        );
+        assert!(diff <= 1e-4, "{stem}: max |logit difference| {diff}");
+        assert_eq!(agree, 1.0, "{stem}: argmax differs");
+    }
+}
+
+/// The residual models on MNIST test images: tiny_residual trained one epoch, ResNet-8 with
+/// its random initialisation and random BatchNorm statistics.
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+#[cfg_attr(not(pare_mnist), ignore = "needs MNIST: set MNIST_DIR")]
+fn graph_models_agree_on_mnist() {
+    let f = fixture();
+    let test = f.data.test().take(2000);
+    let x = test.images().view().into_dyn();
+    let trained = common::one_epoch(&f.data, pare::tensor::models::tiny_residual(10, 0));
+    let (_, resnet8) = graph_models().swap_remove(0);
+    for (stem, model) in [
+        ("tiny_residual_trained", trained),
+        ("resnet8_mnist", resnet8),
+    ] {
+        let (diff, agree) = float_graph_agreement(stem, &model, x.view());
+        println!(
+            "{stem} float (2,000 MNIST test images): max |logit diff| {diff:.2e}, argmax agreement {agree:.4}"
+        );
+        assert!(diff <= 1e-4, "{stem}: max |logit difference| {diff}");
+        assert_eq!(agree, 1.0, "{stem}: argmax differs");
+    }
+}
+
+/// Chains that end at each int8 op TFLite has and the ONNX exports gained for them (so that a
+/// difference shows at its op), and one through all of them, on 12×12×3 inputs.
+fn int8_op_models() -> Vec<(&'static str, Sequential)> {
+    use pare::tensor::nn::{
+        AvgPool2d, Conv2d, Dense, DepthwiseConv2d, GlobalAveragePool2d, HardSwish, ReLU6, Sigmoid,
+        Tanh,
+    };
+    use pare::tensor::rand::{SeedableRng, rngs::StdRng};
+    use pare::tensor::{Activation, Padding};
+    let mut rng = StdRng::seed_from_u64(29);
+    let input = [12, 12, 3];
+    // A linear conv ahead of each op, so that its input has calibrated, asymmetric parameters.
+    let [c1, c2, c3, c4, c5, c6, c7] = std::array::from_fn(|_| {
+        Conv2d::new("conv", 3, 6, [3, 3], &mut rng)
+            .padding(Padding::Same)
+            .activation(Activation::Linear)
+    });
+    let mut rng = StdRng::seed_from_u64(31);
+    let with = |c: Conv2d, layer: Layer| Sequential::new(&input).push(c).push(layer);
+    let all = Sequential::new(&input)
+        .push(
+            Conv2d::new("conv", 3, 8, [3, 3], &mut rng)
+                .padding(Padding::Same)
+                .use_bias(false),
+        )
+        .push(random_batch_norm("bn", 8, &mut rng))
+        .push(ReLU6::new("relu6"))
+        .push(
+            DepthwiseConv2d::with_multiplier("dw", 8, [3, 3], 2, &mut rng)
+                .strides(2)
+                .padding(Padding::Same),
+        )
+        .push(random_batch_norm("bn_dw", 16, &mut rng))
+        .push(HardSwish::new("hswish"))
+        .push(AvgPool2d::new("avg", 2).strides(1).padding(Padding::Same))
+        .push(Sigmoid::new("sigmoid"))
+        .push(Conv2d::new("pw", 16, 12, [1, 1], &mut rng))
+        .push(Tanh::new("tanh"))
+        .push(GlobalAveragePool2d::new("gap"))
+        .push(Dense::new("dense", 12, 10, &mut rng));
+    vec![
+        (
+            "depthwise",
+            Sequential::new(&input).push(
+                DepthwiseConv2d::with_multiplier("dw", 3, [3, 3], 2, &mut rng)
+                    .strides(2)
+                    .padding(Padding::Same)
+                    .activation(Activation::Relu),
+            ),
+        ),
+        (
+            "avg_pool",
+            with(
+                c1,
+                AvgPool2d::new("avg", 3)
+                    .strides(2)
+                    .padding(Padding::Same)
+                    .into(),
+            ),
+        ),
+        (
+            "global_avg_pool",
+            with(c2, GlobalAveragePool2d::new("gap").into()),
+        ),
+        ("relu6_fused", with(c3, ReLU6::new("relu6").into())),
+        (
+            "relu6_alone",
+            with(c4, AvgPool2d::new("avg", 1).into()).push(ReLU6::new("relu6")),
+        ),
+        ("sigmoid", with(c5, Sigmoid::new("sigmoid").into())),
+        ("tanh", with(c6, Tanh::new("tanh").into())),
+        ("hard_swish", with(c7, HardSwish::new("hswish").into())),
+        ("all_int8_ops", all),
+    ]
+}
+
+/// The int8 codes of a float output `y` (QDQ's `logits`, dequantized codes) at `q`.
+fn codes_of(y: &ArrayD<f32>, q: pare::quant::ActQuant) -> Vec<i8> {
+    y.iter()
+        .map(|&v| ((v / q.scale).round() as i32 + q.zero_point).clamp(-128, 127) as i8)
+        .collect()
+}
+
+/// The new int8 ops in both forms on onnxruntime, against pare's integer engine: QOperator
+/// codes against the engine under onnxruntime's rounding rule (and, printed beside, TFLite's),
+/// QDQ's dequantized output taken back to codes against the engine's.
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+fn new_int8_ops_export_to_onnxruntime() {
+    use pare::tensor::rand::{Rng, SeedableRng, rngs::StdRng};
+    let dir = root().join("target/pare/onnx-test/int8-ops");
+    let mut rng = StdRng::seed_from_u64(12);
+    let mut batch = |n: usize| {
+        ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[n, 12, 12, 3]), || {
+            rng.random_range(-1.0f32..1.0)
+        })
+    };
+    let (calibration, x) = (batch(64), batch(256));
+    for (stem, model) in int8_op_models() {
+        let q = convert(&model, calibration.view(), &ConvertConfig::default()).unwrap();
+        let codes = q.quantize_input(x.view()).unwrap();
+        let tflite = q.predict_i8(codes.view()).unwrap();
+        let ort_rule = q.clone().with_rounding(Rounding::OnnxRuntime).unwrap();
+        let ours = ort_rule.predict_i8(codes.view()).unwrap();
+
+        let path = dir.join(format!("{stem}-qoperator.onnx"));
+        pare::onnx::save(&pare::onnx::export_qoperator(&q).unwrap(), &path).unwrap();
+        let run = runtime().run(&path, Input::I8(codes.view()), 0).unwrap();
+        let theirs: ArrayD<i8> = i8_output(run.output);
+        let theirs = theirs.as_slice().unwrap();
+        let d = CodeDiff::new(ours.as_slice().unwrap(), theirs);
+        let dt = CodeDiff::new(tflite.as_slice().unwrap(), theirs);
+
+        let path = dir.join(format!("{stem}-qdq.onnx"));
+        pare::onnx::save(&pare::onnx::export_qdq(&q).unwrap(), &path).unwrap();
+        let run = runtime().run(&path, Input::F32(x.view()), 0).unwrap();
+        let Output::F32(y) = run.output else {
+            panic!("{stem}: expected floats from the QDQ model")
+        };
+        let qdq = codes_of(&y, q.output_quant().unwrap());
+        let dq = CodeDiff::new(ours.as_slice().unwrap(), &qdq);
+        let dqt = CodeDiff::new(tflite.as_slice().unwrap(), &qdq);
+        println!(
+            "{stem} ({} codes): qoperator {:.3} % equal to pare under onnxruntime's rule ({}), \
+             {:.3} % under TFLite's ({}); qdq {:.3} % ({}), {:.3} % under TFLite's ({})",
+            d.total,
+            100.0 * d.equal_fraction(),
+            d.histogram_line(),
+            100.0 * dt.equal_fraction(),
+            dt.histogram_line(),
+            100.0 * dq.equal_fraction(),
+            dq.histogram_line(),
+            100.0 * dqt.equal_fraction(),
+            dqt.histogram_line(),
+        );
+        // Bit for bit where onnxruntime has the op's arithmetic: depthwise `QLinearConv`, the
+        // ReLU6 clamp, `QLinearSigmoid`'s table and the float tanh / hard-swish between
+        // `DequantizeLinear` and `QuantizeLinear` round as pare's tables do. The average pools
+        // differ: `QLinearAveragePool` resolves exact ties (a window sum halfway between two
+        // codes) by its float arithmetic's noise (see
+        // `qlinear_average_pool_differs_from_pare_only_at_ties`), and pare's global average
+        // pool is TFLite's `MEAN`, whose fixed-point multiplier has `1 / count` folded in and
+        // lands up to 0.75 steps from the exact mean, which onnxruntime computes in float.
+        let (qoperator_min, qdq_min) = match stem {
+            "avg_pool" => (0.95, 0.95),
+            "global_avg_pool" | "all_int8_ops" => (0.9, 0.9),
+            _ => (1.0, 0.9999),
+        };
+        for (form, d, min) in [("qoperator", &d, qoperator_min), ("qdq", &dq, qdq_min)] {
+            assert!(
+                d.equal_fraction() >= min && d.max_abs <= 1,
+                "{stem} {form}: {}",
+                d.histogram_line()
+            );
+        }
+    }
+}
+
+/// One int8 average pool (3×3, stride 2, `same` padding, so the edge windows count 4 and 6
+/// elements) on onnxruntime's `QLinearAveragePool` against pare's TFLite kernel: the codes
+/// are equal wherever the window's mean is not exactly halfway between two codes.
+#[test]
+#[cfg_attr(
+    not(pare_onnxruntime),
+    ignore = "needs onnxruntime: run tools/setup-onnx.sh"
+)]
+fn qlinear_average_pool_differs_from_pare_only_at_ties() {
+    use pare::tensor::Padding;
+    use pare::tensor::nn::AvgPool2d;
+    use pare::tensor::rand::{Rng, SeedableRng, rngs::StdRng};
+    let (h, w, c) = (12, 12, 3);
+    let model = Sequential::new(&[h, w, c])
+        .push(AvgPool2d::new("avg", 3).strides(2).padding(Padding::Same));
+    let mut rng = StdRng::seed_from_u64(3);
+    let x = ArrayD::from_shape_simple_fn(ndarray::IxDyn(&[64, h, w, c]), || {
+        rng.random_range(-1.0f32..1.0)
+    });
+    let q = convert(&model, x.view(), &ConvertConfig::default()).unwrap();
+    let codes = q.quantize_input(x.view()).unwrap();
+    let ours = q.predict_i8(codes.view()).unwrap();
+    let path = root().join("target/pare/onnx-test/int8-ops/avg_pool_alone-qoperator.onnx");
+    pare::onnx::save(&pare::onnx::export_qoperator(&q).unwrap(), &path).unwrap();
+    let theirs: ArrayD<i8> = i8_output(
+        runtime()
+            .run(&path, Input::I8(codes.view()), 0)
+            .unwrap()
+            .output,
+    );
+    let zp = q.input_quant().unwrap().zero_point;
+    // `same` with an odd window and stride 2 on 12 pads one row and column after (TF's rule).
+    let (oh, ow) = (6, 6);
+    let (mut ties, mut at_ties, mut elsewhere) = (0, 0, 0);
+    let theirs = theirs.as_slice().unwrap();
+    for (i, (&a, &b)) in ours.as_slice().unwrap().iter().zip(theirs).enumerate() {
+        let (n, y, xx, ch) = (i / (oh * ow * c), i / (ow * c) % oh, i / c % ow, i % c);
+        let (mut sum, mut count) = (0i32, 0i32);
+        for dy in 0..3 {
+            for dx in 0..3 {
+                let (iy, ix) = (2 * y + dy, 2 * xx + dx);
+                if iy < h && ix < w {
+                    sum += codes[[n, iy, ix, ch]] as i32 - zp;
+                    count += 1;
+                }
+            }
+        }
+        let tie = (2 * sum).rem_euclid(2 * count) == count;
+        ties += usize::from(tie);
+        match (a == b, tie) {
+            (true, _) => {}
+            (false, true) => at_ties += 1,
+            (false, false) => elsewhere += 1,
+        }
+        assert!(
+            (a as i32 - b as i32).abs() <= 1,
+            "code {i}: pare {a}, onnxruntime {b}"
+        );
+    }
+    println!(
+        "average pool: {} codes, {ties} at a tie, {at_ties} of those differ, {elsewhere} \
+         differ elsewhere",
+        theirs.len()
+    );
+    assert_eq!(elsewhere, 0);
+}

@@ -3,6 +3,8 @@
 //! the layout changes, and back to NHWC before any reshape, so that a flatten keeps pare's
 //! (and Keras') NHWC order and dense kernels need no row permutation.
 
+use std::collections::HashMap;
+
 use crate::proto::{
     AttributeProto, AttributeType, DataType, Dimension, DimensionValue, GraphProto, ModelProto,
     NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto,
@@ -18,7 +20,7 @@ pub const OPSET: i64 = 13;
 pub const MS_DOMAIN: &str = "com.microsoft";
 
 /// Layout of the value being built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum Layout {
     /// pare's layout: `[n, h, w, c]` for images, `[n, k]` for flat values.
     Nhwc,
@@ -41,6 +43,9 @@ pub(crate) struct GraphBuilder {
     initializers: Vec<TensorProto>,
     uses_ms_domain: bool,
     count: usize,
+    /// `(value, layout)` → the value transposed to that layout, so that a value several
+    /// branches read in the other layout is transposed once.
+    transposed: HashMap<(String, Layout), String>,
 }
 
 impl GraphBuilder {
@@ -150,6 +155,11 @@ impl GraphBuilder {
         if cur.layout == layout {
             return;
         }
+        if let Some(t) = self.transposed.get(&(cur.name.clone(), layout)) {
+            cur.name = t.clone();
+            cur.layout = layout;
+            return;
+        }
         let perm: &[i64] = match layout {
             Layout::Nchw => &[0, 3, 1, 2],
             Layout::Nhwc => &[0, 2, 3, 1],
@@ -158,7 +168,13 @@ impl GraphBuilder {
             Layout::Nchw => "to_nchw",
             Layout::Nhwc => "to_nhwc",
         };
-        cur.name = self.node("Transpose", &[&cur.name], vec![ints("perm", perm)], stem);
+        let t = self.node("Transpose", &[&cur.name], vec![ints("perm", perm)], stem);
+        self.transposed
+            .insert((cur.name.clone(), layout), t.clone());
+        // Transposing back gives the value itself.
+        self.transposed
+            .insert((t.clone(), cur.layout), cur.name.clone());
+        cur.name = t;
         cur.layout = layout;
     }
 
@@ -185,10 +201,15 @@ impl GraphBuilder {
         doc: String,
         metadata: Vec<(String, String)>,
     ) -> ModelProto {
+        // Renaming the producer of the result is enough unless another node reads it too (a
+        // graph model's output may be an input of an earlier branch's transpose).
+        let read = self
+            .nodes
+            .iter()
+            .any(|n| n.input.iter().any(|i| i == result));
         match self.nodes.iter_mut().find(|n| n.output[0] == result) {
-            // The last value is consumed by no node, so renaming its producer is enough.
-            Some(n) => n.output[0] = output.0.to_string(),
-            None => {
+            Some(n) if !read => n.output[0] = output.0.to_string(),
+            _ => {
                 self.node("Identity", &[result], vec![], output.0);
                 let last = self
                     .nodes
@@ -348,4 +369,82 @@ pub(crate) fn oihw<T: Copy>(kernel: &ndarray::ArrayD<T>) -> (Vec<usize>, Vec<T>)
     let (kh, kw, cin, cout) = k.dim();
     let t = k.permuted_axes([3, 2, 0, 1]);
     (vec![cout, cin, kh, kw], t.iter().copied().collect())
+}
+
+/// The values a layer of `model` reads, in its wiring's order (in a chain, the layer
+/// before's).
+///
+/// # Errors
+/// [`crate::OnnxError::Unsupported`] for a layer whose inputs were never computed, which only
+/// a model whose wiring was edited by hand can have.
+pub(crate) fn model_inputs(
+    model: &pare_tensor::Model,
+    layer: &str,
+    values: &HashMap<&str, Cursor>,
+) -> crate::Result<Vec<Cursor>> {
+    let unwired = |reason: String| crate::OnnxError::Unsupported {
+        layer: layer.to_string(),
+        reason,
+    };
+    let inputs = model
+        .inputs_of(layer)
+        .ok_or_else(|| unwired("the model's wiring does not name this layer".into()))?;
+    inputs
+        .iter()
+        .map(|i| {
+            values
+                .get(i)
+                .cloned()
+                .ok_or_else(|| unwired(format!("input {i:?} is computed nowhere before it")))
+        })
+        .collect()
+}
+
+/// The inputs brought to one layout, the first's: element-wise ops and a channel concat work
+/// in either, so the values stay as their producers left them where they agree.
+pub(crate) fn one_layout(g: &mut GraphBuilder, inputs: &mut [Cursor]) -> Layout {
+    let layout = inputs[0].layout;
+    for c in inputs.iter_mut() {
+        g.transpose_to(c, layout);
+    }
+    inputs[0].layout
+}
+
+/// The axis of ONNX's `Concat` that is pare's last (channel) axis, for a value in `layout` of
+/// per-example rank `rank`.
+pub(crate) fn channel_axis(layout: Layout, rank: usize) -> i64 {
+    if layout == Layout::Nchw && rank == 3 {
+        1
+    } else {
+        -1
+    }
+}
+
+/// A merge node on float values: `Add` (as binary `Add`s, summed left to right as pare does)
+/// or `Concatenate` (`Concat` on the channel axis), the result of per-example `shape`.
+pub(crate) fn merge(
+    g: &mut GraphBuilder,
+    layer: &str,
+    mut inputs: Vec<Cursor>,
+    add: bool,
+    shape: &[usize],
+) -> Cursor {
+    let layout = one_layout(g, &mut inputs);
+    let names: Vec<&str> = inputs.iter().map(|c| c.name.as_str()).collect();
+    let name = if add {
+        let (first, rest) = names
+            .split_first()
+            .unwrap_or_else(|| panic!("{layer}: a merge of no inputs (checked by the model)"));
+        rest.iter().fold(first.to_string(), |acc, x| {
+            g.node("Add", &[&acc, x], vec![], layer)
+        })
+    } else {
+        let axis = channel_axis(layout, shape.len());
+        g.node("Concat", &names, vec![int("axis", axis)], layer)
+    };
+    Cursor {
+        name,
+        layout,
+        shape: shape.to_vec(),
+    }
 }

@@ -1,7 +1,6 @@
 //! Measures of agreement between pare and another runtime on the same inputs.
 
 use std::collections::BTreeMap;
-use std::time::Instant;
 
 use ndarray::ArrayView2;
 use pare_tensor::train::argmax;
@@ -85,25 +84,6 @@ pub fn agreement(a: &[usize], b: &[usize]) -> f64 {
         return 1.0;
     }
     a.iter().zip(b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64
-}
-
-/// Median wall time of `runs` calls of `f(i)`, µs, after `min(runs, 200)` warm-up calls.
-pub fn median_latency_us(runs: usize, mut f: impl FnMut(usize)) -> f64 {
-    for i in 0..runs.min(200) {
-        f(i);
-    }
-    let mut t: Vec<f64> = (0..runs)
-        .map(|i| {
-            let start = Instant::now();
-            f(i);
-            start.elapsed().as_secs_f64() * 1e6
-        })
-        .collect();
-    if t.is_empty() {
-        return f64::NAN;
-    }
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
 }
 
 #[cfg(test)]

@@ -1,16 +1,19 @@
 //! A float [`Sequential`] as plain ONNX operators.
 
+use std::collections::HashMap;
+
 use pare_tensor::nn::Layer;
-use pare_tensor::{Activation, Sequential};
+use pare_tensor::{Activation, INPUT, Sequential};
 
 use crate::builder::{
-    Cursor, GraphBuilder, Layout, conv_attributes, float, int, oihw, window_attributes,
+    Cursor, GraphBuilder, Layout, conv_attributes, float, int, merge, model_inputs, oihw,
+    window_attributes,
 };
 use crate::error::{OnnxError, Result};
 use crate::proto::{DataType, ModelProto};
 
-/// Exports a float model: `input` float `[batch, input_shape...]` (NHWC, as the model takes
-/// it) to `logits` float `[batch, outputs...]`.
+/// Exports a float model, a chain or a graph model: `input` float `[batch, input_shape...]`
+/// (NHWC, as the model takes it) to `logits` float `[batch, outputs...]`.
 ///
 /// Conv → `Conv` (kernel transposed to `[out, in, kh, kw]`), max-pool → `MaxPool`, dense →
 /// `Gemm` (kernel `[in, out]` as is), reshape and flatten → `Reshape` on the NHWC value,
@@ -23,23 +26,38 @@ use crate::proto::{DataType, ModelProto};
 /// `[0, 6]`, hard-swish → `x · HardSigmoid(x)` (α = 1/6, β = 1/2: opset 13 has no
 /// `HardSwish`), `Softmax` over the last axis; dropout exports as nothing (inference).
 ///
+/// A graph model's nodes export in its layer order, each reading the values its wiring names:
+/// `Add` → binary `Add`s summed left to right, `Concatenate` → `Concat` on the channel axis
+/// (axis 1 of an NCHW value, the last of an NHWC or flat one). A merge takes its first input's
+/// layout, transposing the others to it, and a value read in the other layout by several
+/// branches is transposed once.
+///
 /// # Errors
-/// [`OnnxError::Unsupported`] for a custom layer, or a model whose layers do not chain.
+/// [`OnnxError::Unsupported`] for a custom layer, or a model whose shapes or wiring do not
+/// fit ([`OnnxError::Tensor`]).
 pub fn export_float(model: &Sequential) -> Result<ModelProto> {
-    // The exporter follows the layer list; a graph model's edges are in its wiring.
-    model.require_sequential("ONNX export")?;
     let output_shape = model.output_shape()?;
+    let shapes = model.node_shapes()?;
     let mut g = GraphBuilder::default();
-    let mut cur = Cursor {
-        name: "input".into(),
-        layout: Layout::Nhwc,
-        shape: model.input_shape.clone(),
-    };
-    for layer in &model.layers {
+    let mut values: HashMap<&str, Cursor> = HashMap::from([(
+        INPUT,
+        Cursor {
+            name: "input".into(),
+            layout: Layout::Nhwc,
+            shape: model.input_shape.clone(),
+        },
+    )]);
+    let mut cur = values[INPUT].clone();
+    for (layer, out_shape) in model.layers.iter().zip(shapes) {
         let m = layer.module();
         let name = m.name();
-        let out_shape = m.output_shape(&cur.shape)?;
+        let inputs = model_inputs(model, name, &values)?;
+        cur = inputs[0].clone();
         match layer {
+            Layer::Add(_) | Layer::Concatenate(_) => {
+                let add = matches!(layer, Layer::Add(_));
+                cur = merge(&mut g, name, inputs, add, &out_shape);
+            }
             Layer::Conv2d(c) => {
                 g.transpose_to(&mut cur, Layout::Nchw);
                 let [kh, kw, _, _] = c.kernel_shape();
@@ -142,19 +160,8 @@ pub fn export_float(model: &Sequential) -> Result<ModelProto> {
             }
             Layer::Sigmoid(_) => cur.name = g.node("Sigmoid", &[&cur.name], vec![], name),
             Layer::Tanh(_) => cur.name = g.node("Tanh", &[&cur.name], vec![], name),
-            Layer::ReLU6(_) => {
-                // Opset 13's Clip takes its bounds as inputs.
-                let lo = g.f32s(format!("{name}/min"), &[], &[0.0]);
-                let hi = g.f32s(format!("{name}/max"), &[], &[6.0]);
-                cur.name = g.node("Clip", &[&cur.name, &lo, &hi], vec![], name);
-            }
-            Layer::HardSwish(_) => {
-                // HardSwish is opset 14; x · HardSigmoid(x) with α = 1/6, β = 1/2 is the same
-                // x · relu6(x + 3) / 6 in opset 13.
-                let attrs = vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)];
-                let gate = g.node("HardSigmoid", &[&cur.name], attrs, name);
-                cur.name = g.node("Mul", &[&cur.name, &gate], vec![], name);
-            }
+            Layer::ReLU6(_) => cur.name = relu6(&mut g, &cur.name, name),
+            Layer::HardSwish(_) => cur.name = hard_swish(&mut g, &cur.name, name),
             Layer::Softmax(_) => {
                 // pare's softmax is over the last axis of the NHWC value.
                 g.transpose_to(&mut cur, Layout::Nhwc);
@@ -176,6 +183,7 @@ pub fn export_float(model: &Sequential) -> Result<ModelProto> {
                 });
             }
         }
+        values.insert(name, cur.clone());
     }
     g.transpose_to(&mut cur, Layout::Nhwc);
     Ok(g.finish(
@@ -186,6 +194,22 @@ pub fn export_float(model: &Sequential) -> Result<ModelProto> {
         format!("pare float model, {} parameters", model.num_params()),
         vec![("pare.format".into(), "float".into())],
     ))
+}
+
+/// ReLU6 of the float value `x`: `Clip` to `[0, 6]` (opset 13's `Clip` takes its bounds as
+/// inputs).
+pub(crate) fn relu6(g: &mut GraphBuilder, x: &str, layer: &str) -> String {
+    let lo = g.f32s(format!("{layer}/min"), &[], &[0.0]);
+    let hi = g.f32s(format!("{layer}/max"), &[], &[6.0]);
+    g.node("Clip", &[x, &lo, &hi], vec![], layer)
+}
+
+/// Hard-swish of the float value `x`. `HardSwish` is opset 14; `x · HardSigmoid(x)` with
+/// α = 1/6, β = 1/2 is the same `x · relu6(x + 3) / 6` in opset 13.
+pub(crate) fn hard_swish(g: &mut GraphBuilder, x: &str, layer: &str) -> String {
+    let attrs = vec![float("alpha", 1.0 / 6.0), float("beta", 0.5)];
+    let gate = g.node("HardSigmoid", &[x], attrs, layer);
+    g.node("Mul", &[x, &gate], vec![], layer)
 }
 
 /// A depthwise kernel `[kh, kw, c, m]` as the weight of ONNX's grouped `Conv` (`group = c`):

@@ -1,13 +1,15 @@
 //! ONNX export and Keras weight import for pare, checked by onnxruntime.
 //!
-//! - [`export_float`]: a float [`Sequential`] as plain ONNX (`Conv`, `MaxPool`, `Relu` /
-//!   `LeakyRelu`, `Reshape`, `Gemm`; BatchNorm, depthwise convs, the average pools, the other
-//!   activations and softmax as their ONNX operators), NHWC in and out as pare takes it, with
-//!   the `Transpose`s ONNX's NCHW convolutions need.
+//! - [`export_float`]: a float [`Sequential`] or graph model as plain ONNX (`Conv`,
+//!   `MaxPool`, `Relu` / `LeakyRelu`, `Reshape`, `Gemm`; BatchNorm, depthwise convs, the
+//!   average pools, the other activations and softmax as their ONNX operators; `Add` and
+//!   `Concat` for a graph's merges), NHWC in and out as pare takes it, with the `Transpose`s
+//!   ONNX's NCHW convolutions need.
 //! - [`export_qdq`] / [`export_qoperator`]: a full-integer [`QuantizedModel`] in QDQ form
 //!   (`QuantizeLinear` / `DequantizeLinear` around float operators, per-channel weight scales,
 //!   int32 biases) or QOperator form (`QLinearConv`, int8 `MaxPool`, `Clip` for the fused
-//!   ReLU), both with pare's exact scales and zero points. A pruned model exports with its
+//!   ReLU and ReLU6, onnxruntime's `com.microsoft` contrib ops for leaky ReLU, the average
+//!   pools and sigmoid), both with pare's exact scales and zero points. A pruned model exports with its
 //!   zeros: ONNX has no sparse kernels, so the file is as large as the dense one and only the
 //!   gzipped size ([`FileSize`]) shows the sparsity.
 //! - [`write_all`]: the float, QDQ and QOperator files of a model in one call, with their sizes.

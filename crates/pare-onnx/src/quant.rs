@@ -3,6 +3,7 @@
 //! integer kernels) and QOperator (integer operators: `QLinearConv`, int8 `MaxPool`, …). Both
 //! carry pare's scales and zero points exactly as the model holds them.
 
+use pare_quant::kernels::lut::relu6_range;
 use pare_quant::{ActQuant, Bias, InputType, LayerKind, Mode, QuantizedLayer, QuantizedModel};
 
 use crate::builder::{
@@ -10,6 +11,7 @@ use crate::builder::{
     window_attributes,
 };
 use crate::error::{OnnxError, Result};
+use crate::float::{hard_swish, relu6};
 use crate::proto::{DataType, ModelProto};
 
 fn tensor_padding(p: pare_quant::Padding) -> pare_tensor::Padding {
@@ -59,15 +61,6 @@ fn parts(layer: &QuantizedLayer) -> Result<Parts<'_>> {
         bias,
         output,
     })
-}
-
-/// The error for an int8 op the exporters have no ONNX form for yet (depthwise conv, pooling
-/// other than max, the table activations).
-fn no_onnx_form(layer: &QuantizedLayer, kind: &LayerKind) -> OnnxError {
-    OnnxError::Unsupported {
-        layer: layer.name.clone(),
-        reason: format!("no int8 ONNX export for {} layers yet", kind.op_name()),
-    }
 }
 
 fn output_of(layer: &QuantizedLayer) -> Result<ActQuant> {
@@ -182,6 +175,12 @@ fn axis_attr(channels: usize, axis: i64) -> Vec<crate::proto::AttributeProto> {
 /// to the zero point. Transposes and reshapes move the int8 codes, between a `QuantizeLinear`
 /// and a `DequantizeLinear`.
 ///
+/// The newer ops wrap their float operators the same way: depthwise conv → grouped `Conv`
+/// (per-channel weights along `c · m`), average pool → `AveragePool` (padding not counted),
+/// global average pool → `GlobalAveragePool` + `Flatten`, ReLU6 → `Clip` to `[0, 6]`,
+/// sigmoid, tanh → `Sigmoid`, `Tanh` (at TFLite's fixed output parameters), hard-swish →
+/// `x · HardSigmoid(x)`.
+///
 /// `QuantizeLinear` rounds half to even where pare rounds half away from zero; only inputs
 /// exactly halfway between two codes can quantize differently.
 ///
@@ -274,7 +273,65 @@ pub fn export_qdq(model: &QuantizedModel) -> Result<ModelProto> {
                 cur.name = quantize(&mut g, &y, out, &format!("{name}/output"));
                 in_q = out;
             }
-            other => return Err(no_onnx_form(layer, other)),
+            LayerKind::DepthwiseConv2d {
+                kernel_size,
+                strides,
+                padding,
+                relu,
+            } => {
+                let p = parts(layer)?;
+                g.transpose_to(&mut cur, Layout::Nchw);
+                let attrs =
+                    depthwise_attributes(layer, &cur.shape, *kernel_size, *strides, *padding)?;
+                let x = dq(&mut g, &cur, in_q, &format!("{name}/input"));
+                let (dims, codes) = depthwise_oihw(&p.weights.kernel);
+                let w = qdq_weights(&mut g, name, &dims, &codes, &p.weights.scale, 0);
+                let b = qdq_bias(&mut g, name, p.bias, in_q.scale, &p.weights.scale);
+                let mut y = g.node("Conv", &[&x, &w, &b], attrs, name);
+                if *relu {
+                    y = g.node("Relu", &[&y], vec![], name);
+                }
+                cur.name = quantize(&mut g, &y, p.output, &format!("{name}/output"));
+                in_q = p.output;
+            }
+            LayerKind::AvgPool2d {
+                pool,
+                strides,
+                padding,
+            } => {
+                g.transpose_to(&mut cur, Layout::Nchw);
+                let attrs = avg_pool_attributes(name, &cur.shape, *pool, *strides, *padding)?;
+                let x = dq(&mut g, &cur, in_q, &format!("{name}/input"));
+                let y = g.node("AveragePool", &[&x], attrs, name);
+                cur.name = quantize(&mut g, &y, in_q, &format!("{name}/output"));
+            }
+            LayerKind::GlobalAvgPool2d => {
+                let out = output_of(layer)?;
+                g.transpose_to(&mut cur, Layout::Nchw);
+                let x = dq(&mut g, &cur, in_q, &format!("{name}/input"));
+                let pooled = g.node("GlobalAveragePool", &[&x], vec![], name);
+                // [n, c, 1, 1] to pare's [n, c].
+                let y = g.node("Flatten", &[&pooled], vec![int("axis", 1)], name);
+                cur.name = quantize(&mut g, &y, out, &format!("{name}/output"));
+                cur.layout = Layout::Nhwc;
+                in_q = out;
+            }
+            LayerKind::Relu6 => {
+                let x = dq(&mut g, &cur, in_q, &format!("{name}/input"));
+                let y = relu6(&mut g, &x, name);
+                cur.name = quantize(&mut g, &y, in_q, &format!("{name}/output"));
+            }
+            LayerKind::Sigmoid | LayerKind::Tanh | LayerKind::HardSwish => {
+                let out = output_of(layer)?;
+                let x = dq(&mut g, &cur, in_q, &format!("{name}/input"));
+                let y = match layer.kind {
+                    LayerKind::Sigmoid => g.node("Sigmoid", &[&x], vec![], name),
+                    LayerKind::Tanh => g.node("Tanh", &[&x], vec![], name),
+                    _ => hard_swish(&mut g, &x, name),
+                };
+                cur.name = quantize(&mut g, &y, out, &format!("{name}/output"));
+                in_q = out;
+            }
         }
         cur.shape = layer.output_shape.clone();
     }
@@ -365,7 +422,14 @@ fn qdq_bias(
 /// - a fused ReLU → `Clip` at the output zero point, pare's clamp (omitted when the zero point
 ///   is −128, where the clamp is void);
 /// - max-pool → `MaxPool` on int8; reshape → `Reshape`; a separate ReLU → `Clip`;
-/// - leaky ReLU → onnxruntime's `com.microsoft.QLinearLeakyRelu` (no standard int8 form).
+/// - leaky ReLU → onnxruntime's `com.microsoft.QLinearLeakyRelu` (no standard int8 form);
+/// - depthwise conv → `QLinearConv` with `group` = input channels, kernel `[c · m, 1, kh, kw]`;
+/// - average pool → `com.microsoft.QLinearAveragePool` (padding not counted), global average
+///   pool → `com.microsoft.QLinearGlobalAveragePool` and a `Reshape` to `[batch, c]`;
+/// - ReLU6 → `Clip` to the codes of 0 and 6, as pare clamps; sigmoid →
+///   `com.microsoft.QLinearSigmoid`; tanh and hard-swish, which have no integer operator in
+///   ONNX or onnxruntime, → the float operator between `DequantizeLinear` and
+///   `QuantizeLinear`.
 ///
 /// onnxruntime requantizes in f32 and rounds once (ties to even), and builds its leaky-ReLU
 /// table in f32; pare's default engine rounds as TFLite does, twice. The model's
@@ -494,7 +558,105 @@ pub fn export_qoperator_with(
                 );
                 in_q = out;
             }
-            other => return Err(no_onnx_form(layer, other)),
+            LayerKind::DepthwiseConv2d {
+                kernel_size,
+                strides,
+                padding,
+                relu,
+            } => {
+                let p = parts(layer)?;
+                g.transpose_to(&mut cur, Layout::Nchw);
+                let attrs =
+                    depthwise_attributes(layer, &cur.shape, *kernel_size, *strides, *padding)?;
+                let (dims, kernel) = depthwise_oihw(&p.weights.kernel);
+                let w = (dims.as_slice(), kernel.as_slice());
+                cur.name = qlinear_conv(&mut g, name, &cur.name, in_q, &p, w, attrs, codes);
+                if *relu {
+                    clip_at(&mut g, &mut cur, p.output.zero_point, name, codes);
+                }
+                in_q = p.output;
+            }
+            LayerKind::AvgPool2d {
+                pool,
+                strides,
+                padding,
+            } => {
+                g.transpose_to(&mut cur, Layout::Nchw);
+                let attrs = avg_pool_attributes(name, &cur.shape, *pool, *strides, *padding)?;
+                let (xs, xz) = act_params(&mut g, &format!("{name}/input"), in_q);
+                let (ys, yz) = act_params(&mut g, &format!("{name}/output"), in_q);
+                cur.name = g.node_in(
+                    MS_DOMAIN,
+                    "QLinearAveragePool",
+                    &[&cur.name, &xs, &xz, &ys, &yz],
+                    attrs,
+                    name,
+                );
+            }
+            LayerKind::GlobalAvgPool2d => {
+                let out = output_of(layer)?;
+                g.transpose_to(&mut cur, Layout::Nchw);
+                let (xs, xz) = act_params(&mut g, &format!("{name}/input"), in_q);
+                let (ys, yz) = act_params(&mut g, &format!("{name}/output"), out);
+                let pooled = g.node_in(
+                    MS_DOMAIN,
+                    "QLinearGlobalAveragePool",
+                    &[&cur.name, &xs, &xz, &ys, &yz],
+                    vec![int("channels_last", 0)],
+                    name,
+                );
+                let channels = layer.output_shape.iter().product::<usize>() as i64;
+                let flat = shape_init(&mut g, &format!("{name}/flat"), &[0, channels]);
+                cur.name = g.node("Reshape", &[&pooled, &flat], vec![], name);
+                cur.layout = Layout::Nhwc;
+                in_q = out;
+            }
+            LayerKind::Relu6 => {
+                // The codes of 0 and 6, as pare's engine clamps.
+                let (lo, hi) = relu6_range((in_q.scale, in_q.zero_point));
+                let lo_code = zero_point_as(&mut g, format!("{name}/min"), lo, codes);
+                let hi_code = zero_point_as(&mut g, format!("{name}/max"), hi.max(lo), codes);
+                cur.name = g.node("Clip", &[&cur.name, &lo_code, &hi_code], vec![], name);
+            }
+            LayerKind::Sigmoid => {
+                let out = output_of(layer)?;
+                let (xs, xz) = act_params(&mut g, &format!("{name}/input"), in_q);
+                let (ys, yz) = act_params(&mut g, &format!("{name}/output"), out);
+                cur.name = g.node_in(
+                    MS_DOMAIN,
+                    "QLinearSigmoid",
+                    &[&cur.name, &xs, &xz, &ys, &yz],
+                    vec![],
+                    name,
+                );
+                in_q = out;
+            }
+            LayerKind::Tanh | LayerKind::HardSwish => {
+                // Neither ONNX nor onnxruntime's contrib domain has an integer tanh or
+                // hard-swish: the float operator between a DequantizeLinear and a
+                // QuantizeLinear, as onnxruntime's own quantizer leaves operators it has no
+                // QLinear form for.
+                let out = output_of(layer)?;
+                let (xs, xz) = act_params(&mut g, &format!("{name}/input"), in_q);
+                let x = g.node(
+                    "DequantizeLinear",
+                    &[&cur.name, &xs, &xz],
+                    vec![],
+                    &format!("{name}/input"),
+                );
+                let y = match layer.kind {
+                    LayerKind::Tanh => g.node("Tanh", &[&x], vec![], name),
+                    _ => hard_swish(&mut g, &x, name),
+                };
+                let (ys, yz) = act_params(&mut g, &format!("{name}/output"), out);
+                cur.name = g.node(
+                    "QuantizeLinear",
+                    &[&y, &ys, &yz],
+                    vec![],
+                    &format!("{name}/output"),
+                );
+                in_q = out;
+            }
         }
         cur.shape = layer.output_shape.clone();
     }
@@ -507,6 +669,52 @@ pub fn export_qoperator_with(
         doc(model, "QOperator"),
         metadata(model, "qoperator"),
     ))
+}
+
+/// A depthwise kernel's codes `[kh, kw, c · m]` as the weight of ONNX's grouped `Conv`
+/// (`group = c`): `[c · m, 1, kh, kw]`, output channel `ci · m + j` reading input channel
+/// `ci` in both.
+fn depthwise_oihw(kernel: &ndarray::ArrayD<i8>) -> (Vec<usize>, Vec<i8>) {
+    let k = kernel
+        .view()
+        .into_dimensionality::<ndarray::Ix3>()
+        .expect("depthwise_oihw: int8 depthwise kernels are 3-D, checked by the model");
+    let (kh, kw, cout) = k.dim();
+    let t = k.permuted_axes([2, 0, 1]);
+    (vec![cout, 1, kh, kw], t.iter().copied().collect())
+}
+
+/// The attributes of a depthwise conv on the `[h, w, c]` input: a conv's, `group = c`.
+fn depthwise_attributes(
+    layer: &QuantizedLayer,
+    input: &[usize],
+    kernel: [usize; 2],
+    strides: [usize; 2],
+    padding: pare_quant::Padding,
+) -> Result<Vec<crate::proto::AttributeProto>> {
+    let &[_, _, channels] = input else {
+        return Err(OnnxError::Unsupported {
+            layer: layer.name.clone(),
+            reason: format!("depthwise conv input must be [h, w, c], found {input:?}"),
+        });
+    };
+    let mut attrs = conv_attributes(&layer.name, input, kernel, strides, tensor_padding(padding))?;
+    attrs.push(int("group", channels as i64));
+    Ok(attrs)
+}
+
+/// The attributes of an average pool: the window's, the padding left out of each window's
+/// count, as TFLite's `AVERAGE_POOL_2D` (and Keras) count.
+fn avg_pool_attributes(
+    layer: &str,
+    input: &[usize],
+    pool: [usize; 2],
+    strides: [usize; 2],
+    padding: pare_quant::Padding,
+) -> Result<Vec<crate::proto::AttributeProto>> {
+    let mut attrs = window_attributes(layer, input, pool, strides, tensor_padding(padding))?;
+    attrs.push(int("count_include_pad", 0));
+    Ok(attrs)
 }
 
 fn shape_init(g: &mut GraphBuilder, layer: &str, shape: &[i64]) -> String {

@@ -257,8 +257,8 @@ fn attr_ints(n: &NodeProto, name: &str) -> Vec<usize> {
         .map_or(vec![], |a| a.ints.iter().map(|&v| v as usize).collect())
 }
 
-/// Runs a float graph of Transpose / Reshape / Conv / MaxPool / Relu / LeakyRelu / Gemm with
-/// plain loops.
+/// Runs a float graph of Transpose / Reshape / Conv / MaxPool / Relu / LeakyRelu / Gemm / Add
+/// / Concat with plain loops.
 fn evaluate(m: &ModelProto, x: ArrayD<f32>) -> ArrayD<f32> {
     let g = m.graph.as_ref().unwrap();
     let mut values: HashMap<String, ArrayD<f32>> = HashMap::new();
@@ -309,6 +309,17 @@ fn evaluate(m: &ModelProto, x: ArrayD<f32>) -> ArrayD<f32> {
                     .into_dimensionality::<ndarray::Ix2>()
                     .unwrap();
                 (a2.dot(&w) + &values[&n.input[2]]).into_dyn()
+            }
+            "Add" => a + &values[&n.input[1]],
+            "Concat" => {
+                let axis = n.attribute[0].i;
+                let axis = if axis < 0 {
+                    a.ndim() as i64 + axis
+                } else {
+                    axis
+                } as usize;
+                let parts: Vec<_> = n.input.iter().map(|i| values[i].view()).collect();
+                ndarray::concatenate(Axis(axis), &parts).unwrap()
             }
             "Conv" | "MaxPool" => window_op(
                 n,
@@ -403,5 +414,114 @@ fn the_float_graph_computes_pares_forward_pass() {
             assert_abs_diff_eq!(g, w, epsilon = 1e-4);
         }
         let _ = Axis(0);
+    }
+}
+
+/// A graph model whose merges meet both layouts: a concat of the NHWC input with a conv's
+/// NCHW output, an add of three branches (one the concat itself), a concat of flat values.
+fn branchy() -> pare_tensor::Model {
+    use pare_tensor::nn::Model;
+    use pare_tensor::{Add, Concatenate, INPUT};
+    let conv = |name: &str, cin: usize, cout: usize, k: usize, seed: u64| {
+        Conv2d::seeded(name, cin, cout, [k, k], seed)
+            .padding(Padding::Same)
+            .activation(Activation::Relu)
+    };
+    Model::functional(&[6, 5, 2])
+        .node(conv("a", 2, 3, 3, 1), &[INPUT])
+        .node(Concatenate::new("cat"), &["a", INPUT])
+        .node(conv("b1", 5, 5, 1, 2), &["cat"])
+        .node(conv("b2", 5, 5, 3, 3), &["cat"])
+        .node(Add::new("sum"), &["b1", "cat", "b2"])
+        .node(MaxPool2d::new("pool", 2), &["sum"])
+        .node(Flatten::new("flat_pool"), &["pool"])
+        .node(Flatten::new("flat_a"), &["a"])
+        .node(Concatenate::new("cat_flat"), &["flat_pool", "flat_a"])
+        .node(
+            Dense::seeded("head", 3 * 2 * 5 + 6 * 5 * 3, 4, 4),
+            &["cat_flat"],
+        )
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_graph_models_float_graph_computes_its_forward_pass() {
+    let model = branchy();
+    let m = export_float(&model).unwrap();
+    let ops = ops(&m);
+    assert_eq!(ops.iter().filter(|o| **o == "Add").count(), 2, "{ops:?}");
+    assert_eq!(ops.iter().filter(|o| **o == "Concat").count(), 2, "{ops:?}");
+    // The input goes to NCHW once though the conv `a` and the concat both read it there; the
+    // conv outputs of `a` and of the pool go back to NHWC once each, for the flattens.
+    assert_eq!(
+        ops.iter().filter(|o| **o == "Transpose").count(),
+        3,
+        "{ops:?}"
+    );
+    let x = images(3, &model.input_shape, 4);
+    let want = pare_tensor::train::predict(&model, x.view(), 8).unwrap();
+    let got = evaluate(&m, x);
+    assert_eq!(got.shape(), want.shape());
+    for (g, w) in got.iter().zip(want.iter()) {
+        assert_abs_diff_eq!(g, w, epsilon = 1e-4);
+    }
+}
+
+#[test]
+fn the_newer_int8_ops_export_as_grouped_convs_and_contrib_ops() {
+    use pare_tensor::nn::{
+        AvgPool2d, DepthwiseConv2d, GlobalAveragePool2d, HardSwish, ReLU6, Sigmoid, Tanh,
+    };
+    let model = Sequential::new(&[8, 8, 3])
+        .push(DepthwiseConv2d::new("dw", 3, [3, 3], &mut StdRng::seed_from_u64(1)).use_bias(false))
+        .push(ReLU6::new("relu6"))
+        .push(AvgPool2d::new("avg", 2))
+        .push(Sigmoid::new("sigmoid"))
+        .push(Tanh::new("tanh"))
+        .push(HardSwish::new("hswish"))
+        .push(GlobalAveragePool2d::new("gap"));
+    let q = convert(&model, images(8, &[8, 8, 3], 2).view(), &Default::default()).unwrap();
+    let qop = export_qoperator(&q).unwrap();
+    let g = qop.graph.as_ref().unwrap();
+    let dw = g.node.iter().find(|n| n.op_type == "QLinearConv").unwrap();
+    let group = dw.attribute.iter().find(|a| a.name == "group").unwrap();
+    assert_eq!(group.i, 3);
+    let kernel = g
+        .initializer
+        .iter()
+        .find(|t| t.name == "dw/kernel")
+        .unwrap();
+    assert_eq!(kernel.dims, [3, 1, 3, 3]);
+    let contrib: Vec<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.domain == MS_DOMAIN)
+        .map(|n| n.op_type.as_str())
+        .collect();
+    assert_eq!(
+        contrib,
+        [
+            "QLinearAveragePool",
+            "QLinearSigmoid",
+            "QLinearGlobalAveragePool"
+        ]
+    );
+    assert!(qop.opset_import.iter().any(|o| o.domain == MS_DOMAIN));
+    // ReLU6 clamps the codes; tanh and hard-swish run in float between Q/DQ.
+    for op in ["Clip", "Tanh", "HardSigmoid"] {
+        assert!(ops(&qop).contains(&op), "{op}: {:?}", ops(&qop));
+    }
+    let qdq = export_qdq(&q).unwrap();
+    for op in [
+        "Conv",
+        "Clip",
+        "AveragePool",
+        "Sigmoid",
+        "Tanh",
+        "HardSigmoid",
+        "GlobalAveragePool",
+    ] {
+        assert!(ops(&qdq).contains(&op), "{op}: {:?}", ops(&qdq));
     }
 }
