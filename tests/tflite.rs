@@ -9,6 +9,10 @@
 //!   depthwise conv, average pool, global average pool (`MEAN` without `keep_dims`, Keras'
 //!   form), ReLU6 fused and alone, logistic, tanh and hard-swish; BatchNorm folded and Dropout
 //!   dropped by the converter before.
+//! - Graph models: a small residual network with BatchNorm, an add with its ReLU fused,
+//!   a concatenation (its inputs given its parameters by the converter), global average pool
+//!   and dense, and ResNet-8, written as TFLite graphs with `ADD` and `CONCATENATION` taking
+//!   several inputs: every layer's codes equal TFLite's.
 //! - XNNPACK (TFLite's default delegate) is measured beside, for information: its int8 kernels
 //!   are not bound to the reference's rounding.
 //!
@@ -18,20 +22,20 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use ndarray::{ArrayD, IxDyn};
 use pare::quant::kernels::activation_range;
 use pare::quant::kernels::avgpool::{MeanParams, global_avg_pool_i8};
 use pare::quant::{
-    Bias, ConvertConfig, Interpreter, LayerKind, PackedWeights, Padding, QuantizedModel, Requant,
-    convert, gemm_i8_requant,
+    Bias, ConvertConfig, Interpreter, LayerKind, PackedWeights, QuantizedModel, Requant, convert,
+    gemm_i8_requant,
 };
+use pare::tensor::nn::Model;
 use pare::tensor::nn::{
     AvgPool2d, BatchNorm, Conv2d, Dense, DepthwiseConv2d, Dropout, Flatten, GlobalAveragePool2d,
     HardSwish, LeakyReLU, MaxPool2d, ReLU, ReLU6, Sigmoid, Tanh,
 };
-use pare::tensor::{Activation, Padding as FloatPadding, Sequential};
+use pare::tensor::{Activation, Add, Concatenate, Padding as FloatPadding, Sequential};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -39,107 +43,10 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// TensorFlow's Python: `PARE_TF_PYTHON`, else the venv of `tools/setup-tf.sh` (the places
-/// the build script checks before it sets `pare_tflite`).
+/// TensorFlow's Python (the places the build script checks before it sets `pare_tflite`).
 fn tf_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("PARE_TF_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    [
-        PathBuf::from("/work/venvs/tf/bin/python"),
-        root().join("target/venv-tf/bin/python"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .unwrap_or_else(|| {
+    pare::tflite::tf_python(root()).unwrap_or_else(|| {
         panic!("no TensorFlow: run tools/setup-tf.sh (or set PARE_TF_PYTHON to its python)")
-    })
-}
-
-/// The spec `tools/tflite_run.py` builds its flatbuffer from: pare's layers with their codes
-/// and parameters, in pare's layouts.
-fn spec(q: &QuantizedModel, n: usize, name: &str, dir: &Path, xnnpack: bool) -> serde_json::Value {
-    let input = q.input_quant().expect("a full-integer model");
-    let act = |a: pare::quant::ActQuant| serde_json::json!({"scale": a.scale, "zero_point": a.zero_point});
-    let padding = |p: &Padding| if *p == Padding::Same { "same" } else { "valid" };
-    let relu = |r: bool| if r { "relu" } else { "none" };
-    let layers: Vec<serde_json::Value> = q
-        .layers()
-        .iter()
-        .map(|l| {
-            let mut v = serde_json::json!({
-                "op": l.kind.op_name(),
-                "name": l.name,
-                "output": act(l.output.expect("full integer")),
-                "output_shape": l.output_shape,
-            });
-            let m = v.as_object_mut().unwrap();
-            if let Some(w) = &l.weights {
-                let Bias::Int32(b) = &w.bias else {
-                    panic!("full-integer bias")
-                };
-                let mut shape = w.kernel.shape().to_vec();
-                if let LayerKind::DepthwiseConv2d { .. } = l.kind {
-                    // [kh, kw, c · m] as the tool's [kh, kw, c, m].
-                    let c = l.input_shape[2];
-                    shape = vec![shape[0], shape[1], c, shape[2] / c];
-                }
-                m.insert("kernel_shape".into(), serde_json::json!(shape));
-                let codes: Vec<i8> = w.kernel.iter().copied().collect();
-                m.insert("kernel".into(), serde_json::json!(codes));
-                m.insert("weight_scale".into(), serde_json::json!(w.scale));
-                m.insert("bias".into(), serde_json::json!(b));
-            }
-            match &l.kind {
-                LayerKind::Conv2d {
-                    strides,
-                    padding: p,
-                    relu: r,
-                    ..
-                }
-                | LayerKind::DepthwiseConv2d {
-                    strides,
-                    padding: p,
-                    relu: r,
-                    ..
-                } => {
-                    m.insert("strides".into(), serde_json::json!(strides));
-                    m.insert("padding".into(), padding(p).into());
-                    m.insert("activation".into(), relu(*r).into());
-                }
-                LayerKind::Dense { relu: r } => {
-                    m.insert("activation".into(), relu(*r).into());
-                }
-                LayerKind::MaxPool2d {
-                    pool,
-                    strides,
-                    padding: p,
-                }
-                | LayerKind::AvgPool2d {
-                    pool,
-                    strides,
-                    padding: p,
-                } => {
-                    m.insert("pool".into(), serde_json::json!(pool));
-                    m.insert("strides".into(), serde_json::json!(strides));
-                    m.insert("padding".into(), padding(p).into());
-                }
-                LayerKind::LeakyRelu { alpha } => {
-                    m.insert("alpha".into(), serde_json::json!(alpha));
-                }
-                _ => {}
-            }
-            v
-        })
-        .collect();
-    serde_json::json!({
-        "batch": n,
-        "input": {"shape": q.input_shape(), "scale": input.scale, "zero_point": input.zero_point},
-        "layers": layers,
-        "model_path": dir.join(format!("{name}.tflite")),
-        "input_path": dir.join(format!("{name}.input.bin")),
-        "output_path": dir.join(format!("{name}.output.bin")),
-        "xnnpack": xnnpack,
     })
 }
 
@@ -151,23 +58,11 @@ struct TfliteRun {
 
 fn run_tflite(q: &QuantizedModel, codes: &ArrayD<i8>, name: &str, xnnpack: bool) -> TfliteRun {
     let dir = root().join("target/pare/tflite-test");
-    std::fs::create_dir_all(&dir).unwrap();
     let n = codes.shape()[0];
-    let spec = spec(q, n, name, &dir, xnnpack);
-    let spec_path = dir.join(format!("{name}.json"));
-    std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
-    let bytes: Vec<u8> = codes.iter().map(|&v| v as u8).collect();
-    std::fs::write(dir.join(format!("{name}.input.bin")), bytes).unwrap();
-    let out = Command::new(tf_python())
-        .arg(root().join("tools/tflite_run.py"))
-        .arg(&spec_path)
-        .output()
-        .unwrap_or_else(|e| panic!("running tools/tflite_run.py: {e}"));
-    assert!(
-        out.status.success(),
-        "tools/tflite_run.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let spec = pare::tflite::spec(q, n, name, &dir, xnnpack).unwrap();
+    let codes: Vec<i8> = codes.iter().copied().collect();
+    pare::tflite::run_tool(&tf_python(), root(), &spec, &codes, &dir, name)
+        .unwrap_or_else(|e| panic!("{e}"));
     let read = |path: PathBuf| -> Vec<i8> {
         std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -448,4 +343,111 @@ fn small_cnn_matches_tflite_reference_kernels_on_mnist() {
             n * m
         );
     }
+}
+
+/// A BatchNorm with the moving statistics of a trained network, so folding changes the
+/// kernel: means spread around zero, variances around one.
+fn trained_bn(name: &str, channels: usize, seed: u64) -> BatchNorm {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut bn = BatchNorm::new(name, channels);
+    for v in bn.moving_mean.value.iter_mut() {
+        *v = rng.random_range(-0.3..0.3);
+    }
+    for v in bn.moving_variance.value.iter_mut() {
+        *v = rng.random_range(0.3..2.0);
+    }
+    for v in bn.gamma.value.iter_mut() {
+        *v = rng.random_range(0.5..1.5);
+    }
+    for v in bn.beta.value.iter_mut() {
+        *v = rng.random_range(-0.2..0.2);
+    }
+    bn
+}
+
+/// Every BatchNorm of `model` given trained-looking statistics.
+fn with_trained_bns(mut model: Model, seed: u64) -> Model {
+    for (i, l) in model.layers.iter_mut().enumerate() {
+        if let pare::tensor::nn::Layer::BatchNorm(bn) = l {
+            let c = bn.gamma.value.len();
+            *bn = trained_bn(&bn.name.clone(), c, seed + i as u64);
+        }
+    }
+    model
+}
+
+#[test]
+#[cfg_attr(not(pare_tflite), ignore = "needs TensorFlow: run tools/setup-tf.sh")]
+fn residual_graph_with_add_and_concat_matches_tflite_reference_kernels() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let same = FloatPadding::Same;
+    let model = Model::functional(&[12, 12, 3])
+        .node(
+            Conv2d::new("stem", 3, 8, [3, 3], &mut rng)
+                .padding(same)
+                .use_bias(false),
+            &["input"],
+        )
+        .node(trained_bn("stem_bn", 8, 1), &["stem"])
+        .node(ReLU::new("stem_relu"), &["stem_bn"])
+        .node(
+            Conv2d::new("a1", 8, 8, [3, 3], &mut rng)
+                .padding(same)
+                .activation(Activation::Relu),
+            &["stem_relu"],
+        )
+        .node(
+            Conv2d::new("a2", 8, 8, [3, 3], &mut rng)
+                .padding(same)
+                .use_bias(false),
+            &["a1"],
+        )
+        .node(trained_bn("a2_bn", 8, 2), &["a2"])
+        .node(Add::new("add"), &["a2_bn", "stem_relu"])
+        .node(ReLU::new("add_relu"), &["add"])
+        .node(Conv2d::new("side", 8, 4, [1, 1], &mut rng), &["stem_relu"])
+        .node(MaxPool2d::new("side_pool", 1), &["side"])
+        .node(Concatenate::new("cat"), &["add_relu", "side_pool"])
+        .node(
+            Conv2d::new("mix", 12, 6, [3, 3], &mut rng).strides(2),
+            &["cat"],
+        )
+        .node(Add::new("add2"), &["mix", "mix"])
+        .node(GlobalAveragePool2d::new("gap"), &["add2"])
+        .node(Dense::new("fc", 6, 10, &mut rng), &["gap"])
+        .build()
+        .unwrap();
+    let (q, codes) = converted(&model, 30);
+    let ops: Vec<&str> = q.layers().iter().map(|l| l.kind.op_name()).collect();
+    assert_eq!(
+        ops,
+        [
+            "conv2d",
+            "conv2d",
+            "conv2d",
+            "add",
+            "conv2d",
+            "max_pool2d",
+            "concatenate",
+            "conv2d",
+            "add",
+            "global_avg_pool2d",
+            "dense"
+        ],
+        "BatchNorms folded, ReLUs fused into the convs and the add"
+    );
+    assert_eq!(q.layers()[3].kind, LayerKind::Add { relu: true });
+    compare(&q, &codes, "residual_graph", true);
+}
+
+#[test]
+#[cfg_attr(not(pare_tflite), ignore = "needs TensorFlow: run tools/setup-tf.sh")]
+fn resnet8_matches_tflite_reference_kernels() {
+    let model = with_trained_bns(pare::tensor::models::resnet8(0), 40);
+    let calibration = inputs(64, &model.input_shape, 41).mapv(|v| (v + 1.0) / 2.0);
+    let q = convert(&model, calibration.view(), &ConvertConfig::default()).unwrap();
+    assert!(!q.is_sequential());
+    let test = inputs(100, &model.input_shape, 42).mapv(|v| (v + 1.0) / 2.0);
+    let codes = q.quantize_input(test.view()).unwrap();
+    compare(&q, &codes, "resnet8", true);
 }

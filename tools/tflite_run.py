@@ -4,18 +4,22 @@
 Usage: tflite_run.py SPEC.json
 
 SPEC (written by tests/tflite.rs) gives the input shape and parameters, and for every layer its
-operation, int8 weights and int32 biases (pare's layouts), weight scales, output parameters and
-output shape. This tool writes the TFLite flatbuffer for exactly those tensors and parameters
+operation, int8 weights and int32 biases (pare's layouts), weight scales, output parameters,
+output shape and, in a graph model, its inputs (layer indices, -1 for the model input; ADD and
+CONCATENATION take two or more). This tool writes the TFLite flatbuffer for exactly those tensors and parameters
 (nothing is re-quantized or converted, so TFLite sees pare's numbers bit for bit), runs it on the
 int8 input codes in SPEC["input_path"] with the reference op resolver
 (`OpResolverType.BUILTIN_REF`), and writes every layer's int8 output, concatenated, to
 SPEC["output_path"]; with SPEC["xnnpack"] also the outputs of the default resolver (XNNPACK
 delegate) to SPEC["output_path"] + ".xnnpack". The .tflite file goes to SPEC["model_path"].
+With SPEC["bench_runs"] it also times that many calls of the default resolver (median
+microseconds, on one thread and on TFLite's default) and adds them to the JSON it prints.
 """
 
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -40,6 +44,8 @@ VERSIONS = {
     "TANH": 2,
     "HARD_SWISH": 1,
     "MEAN": 2,
+    "ADD": 2,
+    "CONCATENATION": 2,
 }
 
 ACTIVATION = {
@@ -144,11 +150,16 @@ def weights(b, layer, in_scale, layout):
 def build(spec):
     b = Builder()
     n = spec["batch"]
-    x = b.act("input", [n] + spec["input"]["shape"], spec["input"])
-    first = x
-    q = spec["input"]
+    first = b.act("input", [n] + spec["input"]["shape"], spec["input"])
     outputs = []
-    for layer in spec["layers"]:
+    params = []
+    for i, layer in enumerate(spec["layers"]):
+        # Each layer's inputs by index, -1 for the model input; a chain's layer takes the one
+        # before it.
+        sources = layer.get("inputs", [i - 1])
+        ins = [first if j < 0 else outputs[j] for j in sources]
+        x = ins[0]
+        q = spec["input"] if sources[0] < 0 else params[sources[0]]
         op = layer["op"]
         name = layer["name"]
         out_q = layer["output"]
@@ -218,11 +229,20 @@ def build(spec):
                 "hard_swish": "HARD_SWISH",
             }[op]
             b.op(code, [x], [y])
+        elif op == "add":
+            o = S.AddOptionsT()
+            o.fusedActivationFunction = ACTIVATION[layer["activation"]]
+            b.op("ADD", ins, [y], S.BuiltinOptions.AddOptions, o)
+        elif op == "concatenate":
+            o = S.ConcatenationOptionsT()
+            o.axis = len(shape) - 1
+            o.fusedActivationFunction = S.ActivationFunctionType.NONE
+            b.op("CONCATENATION", ins, [y], S.BuiltinOptions.ConcatenationOptions, o)
         else:
             raise SystemExit(f"tflite_run.py: unknown op {op!r}")
         outputs.append(y)
-        x, q = y, out_q
-    return b.finish([first], [x]), outputs
+        params.append(out_q)
+    return b.finish([first], [outputs[-1]]), outputs
 
 
 def run(model, outputs, codes, resolver):
@@ -242,6 +262,26 @@ def run(model, outputs, codes, resolver):
     return b"".join(interp.get_tensor(t).astype(np.int8).tobytes() for t in outputs)
 
 
+def latency_us(model, codes, runs, threads):
+    """Median microseconds of one `invoke` with the default resolver (XNNPACK delegate) on
+    `threads` threads, after min(runs, 200) warm-up calls, as TFLite's benchmark tool
+    reports it."""
+    interp = tf.lite.Interpreter(model_content=model, num_threads=threads)
+    interp.allocate_tensors()
+    index = interp.get_input_details()[0]["index"]
+    for _ in range(min(runs, 200)):
+        interp.set_tensor(index, codes)
+        interp.invoke()
+    times = []
+    for _ in range(runs):
+        interp.set_tensor(index, codes)
+        start = time.perf_counter_ns()
+        interp.invoke()
+        times.append((time.perf_counter_ns() - start) / 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
 def main():
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
@@ -258,7 +298,14 @@ def main():
     if spec.get("xnnpack"):
         with open(spec["output_path"] + ".xnnpack", "wb") as f:
             f.write(run(model, outputs, codes, R.BUILTIN))
-    print(json.dumps({"tensorflow": tf.__version__}))
+    report = {"tensorflow": tf.__version__}
+    if spec.get("bench_runs"):
+        # Batch-1 latency of the default resolver (XNNPACK) on one thread and on TFLite's
+        # default thread count.
+        runs = int(spec["bench_runs"])
+        report["xnnpack_us_1_thread"] = latency_us(model, codes, runs, 1)
+        report["xnnpack_us_default_threads"] = latency_us(model, codes, runs, None)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

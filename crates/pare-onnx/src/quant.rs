@@ -207,6 +207,14 @@ pub fn export_qdq(model: &QuantizedModel) -> Result<ModelProto> {
     for layer in model.layers() {
         let name = layer.name.as_str();
         match &layer.kind {
+            // The exporter walks the layers as a chain; pare-quant's int8 graphs (add,
+            // concatenation) have no export here yet.
+            LayerKind::Add { .. } | LayerKind::Concatenate => {
+                return Err(OnnxError::Unsupported {
+                    layer: layer.name.clone(),
+                    reason: "int8 graph models (add, concatenation) have no ONNX export yet".into(),
+                });
+            }
             LayerKind::Conv2d {
                 kernel_size,
                 strides,
@@ -479,6 +487,14 @@ pub fn export_qoperator_with(
     for layer in model.layers() {
         let name = layer.name.as_str();
         match &layer.kind {
+            // The exporter walks the layers as a chain; pare-quant's int8 graphs (add,
+            // concatenation) have no export here yet.
+            LayerKind::Add { .. } | LayerKind::Concatenate => {
+                return Err(OnnxError::Unsupported {
+                    layer: layer.name.clone(),
+                    reason: "int8 graph models (add, concatenation) have no ONNX export yet".into(),
+                });
+            }
             LayerKind::Conv2d {
                 kernel_size,
                 strides,

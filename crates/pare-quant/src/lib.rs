@@ -1,11 +1,12 @@
 //! int8 quantization for pare, following TFLite's int8 spec: a post-training converter, an
 //! integer-only inference engine and a compact model file.
 //!
-//! - [`convert()`]: a float [`Sequential`](pare_tensor::Sequential) plus calibration data to a
-//!   [`QuantizedModel`] — full integer (int8 activations, int32 biases, conv/dense + ReLU fused
-//!   into a clamp, TFLite's two-multiplier `LEAKY_RELU`; depthwise conv, average and global
-//!   average pooling, ReLU6, sigmoid, tanh, hard-swish; BatchNorm folded, Dropout dropped) or
-//!   dynamic range (int8 weights only).
+//! - [`convert()`]: a float model — a [`Sequential`](pare_tensor::Sequential) chain or a graph
+//!   [`Model`](pare_tensor::Model) with `Add` and `Concatenate` — plus calibration data to a
+//!   [`QuantizedModel`] — full integer (int8 activations, int32 biases, conv/dense/add + ReLU
+//!   fused into a clamp, TFLite's two-multiplier `LEAKY_RELU`; depthwise conv, average and
+//!   global average pooling, ReLU6, sigmoid, tanh, hard-swish, TFLite's `ADD` and
+//!   `CONCATENATION`; BatchNorm folded, Dropout dropped) or dynamic range (int8 weights only).
 //! - [`QuantizedModel`]: runs on the integer-only engine ([`predict_i8`](QuantizedModel::predict_i8),
 //!   [`predict_u8`](QuantizedModel::predict_u8), float in/out [`predict`](QuantizedModel::predict);
 //!   an [`Interpreter`] reuses its buffers across calls), simulates itself as a fake-quantized
@@ -101,6 +102,8 @@ pub mod file;
 pub mod fixedpoint;
 #[cfg(test)]
 mod fold_tests;
+#[cfg(test)]
+mod graph_tests;
 mod int4;
 pub mod kernels;
 mod model;
@@ -127,7 +130,7 @@ pub use kernels::{
 };
 pub use model::{
     ActQuant, Bias, InputType, LayerKind, MAX_ELEMENTS, Mode, OutputType, Provenance,
-    QuantizedLayer, QuantizedModel, QuantizedWeights,
+    QuantizedLayer, QuantizedModel, QuantizedWeights, Source,
 };
 pub use observer::{
     KlObserver, MinMaxObserver, MovingAverageMinMaxObserver, MseObserver, Observer, ObserverConfig,
