@@ -37,7 +37,7 @@ use pare::prune::file::{decode_i8, load_sparse_bytes, to_sparse_bytes};
 use pare::prune::sparse::SparseTensor;
 use pare::prune::{EntropyCoded, GapCoded};
 use pare::quant::{ConvertConfig, QuantizedModel, convert};
-use pare::tensor::nn::{Conv2d, Dense, Flatten, MaxPool2d};
+use pare::tensor::nn::{Conv2d, Dense, Flatten, GlobalAveragePool2d, MaxPool2d, ReLU};
 use pare::tensor::{Activation, Sequential, checkpoint};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -155,6 +155,29 @@ fn pruned_tiny() -> Sequential {
         pare::prune::mask::apply_mask(p.value.view_mut(), mask.view()).expect("apply");
     }
     m
+}
+
+/// A 10x10x1 graph: conv 3x3x2 (relu) added to a 1x1 conv of the input (relu fused), joined
+/// with a third conv, global average pool, dense 3 — every kind of wiring the file stores.
+fn tiny_graph(seed: u64) -> pare::tensor::nn::Model {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let same = pare::tensor::Padding::Same;
+    pare::tensor::nn::Model::functional(&[10, 10, 1])
+        .node(
+            Conv2d::new("a", 1, 2, [3, 3], &mut rng)
+                .padding(same)
+                .activation(Activation::Relu),
+            &["input"],
+        )
+        .node(Conv2d::new("skip", 1, 2, [1, 1], &mut rng), &["input"])
+        .node(pare::tensor::Add::new("add"), &["a", "skip"])
+        .node(ReLU::new("relu"), &["add"])
+        .node(Conv2d::new("b", 2, 2, [1, 1], &mut rng), &["a"])
+        .node(pare::tensor::Concatenate::new("cat"), &["relu", "b"])
+        .node(GlobalAveragePool2d::new("gap"), &["cat"])
+        .node(Dense::new("dense", 4, 3, &mut rng), &["gap"])
+        .build()
+        .expect("tiny_graph: valid wiring")
 }
 
 fn calibration() -> ArrayD<f32> {
@@ -295,6 +318,13 @@ fn cases() -> Vec<Case> {
     };
     let q = convert(&model, calibration().view(), &ConvertConfig::default()).expect("int8");
     let int8 = q.to_bytes().expect("int8 bytes");
+    let qg = convert(
+        &tiny_graph(2),
+        calibration().view(),
+        &ConvertConfig::default(),
+    )
+    .expect("int8 graph");
+    let graph = qg.to_bytes().expect("int8 graph bytes");
     // int4 weights: kernels packed two per byte in `<layer>.kernel.int4` tensors.
     let int4_cfg = ConvertConfig {
         weight_bits: pare::quant::WeightBits::Int4,
@@ -331,6 +361,13 @@ fn cases() -> Vec<Case> {
         ),
         case("int8 model", int8.clone(), true, load_int8),
         case("int4 model", int4.clone(), true, load_int8),
+        case("int8 graph model", graph.clone(), true, load_int8),
+        case(
+            "int8 graph model, no checksums",
+            without_checksums(&graph),
+            false,
+            load_int8,
+        ),
         case(
             "int4 model, no checksums",
             without_checksums(&int4),
@@ -555,6 +592,42 @@ fn corruptions(c: &Case, others: &[&[u8]], seed: u64) -> Vec<(String, Vec<u8>)> 
             }
         }
     }
+    // Graph wiring: each `in=` list of the layers entry replaced by unknown, later, own,
+    // too many, too few, empty and badly escaped names (the checksum-free cases reach the
+    // wiring checks; the others must fail on the header's checksum).
+    let lists =
+        with_header(b, |_| {}).map_or(0, |_| String::from_utf8_lossy(b).matches("in=").count());
+    let names = [
+        "nope",
+        "",
+        "dense",
+        "gap",
+        "cat",
+        "input,input,input",
+        "a",
+        "a,a",
+        "%ZZ",
+        "a,",
+        ",",
+        "input;x",
+    ];
+    for k in 0..lists {
+        for v in names {
+            let edited = with_header(b, |json| {
+                let Some((at, _)) = json.match_indices("in=").nth(k) else {
+                    return;
+                };
+                let start = at + 3;
+                let end = json[start..]
+                    .find([' ', ';', '"'])
+                    .map_or(json.len(), |e| start + e);
+                json.replace_range(start..end, v);
+            });
+            if let Some(m) = edited {
+                out.push((format!("in= list {k} = {v:?}"), m));
+            }
+        }
+    }
     // Splices: a prefix of this file and a suffix of another (or of itself, shifted).
     for _ in 0..1500 {
         let other = others[rng.random_range(0..others.len())];
@@ -665,6 +738,10 @@ fn write_fuzz_seeds() {
         ("checkpoint, no checksums", &["checkpoint"][..]),
         ("int8 model", &["int8_model"][..]),
         ("int8 model, no checksums", &["int8_model"][..]),
+        ("int4 model", &["int8_model"][..]),
+        ("int4 model, no checksums", &["int8_model"][..]),
+        ("int8 graph model", &["int8_model"][..]),
+        ("int8 graph model, no checksums", &["int8_model"][..]),
         ("int8 model, sparse-coded", &["int8_model"][..]),
         (
             "int8 model, sparse-coded, no checksums",

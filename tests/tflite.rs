@@ -9,6 +9,10 @@
 //!   depthwise conv, average pool, global average pool (`MEAN` without `keep_dims`, Keras'
 //!   form), ReLU6 fused and alone, logistic, tanh and hard-swish; BatchNorm folded and Dropout
 //!   dropped by the converter before.
+//! - Graph models: a small residual network with BatchNorm, an add with its ReLU fused,
+//!   a concatenation (its inputs given its parameters by the converter), global average pool
+//!   and dense, and ResNet-8, written as TFLite graphs with `ADD` and `CONCATENATION` taking
+//!   several inputs: every layer's codes equal TFLite's.
 //! - XNNPACK (TFLite's default delegate) is measured beside, for information: its int8 kernels
 //!   are not bound to the reference's rounding.
 //!
@@ -25,13 +29,14 @@ use pare::quant::kernels::activation_range;
 use pare::quant::kernels::avgpool::{MeanParams, global_avg_pool_i8};
 use pare::quant::{
     Bias, ConvertConfig, Interpreter, LayerKind, PackedWeights, Padding, QuantizedModel, Requant,
-    convert, gemm_i8_requant,
+    Source, convert, gemm_i8_requant,
 };
+use pare::tensor::nn::Model;
 use pare::tensor::nn::{
     AvgPool2d, BatchNorm, Conv2d, Dense, DepthwiseConv2d, Dropout, Flatten, GlobalAveragePool2d,
     HardSwish, LeakyReLU, MaxPool2d, ReLU, ReLU6, Sigmoid, Tanh,
 };
-use pare::tensor::{Activation, Padding as FloatPadding, Sequential};
+use pare::tensor::{Activation, Add, Concatenate, Padding as FloatPadding, Sequential};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -66,7 +71,8 @@ fn spec(q: &QuantizedModel, n: usize, name: &str, dir: &Path, xnnpack: bool) -> 
     let layers: Vec<serde_json::Value> = q
         .layers()
         .iter()
-        .map(|l| {
+        .enumerate()
+        .map(|(i, l)| {
             let mut v = serde_json::json!({
                 "op": l.kind.op_name(),
                 "name": l.name,
@@ -74,6 +80,18 @@ fn spec(q: &QuantizedModel, n: usize, name: &str, dir: &Path, xnnpack: bool) -> 
                 "output_shape": l.output_shape,
             });
             let m = v.as_object_mut().unwrap();
+            if !q.is_sequential() {
+                let inputs: Vec<i64> = q
+                    .layer_inputs(i)
+                    .unwrap()
+                    .iter()
+                    .map(|s| match s {
+                        Source::Input => -1,
+                        Source::Layer(j) => *j as i64,
+                    })
+                    .collect();
+                m.insert("inputs".into(), serde_json::json!(inputs));
+            }
             if let Some(w) = &l.weights {
                 let Bias::Int32(b) = &w.bias else {
                     panic!("full-integer bias")
@@ -107,7 +125,7 @@ fn spec(q: &QuantizedModel, n: usize, name: &str, dir: &Path, xnnpack: bool) -> 
                     m.insert("padding".into(), padding(p).into());
                     m.insert("activation".into(), relu(*r).into());
                 }
-                LayerKind::Dense { relu: r } => {
+                LayerKind::Dense { relu: r } | LayerKind::Add { relu: r } => {
                     m.insert("activation".into(), relu(*r).into());
                 }
                 LayerKind::MaxPool2d {
@@ -446,4 +464,111 @@ fn small_cnn_matches_tflite_reference_kernels_on_mnist() {
             n * m
         );
     }
+}
+
+/// A BatchNorm with the moving statistics of a trained network, so folding changes the
+/// kernel: means spread around zero, variances around one.
+fn trained_bn(name: &str, channels: usize, seed: u64) -> BatchNorm {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut bn = BatchNorm::new(name, channels);
+    for v in bn.moving_mean.value.iter_mut() {
+        *v = rng.random_range(-0.3..0.3);
+    }
+    for v in bn.moving_variance.value.iter_mut() {
+        *v = rng.random_range(0.3..2.0);
+    }
+    for v in bn.gamma.value.iter_mut() {
+        *v = rng.random_range(0.5..1.5);
+    }
+    for v in bn.beta.value.iter_mut() {
+        *v = rng.random_range(-0.2..0.2);
+    }
+    bn
+}
+
+/// Every BatchNorm of `model` given trained-looking statistics.
+fn with_trained_bns(mut model: Model, seed: u64) -> Model {
+    for (i, l) in model.layers.iter_mut().enumerate() {
+        if let pare::tensor::nn::Layer::BatchNorm(bn) = l {
+            let c = bn.gamma.value.len();
+            *bn = trained_bn(&bn.name.clone(), c, seed + i as u64);
+        }
+    }
+    model
+}
+
+#[test]
+#[cfg_attr(not(pare_tflite), ignore = "needs TensorFlow: run tools/setup-tf.sh")]
+fn residual_graph_with_add_and_concat_matches_tflite_reference_kernels() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let same = FloatPadding::Same;
+    let model = Model::functional(&[12, 12, 3])
+        .node(
+            Conv2d::new("stem", 3, 8, [3, 3], &mut rng)
+                .padding(same)
+                .use_bias(false),
+            &["input"],
+        )
+        .node(trained_bn("stem_bn", 8, 1), &["stem"])
+        .node(ReLU::new("stem_relu"), &["stem_bn"])
+        .node(
+            Conv2d::new("a1", 8, 8, [3, 3], &mut rng)
+                .padding(same)
+                .activation(Activation::Relu),
+            &["stem_relu"],
+        )
+        .node(
+            Conv2d::new("a2", 8, 8, [3, 3], &mut rng)
+                .padding(same)
+                .use_bias(false),
+            &["a1"],
+        )
+        .node(trained_bn("a2_bn", 8, 2), &["a2"])
+        .node(Add::new("add"), &["a2_bn", "stem_relu"])
+        .node(ReLU::new("add_relu"), &["add"])
+        .node(Conv2d::new("side", 8, 4, [1, 1], &mut rng), &["stem_relu"])
+        .node(MaxPool2d::new("side_pool", 1), &["side"])
+        .node(Concatenate::new("cat"), &["add_relu", "side_pool"])
+        .node(
+            Conv2d::new("mix", 12, 6, [3, 3], &mut rng).strides(2),
+            &["cat"],
+        )
+        .node(Add::new("add2"), &["mix", "mix"])
+        .node(GlobalAveragePool2d::new("gap"), &["add2"])
+        .node(Dense::new("fc", 6, 10, &mut rng), &["gap"])
+        .build()
+        .unwrap();
+    let (q, codes) = converted(&model, 30);
+    let ops: Vec<&str> = q.layers().iter().map(|l| l.kind.op_name()).collect();
+    assert_eq!(
+        ops,
+        [
+            "conv2d",
+            "conv2d",
+            "conv2d",
+            "add",
+            "conv2d",
+            "max_pool2d",
+            "concatenate",
+            "conv2d",
+            "add",
+            "global_avg_pool2d",
+            "dense"
+        ],
+        "BatchNorms folded, ReLUs fused into the convs and the add"
+    );
+    assert_eq!(q.layers()[3].kind, LayerKind::Add { relu: true });
+    compare(&q, &codes, "residual_graph", true);
+}
+
+#[test]
+#[cfg_attr(not(pare_tflite), ignore = "needs TensorFlow: run tools/setup-tf.sh")]
+fn resnet8_matches_tflite_reference_kernels() {
+    let model = with_trained_bns(pare::tensor::models::resnet8(0), 40);
+    let calibration = inputs(64, &model.input_shape, 41).mapv(|v| (v + 1.0) / 2.0);
+    let q = convert(&model, calibration.view(), &ConvertConfig::default()).unwrap();
+    assert!(!q.is_sequential());
+    let test = inputs(100, &model.input_shape, 42).mapv(|v| (v + 1.0) / 2.0);
+    let codes = q.quantize_input(test.view()).unwrap();
+    compare(&q, &codes, "resnet8", true);
 }

@@ -4,8 +4,9 @@
 Usage: tflite_run.py SPEC.json
 
 SPEC (written by tests/tflite.rs) gives the input shape and parameters, and for every layer its
-operation, int8 weights and int32 biases (pare's layouts), weight scales, output parameters and
-output shape. This tool writes the TFLite flatbuffer for exactly those tensors and parameters
+operation, int8 weights and int32 biases (pare's layouts), weight scales, output parameters,
+output shape and, in a graph model, its inputs (layer indices, -1 for the model input; ADD and
+CONCATENATION take two or more). This tool writes the TFLite flatbuffer for exactly those tensors and parameters
 (nothing is re-quantized or converted, so TFLite sees pare's numbers bit for bit), runs it on the
 int8 input codes in SPEC["input_path"] with the reference op resolver
 (`OpResolverType.BUILTIN_REF`), and writes every layer's int8 output, concatenated, to
@@ -40,6 +41,8 @@ VERSIONS = {
     "TANH": 2,
     "HARD_SWISH": 1,
     "MEAN": 2,
+    "ADD": 2,
+    "CONCATENATION": 2,
 }
 
 ACTIVATION = {
@@ -144,11 +147,16 @@ def weights(b, layer, in_scale, layout):
 def build(spec):
     b = Builder()
     n = spec["batch"]
-    x = b.act("input", [n] + spec["input"]["shape"], spec["input"])
-    first = x
-    q = spec["input"]
+    first = b.act("input", [n] + spec["input"]["shape"], spec["input"])
     outputs = []
-    for layer in spec["layers"]:
+    params = []
+    for i, layer in enumerate(spec["layers"]):
+        # Each layer's inputs by index, -1 for the model input; a chain's layer takes the one
+        # before it.
+        sources = layer.get("inputs", [i - 1])
+        ins = [first if j < 0 else outputs[j] for j in sources]
+        x = ins[0]
+        q = spec["input"] if sources[0] < 0 else params[sources[0]]
         op = layer["op"]
         name = layer["name"]
         out_q = layer["output"]
@@ -218,11 +226,20 @@ def build(spec):
                 "hard_swish": "HARD_SWISH",
             }[op]
             b.op(code, [x], [y])
+        elif op == "add":
+            o = S.AddOptionsT()
+            o.fusedActivationFunction = ACTIVATION[layer["activation"]]
+            b.op("ADD", ins, [y], S.BuiltinOptions.AddOptions, o)
+        elif op == "concatenate":
+            o = S.ConcatenationOptionsT()
+            o.axis = len(shape) - 1
+            o.fusedActivationFunction = S.ActivationFunctionType.NONE
+            b.op("CONCATENATION", ins, [y], S.BuiltinOptions.ConcatenationOptions, o)
         else:
             raise SystemExit(f"tflite_run.py: unknown op {op!r}")
         outputs.append(y)
-        x, q = y, out_q
-    return b.finish([first], [x]), outputs
+        params.append(out_q)
+    return b.finish([first], [outputs[-1]]), outputs
 
 
 def run(model, outputs, codes, resolver):

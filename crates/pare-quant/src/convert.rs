@@ -31,7 +31,8 @@ use crate::error::{QuantError, Result};
 use crate::int4::{WeightBits, quantize_weights_bits};
 use crate::model::{
     ActQuant, Bias, InputType, LayerKind, Mode, ModelParts, OutputType, Provenance, QuantizedLayer,
-    QuantizedModel, QuantizedWeights, from_tensor_padding, to_tensor_padding,
+    QuantizedModel, QuantizedWeights, Source, from_tensor_padding, resolve_sources,
+    to_tensor_padding,
 };
 use crate::observer::{Observer, ObserverConfig, ObserverKind};
 use crate::params::{
@@ -112,8 +113,6 @@ pub fn convert(
     config: &ConvertConfig,
 ) -> Result<QuantizedModel> {
     config.validate()?;
-    // The integer engine runs the layers in order; graph models have no int8 path yet.
-    model.require_sequential("int8 conversion")?;
     model.output_shape()?;
     let model = &*folded(model)?;
     let mut layers = plan(model, config.per_channel, config.weight_bits)?;
@@ -135,19 +134,22 @@ pub fn convert(
         check_finite(&calibration, "calibration data")?;
         let (inq, outputs) = calibrate(model, &layers, calibration, config)?;
         input = Some(inq);
-        let mut current = inq;
-        for (layer, out) in layers.iter_mut().zip(outputs) {
+        let sources = resolve_sources(&layers)?;
+        for (i, layer) in layers.iter_mut().enumerate() {
             if let Some(w) = &mut layer.weights {
                 let Bias::Float(b) = &w.bias else {
                     unreachable!("convert: the plan holds float biases")
                 };
                 let b = ndarray::ArrayView1::from(b.as_slice());
                 let params = weight_params(&w.scale);
-                let (q, _) = quantize_bias(b, current.scale, &params)?;
+                let in_scale = match sources[i][0] {
+                    Source::Input => inq.scale,
+                    Source::Layer(j) => outputs[j].scale,
+                };
+                let (q, _) = quantize_bias(b, in_scale, &params)?;
                 w.bias = Bias::Int32(q.to_vec());
             }
-            current = out;
-            layer.output = Some(out);
+            layer.output = Some(outputs[i]);
         }
     }
     QuantizedModel::from_parts(ModelParts {
@@ -230,29 +232,57 @@ fn layer_name(l: &Layer) -> String {
     l.module().name().to_string()
 }
 
-/// One int8 operation per float layer, ReLU layers fused into the conv/dense before them.
-/// Weights are quantized; biases are still float and output parameters unset.
+/// One int8 operation per float layer, in the model's order, each taking the int8 layers
+/// that compute its float inputs; a ReLU that is the only consumer of a conv, dense or add is
+/// fused into it. Weights are quantized; biases are still float and output parameters unset.
 pub(crate) fn plan(
     model: &Sequential,
     per_channel: bool,
     bits: WeightBits,
 ) -> Result<Vec<QuantizedLayer>> {
-    let mut out = Vec::new();
-    let mut push = |name: String, kind: LayerKind, weights: Option<QuantizedWeights>| {
-        out.push(QuantizedLayer {
-            name,
-            kind,
-            weights,
-            output: None,
-            input_shape: vec![],
-            output_shape: vec![],
-        })
-    };
+    let mut out: Vec<QuantizedLayer> = Vec::new();
     let layers = &model.layers;
-    let mut i = 0;
-    while i < layers.len() {
-        let next_is_relu = matches!(layers.get(i + 1), Some(Layer::ReLU(_)));
-        let (name, activation, kind, weights) = match &layers[i] {
+    let names: Vec<&str> = layers.iter().map(|l| l.module().name()).collect();
+    let shapes = model.node_shapes()?;
+    let shape_of: HashMap<&str, &[usize]> = names
+        .iter()
+        .zip(&shapes)
+        .map(|(n, s)| (*n, s.as_slice()))
+        .chain([(pare_tensor::INPUT, model.input_shape.as_slice())])
+        .collect();
+    // The int8 layer (or the input) computing each float node's output.
+    let mut producer: HashMap<String, String> = HashMap::from([(
+        pare_tensor::INPUT.to_string(),
+        pare_tensor::INPUT.to_string(),
+    )]);
+    let mut fused = vec![false; layers.len()];
+    for i in 0..layers.len() {
+        if fused[i] {
+            continue;
+        }
+        let name = names[i];
+        let float_inputs = model.inputs_of(name).unwrap_or_default();
+        let inputs: Vec<String> = float_inputs.iter().map(|n| producer[*n].clone()).collect();
+        // The ReLU this layer feeds alone, which its op can absorb as a clamp.
+        let relu_after = || match model.consumers_of(name)[..] {
+            [c] => names.iter().position(|n| *n == c).filter(|&j| {
+                matches!(layers[j], Layer::ReLU(_))
+                    && model.inputs_of(c).is_some_and(|i| i == [name])
+            }),
+            _ => None,
+        };
+        let mut push = |qname: String, kind: LayerKind, weights, inputs: Vec<String>| {
+            out.push(QuantizedLayer {
+                name: qname,
+                kind,
+                weights,
+                output: None,
+                input_shape: vec![],
+                output_shape: vec![],
+                inputs,
+            })
+        };
+        let (activation, kind, weights) = match &layers[i] {
             Layer::Conv2d(c) => {
                 let [kh, kw, _, _] = c.kernel_shape();
                 let kind = LayerKind::Conv2d {
@@ -262,16 +292,38 @@ pub(crate) fn plan(
                     relu: false,
                 };
                 let w = quantize_layer_weights(&c.name, &c.kernel, &c.bias, per_channel, bits)?;
-                (c.name.clone(), c.activation, kind, w)
+                (c.activation, kind, w)
             }
             Layer::Dense(d) => {
                 let w = quantize_layer_weights(&d.name, &d.kernel, &d.bias, per_channel, bits)?;
-                (
-                    d.name.clone(),
-                    d.activation,
-                    LayerKind::Dense { relu: false },
-                    w,
-                )
+                (d.activation, LayerKind::Dense { relu: false }, w)
+            }
+            Layer::Add(a) => {
+                if inputs.len() != 2 {
+                    return Err(unsupported(
+                        &a.name,
+                        format!(
+                            "int8 add takes two inputs (TFLite's ADD), found {}; chain adds of two",
+                            inputs.len()
+                        ),
+                    ));
+                }
+                let relu = match relu_after() {
+                    Some(j) => {
+                        fused[j] = true;
+                        producer.insert(names[j].to_string(), a.name.clone());
+                        true
+                    }
+                    None => false,
+                };
+                push(a.name.clone(), LayerKind::Add { relu }, None, inputs);
+                producer.insert(a.name.clone(), a.name.clone());
+                continue;
+            }
+            Layer::Concatenate(c) => {
+                push(c.name.clone(), LayerKind::Concatenate, None, inputs);
+                producer.insert(c.name.clone(), c.name.clone());
+                continue;
             }
             l @ (Layer::MaxPool2d(_)
             | Layer::Reshape(_)
@@ -283,20 +335,22 @@ pub(crate) fn plan(
             | Layer::Sigmoid(_)
             | Layer::Tanh(_)
             | Layer::HardSwish(_)) => {
-                push(l.module().name().to_owned(), weightless_kind(l)?, None);
-                i += 1;
+                push(name.to_owned(), weightless_kind(l)?, None, inputs);
+                producer.insert(name.to_string(), name.to_string());
                 continue;
             }
             Layer::Flatten(f) => {
-                // The per-example shape is known from the chain (checked by output_shape).
-                let shape = model.layers[..i]
-                    .iter()
-                    .try_fold(model.input_shape.clone(), |s, l| {
-                        l.module().output_shape(&s)
-                    })?;
-                let n = shape.iter().product();
-                push(f.name.clone(), LayerKind::Reshape { shape: vec![n] }, None);
-                i += 1;
+                let n = float_inputs
+                    .first()
+                    .and_then(|i| shape_of.get(i))
+                    .map_or(0, |s| s.iter().product());
+                push(
+                    f.name.clone(),
+                    LayerKind::Reshape { shape: vec![n] },
+                    None,
+                    inputs,
+                );
+                producer.insert(name.to_string(), name.to_string());
                 continue;
             }
             Layer::DepthwiseConv2d(c) => {
@@ -317,11 +371,12 @@ pub(crate) fn plan(
                     .into_shape_with_order(ndarray::IxDyn(&[kh, kw, ch * m]))
                     .map_err(|_| unsupported(&c.name, "depthwise kernel is not [kh, kw, c, m]"))?;
                 let w = quantize_layer_weights(&c.name, &kernel, &c.bias, per_channel, bits)?;
-                (c.name.clone(), c.activation, kind, w)
+                (c.activation, kind, w)
             }
             // The identity at inference, as TFLite's converter drops it.
             Layer::Dropout(_) => {
-                i += 1;
+                let from = inputs.first().cloned().unwrap_or_default();
+                producer.insert(name.to_string(), from);
                 continue;
             }
             Layer::Softmax(l) => {
@@ -354,13 +409,19 @@ pub(crate) fn plan(
         };
         // A conv/dense with a fused or following ReLU clamps; a fused leaky ReLU becomes its
         // own LEAKY_RELU operation (it needs output parameters of its own).
-        let (relu, leaky, consumed) = match activation {
-            FloatActivation::Relu => (true, None, 1),
-            FloatActivation::Linear if next_is_relu => (true, None, 2),
-            FloatActivation::Linear => (false, None, 1),
+        let (relu, leaky) = match activation {
+            FloatActivation::Relu => (true, None),
+            FloatActivation::Linear => match relu_after() {
+                Some(j) => {
+                    fused[j] = true;
+                    producer.insert(names[j].to_string(), name.to_string());
+                    (true, None)
+                }
+                None => (false, None),
+            },
             FloatActivation::LeakyRelu(a) => {
-                check_alpha(&name, a)?;
-                (false, Some(a), 1)
+                check_alpha(name, a)?;
+                (false, Some(a))
             }
         };
         let kind = match kind {
@@ -388,15 +449,18 @@ pub(crate) fn plan(
             },
             _ => LayerKind::Dense { relu },
         };
-        push(name.clone(), kind, Some(weights));
+        push(name.to_string(), kind, Some(weights), inputs);
+        producer.insert(name.to_string(), name.to_string());
         if let Some(alpha) = leaky {
+            let leaky_name = format!("{name}.leaky_relu");
             push(
-                format!("{name}.leaky_relu"),
+                leaky_name.clone(),
                 LayerKind::LeakyRelu { alpha },
                 None,
+                vec![name.to_string()],
             );
+            producer.insert(name.to_string(), leaky_name);
         }
-        i += consumed;
     }
     Ok(out)
 }
@@ -413,13 +477,15 @@ fn check_alpha(layer: &str, alpha: f32) -> Result<()> {
 }
 
 /// Runs the float model on the calibration batches and returns the parameters of the input
-/// and of every layer's output (pass-through layers inherit their input's).
+/// and of every layer's output (pass-through layers inherit their input's), concatenations'
+/// imposed on the layers that produce their inputs.
 fn calibrate(
     model: &Sequential,
     layers: &[QuantizedLayer],
     calibration: ArrayViewD<'_, f32>,
     config: &ConvertConfig,
 ) -> Result<(ActQuant, Vec<ActQuant>)> {
+    let sources = resolve_sources(layers)?;
     let build = || {
         config
             .observer
@@ -434,15 +500,22 @@ fn calibrate(
                 .transpose()
         })
         .collect::<Result<_>>()?;
-    // A conv, depthwise conv or dense layer followed by a ReLU6 takes its output parameters
-    // from the ReLU6's output, as TFLite's converter fuses the pair: the ReLU6 is then the
-    // clamp of the fused op.
+    // A conv, depthwise conv or dense layer followed by a ReLU6 (that it alone feeds) takes
+    // its output parameters from the ReLU6's output, as TFLite's converter fuses the pair:
+    // the ReLU6 is then the clamp of the fused op.
     let relu6_after: Vec<bool> = (0..layers.len())
         .map(|i| {
             layers[i].kind.has_weights()
                 && layers
                     .get(i + 1)
                     .is_some_and(|l| l.kind == LayerKind::Relu6)
+                && sources[i + 1] == [Source::Layer(i)]
+                && sources
+                    .iter()
+                    .flatten()
+                    .filter(|s| **s == Source::Layer(i))
+                    .count()
+                    == 1
         })
         .collect();
     for batch in calibration.axis_chunks_iter(Axis(0), config.calibration_batch_size) {
@@ -469,18 +542,93 @@ fn calibrate(
         )?;
     }
     let params = |o: &dyn Observer| ActQuant::from_params(&o.params(QuantScheme::Asymmetric)?);
-    let input = params(input_obs.as_ref())?;
-    let mut current = input;
-    let mut outputs = Vec::with_capacity(layers.len());
-    for (o, layer) in obs.iter().zip(layers) {
-        if let Some(o) = o {
-            current = params(o.as_ref())?;
-        } else if let Some(fixed) = layer.kind.fixed_output() {
-            current = fixed;
-        }
-        outputs.push(current);
+    let mut input = params(input_obs.as_ref())?;
+    let mut own: Vec<Option<ActQuant>> = obs
+        .iter()
+        .zip(layers)
+        .map(|(o, l)| match o {
+            Some(o) => params(o.as_ref()).map(Some),
+            None => Ok(l.kind.fixed_output()),
+        })
+        .collect::<Result<_>>()?;
+    share_concat_params(layers, &sources, &mut input, &mut own)?;
+    let mut outputs: Vec<ActQuant> = Vec::with_capacity(layers.len());
+    for (i, o) in own.iter().enumerate() {
+        let p = o.unwrap_or_else(|| match sources[i][0] {
+            Source::Input => input,
+            Source::Layer(j) => outputs[j],
+        });
+        outputs.push(p);
     }
     Ok((input, outputs))
+}
+
+/// Gives every input of a concatenation the concatenation's output parameters (observed on
+/// its output, so covering every input's range), as TFLite's converter propagates them
+/// backwards to the ops producing the inputs: its int8 `CONCATENATION` copies codes and needs
+/// them equal. The parameters pass back through the layers that keep their input's (pools,
+/// reshapes, ReLUs, inner concatenations) to the layer that computes them, or the input.
+/// Later concatenations go first, so one feeding another takes the outer one's parameters.
+///
+/// # Errors
+/// [`QuantError::UnsupportedLayer`] when an input cannot take them: it comes from a sigmoid
+/// or tanh (fixed output parameters) or feeds another concatenation with other parameters.
+fn share_concat_params(
+    layers: &[QuantizedLayer],
+    sources: &[Vec<Source>],
+    input: &mut ActQuant,
+    own: &mut [Option<ActQuant>],
+) -> Result<()> {
+    let mut forced = vec![false; layers.len() + 1];
+    for c in (0..layers.len()).rev() {
+        if layers[c].kind != LayerKind::Concatenate {
+            continue;
+        }
+        let p = own[c].expect("calibrate: a concatenation has observed parameters");
+        let mut stack: Vec<Source> = sources[c].clone();
+        while let Some(s) = stack.pop() {
+            let j = match s {
+                Source::Input => {
+                    if forced[0] && *input != p {
+                        return Err(unsupported(
+                            &layers[c].name,
+                            "the model input feeds concatenations of different parameters",
+                        ));
+                    }
+                    *input = p;
+                    forced[0] = true;
+                    continue;
+                }
+                Source::Layer(j) => j,
+            };
+            let kind = &layers[j].kind;
+            if !kind.requantizes() {
+                stack.extend(sources[j].iter().copied());
+                continue;
+            }
+            if kind.fixed_output().is_some_and(|f| f != p) || (forced[j + 1] && own[j] != Some(p)) {
+                return Err(unsupported(
+                    &layers[c].name,
+                    format!(
+                        "its input {:?} cannot take the concatenation's parameters (int8 \
+                         concatenation needs its inputs' parameters equal to its output's): {}",
+                        layers[j].name,
+                        if kind.fixed_output().is_some() {
+                            "a sigmoid or tanh has fixed output parameters"
+                        } else {
+                            "it feeds another concatenation with other parameters"
+                        }
+                    ),
+                ));
+            }
+            own[j] = Some(p);
+            forced[j + 1] = true;
+            if *kind == LayerKind::Concatenate {
+                stack.extend(sources[j].iter().copied());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Fake-quantization settings for [`float_forward`]: the input's parameters and the layers
@@ -590,11 +738,14 @@ pub(crate) fn float_forward(
             None => v,
         }));
     }
-    let mut v = g.constant(x);
+    let sources = resolve_sources(layers)?;
+    let mut x = g.constant(x);
     if let Some(input) = fq.and_then(|fq| fq.input) {
-        v = g.fake_quant(v, act_spec(&input));
+        x = g.fake_quant(x, act_spec(&input));
     }
-    visit(None, g.value(v))?;
+    visit(None, g.value(x))?;
+    let mut vals: Vec<pare_tensor::Var> = Vec::with_capacity(layers.len());
+    let mut v = x;
     let act = |relu: bool| {
         if relu {
             FloatActivation::Relu
@@ -603,6 +754,12 @@ pub(crate) fn float_forward(
         }
     };
     for (i, layer) in layers.iter().enumerate() {
+        let var = |s: &Source| match *s {
+            Source::Input => x,
+            Source::Layer(j) => vals[j],
+        };
+        let ins: Vec<pare_tensor::Var> = sources[i].iter().map(var).collect();
+        v = ins[0];
         v = match &layer.kind {
             LayerKind::Conv2d {
                 strides,
@@ -673,6 +830,11 @@ pub(crate) fn float_forward(
             LayerKind::Sigmoid => g.sigmoid(v),
             LayerKind::Tanh => g.tanh(v),
             LayerKind::HardSwish => g.hard_swish(v),
+            LayerKind::Add { relu } => {
+                let y = g.add(ins[0], ins[1]);
+                if *relu { g.relu(y) } else { y }
+            }
+            LayerKind::Concatenate => g.concat(&ins),
         };
         if let Some(out) = fq.and_then(|fq| fq.layers[i].output)
             && layer.kind.requantizes()
@@ -680,6 +842,7 @@ pub(crate) fn float_forward(
             v = g.fake_quant(v, act_spec(&out));
         }
         visit(Some(i), g.value(v))?;
+        vals.push(v);
     }
     Ok(g.value(v).clone())
 }

@@ -22,10 +22,11 @@ use rayon::prelude::*;
 use crate::error::{QuantError, Result};
 use pare_tensor::kernels::conv::Window;
 
+use crate::kernels::add::{add_i8, concat_i8};
 use crate::kernels::avgpool::{avg_pool_i8, reduce_mean_i8};
 use crate::kernels::depthwise::depthwise_conv_i8;
 use crate::kernels::{Window2d, apply_table, gemm_i8_requant, max_pool_i8_into};
-use crate::model::{Mode, Prepared, QuantizedModel, to_tensor_padding};
+use crate::model::{Mode, Prepared, QuantizedModel, Source, in_place, to_tensor_padding};
 use crate::params::check_finite;
 
 /// Examples per task when a batch is split over threads: large enough that a task is a few
@@ -55,7 +56,8 @@ pub(crate) type Tap<'a> = dyn FnMut(usize, &[i8]) + 'a;
 #[derive(Debug)]
 pub struct Interpreter<'m> {
     model: &'m QuantizedModel,
-    bufs: [Vec<i8>; 2],
+    /// One buffer per slot of the model's schedule.
+    bufs: Vec<Vec<i8>>,
     patches: Vec<i8>,
     logits: Vec<f32>,
 }
@@ -75,7 +77,7 @@ impl<'m> Interpreter<'m> {
         }
         Ok(Interpreter {
             model,
-            bufs: [Vec::new(), Vec::new()],
+            bufs: vec![Vec::new(); model.schedule.len.len()],
             patches: Vec::new(),
             logits: Vec::new(),
         })
@@ -115,10 +117,9 @@ impl<'m> Interpreter<'m> {
     }
 
     fn reserve(&mut self, n: usize) {
-        let act = n * self.model.max_activation;
-        for b in &mut self.bufs {
-            if b.len() < act {
-                b.resize(act, 0);
+        for (b, &len) in self.bufs.iter_mut().zip(&self.model.schedule.len) {
+            if b.len() < n * len {
+                b.resize(n * len, 0);
             }
         }
         let p = n * self.model.max_patches;
@@ -141,7 +142,7 @@ impl<'m> Interpreter<'m> {
         let n = self.check_input(x.shape())?;
         self.reserve(n);
         let len = self.input_len(n);
-        let dst = &mut self.bufs[0][..len];
+        let dst = &mut self.bufs[self.model.schedule.input][..len];
         match x.as_slice() {
             Some(s) => dst.copy_from_slice(s),
             None => dst.iter_mut().zip(x.iter()).for_each(|(d, &v)| *d = v),
@@ -160,7 +161,7 @@ impl<'m> Interpreter<'m> {
         let n = self.check_input(x.shape())?;
         self.reserve(n);
         let len = self.input_len(n);
-        let dst = &mut self.bufs[0][..len];
+        let dst = &mut self.bufs[self.model.schedule.input][..len];
         match x.as_slice() {
             Some(s) => dst.copy_from_slice(s),
             None => dst.iter_mut().zip(x.iter()).for_each(|(d, &v)| *d = v),
@@ -190,7 +191,7 @@ impl<'m> Interpreter<'m> {
         self.reserve(n);
         let len = self.input_len(n);
         let flip = |v: u8| (v ^ 0x80) as i8;
-        let dst = &mut self.bufs[0][..len];
+        let dst = &mut self.bufs[self.model.schedule.input][..len];
         match x.as_slice() {
             Some(s) => dst.iter_mut().zip(s).for_each(|(d, &v)| *d = flip(v)),
             None => dst
@@ -214,7 +215,7 @@ impl<'m> Interpreter<'m> {
             .model
             .input
             .expect("full-integer model has input parameters");
-        let dst = &mut self.bufs[0][..len];
+        let dst = &mut self.bufs[self.model.schedule.input][..len];
         match x.as_slice() {
             Some(s) => {
                 if !all_finite(s) {
@@ -258,159 +259,223 @@ impl<'m> Interpreter<'m> {
         )
     }
 
-    /// Runs the layers on the `n` examples in `bufs[0]`; returns the buffer holding the
+    /// Runs the layers on the `n` examples in the input's slot; returns the slot holding the
     /// output. `tap(i, codes)` sees every layer's output.
     pub(crate) fn run(&mut self, n: usize, mut tap: Option<&mut Tap<'_>>) -> Result<usize> {
         let model = self.model;
-        let mut cur = 0;
+        let schedule = &model.schedule;
+        let slot = |s: &Source| match *s {
+            Source::Input => schedule.input,
+            Source::Layer(j) => schedule.output[j],
+        };
         // Set when a conv ran fused with the max-pool after it, which then has nothing to do.
         let mut pooled = false;
+        let mut out_slot = schedule.input;
         for (i, (layer, prep)) in model.layers.iter().zip(&model.prepared).enumerate() {
             let in_len = n * layer.input_shape.iter().product::<usize>();
             let out_len = n * layer.output_shape.iter().product::<usize>();
-            let (first, second) = self.bufs.split_at_mut(1);
-            let (src, dst) = if cur == 0 {
-                (&mut first[0], &mut second[0])
+            let srcs = &model.sources[i];
+            let (from, to) = (slot(&srcs[0]), schedule.output[i]);
+            out_slot = to;
+            if from == to {
+                // In place: the schedule hands the input's slot over when this layer reads it
+                // last (element-wise steps and reshapes only).
+                step_in_place(prep, &mut self.bufs[to][..in_len]);
             } else {
-                (&mut second[0], &mut first[0])
-            };
-            let src = &mut src[..in_len];
-            let dst = &mut dst[..out_len];
-            let mut swap = true;
-            match prep {
-                Prepared::Conv {
-                    im2col,
-                    packed,
-                    bias,
-                    requant,
-                    input_zero_point,
-                    direct,
-                    fused,
-                } => {
-                    // A tap needs the conv's own output, which the fused pass never writes.
-                    if let (Some(f), None) = (fused, &tap) {
-                        f.run(n, src, &mut dst[..n * f.output_len()]);
-                        cur = 1 - cur;
+                // The output's buffer leaves the list while the inputs are read (no copy, no
+                // allocation: a `Vec` moves by its pointer).
+                let mut dst_buf = std::mem::take(&mut self.bufs[to]);
+                let dst = &mut dst_buf[..out_len];
+                let src = &self.bufs[from][..in_len];
+                let ran = match prep {
+                    Prepared::Conv { fused: Some(f), .. } if tap.is_none() => {
+                        // Written straight into the pool's slot, which the pool then keeps.
+                        let pool_slot = schedule.output[i + 1];
+                        self.bufs[to] = dst_buf;
+                        let mut pool_buf = std::mem::take(&mut self.bufs[pool_slot]);
+                        f.run(
+                            n,
+                            &self.bufs[from][..in_len],
+                            &mut pool_buf[..n * f.output_len()],
+                        );
+                        self.bufs[pool_slot] = pool_buf;
                         pooled = true;
                         continue;
                     }
-                    let &[h, w, c] = &layer.input_shape[..] else {
-                        unreachable!("run: conv input checked 3-D")
-                    };
-                    let &[oh, ow, cout] = &layer.output_shape[..] else {
-                        unreachable!("run: conv output checked 3-D")
-                    };
-                    let rows = n * oh * ow;
-                    let k = packed.k();
-                    let a = if *direct {
-                        view2(src, rows, c)
-                    } else {
-                        let input = ArrayView4::from_shape((n, h, w, c), &*src)
-                            .expect("run: conv input buffer matches its shape");
-                        let patches = &mut self.patches[..rows * k];
-                        im2col.run(
-                            input,
-                            *input_zero_point,
-                            ArrayViewMut2::from_shape((rows, k), &mut *patches)
-                                .expect("run: patch buffer matches its shape"),
-                        )?;
-                        view2(patches, rows, k)
-                    };
-                    gemm_i8_requant(
-                        a,
-                        *input_zero_point,
-                        packed,
-                        Some(bias),
-                        requant,
-                        view2_mut(dst, rows, cout),
-                    )?;
-                }
-                Prepared::Dense {
-                    packed,
-                    bias,
-                    requant,
-                    input_zero_point,
-                } => {
-                    gemm_i8_requant(
-                        view2(src, n, packed.k()),
-                        *input_zero_point,
-                        packed,
-                        Some(bias),
-                        requant,
-                        view2_mut(dst, n, packed.n()),
-                    )?;
-                }
-                Prepared::Pool { .. } if pooled => {
-                    pooled = false;
-                    swap = false;
-                }
-                Prepared::Pool { window } => {
-                    let &[h, w, c] = &layer.input_shape[..] else {
-                        unreachable!("run: pool input checked 3-D")
-                    };
-                    let &[oh, ow, _] = &layer.output_shape[..] else {
-                        unreachable!("run: pool output checked 3-D")
-                    };
-                    let input = ArrayView4::from_shape((n, h, w, c), &*src)
-                        .expect("run: pool input buffer matches its shape");
-                    let out = ArrayViewMut4::from_shape((n, oh, ow, c), dst)
-                        .expect("run: pool output buffer matches its shape");
-                    max_pool_i8_into(input, window, out)?;
-                }
-                Prepared::Reshape => swap = false,
-                Prepared::Relu { floor } => {
-                    for v in src.iter_mut() {
-                        *v = (*v).max(*floor);
+                    Prepared::Pool { .. } if pooled => {
+                        pooled = false;
+                        Ok(())
                     }
-                    swap = false;
-                }
-                Prepared::Lut(table) => {
-                    apply_table(table, src);
-                    swap = false;
-                }
-                Prepared::Clamp { lo, hi } => {
-                    for v in src.iter_mut() {
-                        *v = (*v).clamp(*lo, *hi);
+                    Prepared::Add(p) => {
+                        let other = &self.bufs[slot(&srcs[1])][..in_len];
+                        add_i8(src, other, p, dst);
+                        Ok(())
                     }
-                    swap = false;
-                }
-                Prepared::Depthwise {
-                    kernel,
-                    bias,
-                    requant,
-                    input_zero_point,
-                    multiplier,
-                    window,
-                } => {
-                    let win = batch_window(window, n, &layer.input_shape);
-                    depthwise_conv_i8(
-                        src,
-                        &win,
-                        *multiplier,
-                        kernel,
-                        bias,
-                        *input_zero_point,
-                        requant,
-                        dst,
-                    );
-                }
-                Prepared::AvgPool { window } => {
-                    let win = batch_window(window, n, &layer.input_shape);
-                    avg_pool_i8(src, &win, -128, 127, dst);
-                }
-                Prepared::Mean(p) => {
-                    let c = layer.output_shape[0];
-                    reduce_mean_i8(src, n, c, p, dst);
-                }
-            }
-            if swap {
-                cur = 1 - cur;
+                    Prepared::Concat { widths } => {
+                        let rows = n * layer.input_shape[..layer.input_shape.len() - 1]
+                            .iter()
+                            .product::<usize>();
+                        let parts: Vec<&[i8]> = srcs
+                            .iter()
+                            .zip(widths)
+                            .map(|(s, w)| &self.bufs[slot(s)][..rows * w])
+                            .collect();
+                        concat_i8(&parts, widths, rows, dst);
+                        Ok(())
+                    }
+                    p if in_place(p) => {
+                        // The input is still needed by a later layer: work on a copy.
+                        dst.copy_from_slice(src);
+                        step_in_place(p, dst);
+                        Ok(())
+                    }
+                    _ => step(prep, layer, n, src, dst, &mut self.patches),
+                };
+                self.bufs[to] = dst_buf;
+                ran?;
             }
             if let Some(tap) = tap.as_mut() {
-                tap(i, &self.bufs[cur][..out_len]);
+                tap(i, &self.bufs[to][..out_len]);
             }
         }
-        Ok(cur)
+        Ok(out_slot)
+    }
+}
+
+/// An element-wise step (or a reshape) on its buffer.
+fn step_in_place(prep: &Prepared, buf: &mut [i8]) {
+    match prep {
+        Prepared::Reshape => {}
+        Prepared::Relu { floor } => {
+            for v in buf.iter_mut() {
+                *v = (*v).max(*floor);
+            }
+        }
+        Prepared::Lut(table) => apply_table(table, buf),
+        Prepared::Clamp { lo, hi } => {
+            for v in buf.iter_mut() {
+                *v = (*v).clamp(*lo, *hi);
+            }
+        }
+        _ => unreachable!("step_in_place: {prep:?} does not run in place"),
+    }
+}
+
+/// One single-input step from `src` to `dst`.
+fn step(
+    prep: &Prepared,
+    layer: &crate::model::QuantizedLayer,
+    n: usize,
+    src: &[i8],
+    dst: &mut [i8],
+    patches: &mut [i8],
+) -> Result<()> {
+    match prep {
+        Prepared::Conv {
+            im2col,
+            packed,
+            bias,
+            requant,
+            input_zero_point,
+            direct,
+            ..
+        } => {
+            let &[h, w, c] = &layer.input_shape[..] else {
+                unreachable!("run: conv input checked 3-D")
+            };
+            let &[oh, ow, cout] = &layer.output_shape[..] else {
+                unreachable!("run: conv output checked 3-D")
+            };
+            let rows = n * oh * ow;
+            let k = packed.k();
+            let a = if *direct {
+                view2(src, rows, c)
+            } else {
+                let input = ArrayView4::from_shape((n, h, w, c), src)
+                    .expect("run: conv input buffer matches its shape");
+                let patches = &mut patches[..rows * k];
+                im2col.run(
+                    input,
+                    *input_zero_point,
+                    ArrayViewMut2::from_shape((rows, k), &mut *patches)
+                        .expect("run: patch buffer matches its shape"),
+                )?;
+                view2(patches, rows, k)
+            };
+            gemm_i8_requant(
+                a,
+                *input_zero_point,
+                packed,
+                Some(bias),
+                requant,
+                view2_mut(dst, rows, cout),
+            )
+        }
+        Prepared::Dense {
+            packed,
+            bias,
+            requant,
+            input_zero_point,
+        } => gemm_i8_requant(
+            view2(src, n, packed.k()),
+            *input_zero_point,
+            packed,
+            Some(bias),
+            requant,
+            view2_mut(dst, n, packed.n()),
+        ),
+        Prepared::Pool { window } => {
+            let &[h, w, c] = &layer.input_shape[..] else {
+                unreachable!("run: pool input checked 3-D")
+            };
+            let &[oh, ow, _] = &layer.output_shape[..] else {
+                unreachable!("run: pool output checked 3-D")
+            };
+            let input = ArrayView4::from_shape((n, h, w, c), src)
+                .expect("run: pool input buffer matches its shape");
+            let out = ArrayViewMut4::from_shape((n, oh, ow, c), dst)
+                .expect("run: pool output buffer matches its shape");
+            max_pool_i8_into(input, window, out)
+        }
+        Prepared::Depthwise {
+            kernel,
+            bias,
+            requant,
+            input_zero_point,
+            multiplier,
+            window,
+        } => {
+            let win = batch_window(window, n, &layer.input_shape);
+            depthwise_conv_i8(
+                src,
+                &win,
+                *multiplier,
+                kernel,
+                bias,
+                *input_zero_point,
+                requant,
+                dst,
+            );
+            Ok(())
+        }
+        Prepared::AvgPool { window } => {
+            let win = batch_window(window, n, &layer.input_shape);
+            avg_pool_i8(src, &win, -128, 127, dst);
+            Ok(())
+        }
+        Prepared::Mean(p) => {
+            let c = layer.output_shape[0];
+            reduce_mean_i8(src, n, c, p, dst);
+            Ok(())
+        }
+        Prepared::Reshape
+        | Prepared::Relu { .. }
+        | Prepared::Lut(_)
+        | Prepared::Clamp { .. }
+        | Prepared::Add(_)
+        | Prepared::Concat { .. } => {
+            unreachable!("step: {prep:?} is run by Interpreter::run itself")
+        }
     }
 }
 
@@ -576,7 +641,7 @@ impl QuantizedModel {
         let n = it.check_input(x.shape())?;
         it.reserve(n);
         let len = it.input_len(n);
-        for (d, &v) in it.bufs[0][..len].iter_mut().zip(x.iter()) {
+        for (d, &v) in it.bufs[self.schedule.input][..len].iter_mut().zip(x.iter()) {
             *d = v;
         }
         let mut outs = vec![Vec::new(); self.layers.len()];

@@ -71,7 +71,15 @@
 //! sigmoid                      [zp=Z]                        (scale 1/256, zp −128)
 //! tanh                         [zp=Z]                        (scale 1/128, zp 0)
 //! hard_swish                   [zp=Z]
+//! add                          [relu] [zp=Z]                 (two inputs)
+//! concatenate                  [zp=Z]                        (on the last axis)
 //! ```
+//!
+//! Any entry may end in `in=A,B,...`: the (percent-encoded) names of the layers whose outputs
+//! it takes, `input` for the model's input. Without it a layer takes the layer before it (the
+//! input, for the first), so a chain's entries, and files written before graph models, have
+//! none; a graph model writes it exactly where a layer takes something else. The wiring is in
+//! the header, so the header's CRC-32C covers it like the rest of the architecture.
 //!
 //! `zp` is the layer's output zero point (full-integer models; its scale is in `scale`),
 //! `per-tensor` marks one weight scale for all output channels, `int4` weight codes in [−7, 7]
@@ -474,10 +482,21 @@ impl QuantizedModel {
             scale: scales[0],
             zero_point,
         });
-        let mut current = input;
-        let mut layers = Vec::with_capacity(specs.len());
+        let mut layers: Vec<QuantizedLayer> = Vec::with_capacity(specs.len());
         let mut encoded = 0usize;
         for s in specs {
+            // A layer that keeps its input's parameters takes them from the layer it reads
+            // (a name that resolves to no earlier layer is reported by the model's checks).
+            let source = match s.inputs.first() {
+                None => layers.last(),
+                Some(n) => layers.iter().find(|l| l.name == *n),
+            };
+            let mut current = match (s.inputs.first(), source) {
+                (Some(n), _) if n == pare_tensor::INPUT => input,
+                (_, Some(l)) => l.output,
+                (None, None) => input,
+                (Some(_), None) => None,
+            };
             let weights = match (&s.kernel, s.channels()) {
                 (Some(shape), Some(cout)) => {
                     let n = if s.per_tensor { 1 } else { cout };
@@ -531,6 +550,7 @@ impl QuantizedModel {
                 output,
                 input_shape: vec![],
                 output_shape: vec![],
+                inputs: s.inputs,
             });
         }
         if codec_name.is_some() && encoded == 0 {
@@ -583,6 +603,8 @@ fn file_op(kind: &LayerKind) -> &'static str {
         LayerKind::Sigmoid => "sigmoid",
         LayerKind::Tanh => "tanh",
         LayerKind::HardSwish => "hard_swish",
+        LayerKind::Add { .. } => "add",
+        LayerKind::Concatenate => "concatenate",
     }
 }
 
@@ -641,6 +663,12 @@ fn layer_entry(l: &QuantizedLayer) -> String {
             }
             per_tensor
         }
+        LayerKind::Add { relu } => {
+            if *relu {
+                args.push("relu".into());
+            }
+            false
+        }
         LayerKind::MaxPool2d {
             pool,
             strides,
@@ -669,7 +697,8 @@ fn layer_entry(l: &QuantizedLayer) -> String {
         | LayerKind::GlobalAvgPool2d
         | LayerKind::Sigmoid
         | LayerKind::Tanh
-        | LayerKind::HardSwish => false,
+        | LayerKind::HardSwish
+        | LayerKind::Concatenate => false,
         // Display prints the shortest decimal that parses back to the same f32.
         LayerKind::LeakyRelu { alpha } => {
             args.push(alpha.to_string());
@@ -687,6 +716,10 @@ fn layer_entry(l: &QuantizedLayer) -> String {
     }
     if let Some(o) = l.output.filter(|_| l.kind.requantizes()) {
         args.push(format!("zp={}", o.zero_point));
+    }
+    if !l.inputs.is_empty() {
+        let inputs: Vec<String> = l.inputs.iter().map(|n| escape(n)).collect();
+        args.push(format!("in={}", inputs.join(",")));
     }
     for a in args {
         s.push(' ');
@@ -906,6 +939,8 @@ struct LayerSpec {
     per_tensor: bool,
     int4: bool,
     zp: Option<i32>,
+    /// The names in `in=` (empty: the layer before).
+    inputs: Vec<String>,
 }
 
 impl LayerSpec {
@@ -935,14 +970,18 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
         None => (unescape(head)?, head),
     };
     let allow: (&[&str], &[&str]) = match op {
-        "conv2d" => (LAYER_FLAGS, &["strides", "zp"]),
-        "dense" => (&["relu", "per-tensor", "int4"], &["zp"]),
-        "depthwise_conv2d" => (LAYER_FLAGS, &["strides", "zp"]),
-        "max_pooling2d" | "average_pooling2d" => (&["same"], &["strides"]),
-        "reshape" | "flatten" | "re_lu" | "re_lu6" => (&[], &[]),
-        "leaky_re_lu" | "global_average_pooling2d" | "sigmoid" | "tanh" | "hard_swish" => {
-            (&[], &["zp"])
-        }
+        "conv2d" => (LAYER_FLAGS, &["strides", "zp", "in"]),
+        "dense" => (&["relu", "per-tensor", "int4"], &["zp", "in"]),
+        "depthwise_conv2d" => (LAYER_FLAGS, &["strides", "zp", "in"]),
+        "max_pooling2d" | "average_pooling2d" => (&["same"], &["strides", "in"]),
+        "reshape" | "flatten" | "re_lu" | "re_lu6" => (&[], &["in"]),
+        "leaky_re_lu"
+        | "global_average_pooling2d"
+        | "sigmoid"
+        | "tanh"
+        | "hard_swish"
+        | "concatenate" => (&[], &["zp", "in"]),
+        "add" => (&["relu"], &["zp", "in"]),
         _ => return Err(format!("unknown op {op:?}")),
     };
     let args = Args::parse(rest, allow.0, allow.1)?;
@@ -1002,6 +1041,8 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
         "sigmoid" => LayerKind::Sigmoid,
         "tanh" => LayerKind::Tanh,
         "hard_swish" => LayerKind::HardSwish,
+        "add" => LayerKind::Add { relu },
+        "concatenate" => LayerKind::Concatenate,
         "reshape" | "flatten" => {
             let shape = parse_dims(args.positional("shape")?)?;
             if op == "flatten" && shape.len() != 1 {
@@ -1024,10 +1065,22 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
         "sigmoid",
         "tanh",
         "hard_swish",
+        "add",
+        "concatenate",
     ];
     if let Some(a) = args.positional.filter(|_| bare.contains(&op)) {
         return Err(format!("unexpected argument {a:?}"));
     }
+    let inputs = match args.get("in") {
+        None => vec![],
+        Some(list) => list
+            .split(',')
+            .map(|n| match unescape(n)? {
+                n if n.is_empty() => Err(format!("empty input name in {list:?}")),
+                n => Ok(n),
+            })
+            .collect::<std::result::Result<_, _>>()?,
+    };
     Ok(LayerSpec {
         name,
         kind,
@@ -1035,6 +1088,7 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
         per_tensor: args.flag("per-tensor"),
         int4: args.flag("int4"),
         zp: args.zero_point()?,
+        inputs,
     })
 }
 

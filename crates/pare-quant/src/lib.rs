@@ -101,6 +101,8 @@ pub mod file;
 pub mod fixedpoint;
 #[cfg(test)]
 mod fold_tests;
+#[cfg(test)]
+mod graph_tests;
 mod int4;
 pub mod kernels;
 mod model;
@@ -127,7 +129,7 @@ pub use kernels::{
 };
 pub use model::{
     ActQuant, Bias, InputType, LayerKind, MAX_ELEMENTS, Mode, OutputType, Provenance,
-    QuantizedLayer, QuantizedModel, QuantizedWeights,
+    QuantizedLayer, QuantizedModel, QuantizedWeights, Source,
 };
 pub use observer::{
     KlObserver, MinMaxObserver, MovingAverageMinMaxObserver, MseObserver, Observer, ObserverConfig,

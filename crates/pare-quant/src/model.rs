@@ -9,11 +9,13 @@ use pare_tensor::nn::{
     AvgPool2d, Conv2d, Dense, DepthwiseConv2d, GlobalAveragePool2d, HardSwish, LeakyReLU,
     MaxPool2d, ReLU, ReLU6, Reshape, Sigmoid, Tanh,
 };
+use pare_tensor::nn::{Layer, Model};
 use pare_tensor::{Activation as FloatActivation, Param, Sequential};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{QuantError, Result};
 use crate::int4::WeightBits;
+use crate::kernels::add::AddParams;
 use crate::kernels::avgpool::ReduceMeanParams;
 use crate::kernels::lut::{HardSwishParams, LOGISTIC_OUTPUT, TANH_OUTPUT, lut_i8, relu6_range};
 use crate::kernels::{
@@ -252,6 +254,18 @@ pub enum LayerKind {
     /// Hard-swish `x · relu6(x + 3) / 6` with its own output parameters (TFLite's int8
     /// `HARD_SWISH`).
     HardSwish,
+    /// Element-wise sum of two inputs of one shape with its own output parameters, optionally
+    /// with a fused ReLU (TFLite's int8 `ADD`: each input rescaled to twice the larger input
+    /// scale at 20 extra bits, summed, rescaled to the output).
+    Add {
+        /// Fused ReLU (a ReLU after the add, clamped as TFLite's converter fuses it).
+        #[serde(default, skip_serializing_if = "is_false")]
+        relu: bool,
+    },
+    /// Two or more inputs joined on the last (channel) axis (TFLite's int8 `CONCATENATION`):
+    /// every input has the output's parameters, which the converter imposes on the layers
+    /// that produce them, so the codes are copied unchanged.
+    Concatenate,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -279,6 +293,17 @@ impl LayerKind {
             LayerKind::Sigmoid => "sigmoid",
             LayerKind::Tanh => "tanh",
             LayerKind::HardSwish => "hard_swish",
+            LayerKind::Add { .. } => "add",
+            LayerKind::Concatenate => "concatenate",
+        }
+    }
+
+    /// How many inputs the operation takes: `(at least, at most)`.
+    pub fn arity(&self) -> (usize, usize) {
+        match self {
+            LayerKind::Add { .. } => (2, 2),
+            LayerKind::Concatenate => (2, usize::MAX),
+            _ => (1, 1),
         }
     }
 
@@ -290,8 +315,9 @@ impl LayerKind {
         )
     }
 
-    /// Whether the layer computes new output parameters (others pass the input's through).
-    /// Sigmoid and tanh have new parameters too, but fixed ones ([`fixed_output`](Self::fixed_output)).
+    /// Whether the layer has output parameters of its own (others pass the input's through).
+    /// Sigmoid and tanh have new parameters too, but fixed ones ([`fixed_output`](Self::fixed_output));
+    /// a concatenation's are its inputs' (checked when the model is built).
     pub fn requantizes(&self) -> bool {
         matches!(
             self,
@@ -303,6 +329,8 @@ impl LayerKind {
                 | LayerKind::HardSwish
                 | LayerKind::Sigmoid
                 | LayerKind::Tanh
+                | LayerKind::Add { .. }
+                | LayerKind::Concatenate
         )
     }
 
@@ -390,6 +418,32 @@ pub struct QuantizedLayer {
     pub input_shape: Vec<usize>,
     /// Output shape of one example (filled in when the model is built).
     pub output_shape: Vec<usize>,
+    /// The names of the layers (or [`pare_tensor::INPUT`], the model's input) whose outputs
+    /// this layer takes, in order; empty for the layer before it (the input for the first
+    /// layer), so a chain has no wiring at all. Every input comes before the layer.
+    pub inputs: Vec<String>,
+}
+
+/// Where a layer's input comes from, resolved from [`QuantizedLayer::inputs`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The model's input.
+    Input,
+    /// The output of the layer at this index.
+    Layer(usize),
+}
+
+/// Which scratch buffer holds each value while the engine runs a batch: the input and every
+/// layer's output get a slot, reused once no later layer reads the value (register
+/// allocation over the layers' order). A chain uses two slots, alternately.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Schedule {
+    /// The input's slot.
+    pub input: usize,
+    /// Each layer's output slot.
+    pub output: Vec<usize>,
+    /// Each slot's size for one example, in elements.
+    pub len: Vec<usize>,
 }
 
 /// How a float model was quantized, recorded for reports and the file.
@@ -455,6 +509,11 @@ pub(crate) enum Prepared {
         window: Window2d,
     },
     Mean(ReduceMeanParams),
+    Add(AddParams),
+    Concat {
+        /// Each input's size along the last axis.
+        widths: Vec<usize>,
+    },
     Clamp {
         lo: i8,
         hi: i8,
@@ -477,6 +536,10 @@ pub struct QuantizedModel {
     pub(crate) layers: Vec<QuantizedLayer>,
     pub(crate) provenance: Provenance,
     pub(crate) prepared: Vec<Prepared>,
+    /// Each layer's inputs, resolved.
+    pub(crate) sources: Vec<Vec<Source>>,
+    /// The engine's buffer plan (full-integer models).
+    pub(crate) schedule: Schedule,
     /// The float network with dequantized weights (dynamic-range models).
     pub(crate) float: Option<Sequential>,
     /// Largest activation and patch matrix of one example, in elements.
@@ -547,15 +610,23 @@ impl QuantizedModel {
         if let Some(a) = &input {
             a.validate()?;
         }
-        let mut names = std::collections::HashSet::new();
-        if let Some(l) = layers.iter().find(|l| !names.insert(l.name.as_str())) {
-            return Err(bad_layer(l, "two layers share this name"));
-        }
-        let mut shape = input_shape.clone();
-        let mut params = input;
+        let sources = resolve_wiring(&mut layers)?;
+        let mut shapes: Vec<Vec<usize>> = Vec::with_capacity(layers.len());
+        let mut outputs: Vec<Option<ActQuant>> = Vec::with_capacity(layers.len());
         let mut prepared = Vec::with_capacity(layers.len());
-        let (mut max_activation, mut max_patches) = (elements(&shape).unwrap_or(0), 0usize);
-        for layer in &mut layers {
+        let (mut max_activation, mut max_patches) = (elements(&input_shape).unwrap_or(0), 0usize);
+        for (i, layer) in layers.iter_mut().enumerate() {
+            let shape_of = |s: &Source| match *s {
+                Source::Input => input_shape.clone(),
+                Source::Layer(j) => shapes[j].clone(),
+            };
+            let params_of = |s: &Source| match *s {
+                Source::Input => input,
+                Source::Layer(j) => outputs[j],
+            };
+            let srcs = &sources[i];
+            let shape = shape_of(&srcs[0]);
+            let params = params_of(&srcs[0]);
             layer.input_shape = shape.clone();
             if layer.kind.has_weights() != layer.weights.is_some() {
                 return Err(bad_layer(
@@ -596,8 +667,14 @@ impl QuantizedModel {
                     ));
                 }
             }
-            let (out_shape, prep, patches) =
-                prepare_layer(layer, &shape, params.as_ref(), rounding)?;
+            let (out_shape, prep, patches) = match layer.kind {
+                LayerKind::Add { .. } | LayerKind::Concatenate => {
+                    let ins: Vec<Vec<usize>> = srcs.iter().map(shape_of).collect();
+                    let qs: Vec<Option<ActQuant>> = srcs.iter().map(params_of).collect();
+                    prepare_merge(layer, &ins, &qs)?
+                }
+                _ => prepare_layer(layer, &shape, params.as_ref(), rounding)?,
+            };
             let n = elements(&out_shape).ok_or_else(|| {
                 bad_layer(
                     layer,
@@ -610,16 +687,23 @@ impl QuantizedModel {
                 prepared.push(p);
             }
             layer.output_shape = out_shape.clone();
-            shape = out_shape;
-            if layer.output.is_some() {
-                params = layer.output;
-            }
+            shapes.push(out_shape);
+            outputs.push(if layer.output.is_some() {
+                layer.output
+            } else {
+                params
+            });
         }
         // The fused conv + pool kernel has a fixed-point output stage only.
         if full && rounding == Rounding::Tflite {
-            fuse_conv_pool(&layers, &mut prepared);
+            fuse_conv_pool(&layers, &sources, &mut prepared);
         }
-        let float = (!full).then(|| dequantized_model(&input_shape, input, &layers));
+        let schedule = if full {
+            schedule(&input_shape, &layers, &sources, &prepared)
+        } else {
+            Schedule::default()
+        };
+        let float = (!full).then(|| dequantized_model(&input_shape, input, &layers, &sources));
         Ok(QuantizedModel {
             mode,
             input_type,
@@ -629,6 +713,8 @@ impl QuantizedModel {
             layers,
             provenance,
             prepared,
+            sources,
+            schedule,
             float,
             max_activation,
             max_patches,
@@ -724,6 +810,17 @@ impl QuantizedModel {
         &self.layers
     }
 
+    /// The inputs of layer `i`, resolved from its [`QuantizedLayer::inputs`]; `None` for no
+    /// such layer.
+    pub fn layer_inputs(&self, i: usize) -> Option<&[Source]> {
+        self.sources.get(i).map(Vec::as_slice)
+    }
+
+    /// True when every layer takes the layer before it (no wiring).
+    pub fn is_sequential(&self) -> bool {
+        self.layers.iter().all(|l| l.inputs.is_empty())
+    }
+
     /// How the model was quantized.
     pub fn provenance(&self) -> &Provenance {
         &self.provenance
@@ -735,7 +832,7 @@ impl QuantizedModel {
     pub fn dequantized_model(&self) -> Sequential {
         match &self.float {
             Some(m) => m.clone(),
-            None => dequantized_model(&self.input_shape, self.input, &self.layers),
+            None => dequantized_model(&self.input_shape, self.input, &self.layers, &self.sources),
         }
     }
 }
@@ -1066,6 +1163,9 @@ fn prepare_layer(
             });
             Ok((input.to_vec(), prep, 0))
         }
+        LayerKind::Add { .. } | LayerKind::Concatenate => {
+            unreachable!("prepare_layer: merges are prepared by prepare_merge")
+        }
         LayerKind::Sigmoid | LayerKind::Tanh | LayerKind::HardSwish => {
             let prep = match (in_q, layer.output.as_ref()) {
                 (Some(i), Some(o)) => {
@@ -1088,7 +1188,7 @@ fn prepare_layer(
 
 /// Gives every conv followed by a max-pool it can be fused with (see [`ConvPool`]) its fused
 /// form; the engine then runs the pair in one pass.
-fn fuse_conv_pool(layers: &[QuantizedLayer], prepared: &mut [Prepared]) {
+fn fuse_conv_pool(layers: &[QuantizedLayer], sources: &[Vec<Source>], prepared: &mut [Prepared]) {
     // Without VNNI the fused pass is scalar and slower than im2col + the AVX2 GEMM.
     if !Kernel::Avx512Vnni.is_available() {
         return;
@@ -1101,6 +1201,10 @@ fn fuse_conv_pool(layers: &[QuantizedLayer], prepared: &mut [Prepared]) {
         "fuse_conv_pool: one prepared step per layer"
     );
     for i in 1..prepared.len() {
+        // In a graph the pool must take the conv alone, and the conv feed nothing else.
+        if sources[i] != [Source::Layer(i - 1)] || consumers(sources, i - 1) != 1 {
+            continue;
+        }
         let (head, tail) = prepared.split_at_mut(i);
         let (
             Prepared::Conv {
@@ -1152,6 +1256,244 @@ fn fuse_conv_pool(layers: &[QuantizedLayer], prepared: &mut [Prepared]) {
     }
 }
 
+/// How many inputs of later layers read layer `i`'s output.
+fn consumers(sources: &[Vec<Source>], i: usize) -> usize {
+    sources
+        .iter()
+        .flatten()
+        .filter(|s| **s == Source::Layer(i))
+        .count()
+}
+
+/// Each layer's inputs resolved to [`Source`]s, checked: known names, each before the layer
+/// that takes it, the number the op takes, every layer but the last read by a later one.
+/// Inputs equal to the implicit "layer before" are cleared, so a chain has no wiring and
+/// equal models compare equal however their wiring was spelled.
+fn resolve_wiring(layers: &mut [QuantizedLayer]) -> Result<Vec<Vec<Source>>> {
+    let sources = resolve_sources(layers)?;
+    for (i, l) in layers.iter_mut().enumerate() {
+        let before = if i == 0 {
+            Source::Input
+        } else {
+            Source::Layer(i - 1)
+        };
+        if sources[i] == [before] {
+            l.inputs.clear();
+        }
+    }
+    Ok(sources)
+}
+
+/// [`resolve_wiring`] without clearing anything.
+pub(crate) fn resolve_sources(layers: &[QuantizedLayer]) -> Result<Vec<Vec<Source>>> {
+    let mut index = std::collections::HashMap::new();
+    for (i, l) in layers.iter().enumerate() {
+        if index.insert(l.name.as_str(), i).is_some() {
+            return Err(bad_layer(l, "two layers share this name"));
+        }
+    }
+    let graph = layers.iter().any(|l| !l.inputs.is_empty());
+    if graph && let Some(&i) = index.get(pare_tensor::INPUT) {
+        return Err(bad_layer(
+            &layers[i],
+            "in a model with wiring, the name \"input\" stands for the model's input",
+        ));
+    }
+    let mut sources = Vec::with_capacity(layers.len());
+    for (i, l) in layers.iter().enumerate() {
+        let before = if i == 0 {
+            Source::Input
+        } else {
+            Source::Layer(i - 1)
+        };
+        let srcs: Vec<Source> = if l.inputs.is_empty() {
+            vec![before]
+        } else {
+            l.inputs
+                .iter()
+                .map(|name| match index.get(name.as_str()) {
+                    _ if name == pare_tensor::INPUT => Ok(Source::Input),
+                    Some(&j) if j < i => Ok(Source::Layer(j)),
+                    _ => Err(bad_layer(
+                        l,
+                        format!("takes {name:?}, which is not the input or a layer before it"),
+                    )),
+                })
+                .collect::<Result<_>>()?
+        };
+        let (lo, hi) = l.kind.arity();
+        if !(lo..=hi).contains(&srcs.len()) {
+            return Err(bad_layer(
+                l,
+                format!(
+                    "int8 {} takes {}, found {} input(s)",
+                    l.kind.op_name(),
+                    match (lo, hi) {
+                        (1, 1) => "one input".to_string(),
+                        (a, b) if a == b => format!("{a} inputs"),
+                        (a, _) => format!("{a} or more inputs"),
+                    },
+                    srcs.len()
+                ),
+            ));
+        }
+        sources.push(srcs);
+    }
+    for i in 0..layers.len().saturating_sub(1) {
+        if consumers(&sources, i) == 0 {
+            return Err(bad_layer(
+                &layers[i],
+                "no later layer takes its output (only the last layer is the model's output)",
+            ));
+        }
+    }
+    Ok(sources)
+}
+
+/// Output shape and engine state of an add or concatenation, from its inputs' shapes and
+/// parameters.
+fn prepare_merge(
+    layer: &QuantizedLayer,
+    shapes: &[Vec<usize>],
+    params: &[Option<ActQuant>],
+) -> Result<(Vec<usize>, Option<Prepared>, usize)> {
+    let first = &shapes[0];
+    match layer.kind {
+        LayerKind::Add { relu } => {
+            if shapes.iter().any(|s| s != first) {
+                return Err(bad_layer(
+                    layer,
+                    format!("inputs of shapes {shapes:?} cannot be added: they must be equal"),
+                ));
+            }
+            let prep = match (params[0], params[1], layer.output) {
+                (Some(a), Some(b), Some(o)) => {
+                    let act = if relu {
+                        Activation::Relu
+                    } else {
+                        Activation::None
+                    };
+                    let (lo, hi) = activation_range(act, o.scale, o.zero_point)?;
+                    Some(Prepared::Add(AddParams::from_scales(
+                        (a.scale, a.zero_point),
+                        (b.scale, b.zero_point),
+                        (o.scale, o.zero_point),
+                        lo,
+                        hi,
+                    )?))
+                }
+                _ => None,
+            };
+            Ok((first.clone(), prep, 0))
+        }
+        _ => {
+            let fits = !first.is_empty()
+                && shapes.iter().all(|s| {
+                    s.len() == first.len() && s[..s.len() - 1] == first[..first.len() - 1]
+                });
+            if !fits {
+                return Err(bad_layer(
+                    layer,
+                    format!(
+                        "inputs of shapes {shapes:?} cannot be joined on the last axis: all \
+                         other axes must be equal"
+                    ),
+                ));
+            }
+            // TFLite's int8 CONCATENATION copies codes: it requires every input to have the
+            // output's scale and zero point (its Prepare checks both).
+            if let Some(o) = layer.output
+                && let Some(k) = params.iter().position(|p| *p != Some(o))
+            {
+                return Err(bad_layer(
+                    layer,
+                    format!(
+                        "input {k} has parameters {:?}, the output {o:?}: int8 concatenation \
+                         needs them equal",
+                        params[k]
+                    ),
+                ));
+            }
+            let widths: Vec<usize> = shapes.iter().map(|s| s[s.len() - 1]).collect();
+            let mut out = first.clone();
+            *out.last_mut().expect("non-empty") = widths.iter().sum();
+            let prep = layer.output.map(|_| Prepared::Concat { widths });
+            Ok((out, prep, 0))
+        }
+    }
+}
+
+/// Whether the engine runs this step in place on its input's buffer (an element-wise step
+/// that keeps the layout, or a reshape).
+pub(crate) fn in_place(p: &Prepared) -> bool {
+    matches!(
+        p,
+        Prepared::Reshape | Prepared::Relu { .. } | Prepared::Lut(_) | Prepared::Clamp { .. }
+    )
+}
+
+/// The engine's buffer plan (see [`Schedule`]): a layer's output takes its input's slot when
+/// it runs in place on an input it reads last, else the lowest free slot; slots are freed
+/// after the last layer reading them ran, so an output never shares a slot with an input of
+/// its own layer. A conv fused with the pool after it writes the pool's output directly, so
+/// its inputs stay live through the pool.
+fn schedule(
+    input_shape: &[usize],
+    layers: &[QuantizedLayer],
+    sources: &[Vec<Source>],
+    prepared: &[Prepared],
+) -> Schedule {
+    let value = |s: &Source| match *s {
+        Source::Input => 0,
+        Source::Layer(j) => j + 1,
+    };
+    let mut last_use = vec![0usize; layers.len() + 1];
+    for (i, srcs) in sources.iter().enumerate() {
+        let fused = matches!(&prepared[i], Prepared::Conv { fused: Some(_), .. });
+        for s in srcs {
+            last_use[value(s)] = last_use[value(s)].max(i + usize::from(fused));
+        }
+    }
+    if let Some(l) = last_use.last_mut() {
+        *l = usize::MAX;
+    }
+    let mut len: Vec<usize> = vec![input_shape.iter().product()];
+    let mut slot_of = vec![0usize; layers.len() + 1];
+    let mut free: Vec<bool> = vec![false];
+    for (i, layer) in layers.iter().enumerate() {
+        let size: usize = layer.output_shape.iter().product();
+        let src = value(&sources[i][0]);
+        let slot = if in_place(&prepared[i]) && sources[i].len() == 1 && last_use[src] == i {
+            last_use[src] = usize::MAX; // handed over, not freed below
+            slot_of[src]
+        } else {
+            match free.iter().position(|&f| f) {
+                Some(s) => {
+                    free[s] = false;
+                    s
+                }
+                None => {
+                    free.push(false);
+                    len.push(0);
+                    free.len() - 1
+                }
+            }
+        };
+        len[slot] = len[slot].max(size);
+        slot_of[i + 1] = slot;
+        for v in 0..=i {
+            if last_use[v] == i {
+                free[slot_of[v]] = true;
+            }
+        }
+    }
+    Schedule {
+        input: slot_of[0],
+        output: slot_of[1..].to_vec(),
+        len,
+    }
+}
+
 fn kernel_2d(kernel: &ArrayD<i8>, k: usize, n: usize) -> ndarray::ArrayView2<'_, i8> {
     kernel
         .view()
@@ -1179,10 +1521,20 @@ fn dequantized_model(
     input_shape: &[usize],
     input: Option<ActQuant>,
     layers: &[QuantizedLayer],
+    sources: &[Vec<Source>],
 ) -> Sequential {
-    let mut model = Sequential::new(input_shape);
-    let mut in_scale = input.map(|a| a.scale);
-    for l in layers {
+    let mut nodes: Vec<(Layer, Vec<String>)> = Vec::with_capacity(layers.len());
+    // The float node holding each quantized layer's output (a fused ReLU's, for an add).
+    let mut node_of: Vec<String> = Vec::with_capacity(layers.len());
+    let mut outputs: Vec<Option<ActQuant>> = Vec::with_capacity(layers.len());
+    for (i, l) in layers.iter().enumerate() {
+        let src = |s: &Source| match *s {
+            Source::Input => (pare_tensor::INPUT.to_string(), input),
+            Source::Layer(j) => (node_of[j].clone(), outputs[j]),
+        };
+        let inputs: Vec<String> = sources[i].iter().map(|s| src(s).0).collect();
+        let in_params = src(&sources[i][0]).1;
+        let in_scale = in_params.map(|a| a.scale);
         let act = |relu: bool| {
             if relu {
                 FloatActivation::Relu
@@ -1211,7 +1563,7 @@ fn dequantized_model(
                 ),
             )
         };
-        model = match &l.kind {
+        let layer: Layer = match &l.kind {
             LayerKind::Conv2d {
                 strides,
                 padding,
@@ -1220,7 +1572,7 @@ fn dequantized_model(
             } => {
                 let w = l.weights.as_ref().expect("checked by from_parts");
                 let (kernel, bias) = weights(w);
-                model.push(Conv2d {
+                Layer::from(Conv2d {
                     name: l.name.clone(),
                     kernel,
                     bias,
@@ -1233,7 +1585,7 @@ fn dequantized_model(
             LayerKind::Dense { relu } => {
                 let w = l.weights.as_ref().expect("checked by from_parts");
                 let (kernel, bias) = weights(w);
-                model.push(Dense {
+                Layer::from(Dense {
                     name: l.name.clone(),
                     kernel,
                     bias,
@@ -1245,15 +1597,15 @@ fn dequantized_model(
                 pool,
                 strides,
                 padding,
-            } => model.push(MaxPool2d {
+            } => Layer::from(MaxPool2d {
                 name: l.name.clone(),
                 pool: *pool,
                 strides: *strides,
                 padding: to_tensor_padding(*padding),
             }),
-            LayerKind::Reshape { shape } => model.push(Reshape::new(&l.name, shape)),
-            LayerKind::Relu => model.push(ReLU::new(&l.name)),
-            LayerKind::LeakyRelu { alpha } => model.push(LeakyReLU::new(&l.name, *alpha)),
+            LayerKind::Reshape { shape } => Layer::from(Reshape::new(&l.name, shape)),
+            LayerKind::Relu => Layer::from(ReLU::new(&l.name)),
+            LayerKind::LeakyRelu { alpha } => Layer::from(LeakyReLU::new(&l.name, *alpha)),
             LayerKind::DepthwiseConv2d {
                 strides,
                 padding,
@@ -1270,7 +1622,7 @@ fn dequantized_model(
                     .value
                     .into_shape_with_order(IxDyn(&[kh, kw, c, cout / c]))
                     .expect("dequantized_model: depthwise kernel checked [kh, kw, c * m]");
-                model.push(DepthwiseConv2d {
+                Layer::from(DepthwiseConv2d {
                     name: l.name.clone(),
                     kernel,
                     bias,
@@ -1284,21 +1636,42 @@ fn dequantized_model(
                 pool,
                 strides,
                 padding,
-            } => model.push(AvgPool2d {
+            } => Layer::from(AvgPool2d {
                 name: l.name.clone(),
                 pool: *pool,
                 strides: *strides,
                 padding: to_tensor_padding(*padding),
             }),
-            LayerKind::GlobalAvgPool2d => model.push(GlobalAveragePool2d::new(&l.name)),
-            LayerKind::Relu6 => model.push(ReLU6::new(&l.name)),
-            LayerKind::Sigmoid => model.push(Sigmoid::new(&l.name)),
-            LayerKind::Tanh => model.push(Tanh::new(&l.name)),
-            LayerKind::HardSwish => model.push(HardSwish::new(&l.name)),
+            LayerKind::GlobalAvgPool2d => Layer::from(GlobalAveragePool2d::new(&l.name)),
+            LayerKind::Relu6 => Layer::from(ReLU6::new(&l.name)),
+            LayerKind::Sigmoid => Layer::from(Sigmoid::new(&l.name)),
+            LayerKind::Tanh => Layer::from(Tanh::new(&l.name)),
+            LayerKind::HardSwish => Layer::from(HardSwish::new(&l.name)),
+            LayerKind::Add { .. } => Layer::from(pare_tensor::Add::new(&l.name)),
+            LayerKind::Concatenate => Layer::from(pare_tensor::Concatenate::new(&l.name)),
         };
-        if let Some(o) = &l.output {
-            in_scale = Some(o.scale);
+        nodes.push((layer, inputs));
+        node_of.push(l.name.clone());
+        if let LayerKind::Add { relu: true } = l.kind {
+            let relu = format!("{}.relu", l.name);
+            nodes.push((Layer::from(ReLU::new(&relu)), vec![l.name.clone()]));
+            node_of[i] = relu;
         }
+        outputs.push(l.output.or(in_params));
     }
-    model
+    let graph = sources.iter().any(|s| s.len() != 1)
+        || layers.iter().any(|l| !l.inputs.is_empty())
+        || nodes.len() != layers.len();
+    if !graph {
+        let mut model = Sequential::new(input_shape);
+        model.layers = nodes.into_iter().map(|(l, _)| l).collect();
+        return model;
+    }
+    let mut b = Model::functional(input_shape);
+    for (layer, inputs) in nodes {
+        let inputs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+        b = b.node(layer, &inputs);
+    }
+    b.build()
+        .expect("dequantized_model: the wiring and shapes were checked when the model was built")
 }

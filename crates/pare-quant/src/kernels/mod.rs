@@ -61,6 +61,7 @@ use crate::fixedpoint::{
 use crate::params::{QMAX_I8, QMIN_I8};
 
 mod activation;
+pub mod add;
 pub mod avgpool;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
