@@ -35,6 +35,7 @@ pub mod plot;
 pub mod report;
 pub mod results;
 pub mod sweep;
+pub mod tflite;
 
 pub use error::{Error, Result};
 

@@ -22,7 +22,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use ndarray::{ArrayD, IxDyn};
 use pare::quant::kernels::activation_range;
@@ -44,120 +43,10 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// TensorFlow's Python: `PARE_TF_PYTHON`, else the venv of `tools/setup-tf.sh` (the places
-/// the build script checks before it sets `pare_tflite`).
+/// TensorFlow's Python (the places the build script checks before it sets `pare_tflite`).
 fn tf_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("PARE_TF_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    [
-        PathBuf::from("/work/venvs/tf/bin/python"),
-        root().join("target/venv-tf/bin/python"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .unwrap_or_else(|| {
+    pare::tflite::tf_python(root()).unwrap_or_else(|| {
         panic!("no TensorFlow: run tools/setup-tf.sh (or set PARE_TF_PYTHON to its python)")
-    })
-}
-
-/// The spec `tools/tflite_run.py` builds its flatbuffer from: pare's layers with their codes
-/// and parameters, in pare's layouts.
-fn spec(q: &QuantizedModel, n: usize, name: &str, dir: &Path, xnnpack: bool) -> serde_json::Value {
-    let input = q.input_quant().expect("a full-integer model");
-    let act = |a: pare::quant::ActQuant| serde_json::json!({"scale": a.scale, "zero_point": a.zero_point});
-    let padding = |p: &Padding| if *p == Padding::Same { "same" } else { "valid" };
-    let relu = |r: bool| if r { "relu" } else { "none" };
-    let layers: Vec<serde_json::Value> = q
-        .layers()
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let mut v = serde_json::json!({
-                "op": l.kind.op_name(),
-                "name": l.name,
-                "output": act(l.output.expect("full integer")),
-                "output_shape": l.output_shape,
-            });
-            let m = v.as_object_mut().unwrap();
-            if !q.is_sequential() {
-                let inputs: Vec<i64> = q
-                    .layer_inputs(i)
-                    .unwrap()
-                    .iter()
-                    .map(|s| match s {
-                        Source::Input => -1,
-                        Source::Layer(j) => *j as i64,
-                    })
-                    .collect();
-                m.insert("inputs".into(), serde_json::json!(inputs));
-            }
-            if let Some(w) = &l.weights {
-                let Bias::Int32(b) = &w.bias else {
-                    panic!("full-integer bias")
-                };
-                let mut shape = w.kernel.shape().to_vec();
-                if let LayerKind::DepthwiseConv2d { .. } = l.kind {
-                    // [kh, kw, c · m] as the tool's [kh, kw, c, m].
-                    let c = l.input_shape[2];
-                    shape = vec![shape[0], shape[1], c, shape[2] / c];
-                }
-                m.insert("kernel_shape".into(), serde_json::json!(shape));
-                let codes: Vec<i8> = w.kernel.iter().copied().collect();
-                m.insert("kernel".into(), serde_json::json!(codes));
-                m.insert("weight_scale".into(), serde_json::json!(w.scale));
-                m.insert("bias".into(), serde_json::json!(b));
-            }
-            match &l.kind {
-                LayerKind::Conv2d {
-                    strides,
-                    padding: p,
-                    relu: r,
-                    ..
-                }
-                | LayerKind::DepthwiseConv2d {
-                    strides,
-                    padding: p,
-                    relu: r,
-                    ..
-                } => {
-                    m.insert("strides".into(), serde_json::json!(strides));
-                    m.insert("padding".into(), padding(p).into());
-                    m.insert("activation".into(), relu(*r).into());
-                }
-                LayerKind::Dense { relu: r } | LayerKind::Add { relu: r } => {
-                    m.insert("activation".into(), relu(*r).into());
-                }
-                LayerKind::MaxPool2d {
-                    pool,
-                    strides,
-                    padding: p,
-                }
-                | LayerKind::AvgPool2d {
-                    pool,
-                    strides,
-                    padding: p,
-                } => {
-                    m.insert("pool".into(), serde_json::json!(pool));
-                    m.insert("strides".into(), serde_json::json!(strides));
-                    m.insert("padding".into(), padding(p).into());
-                }
-                LayerKind::LeakyRelu { alpha } => {
-                    m.insert("alpha".into(), serde_json::json!(alpha));
-                }
-                _ => {}
-            }
-            v
-        })
-        .collect();
-    serde_json::json!({
-        "batch": n,
-        "input": {"shape": q.input_shape(), "scale": input.scale, "zero_point": input.zero_point},
-        "layers": layers,
-        "model_path": dir.join(format!("{name}.tflite")),
-        "input_path": dir.join(format!("{name}.input.bin")),
-        "output_path": dir.join(format!("{name}.output.bin")),
-        "xnnpack": xnnpack,
     })
 }
 
@@ -169,23 +58,11 @@ struct TfliteRun {
 
 fn run_tflite(q: &QuantizedModel, codes: &ArrayD<i8>, name: &str, xnnpack: bool) -> TfliteRun {
     let dir = root().join("target/pare/tflite-test");
-    std::fs::create_dir_all(&dir).unwrap();
     let n = codes.shape()[0];
-    let spec = spec(q, n, name, &dir, xnnpack);
-    let spec_path = dir.join(format!("{name}.json"));
-    std::fs::write(&spec_path, serde_json::to_vec(&spec).unwrap()).unwrap();
-    let bytes: Vec<u8> = codes.iter().map(|&v| v as u8).collect();
-    std::fs::write(dir.join(format!("{name}.input.bin")), bytes).unwrap();
-    let out = Command::new(tf_python())
-        .arg(root().join("tools/tflite_run.py"))
-        .arg(&spec_path)
-        .output()
-        .unwrap_or_else(|e| panic!("running tools/tflite_run.py: {e}"));
-    assert!(
-        out.status.success(),
-        "tools/tflite_run.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let spec = pare::tflite::spec(q, n, name, &dir, xnnpack).unwrap();
+    let codes: Vec<i8> = codes.iter().copied().collect();
+    pare::tflite::run_tool(&tf_python(), root(), &spec, &codes, &dir, name)
+        .unwrap_or_else(|e| panic!("{e}"));
     let read = |path: PathBuf| -> Vec<i8> {
         std::fs::read(&path)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -12,11 +12,14 @@ int8 input codes in SPEC["input_path"] with the reference op resolver
 (`OpResolverType.BUILTIN_REF`), and writes every layer's int8 output, concatenated, to
 SPEC["output_path"]; with SPEC["xnnpack"] also the outputs of the default resolver (XNNPACK
 delegate) to SPEC["output_path"] + ".xnnpack". The .tflite file goes to SPEC["model_path"].
+With SPEC["bench_runs"] it also times that many calls of the default resolver (median
+microseconds, on one thread and on TFLite's default) and adds them to the JSON it prints.
 """
 
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -259,6 +262,26 @@ def run(model, outputs, codes, resolver):
     return b"".join(interp.get_tensor(t).astype(np.int8).tobytes() for t in outputs)
 
 
+def latency_us(model, codes, runs, threads):
+    """Median microseconds of one `invoke` with the default resolver (XNNPACK delegate) on
+    `threads` threads, after min(runs, 200) warm-up calls, as TFLite's benchmark tool
+    reports it."""
+    interp = tf.lite.Interpreter(model_content=model, num_threads=threads)
+    interp.allocate_tensors()
+    index = interp.get_input_details()[0]["index"]
+    for _ in range(min(runs, 200)):
+        interp.set_tensor(index, codes)
+        interp.invoke()
+    times = []
+    for _ in range(runs):
+        interp.set_tensor(index, codes)
+        start = time.perf_counter_ns()
+        interp.invoke()
+        times.append((time.perf_counter_ns() - start) / 1e3)
+    times.sort()
+    return times[len(times) // 2]
+
+
 def main():
     if len(sys.argv) != 2:
         raise SystemExit(__doc__)
@@ -275,7 +298,14 @@ def main():
     if spec.get("xnnpack"):
         with open(spec["output_path"] + ".xnnpack", "wb") as f:
             f.write(run(model, outputs, codes, R.BUILTIN))
-    print(json.dumps({"tensorflow": tf.__version__}))
+    report = {"tensorflow": tf.__version__}
+    if spec.get("bench_runs"):
+        # Batch-1 latency of the default resolver (XNNPACK) on one thread and on TFLite's
+        # default thread count.
+        runs = int(spec["bench_runs"])
+        report["xnnpack_us_1_thread"] = latency_us(model, codes, runs, 1)
+        report["xnnpack_us_default_threads"] = latency_us(model, codes, runs, None)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -274,7 +274,7 @@ impl<'m> Interpreter<'m> {
         for (i, (layer, prep)) in model.layers.iter().zip(&model.prepared).enumerate() {
             let in_len = n * layer.input_shape.iter().product::<usize>();
             let out_len = n * layer.output_shape.iter().product::<usize>();
-            let srcs = &model.sources[i];
+            let srcs = &schedule.sources[i];
             let (from, to) = (slot(&srcs[0]), schedule.output[i]);
             out_slot = to;
             if from == to {

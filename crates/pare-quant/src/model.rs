@@ -438,7 +438,9 @@ pub enum Source {
 /// allocation over the layers' order). A chain uses two slots, alternately.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Schedule {
-    /// The input's slot.
+    /// Each layer's inputs, resolved.
+    pub sources: Vec<Vec<Source>>,
+    /// The input's slot (full-integer models; the slots are empty in dynamic-range ones).
     pub input: usize,
     /// Each layer's output slot.
     pub output: Vec<usize>,
@@ -536,10 +538,9 @@ pub struct QuantizedModel {
     pub(crate) layers: Vec<QuantizedLayer>,
     pub(crate) provenance: Provenance,
     pub(crate) prepared: Vec<Prepared>,
-    /// Each layer's inputs, resolved.
-    pub(crate) sources: Vec<Vec<Source>>,
-    /// The engine's buffer plan (full-integer models).
-    pub(crate) schedule: Schedule,
+    /// Each layer's inputs and the engine's buffer plan (boxed: a model is moved around by
+    /// value, and a chain's plan is rarely read).
+    pub(crate) schedule: Box<Schedule>,
     /// The float network with dequantized weights (dynamic-range models).
     pub(crate) float: Option<Sequential>,
     /// Largest activation and patch matrix of one example, in elements.
@@ -698,12 +699,13 @@ impl QuantizedModel {
         if full && rounding == Rounding::Tflite {
             fuse_conv_pool(&layers, &sources, &mut prepared);
         }
-        let schedule = if full {
+        let mut schedule = if full {
             schedule(&input_shape, &layers, &sources, &prepared)
         } else {
             Schedule::default()
         };
         let float = (!full).then(|| dequantized_model(&input_shape, input, &layers, &sources));
+        schedule.sources = sources;
         Ok(QuantizedModel {
             mode,
             input_type,
@@ -713,8 +715,7 @@ impl QuantizedModel {
             layers,
             provenance,
             prepared,
-            sources,
-            schedule,
+            schedule: Box::new(schedule),
             float,
             max_activation,
             max_patches,
@@ -813,7 +814,7 @@ impl QuantizedModel {
     /// The inputs of layer `i`, resolved from its [`QuantizedLayer::inputs`]; `None` for no
     /// such layer.
     pub fn layer_inputs(&self, i: usize) -> Option<&[Source]> {
-        self.sources.get(i).map(Vec::as_slice)
+        self.schedule.sources.get(i).map(Vec::as_slice)
     }
 
     /// True when every layer takes the layer before it (no wiring).
@@ -832,7 +833,12 @@ impl QuantizedModel {
     pub fn dequantized_model(&self) -> Sequential {
         match &self.float {
             Some(m) => m.clone(),
-            None => dequantized_model(&self.input_shape, self.input, &self.layers, &self.sources),
+            None => dequantized_model(
+                &self.input_shape,
+                self.input,
+                &self.layers,
+                &self.schedule.sources,
+            ),
         }
     }
 }
@@ -1339,10 +1345,11 @@ pub(crate) fn resolve_sources(layers: &[QuantizedLayer]) -> Result<Vec<Vec<Sourc
         }
         sources.push(srcs);
     }
-    for i in 0..layers.len().saturating_sub(1) {
+    let n = layers.len();
+    for (i, l) in layers.iter().enumerate().take(n.saturating_sub(1)) {
         if consumers(&sources, i) == 0 {
             return Err(bad_layer(
-                &layers[i],
+                l,
                 "no later layer takes its output (only the last layer is the model's output)",
             ));
         }
@@ -1488,6 +1495,7 @@ fn schedule(
         }
     }
     Schedule {
+        sources: Vec::new(),
         input: slot_of[0],
         output: slot_of[1..].to_vec(),
         len,
