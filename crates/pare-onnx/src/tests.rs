@@ -467,3 +467,61 @@ fn a_graph_models_float_graph_computes_its_forward_pass() {
         assert_abs_diff_eq!(g, w, epsilon = 1e-4);
     }
 }
+
+#[test]
+fn the_newer_int8_ops_export_as_grouped_convs_and_contrib_ops() {
+    use pare_tensor::nn::{
+        AvgPool2d, DepthwiseConv2d, GlobalAveragePool2d, HardSwish, ReLU6, Sigmoid, Tanh,
+    };
+    let model = Sequential::new(&[8, 8, 3])
+        .push(DepthwiseConv2d::new("dw", 3, [3, 3], &mut StdRng::seed_from_u64(1)).use_bias(false))
+        .push(ReLU6::new("relu6"))
+        .push(AvgPool2d::new("avg", 2))
+        .push(Sigmoid::new("sigmoid"))
+        .push(Tanh::new("tanh"))
+        .push(HardSwish::new("hswish"))
+        .push(GlobalAveragePool2d::new("gap"));
+    let q = convert(&model, images(8, &[8, 8, 3], 2).view(), &Default::default()).unwrap();
+    let qop = export_qoperator(&q).unwrap();
+    let g = qop.graph.as_ref().unwrap();
+    let dw = g.node.iter().find(|n| n.op_type == "QLinearConv").unwrap();
+    let group = dw.attribute.iter().find(|a| a.name == "group").unwrap();
+    assert_eq!(group.i, 3);
+    let kernel = g
+        .initializer
+        .iter()
+        .find(|t| t.name == "dw/kernel")
+        .unwrap();
+    assert_eq!(kernel.dims, [3, 1, 3, 3]);
+    let contrib: Vec<&str> = g
+        .node
+        .iter()
+        .filter(|n| n.domain == MS_DOMAIN)
+        .map(|n| n.op_type.as_str())
+        .collect();
+    assert_eq!(
+        contrib,
+        [
+            "QLinearAveragePool",
+            "QLinearSigmoid",
+            "QLinearGlobalAveragePool"
+        ]
+    );
+    assert!(qop.opset_import.iter().any(|o| o.domain == MS_DOMAIN));
+    // ReLU6 clamps the codes; tanh and hard-swish run in float between Q/DQ.
+    for op in ["Clip", "Tanh", "HardSigmoid"] {
+        assert!(ops(&qop).contains(&op), "{op}: {:?}", ops(&qop));
+    }
+    let qdq = export_qdq(&q).unwrap();
+    for op in [
+        "Conv",
+        "Clip",
+        "AveragePool",
+        "Sigmoid",
+        "Tanh",
+        "HardSigmoid",
+        "GlobalAveragePool",
+    ] {
+        assert!(ops(&qdq).contains(&op), "{op}: {:?}", ops(&qdq));
+    }
+}
