@@ -4,11 +4,13 @@
 //! carry pare's scales and zero points exactly as the model holds them.
 
 use pare_quant::kernels::lut::relu6_range;
-use pare_quant::{ActQuant, Bias, InputType, LayerKind, Mode, QuantizedLayer, QuantizedModel};
+use pare_quant::{
+    ActQuant, Bias, InputType, LayerKind, Mode, QuantizedLayer, QuantizedModel, Source,
+};
 
 use crate::builder::{
-    Cursor, GraphBuilder, Layout, MS_DOMAIN, conv_attributes, float, int, ints, oihw,
-    window_attributes,
+    Cursor, GraphBuilder, Layout, MS_DOMAIN, channel_axis, conv_attributes, float, int, ints, oihw,
+    one_layout, window_attributes,
 };
 use crate::error::{OnnxError, Result};
 use crate::float::{hard_swish, relu6};
@@ -19,6 +21,25 @@ fn tensor_padding(p: pare_quant::Padding) -> pare_tensor::Padding {
         pare_quant::Padding::Valid => pare_tensor::Padding::Valid,
         pare_quant::Padding::Same => pare_tensor::Padding::Same,
     }
+}
+
+/// The values (and their parameters) layer `i` of `model` reads: the layer before's in a
+/// chain, those its wiring names in a graph model.
+fn sources(
+    model: &QuantizedModel,
+    i: usize,
+    values: &[(Cursor, ActQuant)],
+    input: &(Cursor, ActQuant),
+) -> Vec<(Cursor, ActQuant)> {
+    model
+        .layer_inputs(i)
+        .expect("sources: the layer index is in range")
+        .iter()
+        .map(|s| match *s {
+            Source::Input => input.clone(),
+            Source::Layer(j) => values[j].clone(),
+        })
+        .collect()
 }
 
 /// The input parameters of a full-integer model.
@@ -181,6 +202,10 @@ fn axis_attr(channels: usize, axis: i64) -> Vec<crate::proto::AttributeProto> {
 /// sigmoid, tanh → `Sigmoid`, `Tanh` (at TFLite's fixed output parameters), hard-swish →
 /// `x · HardSigmoid(x)`.
 ///
+/// A graph model's merges: `Add` → `DequantizeLinear` of both inputs, `Add` (a fused ReLU as
+/// `Relu`), `QuantizeLinear` at its output parameters; `Concatenate` → `Concat` on the channel
+/// axis between the same pairs.
+///
 /// `QuantizeLinear` rounds half to even where pare rounds half away from zero; only inputs
 /// exactly halfway between two codes can quantize differently.
 ///
@@ -204,16 +229,43 @@ pub fn export_qdq(model: &QuantizedModel) -> Result<ModelProto> {
         let (s, z) = act_params(g, stem, q);
         g.node("QuantizeLinear", &[y, &s, &z], vec![], stem)
     };
-    for layer in model.layers() {
+    let input = (cur.clone(), in_q);
+    let mut values: Vec<(Cursor, ActQuant)> = Vec::with_capacity(model.layers().len());
+    for (i, layer) in model.layers().iter().enumerate() {
         let name = layer.name.as_str();
+        let mut inputs = sources(model, i, &values, &input);
+        (cur, in_q) = inputs[0].clone();
         match &layer.kind {
-            // The exporter walks the layers as a chain; pare-quant's int8 graphs (add,
-            // concatenation) have no export here yet.
-            LayerKind::Add { .. } | LayerKind::Concatenate => {
-                return Err(OnnxError::Unsupported {
-                    layer: layer.name.clone(),
-                    reason: "int8 graph models (add, concatenation) have no ONNX export yet".into(),
-                });
+            LayerKind::Add { relu } => {
+                let out = output_of(layer)?;
+                let layout = layout_of(&mut g, &mut inputs);
+                let xs: Vec<String> = inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (c, q))| dq(&mut g, c, *q, &format!("{name}/input{k}")))
+                    .collect();
+                let mut y = g.node("Add", &[&xs[0], &xs[1]], vec![], name);
+                if *relu {
+                    y = g.node("Relu", &[&y], vec![], name);
+                }
+                cur.name = quantize(&mut g, &y, out, &format!("{name}/output"));
+                cur.layout = layout;
+                in_q = out;
+            }
+            LayerKind::Concatenate => {
+                let out = output_of(layer)?;
+                let layout = layout_of(&mut g, &mut inputs);
+                let xs: Vec<String> = inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (c, q))| dq(&mut g, c, *q, &format!("{name}/input{k}")))
+                    .collect();
+                let xs: Vec<&str> = xs.iter().map(String::as_str).collect();
+                let axis = channel_axis(layout, layer.output_shape.len());
+                let y = g.node("Concat", &xs, vec![int("axis", axis)], name);
+                cur.name = quantize(&mut g, &y, out, &format!("{name}/output"));
+                cur.layout = layout;
+                in_q = out;
             }
             LayerKind::Conv2d {
                 kernel_size,
@@ -342,6 +394,7 @@ pub fn export_qdq(model: &QuantizedModel) -> Result<ModelProto> {
             }
         }
         cur.shape = layer.output_shape.clone();
+        values.push((cur.clone(), in_q));
     }
     g.transpose_to(&mut cur, Layout::Nhwc);
     let logits = dq(&mut g, &cur, in_q, "logits");
@@ -434,6 +487,9 @@ fn qdq_bias(
 /// - depthwise conv → `QLinearConv` with `group` = input channels, kernel `[c · m, 1, kh, kw]`;
 /// - average pool → `com.microsoft.QLinearAveragePool` (padding not counted), global average
 ///   pool → `com.microsoft.QLinearGlobalAveragePool` and a `Reshape` to `[batch, c]`;
+/// - a graph model's `Add` → `com.microsoft.QLinearAdd` (a fused ReLU as `Clip`),
+///   `Concatenate` → `Concat` of the int8 codes on the channel axis (its inputs have its
+///   parameters, as TFLite requires);
 /// - ReLU6 → `Clip` to the codes of 0 and 6, as pare clamps; sigmoid →
 ///   `com.microsoft.QLinearSigmoid`; tanh and hard-swish, which have no integer operator in
 ///   ONNX or onnxruntime, → the float operator between `DequantizeLinear` and
@@ -484,16 +540,40 @@ pub fn export_qoperator_with(
         let (s, z) = act_params(&mut g, "input", in_q);
         cur.name = g.node("QuantizeLinear", &[&x, &s, &z], vec![], "input_q");
     }
-    for layer in model.layers() {
+    let input = (cur.clone(), in_q);
+    let mut values: Vec<(Cursor, ActQuant)> = Vec::with_capacity(model.layers().len());
+    for (i, layer) in model.layers().iter().enumerate() {
         let name = layer.name.as_str();
+        let mut inputs = sources(model, i, &values, &input);
+        (cur, in_q) = inputs[0].clone();
         match &layer.kind {
-            // The exporter walks the layers as a chain; pare-quant's int8 graphs (add,
-            // concatenation) have no export here yet.
-            LayerKind::Add { .. } | LayerKind::Concatenate => {
-                return Err(OnnxError::Unsupported {
-                    layer: layer.name.clone(),
-                    reason: "int8 graph models (add, concatenation) have no ONNX export yet".into(),
-                });
+            LayerKind::Add { relu } => {
+                let out = output_of(layer)?;
+                cur.layout = layout_of(&mut g, &mut inputs);
+                let [(a, aq), (b, bq)] = [&inputs[0], &inputs[1]];
+                let (a_s, a_z) = act_params(&mut g, &format!("{name}/input0"), *aq);
+                let (b_s, b_z) = act_params(&mut g, &format!("{name}/input1"), *bq);
+                let (ys, yz) = act_params(&mut g, &format!("{name}/output"), out);
+                cur.name = g.node_in(
+                    MS_DOMAIN,
+                    "QLinearAdd",
+                    &[&a.name, &a_s, &a_z, &b.name, &b_s, &b_z, &ys, &yz],
+                    vec![],
+                    name,
+                );
+                if *relu {
+                    clip_at(&mut g, &mut cur, out.zero_point, name, codes);
+                }
+                in_q = out;
+            }
+            LayerKind::Concatenate => {
+                // Every input has the output's parameters (TFLite's rule, checked by
+                // pare-quant), so the codes join unchanged.
+                cur.layout = layout_of(&mut g, &mut inputs);
+                let xs: Vec<&str> = inputs.iter().map(|(c, _)| c.name.as_str()).collect();
+                let axis = channel_axis(cur.layout, layer.output_shape.len());
+                cur.name = g.node("Concat", &xs, vec![int("axis", axis)], name);
+                in_q = output_of(layer)?;
             }
             LayerKind::Conv2d {
                 kernel_size,
@@ -675,6 +755,7 @@ pub fn export_qoperator_with(
             }
         }
         cur.shape = layer.output_shape.clone();
+        values.push((cur.clone(), in_q));
     }
     g.transpose_to(&mut cur, Layout::Nhwc);
     Ok(g.finish(
@@ -731,6 +812,16 @@ fn avg_pool_attributes(
     let mut attrs = window_attributes(layer, input, pool, strides, tensor_padding(padding))?;
     attrs.push(int("count_include_pad", 0));
     Ok(attrs)
+}
+
+/// The inputs of a merge brought to one layout (the first's); returns it.
+fn layout_of(g: &mut GraphBuilder, inputs: &mut [(Cursor, ActQuant)]) -> Layout {
+    let mut cursors: Vec<Cursor> = inputs.iter().map(|(c, _)| c.clone()).collect();
+    let layout = one_layout(g, &mut cursors);
+    for ((c, _), moved) in inputs.iter_mut().zip(cursors) {
+        *c = moved;
+    }
+    layout
 }
 
 fn shape_init(g: &mut GraphBuilder, layer: &str, shape: &[i64]) -> String {

@@ -525,3 +525,36 @@ fn the_newer_int8_ops_export_as_grouped_convs_and_contrib_ops() {
         assert!(ops(&qdq).contains(&op), "{op}: {:?}", ops(&qdq));
     }
 }
+
+#[test]
+fn an_int8_graph_model_exports_its_merges() {
+    let model = pare_tensor::models::tiny_residual(3, 0);
+    let q = convert(
+        &model,
+        images(8, &[28, 28, 1], 3).view(),
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(!q.is_sequential());
+    let qop = export_qoperator(&q).unwrap();
+    let g = qop.graph.as_ref().unwrap();
+    let add = g.node.iter().find(|n| n.op_type == "QLinearAdd").unwrap();
+    assert_eq!(add.domain, MS_DOMAIN);
+    // The add reads the block's last conv and the shortcut, the stem's output (a conv with
+    // its ReLU fused: a `Clip` after it unless the zero point is -128).
+    let producer = |value: &str| {
+        g.node
+            .iter()
+            .find(|n| n.output[0] == value)
+            .map_or("", |n| n.op_type.as_str())
+    };
+    for input in [&add.input[0], &add.input[3]] {
+        assert!(
+            ["QLinearConv", "Clip"].contains(&producer(input)),
+            "{input}"
+        );
+    }
+    assert_ne!(add.input[0], add.input[3]);
+    let qdq = export_qdq(&q).unwrap();
+    assert_eq!(ops(&qdq).iter().filter(|o| **o == "Add").count(), 1);
+}
