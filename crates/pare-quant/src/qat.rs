@@ -278,6 +278,10 @@ impl Qat {
     /// and bias the int8 model will hold (PyTorch's fuse-then-prepare order). `model` is
     /// replaced by its folded form.
     ///
+    /// A graph model gets its fake-quant layers as nodes wired after the nodes they quantize
+    /// (their consumers rewired to them), Add and Concatenate outputs included, an Add's
+    /// following ReLU fused first as the converter fuses it.
+    ///
     /// # Errors
     /// - [`QuantError::InvalidParameter`] for bad settings;
     /// - [`QuantError::UnsupportedLayer`] for a layer [`convert`](crate::convert) cannot
