@@ -61,9 +61,7 @@ fn body(a: Args) -> Result<()> {
     spec["bench_runs"] = json!(a.runs);
     let codes: Vec<i8> = codes.iter().copied().collect();
     let report = pare::tflite::run_tool(&python, root, &spec, &codes, &dir, "resnet8")?;
-    let tflite_1 = report["xnnpack_us_1_thread"]
-        .as_f64()
-        .context("no TFLite timing")?;
+    let tflite_1 = report["xnnpack_us_1_thread"].as_f64().context("no TFLite timing")?;
     let tflite_n = report["xnnpack_us_default_threads"]
         .as_f64()
         .context("no TFLite timing")?;

@@ -40,8 +40,7 @@ pub fn spec(q: &QuantizedModel, n: usize, name: &str, dir: &Path, xnnpack: bool)
         op: "a TFLite spec",
         mode: q.mode(),
     })?;
-    let act =
-        |a: pare_quant::ActQuant| serde_json::json!({"scale": a.scale, "zero_point": a.zero_point});
+    let act = |a: pare_quant::ActQuant| serde_json::json!({"scale": a.scale, "zero_point": a.zero_point});
     let padding = |p: &Padding| if *p == Padding::Same { "same" } else { "valid" };
     let relu = |r: bool| if r { "relu" } else { "none" };
     let layers: Vec<serde_json::Value> = q
@@ -136,6 +135,7 @@ pub fn spec(q: &QuantizedModel, n: usize, name: &str, dir: &Path, xnnpack: bool)
         "xnnpack": xnnpack,
     }))
 }
+
 
 /// Runs `root/tools/tflite_run.py` on the spec `spec` (written to `<dir>/<name>.json`) with
 /// the int8 input `codes` (written to the spec's `input_path`); returns the tool's JSON
