@@ -578,7 +578,7 @@ fn calibrate(
 /// # Errors
 /// [`QuantError::UnsupportedLayer`] when an input cannot take them: it comes from a sigmoid
 /// or tanh (fixed output parameters) or feeds another concatenation with other parameters.
-fn share_concat_params(
+pub(crate) fn share_concat_params(
     layers: &[QuantizedLayer],
     sources: &[Vec<Source>],
     input: &mut ActQuant,

@@ -62,10 +62,12 @@ use pare_tensor::nn::{Layer, Module};
 use pare_tensor::train::Callback;
 use pare_tensor::{Activation as FloatActivation, Graph, Sequential, Var};
 
-use crate::convert::{ConvertConfig, act_spec, plan, weight_params};
+use crate::convert::{ConvertConfig, act_spec, folded, plan, share_concat_params, weight_params};
 use crate::error::{QuantError, Result};
 use crate::int4::WeightBits;
-use crate::model::{ActQuant, Bias, Mode, ModelParts, Provenance, QuantizedModel};
+use crate::model::{
+    ActQuant, Bias, Mode, ModelParts, Provenance, QuantizedModel, Source, resolve_sources,
+};
 use crate::observer::ObserverKind;
 use crate::params::{QuantParams, Range, quantize_bias};
 use crate::simulate::qat_weight_hook_bits;
@@ -243,6 +245,28 @@ fn fq_name(layer: &str) -> String {
     format!("{layer}.act_quant")
 }
 
+/// Puts `layer` right after the node `target` (or [`pare_tensor::INPUT`]): in a chain by
+/// position, in a graph model also in the wiring, every consumer of `target` taking `layer`
+/// instead. Right after `target` keeps the layers in an order that computes every node after
+/// its inputs, and after the output it is the new output.
+fn insert_after(model: &mut Sequential, target: &str, layer: Layer) {
+    let at = model
+        .layers
+        .iter()
+        .position(|l| l.module().name() == target)
+        .map_or(0, |i| i + 1);
+    if !model.is_sequential() {
+        let name = layer.module().name().to_string();
+        for i in model.wiring.values_mut().flatten() {
+            if i == target {
+                i.clone_from(&name);
+            }
+        }
+        model.wiring.insert(name, vec![target.to_string()]);
+    }
+    model.layers.insert(at, layer);
+}
+
 impl Qat {
     /// Inserts the activation fake-quant layers into `model` and returns the training state.
     /// Weights are untouched; pass the result to `Fit::callback` so kernels are fake-quantized
@@ -254,6 +278,10 @@ impl Qat {
     /// and bias the int8 model will hold (PyTorch's fuse-then-prepare order). `model` is
     /// replaced by its folded form.
     ///
+    /// A graph model gets its fake-quant layers as nodes wired after the nodes they quantize
+    /// (their consumers rewired to them), Add and Concatenate outputs included, an Add's
+    /// following ReLU fused first as the converter fuses it.
+    ///
     /// # Errors
     /// - [`QuantError::InvalidParameter`] for bad settings;
     /// - [`QuantError::UnsupportedLayer`] for a layer [`convert`](crate::convert) cannot
@@ -263,8 +291,6 @@ impl Qat {
     /// - errors of the model (`Tensor`) or of its weights (`NonFinite`).
     pub fn attach(model: &mut Sequential, config: QatConfig) -> Result<Qat> {
         config.validate()?;
-        // Fake-quant layers are inserted by position in the layer list.
-        model.require_sequential("Qat::attach")?;
         model.output_shape()?;
         if model
             .layers
@@ -280,13 +306,15 @@ impl Qat {
             .map(|l| l.module().name().to_string())
             .collect();
         let input_name = "input.act_quant".to_string();
-        let mut inserts: Vec<(usize, String)> = Vec::new();
-        for l in planned.iter().filter(|l| l.kind.requantizes()) {
-            let (i, float) = model
-                .layers
-                .iter()
-                .enumerate()
-                .find(|(_, f)| f.module().name() == l.name)
+        // (float node whose output carries the int8 layer's output parameters, int8 layer).
+        let mut inserts: Vec<(String, String)> = Vec::new();
+        // Sigmoid and tanh have fixed output parameters: nothing to learn.
+        for l in planned
+            .iter()
+            .filter(|l| l.kind.requantizes() && l.kind.fixed_output().is_none())
+        {
+            let float = model
+                .layer(&l.name)
                 .ok_or_else(|| QuantError::UnsupportedLayer {
                     layer: l.name.clone(),
                     reason: "a conv or dense layer with a fused leaky ReLU: quantization-aware \
@@ -296,6 +324,7 @@ impl Qat {
             let activation = match float {
                 Layer::Conv2d(c) => Some(c.activation),
                 Layer::Dense(d) => Some(d.activation),
+                Layer::DepthwiseConv2d(c) => Some(c.activation),
                 _ => None,
             };
             if let Some(FloatActivation::LeakyRelu(_)) = activation {
@@ -306,19 +335,27 @@ impl Qat {
                         .into(),
                 });
             }
-            let relu_follows = activation == Some(FloatActivation::Linear)
-                && matches!(model.layers.get(i + 1), Some(Layer::ReLU(_)));
-            inserts.push((i + 1 + usize::from(relu_follows), l.name.clone()));
-        }
-        if let Some(clash) = std::iter::once(&input_name)
-            .chain(inserts.iter().map(|(_, n)| n))
-            .map(|n| {
-                if n == &input_name {
-                    n.clone()
-                } else {
-                    fq_name(n)
+            // A ReLU the op fuses (and a ReLU6 a conv or dense takes its output parameters
+            // from, as the converter calibrates it) comes before the requantization.
+            let weighted = activation == Some(FloatActivation::Linear);
+            let fuses = weighted || matches!(float, Layer::Add(_));
+            let after = match model.consumers_of(&l.name)[..] {
+                [c] if fuses
+                    && model.inputs_of(c).is_some_and(|i| i == [l.name.as_str()])
+                    && match model.layer(c) {
+                        Some(Layer::ReLU(_)) => true,
+                        Some(Layer::ReLU6(_)) => weighted,
+                        _ => false,
+                    } =>
+                {
+                    c.to_string()
                 }
-            })
+                _ => l.name.clone(),
+            };
+            inserts.push((after, l.name.clone()));
+        }
+        if let Some(clash) = std::iter::once(input_name.clone())
+            .chain(inserts.iter().map(|(_, n)| fq_name(n)))
             .find(|n| names.contains(n))
         {
             return Err(QuantError::UnsupportedLayer {
@@ -337,15 +374,14 @@ impl Qat {
             (s, layer)
         };
         let mut outputs = Vec::with_capacity(inserts.len());
-        for (at, layer) in inserts.iter().rev() {
+        for (after, layer) in &inserts {
             let name = fq_name(layer);
             let (s, l) = slot(&name);
-            model.layers.insert(*at, l);
+            insert_after(model, after, l);
             outputs.push((layer.clone(), name, s));
         }
-        outputs.reverse();
         let (s, l) = slot(&input_name);
-        model.layers.insert(0, l);
+        insert_after(model, pare_tensor::INPUT, l);
         Ok(Qat {
             config,
             input: (input_name, s),
@@ -368,6 +404,18 @@ impl Qat {
         model
             .layers
             .retain(|l| !(matches!(l, Layer::Custom(_)) && ours.contains(l.module().name())));
+        // In a graph model, the consumers of a removed layer take its input again.
+        for fq in &ours {
+            let Some(from) = model.wiring.remove(*fq) else {
+                continue;
+            };
+            let from = from.into_iter().next().unwrap_or_default();
+            for i in model.wiring.values_mut().flatten() {
+                if i == fq {
+                    i.clone_from(&from);
+                }
+            }
+        }
         before - model.layers.len()
     }
 
@@ -502,12 +550,20 @@ pub fn convert_qat(
         });
     }
     model.output_shape()?;
+    let model = &*folded(model)?;
     let mut layers = plan(model, config.per_channel, config.weight_bits)?;
+    let sources = resolve_sources(&layers)?;
     let act = |r: Range| ActQuant::from_params(&QuantParams::asymmetric(r)?);
-    let input = act(ranges.input)?;
-    let mut current = input;
-    for layer in &mut layers {
-        let out = if layer.kind.requantizes() {
+    let mut input = act(ranges.input)?;
+    let mut own: Vec<Option<ActQuant>> = layers
+        .iter()
+        .map(|layer| {
+            if !layer.kind.requantizes() {
+                return Ok(None);
+            }
+            if let Some(fixed) = layer.kind.fixed_output() {
+                return Ok(Some(fixed));
+            }
             let (_, r) = ranges
                 .outputs
                 .iter()
@@ -516,20 +572,34 @@ pub fn convert_qat(
                     layer: layer.name.clone(),
                     reason: "no learned range for this layer's output".into(),
                 })?;
-            act(*r)?
-        } else {
-            current
-        };
+            act(*r).map(Some)
+        })
+        .collect::<Result<_>>()?;
+    // The int8 concatenation copies codes, so its inputs take its parameters, as the
+    // converter gives them after calibration; training saw each input at its own range.
+    share_concat_params(&layers, &sources, &mut input, &mut own)?;
+    let mut outputs: Vec<ActQuant> = Vec::with_capacity(layers.len());
+    for (i, o) in own.iter().enumerate() {
+        let p = o.unwrap_or_else(|| match sources[i][0] {
+            Source::Input => input,
+            Source::Layer(j) => outputs[j],
+        });
+        outputs.push(p);
+    }
+    for (i, layer) in layers.iter_mut().enumerate() {
         if let Some(w) = &mut layer.weights {
             let Bias::Float(b) = &w.bias else {
                 unreachable!("convert_qat: the plan holds float biases")
             };
             let b = ndarray::ArrayView1::from(b.as_slice());
-            let (q, _) = quantize_bias(b, current.scale, &weight_params(&w.scale))?;
+            let in_scale = match sources[i][0] {
+                Source::Input => input.scale,
+                Source::Layer(j) => outputs[j].scale,
+            };
+            let (q, _) = quantize_bias(b, in_scale, &weight_params(&w.scale))?;
             w.bias = Bias::Int32(q.to_vec());
         }
-        layer.output = Some(out);
-        current = out;
+        layer.output = Some(outputs[i]);
     }
     QuantizedModel::from_parts(ModelParts {
         mode: Mode::FullInteger,
@@ -735,6 +805,69 @@ mod tests {
                 .fold(0.0f32, f32::max);
             assert!(diff <= steps, "{bits}: engine vs simulation {diff}");
         }
+    }
+
+    /// A residual graph model (BatchNorm, Add + ReLU, global average pool): fake-quant nodes
+    /// wired in where the graph engine requantizes, a short fine-tune, and the converted
+    /// model's simulation equal to what training saw, the engine within a few output steps.
+    #[test]
+    fn graph_models_train_through_fake_quant_and_convert() {
+        use pare_tensor::models::tiny_residual;
+        let mut m = tiny_residual(3, 7);
+        let folded = pare_tensor::fold_batch_norm(&m).unwrap();
+        let mut qat = Qat::attach(&mut m, QatConfig::default()).unwrap();
+        let fq = |n: &str| m.inputs_of(&fq_name(n)).map(|v| v[0].to_string());
+        assert_eq!(
+            m.inputs_of("input.act_quant"),
+            Some(vec![pare_tensor::INPUT])
+        );
+        assert_eq!(m.inputs_of("conv"), Some(vec!["input.act_quant"]));
+        // Fused ReLUs come before the fake-quant; the shortcut reads the quantized relu.
+        assert_eq!(fq("conv").as_deref(), Some("relu"));
+        assert_eq!(fq("b_conv1").as_deref(), Some("b_relu1"));
+        assert_eq!(fq("b_conv2").as_deref(), Some("b_conv2"));
+        assert_eq!(
+            m.inputs_of("b_add"),
+            Some(vec!["b_conv2.act_quant", "conv.act_quant"])
+        );
+        assert_eq!(fq("b_add").as_deref(), Some("b_relu2"));
+        assert_eq!(fq("gap").as_deref(), Some("gap"));
+        assert_eq!(fq("dense").as_deref(), Some("dense"));
+        assert_eq!(m.output_shape().unwrap(), [3]);
+
+        let x = uniform(&[24, 28, 28, 1], 8);
+        let y: Vec<usize> = (0..24).map(|i| i % 3).collect();
+        let fit = FitConfig {
+            epochs: 1,
+            batch_size: 8,
+            verbose: false,
+            threads: Some(1),
+            ..Default::default()
+        };
+        let mut adam = Adam::new(AdamConfig::default()).unwrap();
+        Fit::new(fit)
+            .callback(&mut qat)
+            .run(&mut m, &mut adam, x.view(), &y)
+            .unwrap();
+        let trained_view = qat.predict(&m, x.view(), 5).unwrap();
+        assert_eq!(qat.detach(&mut m), 7);
+        assert_eq!(m.full_wiring(), folded.full_wiring());
+        let q = qat.convert(&m).unwrap();
+        let sim = q.simulate(&m, x.view()).unwrap();
+        let max = trained_view
+            .iter()
+            .zip(sim.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(max <= 1e-5, "QAT forward vs simulation differ by {max}");
+        let engine = q.predict(x.view()).unwrap();
+        let steps = q.output_quant().unwrap().scale * 4.0;
+        let diff = engine
+            .iter()
+            .zip(sim.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(diff <= steps, "engine vs simulation {diff} > {steps}");
     }
 
     const NOISE: f32 = 0.8;

@@ -213,10 +213,15 @@ fn graph_forward_computes_each_node_after_its_inputs() {
     assert_eq!(pushed.inputs_of("tail"), Some(vec!["head"]));
     assert!(pushed.require_sequential("x").is_err());
     assert!(crate::models::small_cnn(0).require_sequential("x").is_ok());
-    assert!(
-        crate::infer::forward(&pushed, ndarray::ArrayD::zeros(IxDyn(&[1, 5, 5, 2])).view())
-            .is_err()
-    );
+    // The graph-free path follows the wiring too (the concatenation of a branch and the
+    // input, then the pushed tail).
+    let x = rand_arr(&mut rng, &[3, 5, 5, 2], -1.0, 1.0);
+    let lean = crate::infer::forward(&pushed, x.view()).unwrap();
+    let graph = predict(&pushed, x.view(), 3).unwrap().into_dyn();
+    assert_eq!(lean.shape(), graph.shape());
+    for (a, b) in lean.iter().zip(graph.iter()) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+    }
 }
 
 #[test]
