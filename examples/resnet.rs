@@ -90,21 +90,23 @@ struct Row {
     accuracy: Option<f32>,
     nonzero: Option<usize>,
     note: String,
+    file_bytes: Option<usize>,
 }
 
 impl Row {
     fn new(stage: impl Into<String>, acc: Option<f32>, nz: Option<usize>, note: String) -> Row {
-        let (stage, accuracy, nonzero) = (stage.into(), acc, nz);
         Row {
-            stage,
-            accuracy,
-            nonzero,
+            stage: stage.into(),
+            accuracy: acc,
+            nonzero: nz,
             note,
+            file_bytes: None,
         }
     }
     fn to_json(&self) -> Value {
-        let (acc, nz) = (self.accuracy, self.nonzero);
-        json!({"stage": self.stage, "test_accuracy": acc, "nonzero_weights": nz, "note": self.note})
+        let (acc, nz, b) = (self.accuracy, self.nonzero, self.file_bytes);
+        json!({"stage": self.stage, "test_accuracy": acc, "nonzero_weights": nz, "file_bytes": b,
+            "note": self.note})
     }
     fn skipped(stage: impl Into<String>, why: String) -> Row {
         let stage = stage.into();
@@ -284,12 +286,10 @@ fn int8_row(stage: &str, model: &Model, s: &Splits<'_>) -> Result<Row> {
     Ok(match convert(&folded, s.calibration.view(), &cfg) {
         Ok(q) => {
             let acc = accuracy(q.predict(s.test_x.view())?.view(), s.test_y);
-            Row::new(
-                stage,
-                Some(acc),
-                None,
-                format!("{} B int8 file", q.to_bytes()?.len()),
-            )
+            let bytes = q.to_bytes()?.len();
+            let mut row = Row::new(stage, Some(acc), None, format!("{bytes} B int8 file"));
+            row.file_bytes = Some(bytes);
+            row
         }
         Err(e) => Row::skipped(stage, e.to_string()),
     })
