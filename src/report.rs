@@ -475,7 +475,11 @@ fn resnet_section(inputs: &Inputs, md: &mut String, missing: &mut Vec<String>) -
     let mut sorted = keras_s.clone();
     sorted.sort_by(f64::total_cmp);
     let keras_median = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
-    let refs = vec![
+    // The first int8 row is the unpruned model's conversion.
+    let int8 = rows
+        .iter()
+        .find(|r| r.get("file_bytes").is_some_and(|b| !b.is_null()));
+    let mut refs = vec![
         vec![
             "float test accuracy".to_string(),
             pct(f.f64("float_accuracy")?),
@@ -487,18 +491,33 @@ fn resnet_section(inputs: &Inputs, md: &mut String, missing: &mut Vec<String>) -
             format!("{keras_median:.1}"),
         ],
         vec![
-            "int8 test accuracy (TFLite: BN folded, 100 calibration images)".to_string(),
-            "–".into(),
+            "int8 test accuracy (BN folded, 100 calibration images)".to_string(),
+            int8.and_then(|r| r.get("test_accuracy")?.as_f64())
+                .map_or_else(|| "–".into(), pct),
             f.opt_f64("keras.tflite_int8_accuracy")
                 .map_or_else(|| "–".into(), pct),
         ],
         vec![
             "int8 file".to_string(),
-            "–".into(),
+            int8.and_then(|r| r.get("file_bytes")?.as_f64())
+                .map_or_else(|| "–".into(), bytes),
             f.opt_f64("keras.tflite_int8_bytes")
                 .map_or_else(|| "–".into(), bytes),
         ],
     ];
+    // Batch-1 latency comes from its own run (`examples/int8_latency.rs`), both runtimes timed
+    // side by side on the same weights.
+    if let Some(l) = inputs.get("int8-latency.json") {
+        let us = |k: &str| {
+            l.opt_f64(k)
+                .map_or_else(|| "–".into(), |v| format!("{v:.1} µs"))
+        };
+        refs.push(vec![
+            "int8 batch-1 latency, 1 thread (TFLite: XNNPACK)".to_string(),
+            us("pare_us"),
+            us("tflite_xnnpack_us_1_thread"),
+        ]);
+    }
     table(md, &["", "pare", "Keras 3 / TFLite"], &refs);
     md.push_str(NOTES_RESNET.trim_end());
     md.push_str("\n\n");
@@ -1426,7 +1445,9 @@ mod tests {
                 "rows": [
                     {"stage": "float", "test_accuracy": 0.9241, "nonzero_weights": 77072,
                      "note": "115.1 s/epoch (median)"},
-                    {"stage": "int8 (BN folded)", "test_accuracy": null, "nonzero_weights": null,
+                    {"stage": "int8 (BN folded)", "test_accuracy": 0.9236, "nonzero_weights": null,
+                     "file_bytes": 82020, "note": "82020 B int8 file"},
+                    {"stage": "pruned + int8", "test_accuracy": null, "nonzero_weights": null,
                      "note": "not run: no int8 Add"}
                 ],
                 "float_accuracy": 0.9241, "median_epoch_seconds": 115.1,
@@ -1434,13 +1455,18 @@ mod tests {
                           "tflite_int8_accuracy": 0.9213, "tflite_int8_bytes": 95536}
             }),
         );
+        put(
+            &d.0,
+            "int8-latency.json",
+            &json!({"pare_us": 139.54, "tflite_xnnpack_us_1_thread": 68.6}),
+        );
         let md = build(&Inputs::find(&[&d.0]).unwrap()).unwrap().markdown;
         assert!(
             md.contains("| float | 92.41 % | 77,072 | 115.1 s/epoch (median) |"),
             "{md}"
         );
         assert!(
-            md.contains("| int8 (BN folded) | – | – | not run: no int8 Add |"),
+            md.contains("| pruned + int8 | – | – | not run: no int8 Add |"),
             "{md}"
         );
         assert!(
@@ -1452,7 +1478,9 @@ mod tests {
             md.contains("| seconds per epoch (median) | 115.1 | 67.4 |"),
             "{md}"
         );
-        assert!(md.contains("| – | 95,536 B (93.3 KiB) |"), "{md}");
+        assert!(md.contains("| 92.36 % | 92.13 % |"), "{md}");
+        assert!(md.contains("| 82,020 B (80.1 KiB) | 95,536 B (93.3 KiB) |"), "{md}");
+        assert!(md.contains("| 139.5 µs | 68.6 µs |"), "{md}");
     }
 
     #[test]
