@@ -449,27 +449,7 @@ fn resnet_section(inputs: &Inputs, md: &mut String, missing: &mut Vec<String>) -
     let Some(f) = section_file(inputs, "resnet-fashion.json", reproduce, md, missing) else {
         return Ok(());
     };
-    let rows = f
-        .value("rows")
-        .and_then(Value::as_array)
-        .ok_or_else(|| f.key_error("rows", "an array of rows"))?;
-    let mut table_rows = Vec::new();
-    for r in rows {
-        let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("–").to_string();
-        let acc = r.get("test_accuracy").and_then(Value::as_f64);
-        let nonzero = r.get("nonzero_weights").and_then(Value::as_f64);
-        table_rows.push(vec![
-            text("stage"),
-            acc.map_or_else(|| "–".into(), pct),
-            nonzero.map_or_else(|| "–".into(), |n| plot::group_thousands(n as u64)),
-            text("note"),
-        ]);
-    }
-    table(
-        md,
-        &["model", "test", "nonzero weights", "note"],
-        &table_rows,
-    );
+    let rows = resnet_rows(f, md)?;
     let pare_s = f.f64("median_epoch_seconds")?;
     let keras_s = f.f64s("keras.epoch_seconds")?;
     let mut sorted = keras_s.clone();
@@ -521,7 +501,43 @@ fn resnet_section(inputs: &Inputs, md: &mut String, missing: &mut Vec<String>) -
     table(md, &["", "pare", "Keras 3 / TFLite"], &refs);
     md.push_str(NOTES_RESNET.trim_end());
     md.push_str("\n\n");
+    // MNIST has no Keras run beside it: pare's table alone, when the run is there.
+    if let Some(m) = inputs.get("resnet-mnist.json") {
+        md.push_str("The same recipe on MNIST:\n\n");
+        header(
+            md,
+            m,
+            "cargo run --release --example resnet -- --dataset mnist",
+        );
+        resnet_rows(m, md)?;
+    }
     Ok(())
+}
+
+/// The resnet example's rows as a table; returns them for the figures drawn from them.
+fn resnet_rows<'a>(f: &'a ResultFile, md: &mut String) -> Result<&'a Vec<Value>> {
+    let rows = f
+        .value("rows")
+        .and_then(Value::as_array)
+        .ok_or_else(|| f.key_error("rows", "an array of rows"))?;
+    let mut table_rows = Vec::new();
+    for r in rows {
+        let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("–").to_string();
+        let acc = r.get("test_accuracy").and_then(Value::as_f64);
+        let nonzero = r.get("nonzero_weights").and_then(Value::as_f64);
+        table_rows.push(vec![
+            text("stage"),
+            acc.map_or_else(|| "–".into(), pct),
+            nonzero.map_or_else(|| "–".into(), |n| plot::group_thousands(n as u64)),
+            text("note"),
+        ]);
+    }
+    table(
+        md,
+        &["model", "test", "nonzero weights", "note"],
+        &table_rows,
+    );
+    Ok(rows)
 }
 
 /// The exported models (`export-<model>-<format>.json` from `examples/export.rs --compare`):
@@ -1457,6 +1473,12 @@ mod tests {
         );
         put(
             &d.0,
+            "resnet-mnist.json",
+            &json!({"rows": [{"stage": "float", "test_accuracy": 0.9931, "nonzero_weights": 77072,
+                              "note": "60.0 s/epoch (median)"}]}),
+        );
+        put(
+            &d.0,
             "int8-latency.json",
             &json!({"pare_us": 139.54, "tflite_xnnpack_us_1_thread": 68.6}),
         );
@@ -1479,8 +1501,15 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| 92.36 % | 92.13 % |"), "{md}");
-        assert!(md.contains("| 82,020 B (80.1 KiB) | 95,536 B (93.3 KiB) |"), "{md}");
+        assert!(
+            md.contains("| 82,020 B (80.1 KiB) | 95,536 B (93.3 KiB) |"),
+            "{md}"
+        );
         assert!(md.contains("| 139.5 µs | 68.6 µs |"), "{md}");
+        let mnist = md
+            .find("The same recipe on MNIST")
+            .expect("the MNIST table");
+        assert!(md[mnist..].contains("| float | 99.31 % | 77,072 | 60.0 s/epoch (median) |"));
     }
 
     #[test]
