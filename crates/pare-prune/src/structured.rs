@@ -106,6 +106,17 @@ impl Flow {
     }
 }
 
+/// Output channels of a layer the tracer recorded as a producer: only conv and dense layers
+/// are, so anything else is a tracer bug, not a user error.
+fn producer_channels(l: &Layer) -> usize {
+    out_channels(l).unwrap_or_else(|| {
+        panic!(
+            "channel tracer: producer {:?} is not a Conv2d or Dense layer",
+            l.module().name()
+        )
+    })
+}
+
 fn out_channels(l: &Layer) -> Option<usize> {
     match l {
         Layer::Dense(d) => Some(d.units()),
@@ -185,7 +196,7 @@ impl Trace {
             // Labels merged by the add above; the borrow of `t.output` ends here.
             let output = match l {
                 Layer::Dense(_) | Layer::Conv2d(_) => {
-                    let n = out_channels(l).expect("producer");
+                    let n = producer_channels(l);
                     let first = t.parent.len();
                     t.parent.extend(first..first + n);
                     t.blocked.resize(first + n, None);
@@ -372,7 +383,7 @@ pub fn remove_channels<S: AsRef<str>>(
     let mut vote: Vec<Option<(bool, usize, usize)>> = vec![None; t.parent.len()];
     for &(i, first) in &t.producers {
         let name = model.layers[i].module().name();
-        for c in 0..out_channels(&model.layers[i]).expect("producer") {
+        for c in 0..producer_channels(&model.layers[i]) {
             let removed = plan[i].is_some_and(|k| k.binary_search(&c).is_err());
             if let Some(reason) = t.blocked(first + c).filter(|_| removed) {
                 return Err(PruneError::Unsupported {
@@ -481,7 +492,7 @@ fn removable(
     let mut plan = Vec::new();
     let mut kept_of_each = Vec::new();
     for &(i, first) in &t.producers {
-        let n = out_channels(&model.layers[i]).expect("producer");
+        let n = producer_channels(&model.layers[i]);
         if (0..n).all(|c| ok[t.find(first + c)]) {
             ok[t.find(first)] = false;
         }
@@ -622,7 +633,7 @@ pub fn smallest_channels(model: &Sequential, fraction: f32, norm: Norm) -> Resul
         if !matches!(model.layers[i], Layer::Conv2d(_)) {
             continue;
         }
-        let n = out_channels(&model.layers[i]).expect("producer");
+        let n = producer_channels(&model.layers[i]);
         let mut roots: Vec<usize> = (0..n).map(|c| t.find(first + c)).collect();
         let done = roots.iter().filter(|&&r| decided[r] == Some(true)).count();
         let mut open: Vec<usize> = roots
@@ -643,7 +654,7 @@ pub fn smallest_channels(model: &Sequential, fraction: f32, norm: Norm) -> Resul
     }
     let mut plan = Vec::new();
     for &(i, first) in &t.producers {
-        let n = out_channels(&model.layers[i]).expect("producer");
+        let n = producer_channels(&model.layers[i]);
         let kept: Vec<usize> = (0..n)
             .filter(|&c| decided[t.find(first + c)] != Some(true))
             .collect();
