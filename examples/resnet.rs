@@ -15,14 +15,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use pare::measure::{accuracy, median};
+use pare::measure::{Summary, median};
 use pare::mnist::Mnist;
-use pare::prune::{Norm, PruneCallback, prunable_params, recalibrate_batch_norm};
-use pare::prune::{remove_channels, smallest_channels};
-use pare::quant::{ConvertConfig, Mode, convert};
-use pare::sweep::{PruneRecipe, Splits};
-use pare::tensor::train::{Fit, FitConfig, evaluate};
-use pare::tensor::{Model, fold_batch_norm, models::resnet8};
+use pare::prune::{MaskKind, Norm};
+use pare::sweep::{CompressionRecipe, PruneRecipe, Splits, StageRow};
+use pare::tensor::models::resnet8;
+use pare::tensor::train::{Fit, FitConfig};
 use serde_json::{Value, json};
 
 /// Which data set.
@@ -50,15 +48,24 @@ struct Args {
     /// Adam's initial rate (cosine decay to 0 over the run).
     #[arg(long, default_value_t = 2e-3, value_parser = common::rate)]
     learning_rate: f32,
-    /// Seed of the initial weights and of the batch order.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seeds of the initial weights and batch order, comma-separated: the whole table runs
+    /// once per seed and shows the means.
+    #[arg(long, value_delimiter = ',', num_args = 1.., default_value = "0")]
+    seeds: Vec<u64>,
     /// Final sparsity of the magnitude pruning.
     #[arg(long, default_value_t = 0.8, value_parser = common::fraction)]
     sparsity: f32,
     /// Fraction of each conv layer's filters the channel pruning removes.
     #[arg(long, default_value_t = 0.5, value_parser = common::fraction)]
     channels: f32,
+    /// Which weights magnitude pruning zeroes: `per-layer` (each kernel the same fraction,
+    /// TFMOT's way) or `global` (the smallest of all kernels, PyTorch's `global_unstructured`).
+    #[arg(long, default_value = "global", value_parser = mask)]
+    mask: MaskKind,
+    /// Fraction of the fine-tune by which the sparsity schedule reaches its final value
+    /// (1: TFMOT's `end_step`, the last step).
+    #[arg(long, default_value_t = 1.0, value_parser = common::fraction)]
+    prune_end: f32,
     /// Fine-tuning epochs of each pruning run (TFMOT's recipe: Adam 1e-3, 10 % held out).
     #[arg(long, default_value_t = 2, value_parser = common::positive)]
     finetune_epochs: usize,
@@ -84,35 +91,11 @@ fn main() -> ExitCode {
     common::run(|| run(args))
 }
 
-/// One line of the table and of the JSON; a stage that could not run has its reason.
-struct Row {
-    stage: String,
-    accuracy: Option<f32>,
-    nonzero: Option<usize>,
-    note: String,
-    file_bytes: Option<usize>,
-}
-
-impl Row {
-    fn new(stage: impl Into<String>, acc: Option<f32>, nz: Option<usize>, note: String) -> Row {
-        Row {
-            stage: stage.into(),
-            accuracy: acc,
-            nonzero: nz,
-            note,
-            file_bytes: None,
-        }
-    }
-    fn to_json(&self) -> Value {
-        let (acc, nz, b) = (self.accuracy, self.nonzero, self.file_bytes);
-        json!({"stage": self.stage, "test_accuracy": acc, "nonzero_weights": nz, "file_bytes": b,
-            "note": self.note})
-    }
-    fn skipped(stage: impl Into<String>, why: String) -> Row {
-        let stage = stage.into();
-        println!("{stage}: skipped: {why}");
-        Row::new(stage, None, None, format!("not run: {why}"))
-    }
+/// One seed's figures: its rows (float first) and its float training.
+struct SeedRun {
+    rows: Vec<StageRow>,
+    secs: Vec<f64>,
+    history: pare::tensor::train::History,
 }
 
 fn run(a: Args) -> Result<()> {
@@ -139,123 +122,112 @@ fn run(a: Args) -> Result<()> {
         test_y: &ty,
         calibration: calibration.images().view().into_dyn(),
     };
-
-    let mut model = resnet8(a.seed);
-    println!("{}", model.summary());
-    let steps = epochs * y.len().div_ceil(a.batch_size);
-    let mut adam = pare::sweep::adam(a.learning_rate, true, steps)?;
-    let cfg = FitConfig {
-        epochs,
-        batch_size: a.batch_size,
-        seed: a.seed,
-        ..Default::default()
-    };
-    println!("== float: {epochs} epoch(s) on {name}, {} images", y.len());
-    let history = Fit::new(cfg).run(&mut model, &mut adam, x.clone(), &y)?;
-    let secs: Vec<f64> = history.epochs.iter().map(|e| e.seconds).collect();
-    let per_epoch = median(&mut secs.clone());
-    let float = evaluate(&model, tx.clone(), &ty, 256)?.accuracy;
-    let kernels = prunable_params(&model);
-    let nonzero = |m: &Model| -> usize {
-        let ks = kernels.iter().filter_map(|k| m.param(k));
-        ks.map(|p| p.value.iter().filter(|v| **v != 0.0).count())
-            .sum()
-    };
-    let note = format!("{per_epoch:.1} s/epoch (median)");
-    let mut rows = vec![Row::new("float", Some(float), Some(nonzero(&model)), note)];
-
-    println!(
-        "== int8: BatchNorm folded, {} calibration images",
-        splits.y.len().min(a.calibration)
-    );
-    rows.push(int8_row("int8 (BN folded)", &model, &splits)?);
-
-    let recipe = PruneRecipe {
-        epochs: a.finetune_epochs,
-        batch_size: a.batch_size,
-        seed: a.seed,
-        ..Default::default()
-    };
-    println!("== magnitude pruning to {:.0} %", a.sparsity * 100.0);
-    let mut prune = PruneCallback::new(recipe.schedule(a.sparsity, y.len())?);
-    let mut pruned = recipe.train_stripped(&model, &mut prune, &splits)?;
-    let stale = evaluate(&pruned, tx.clone(), &ty, 256)?.accuracy;
-    recalibrate(&mut pruned, &recipe, &splits)?;
-    let acc = evaluate(&pruned, tx.clone(), &ty, 256)?.accuracy;
-    let epochs = common::count(a.finetune_epochs, "fine-tune epoch");
-    let note = format!("{epochs}, BN recalibrated ({} before)", common::pct(stale));
-    let stage = format!("pruned {:.0} %", a.sparsity * 100.0);
-    rows.push(Row::new(stage, Some(acc), Some(nonzero(&pruned)), note));
-    rows.push(int8_row("pruned + int8", &pruned, &splits)?);
-
-    println!(
-        "== channel pruning: {:.0} % of each conv's filters (L1) cut out, then fine-tuned",
-        a.channels * 100.0
-    );
-    // Cut first, then fine-tune: a zeroed filter before a BatchNorm still outputs its offset.
-    let mut thin = remove_channels(&model, &smallest_channels(&model, a.channels, Norm::L1)?)?;
-    recipe.train(&mut thin, None, &splits)?;
-    recalibrate(&mut thin, &recipe, &splits)?;
-    let acc = evaluate(&thin, tx.clone(), &ty, 256)?.accuracy;
-    let (before, after) = (model.num_params(), thin.num_params());
-    let note = format!(
-        "cut out: {} -> {} parameters",
-        common::thousands(before),
-        common::thousands(after)
-    );
-    let stage = format!("channels -{:.0} %", a.channels * 100.0);
-    rows.push(Row::new(stage, Some(acc), Some(nonzero(&thin)), note));
+    println!("{}", resnet8(0).summary());
+    let mut runs = Vec::new();
+    for &seed in &a.seeds {
+        println!(
+            "== seed {seed}: {epochs} epoch(s) on {name}, {} images",
+            y.len()
+        );
+        runs.push(one_seed(&a, seed, epochs, &splits)?);
+    }
+    // Rows in the same order for every seed: the table gives their mean and spread.
+    let accs = |i: usize| -> Vec<f32> { runs.iter().map(|r| r.rows[i].accuracy).collect() };
+    let mut rows: Vec<(StageRow, Summary)> = (0..runs[0].rows.len())
+        .map(|i| {
+            let spread = Summary::of(&accs(i));
+            let row = StageRow {
+                accuracy: spread.mean as f32,
+                ..runs[0].rows[i].clone()
+            };
+            (row, spread)
+        })
+        .collect();
+    let mut secs: Vec<f64> = runs.iter().flat_map(|r| r.secs.clone()).collect();
+    let per_epoch = median(&mut secs);
+    let float = rows[0].0.accuracy;
 
     let keras = a.keras.as_deref().map(read_json).transpose()?;
     if let Some(k) = &keras {
         let ks = k["epoch_seconds"].as_array().into_iter().flatten();
         let kmed = median(&mut ks.filter_map(Value::as_f64).collect::<Vec<_>>());
-        let note = format!("{kmed:.1} s/epoch; pare: {:.2}x its time", per_epoch / kmed);
-        let acc = k["test_accuracy"].as_f64().map(|v| v as f32);
-        rows.push(Row::new("Keras float", acc, None, note));
+        let row = StageRow {
+            stage: "Keras float".into(),
+            accuracy: k["test_accuracy"].as_f64().map_or(f32::NAN, |v| v as f32),
+            nonzero_weights: None,
+            file_bytes: None,
+            note: format!("{kmed:.1} s/epoch; pare: {:.2}x its time", per_epoch / kmed),
+        };
+        rows.push((row, Summary::of(&[])));
     }
 
     let table: Vec<Vec<String>> = rows
         .iter()
-        .map(|r| {
+        .map(|(r, spread)| {
+            let sd = spread
+                .std
+                .map_or("-".into(), |s| format!("{:.2}", s * 100.0));
             vec![
                 r.stage.clone(),
-                r.accuracy.map_or("-".into(), common::pct),
-                r.accuracy
-                    .map_or("-".into(), |v| format!("{:+.2}", (v - float) * 100.0)),
-                r.nonzero.map_or("-".into(), common::thousands),
+                common::pct(r.accuracy),
+                sd,
+                format!("{:+.2}", (r.accuracy - float) * 100.0),
+                r.nonzero_weights.map_or("-".into(), common::thousands),
                 // The table stays within 100 columns; the JSON has the whole note.
-                r.note.chars().take(44).collect(),
+                r.note.chars().take(40).collect(),
             ]
         })
         .collect();
+    let seeds: Vec<String> = a.seeds.iter().map(u64::to_string).collect();
+    let what = if runs.len() > 1 { "means" } else { "one run" };
     println!(
-        "\nResNet-8 on {name}: {} test images, seed {}",
+        "\nResNet-8 on {name}: {} test images, seed {} ({what})",
         ty.len(),
-        a.seed
+        seeds.join(", ")
     );
-    common::print_table(&["model", "test acc", "pp", "nonzero w", "note"], &table);
+    let header = ["model", "test acc", "sd pp", "pp", "nonzero w", "note"];
+    common::print_table(&header, &table);
 
-    let results = common::results(a.quick);
-    let json_rows: Vec<Value> = rows.iter().map(Row::to_json).collect();
-    let path = results.write_json(
+    let json_rows: Vec<Value> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (r, spread))| {
+            let mut v = r.to_json();
+            v["test_accuracy_std"] = json!(spread.std);
+            v["per_seed"] = json!((i < runs[0].rows.len()).then(|| accs(i)));
+            v
+        })
+        .collect();
+    let per_seed: Vec<Value> = runs
+        .iter()
+        .zip(&a.seeds)
+        .map(|(r, seed)| {
+            json!({"seed": seed, "epoch_seconds": r.secs,
+                "history": pare::results::history_json(&r.history),
+                "rows": r.rows.iter().map(StageRow::to_json).collect::<Vec<_>>()})
+        })
+        .collect();
+    let path = common::results(a.quick).write_json(
         &format!("resnet-{name}.json"),
         json!({
             "model": "resnet8",
             "dataset": name,
-            "params": model.summary().total_params,
+            "params": resnet8(0).summary().total_params,
             "epochs": epochs,
             "batch_size": a.batch_size,
             "learning_rate": a.learning_rate,
-            "seed": a.seed,
+            "seed": a.seeds[0],
+            "seeds": a.seeds,
             "train_images": y.len(),
             "test_images": ty.len(),
             "threads": rayon::current_num_threads(),
             "float_accuracy": float,
             "epoch_seconds": secs,
             "median_epoch_seconds": per_epoch,
-            "history": pare::results::history_json(&history),
+            "prune": {"finetune_epochs": a.finetune_epochs, "mask": format!("{:?}", a.mask),
+                "schedule_end": a.prune_end},
             "rows": json_rows,
+            "per_seed": per_seed,
             "keras": keras,
         }),
     )?;
@@ -263,34 +235,50 @@ fn run(a: Args) -> Result<()> {
     Ok(())
 }
 
+/// Trains one seed's float model and compresses it: the table's rows for that seed.
+fn one_seed(a: &Args, seed: u64, epochs: usize, s: &Splits<'_>) -> Result<SeedRun> {
+    let mut model = resnet8(seed);
+    let steps = epochs * s.y.len().div_ceil(a.batch_size);
+    let mut adam = pare::sweep::adam(a.learning_rate, true, steps)?;
+    let cfg = FitConfig {
+        epochs,
+        batch_size: a.batch_size,
+        seed,
+        ..Default::default()
+    };
+    let history = Fit::new(cfg).run(&mut model, &mut adam, s.x.clone(), s.y)?;
+    let secs: Vec<f64> = history.epochs.iter().map(|e| e.seconds).collect();
+    let recipe = CompressionRecipe {
+        prune: PruneRecipe {
+            epochs: a.finetune_epochs,
+            batch_size: a.batch_size,
+            seed,
+            schedule_end: a.prune_end,
+            mask: a.mask,
+            ..Default::default()
+        },
+        sparsity: a.sparsity,
+        channels: a.channels,
+        norm: Norm::L1,
+    };
+    let mut rows = recipe.rows(&model, s, |stage| println!("== {stage}"))?;
+    rows[0].note = format!("{:.1} s/epoch (median)", median(&mut secs.clone()));
+    Ok(SeedRun {
+        rows,
+        secs,
+        history,
+    })
+}
+
 fn read_json(path: &std::path::Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     serde_json::from_str(&text).with_context(|| path.display().to_string())
 }
 
-/// BatchNorm moving statistics from 32 training batches: the last mask update came a few
-/// dozen steps before the end, too few for momentum 0.99 to forget the denser weights.
-fn recalibrate(m: &mut Model, recipe: &PruneRecipe, s: &Splits<'_>) -> Result<()> {
-    recalibrate_batch_norm(m, s.x.view(), recipe.batch_size, 32)?;
-    Ok(())
-}
-
-/// Full-integer int8 of `model` with its BatchNorms folded, scored on the integer engine; a
-/// converter that does not take the model leaves the row with its reason.
-fn int8_row(stage: &str, model: &Model, s: &Splits<'_>) -> Result<Row> {
-    let folded = fold_batch_norm(model)?;
-    let cfg = ConvertConfig {
-        mode: Mode::FullInteger,
-        ..Default::default()
-    };
-    Ok(match convert(&folded, s.calibration.view(), &cfg) {
-        Ok(q) => {
-            let acc = accuracy(q.predict(s.test_x.view())?.view(), s.test_y);
-            let bytes = q.to_bytes()?.len();
-            let mut row = Row::new(stage, Some(acc), None, format!("{bytes} B int8 file"));
-            row.file_bytes = Some(bytes);
-            row
-        }
-        Err(e) => Row::skipped(stage, e.to_string()),
-    })
+fn mask(s: &str) -> std::result::Result<MaskKind, String> {
+    match s {
+        "per-layer" => Ok(MaskKind::Magnitude),
+        "global" => Ok(MaskKind::GlobalMagnitude),
+        _ => Err("per-layer or global".into()),
+    }
 }

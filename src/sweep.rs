@@ -111,7 +111,17 @@ pub struct PruneRecipe {
     pub validation_split: f32,
     /// Seed of the batch order.
     pub seed: u64,
+    /// Fraction of the fine-tune's steps at which the schedule reaches its final sparsity:
+    /// TFMOT's recipe ends it with the fine-tune (1.0); an earlier end leaves the last steps to
+    /// train the final mask alone.
+    pub schedule_end: f32,
+    /// Which weights the masks zero: each kernel on its own (TFMOT's default) or the smallest
+    /// of all kernels together (PyTorch's `global_unstructured`).
+    pub mask: MaskKind,
 }
+
+/// Batches [`PruneRecipe::recalibrate`] re-estimates BatchNorm statistics from.
+pub const RECALIBRATION_BATCHES: usize = 32;
 
 impl Default for PruneRecipe {
     fn default() -> Self {
@@ -123,6 +133,8 @@ impl Default for PruneRecipe {
             frequency: 100,
             validation_split: 0.1,
             seed: 0,
+            schedule_end: 1.0,
+            mask: MaskKind::Magnitude,
         }
     }
 }
@@ -180,18 +192,54 @@ impl PruneRecipe {
         }
     }
 
-    /// The schedule to `final_sparsity` for `n` training images.
+    /// The schedule to `final_sparsity` for `n` training images: TFMOT's polynomial decay
+    /// (power 3) from `min(final, 0.5)` at step 0 to `final_sparsity` at
+    /// `schedule_end` of [`PruneRecipe::end_step`].
     ///
     /// # Errors
-    /// An invalid sparsity or frequency, as [`PolynomialDecay::new`] finds it.
+    /// [`Error::BadSetting`] for a `schedule_end` outside (0, 1]; an invalid sparsity or
+    /// frequency, as [`PolynomialDecay::new`] finds it.
     pub fn schedule(&self, final_sparsity: f32, n: usize) -> Result<PolynomialDecay> {
+        if !(self.schedule_end > 0.0 && self.schedule_end <= 1.0) {
+            return Err(Error::BadSetting {
+                name: "schedule_end",
+                value: self.schedule_end.to_string(),
+                reason: "a fraction of the fine-tune in (0, 1]",
+            });
+        }
+        let end = (self.end_step(n) as f64 * decimal(self.schedule_end)).ceil() as i64;
         Ok(PolynomialDecay::new(
             final_sparsity.min(0.5),
             final_sparsity,
             0,
-            self.end_step(n),
+            end.max(1),
             3.0,
             self.frequency,
+        )?)
+    }
+
+    /// A pruning callback on [`PruneRecipe::schedule`] with this recipe's mask kind.
+    ///
+    /// # Errors
+    /// As [`PruneRecipe::schedule`].
+    pub fn callback(&self, final_sparsity: f32, n: usize) -> Result<PruneCallback> {
+        Ok(PruneCallback::new(self.schedule(final_sparsity, n)?).with_mask_kind(self.mask))
+    }
+
+    /// Re-estimates `model`'s BatchNorm moving statistics from [`RECALIBRATION_BATCHES`]
+    /// training batches ([`pare_prune::recalibrate_batch_norm`]): after pruning the
+    /// statistics lag the pruned weights, since momentum 0.99 needs hundreds of steps to
+    /// forget the denser ones. Nothing changes in a model without BatchNorm.
+    ///
+    /// # Errors
+    /// Invalid data, as [`pare_prune::recalibrate_batch_norm`] finds it.
+    pub fn recalibrate(&self, model: &mut Sequential, s: &Splits<'_>) -> Result<usize> {
+        let batches = RECALIBRATION_BATCHES;
+        Ok(pare_prune::recalibrate_batch_norm(
+            model,
+            s.x.view(),
+            self.batch_size,
+            batches,
         )?)
     }
 
@@ -255,7 +303,7 @@ impl PruneRecipe {
         only: Option<&[String]>,
         s: &Splits<'_>,
     ) -> Result<Pruned> {
-        let mut callback = PruneCallback::new(self.schedule(final_sparsity, s.y.len())?);
+        let mut callback = self.callback(final_sparsity, s.y.len())?;
         if let Some(names) = only {
             callback = callback.with_params(names.iter().cloned());
         }
@@ -307,6 +355,149 @@ impl PruneRecipe {
     }
 }
 
+/// The compression table of a trained model, as the `resnet` example prints it: what
+/// [`CompressionRecipe::rows`] does, a [`StageRow`] each.
+#[derive(Debug, Clone)]
+pub struct CompressionRecipe {
+    /// The fine-tune of both pruning runs (its `mask` and `schedule_end` shape the
+    /// magnitude pruning).
+    pub prune: PruneRecipe,
+    /// Final sparsity of the magnitude pruning.
+    pub sparsity: f32,
+    /// Fraction of each conv layer's filters the channel pruning cuts out.
+    pub channels: f32,
+    /// Norm that ranks the filters.
+    pub norm: Norm,
+}
+
+impl Default for CompressionRecipe {
+    fn default() -> Self {
+        CompressionRecipe {
+            prune: PruneRecipe::default(),
+            sparsity: 0.8,
+            channels: 0.5,
+            norm: Norm::L1,
+        }
+    }
+}
+
+/// One line of [`CompressionRecipe::rows`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageRow {
+    /// What was done: `float`, `int8 (BN folded)`, `pruned 80 %`, ….
+    pub stage: String,
+    /// Test accuracy.
+    pub accuracy: f32,
+    /// Nonzero weights of the conv and dense kernels (float rows).
+    pub nonzero_weights: Option<usize>,
+    /// Size of the int8 file (int8 rows).
+    pub file_bytes: Option<usize>,
+    /// How it was made.
+    pub note: String,
+}
+
+impl StageRow {
+    /// The row as the results files store it.
+    pub fn to_json(&self) -> Value {
+        json!({"stage": self.stage, "test_accuracy": self.accuracy,
+            "nonzero_weights": self.nonzero_weights, "file_bytes": self.file_bytes,
+            "note": self.note})
+    }
+}
+
+impl CompressionRecipe {
+    /// Compresses a copy of `model` (trained) every way, scoring each on the test images:
+    /// float; full-integer int8 (BatchNorm folded, calibrated on `s.calibration`); magnitude
+    /// pruning to `sparsity` over a fine-tune, stripped, BatchNorm recalibrated
+    /// ([`PruneRecipe::recalibrate`]); that model in int8; and `channels` of each conv's
+    /// filters cut out (an `Add`'s producers lose the same ones), fine-tuned and recalibrated.
+    /// `progress` hears each stage as it starts.
+    ///
+    /// # Errors
+    /// Invalid settings or data; conversion errors for a layer with no int8 kernel.
+    pub fn rows(
+        &self,
+        model: &Sequential,
+        s: &Splits<'_>,
+        mut progress: impl FnMut(&str),
+    ) -> Result<Vec<StageRow>> {
+        let kernels = pare_prune::prunable_params(model);
+        let nonzero = |m: &Sequential| -> usize {
+            let ks = kernels.iter().filter_map(|k| m.param(k));
+            ks.map(|p| p.value.iter().filter(|v| **v != 0.0).count())
+                .sum()
+        };
+        let score = |m: &Sequential| -> Result<f32> {
+            Ok(evaluate(m, s.test_x.view(), s.test_y, EVAL_BATCH)?.accuracy)
+        };
+        let int8 = |stage: &str, m: &Sequential| -> Result<StageRow> {
+            let q = int8_score(m, Mode::FullInteger, s)?;
+            Ok(StageRow {
+                stage: stage.into(),
+                accuracy: q.accuracy,
+                nonzero_weights: None,
+                file_bytes: Some(q.bytes),
+                note: format!("{} B int8 file", q.bytes),
+            })
+        };
+        let float = |stage: String, m: &Sequential, note: String| -> Result<StageRow> {
+            Ok(StageRow {
+                stage,
+                accuracy: score(m)?,
+                nonzero_weights: Some(nonzero(m)),
+                file_bytes: None,
+                note,
+            })
+        };
+        let mut rows = vec![float("float".into(), model, String::new())?];
+        let calibration = s.calibration.shape().first().copied().unwrap_or(0);
+        progress(&format!(
+            "int8: BatchNorm folded, {calibration} calibration images"
+        ));
+        rows.push(int8("int8 (BN folded)", model)?);
+
+        let percent = |f: f32| format!("{:.0} %", f * 100.0);
+        progress(&format!("magnitude pruning to {}", percent(self.sparsity)));
+        let mut callback = self.prune.callback(self.sparsity, s.y.len())?;
+        let mut pruned = self.prune.train_stripped(model, &mut callback, s)?;
+        let stale = score(&pruned)?;
+        self.prune.recalibrate(&mut pruned, s)?;
+        let epochs = self.prune.epochs;
+        let note = format!(
+            "{epochs} fine-tune epoch(s), BN recalibrated ({:.2} % before)",
+            stale * 100.0
+        );
+        rows.push(float(
+            format!("pruned {}", percent(self.sparsity)),
+            &pruned,
+            note,
+        )?);
+        rows.push(int8("pruned + int8", &pruned)?);
+
+        progress(&format!(
+            "channel pruning: {} of each conv's filters cut out, then fine-tuned",
+            percent(self.channels)
+        ));
+        // Cut first, then fine-tune: a zeroed filter before a BatchNorm still outputs its
+        // offset, so masking to zero would not remove what the filter contributes.
+        let plan = pare_prune::smallest_channels(model, self.channels, self.norm)?;
+        let mut thin = pare_prune::remove_channels(model, &plan)?;
+        self.prune.train(&mut thin, None, s)?;
+        self.prune.recalibrate(&mut thin, s)?;
+        let note = format!(
+            "cut out: {} -> {} parameters",
+            crate::plot::group_thousands(model.num_params() as u64),
+            crate::plot::group_thousands(thin.num_params() as u64)
+        );
+        rows.push(float(
+            format!("channels -{}", percent(self.channels)),
+            &thin,
+            note,
+        )?);
+        Ok(rows)
+    }
+}
+
 /// An int8 model saved by [`save_int8`].
 pub struct Int8File {
     /// The converted model.
@@ -325,12 +516,7 @@ pub struct Int8File {
 /// # Errors
 /// Conversion or file errors; [`Error::Check`] if the file does not load back the same.
 pub fn save_int8(model: &Sequential, mode: Mode, s: &Splits<'_>, path: &Path) -> Result<Int8File> {
-    let cfg = ConvertConfig {
-        mode,
-        ..Default::default()
-    };
-    let q = convert(model, s.calibration.view(), &cfg)?;
-    let acc = accuracy(q.predict(s.test_x.view())?.view(), s.test_y);
+    let (q, acc) = convert_scored(model, mode, s)?;
     q.save_with(path, &SparseCodec)?;
     let back = QuantizedModel::load_with(path, &SparseCodec)?;
     let probe = s
@@ -347,6 +533,50 @@ pub fn save_int8(model: &Sequential, mode: Mode, s: &Splits<'_>, path: &Path) ->
         accuracy: acc,
         size: FileSize::read(path)?,
     })
+}
+
+/// The int8 figures of a model kept in memory: see [`int8_score`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Int8Score {
+    /// Test accuracy on the integer engine.
+    pub accuracy: f32,
+    /// Size of its pare-quant file (dense kernels), in bytes.
+    pub bytes: usize,
+}
+
+/// Converts `model` to int8 as [`save_int8`] does (BatchNorm folded first, calibrated on
+/// `s.calibration`) and scores it on the test images, without writing a file.
+///
+/// ```no_run
+/// # fn main() -> pare::Result<()> {
+/// # let (x, y, tx, ty): (ndarray::ArrayD<f32>, Vec<usize>, ndarray::ArrayD<f32>, Vec<usize>) = todo!();
+/// use pare::quant::Mode;
+/// use pare::sweep::{Splits, int8_score};
+/// let model = pare::tensor::models::resnet8(0); // trained beforehand
+/// let splits = Splits { x: x.view(), y: &y, test_x: tx.view(), test_y: &ty, calibration: x.view() };
+/// let int8 = int8_score(&model, Mode::FullInteger, &splits)?;
+/// println!("int8: {:.2} %, {} B", int8.accuracy * 100.0, int8.bytes);
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// Conversion errors (a layer with no int8 kernel, say) and invalid data.
+pub fn int8_score(model: &Sequential, mode: Mode, s: &Splits<'_>) -> Result<Int8Score> {
+    let (q, accuracy) = convert_scored(model, mode, s)?;
+    Ok(Int8Score {
+        accuracy,
+        bytes: q.to_bytes()?.len(),
+    })
+}
+
+fn convert_scored(model: &Sequential, mode: Mode, s: &Splits<'_>) -> Result<(QuantizedModel, f32)> {
+    let cfg = ConvertConfig {
+        mode,
+        ..Default::default()
+    };
+    let q = convert(model, s.calibration.view(), &cfg)?;
+    let acc = accuracy(q.predict(s.test_x.view())?.view(), s.test_y);
+    Ok((q, acc))
 }
 
 /// Saves `model` with pare-prune's sparse tensors at `path` ([`save_sparse`]) and checks that
@@ -808,5 +1038,96 @@ mod tests {
             .unwrap();
         assert_eq!(again.evaluation.accuracy, cells[0].accuracies[0]);
         assert_eq!(cells[0].to_json(0.0)["alpha"], 0.1);
+    }
+
+    #[test]
+    fn schedule_end_moves_the_final_sparsity_earlier_and_is_checked() {
+        use pare_prune::PruningSchedule;
+        let half = PruneRecipe {
+            schedule_end: 0.5,
+            frequency: 1,
+            ..Default::default()
+        };
+        let s = half.schedule(0.8, 60_000).unwrap();
+        assert_eq!(s.at(422), (true, 0.8));
+        assert!(s.at(200).1 < 0.76);
+        // The default is TFMOT's: the final sparsity at the last step.
+        let full = PruneRecipe {
+            frequency: 1,
+            ..Default::default()
+        };
+        let full = full.schedule(0.8, 60_000).unwrap();
+        assert!(full.at(422).1 < 0.77);
+        assert_eq!(full.at(844), (true, 0.8));
+        for bad in [0.0, -0.5, 1.5, f32::NAN] {
+            let r = PruneRecipe {
+                schedule_end: bad,
+                ..Default::default()
+            };
+            assert!(
+                matches!(
+                    r.schedule(0.8, 100),
+                    Err(Error::BadSetting {
+                        name: "schedule_end",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_compression_table_of_a_residual_model_prunes_and_cuts_channels() {
+        let n = 64;
+        let x = ndarray::Array4::from_shape_fn((n, 28, 28, 1), |(i, r, c, _)| {
+            ((i * 31 + r * c) % 17) as f32 / 16.0
+        })
+        .into_dyn();
+        let y: Vec<usize> = (0..n).map(|i| i % 3).collect();
+        let s = Splits {
+            x: x.view(),
+            y: &y,
+            test_x: x.view(),
+            test_y: &y,
+            calibration: x.view(),
+        };
+        let recipe = CompressionRecipe {
+            // 57 training images: 4 steps an epoch, the final sparsity reached at step 4.
+            prune: PruneRecipe {
+                epochs: 2,
+                batch_size: 16,
+                frequency: 1,
+                schedule_end: 0.5,
+                mask: MaskKind::GlobalMagnitude,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let model = pare_tensor::models::tiny_residual(3, 0);
+        let mut stages = Vec::new();
+        let rows = recipe
+            .rows(&model, &s, |st| stages.push(st.to_owned()))
+            .unwrap();
+        let names: Vec<&str> = rows.iter().map(|r| r.stage.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "float",
+                "int8 (BN folded)",
+                "pruned 80 %",
+                "pruned + int8",
+                "channels -50 %"
+            ]
+        );
+        assert_eq!(stages.len(), 3);
+        let total = rows[0].nonzero_weights.unwrap();
+        let pruned = rows[2].nonzero_weights.unwrap();
+        // Global: 20 % of all kernels' weights survive, however they fall per layer.
+        assert_eq!(pruned, (total as f64 * 0.2).round() as usize, "{total}");
+        assert!(rows[4].nonzero_weights.unwrap() < total);
+        assert!(rows[1].file_bytes.is_some() && rows[3].file_bytes.is_some());
+        assert!(rows.iter().all(|r| (0.0..=1.0).contains(&r.accuracy)));
+        assert_eq!(rows[2].to_json()["stage"], "pruned 80 %");
     }
 }
