@@ -462,11 +462,7 @@ impl CompressionRecipe {
         let mut pruned = self.prune.train_stripped(model, &mut callback, s)?;
         let stale = score(&pruned)?;
         self.prune.recalibrate(&mut pruned, s)?;
-        let epochs = self.prune.epochs;
-        let note = format!(
-            "{epochs} fine-tune epoch(s), BN recalibrated ({:.2} % before)",
-            stale * 100.0
-        );
+        let note = format!("BN recalibrated ({:.2} % before)", stale * 100.0);
         rows.push(float(
             format!("pruned {}", percent(self.sparsity)),
             &pruned,
