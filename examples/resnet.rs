@@ -79,7 +79,8 @@ struct Args {
     /// Directory of the IDX files [default: $MNIST_DIR / $FASHION_MNIST_DIR].
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// JSON written by tools/keras_resnet.py, shown beside pare's figures.
+    /// JSON written by tools/keras_resnet.py, shown beside pare's figures; its speed is
+    /// compared with the first seed's epochs, the ones that ran beside it.
     #[arg(long)]
     keras: Option<PathBuf>,
     /// CI-sized run: 512 training and 256 test images, 1 epoch; results under quick/.
@@ -144,8 +145,10 @@ fn run(a: Args) -> Result<()> {
             (row, spread)
         })
         .collect();
-    let mut secs: Vec<f64> = runs.iter().flat_map(|r| r.secs.clone()).collect();
-    let per_epoch = median(&mut secs);
+    // Speed is the first seed's: the run a Keras run started with goes beside (the
+    // others would compare an unshared machine with a shared one).
+    let secs = runs[0].secs.clone();
+    let per_epoch = median(&mut secs.clone());
     let float = rows[0].0.accuracy;
 
     let keras = a.keras.as_deref().map(read_json).transpose()?;
