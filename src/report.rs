@@ -444,7 +444,7 @@ fn resnet_section(inputs: &Inputs, md: &mut String, missing: &mut Vec<String>) -
     md.push_str("## A graph model: ResNet-8 on Fashion-MNIST beside Keras\n\n");
     let reproduce = "bash tools/setup-tf.sh && \"$PARE_TF_PYTHON\" tools/keras_resnet.py --dataset fashion --epochs 10 \
                      --tflite --out target/pare/keras-resnet-fashion.json && cargo run --release \
-                     --example resnet -- --dataset fashion --keras \
+                     --example resnet -- --dataset fashion --seeds 0,1,2 --keras \
                      target/pare/keras-resnet-fashion.json";
     let Some(f) = section_file(inputs, "resnet-fashion.json", reproduce, md, missing) else {
         return Ok(());
@@ -461,12 +461,15 @@ fn resnet_section(inputs: &Inputs, md: &mut String, missing: &mut Vec<String>) -
         .find(|r| r.get("file_bytes").is_some_and(|b| !b.is_null()));
     let mut refs = vec![
         vec![
-            "float test accuracy".to_string(),
+            match seeds_of(f).len() {
+                n if n > 1 => format!("float test accuracy (pare: mean of {n} seeds)"),
+                _ => "float test accuracy".to_string(),
+            },
             pct(f.f64("float_accuracy")?),
             pct(f.f64("keras.test_accuracy")?),
         ],
         vec![
-            "seconds per epoch (median)".to_string(),
+            "seconds per epoch (median; side by side)".to_string(),
             format!("{pare_s:.1}"),
             format!("{keras_median:.1}"),
         ],
@@ -520,24 +523,42 @@ fn resnet_rows<'a>(f: &'a ResultFile, md: &mut String) -> Result<&'a Vec<Value>>
         .value("rows")
         .and_then(Value::as_array)
         .ok_or_else(|| f.key_error("rows", "an array of rows"))?;
+    let seeds = seeds_of(f);
+    if seeds.len() > 1 {
+        md.push_str(&format!(
+            "Means over seeds {}; sd is their sample standard deviation, in points.\n\n",
+            seeds.join(", ")
+        ));
+    }
     let mut table_rows = Vec::new();
     for r in rows {
         let text = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or("–").to_string();
         let acc = r.get("test_accuracy").and_then(Value::as_f64);
         let nonzero = r.get("nonzero_weights").and_then(Value::as_f64);
-        table_rows.push(vec![
-            text("stage"),
-            acc.map_or_else(|| "–".into(), pct),
-            nonzero.map_or_else(|| "–".into(), |n| plot::group_thousands(n as u64)),
-            text("note"),
-        ]);
+        let sd = r.get("test_accuracy_std").and_then(Value::as_f64);
+        let mut cells = vec![text("stage"), acc.map_or_else(|| "–".into(), pct)];
+        if seeds.len() > 1 {
+            cells.push(sd.map_or_else(|| "–".into(), |v| format!("{:.2}", v * 100.0)));
+        }
+        cells.push(nonzero.map_or_else(|| "–".into(), |n| plot::group_thousands(n as u64)));
+        cells.push(text("note"));
+        table_rows.push(cells);
     }
-    table(
-        md,
-        &["model", "test", "nonzero weights", "note"],
-        &table_rows,
-    );
+    let head: &[&str] = if seeds.len() > 1 {
+        &["model", "test", "sd", "nonzero weights", "note"]
+    } else {
+        &["model", "test", "nonzero weights", "note"]
+    };
+    table(md, head, &table_rows);
     Ok(rows)
+}
+
+/// The seeds a resnet run averaged (`seeds`, or the one `seed`; none in older files).
+fn seeds_of(f: &ResultFile) -> Vec<String> {
+    match f.value("seeds").and_then(Value::as_array) {
+        Some(s) => s.iter().map(Value::to_string).collect(),
+        None => f.value("seed").map(Value::to_string).into_iter().collect(),
+    }
 }
 
 /// The exported models (`export-<model>-<format>.json` from `examples/export.rs --compare`):
@@ -1460,13 +1481,13 @@ mod tests {
             &json!({
                 "rows": [
                     {"stage": "float", "test_accuracy": 0.9241, "nonzero_weights": 77072,
-                     "note": "115.1 s/epoch (median)"},
+                     "test_accuracy_std": 0.00123, "note": "115.1 s/epoch (median)"},
                     {"stage": "int8 (BN folded)", "test_accuracy": 0.9236, "nonzero_weights": null,
                      "file_bytes": 82020, "note": "82020 B int8 file"},
                     {"stage": "pruned + int8", "test_accuracy": null, "nonzero_weights": null,
                      "note": "not run: no int8 Add"}
                 ],
-                "float_accuracy": 0.9241, "median_epoch_seconds": 115.1,
+                "float_accuracy": 0.9241, "median_epoch_seconds": 115.1, "seeds": [0, 1, 2],
                 "keras": {"test_accuracy": 0.9207, "epoch_seconds": [75.1, 58.2, 67.4],
                           "tflite_int8_accuracy": 0.9213, "tflite_int8_bytes": 95536}
             }),
@@ -1484,20 +1505,20 @@ mod tests {
         );
         let md = build(&Inputs::find(&[&d.0]).unwrap()).unwrap().markdown;
         assert!(
-            md.contains("| float | 92.41 % | 77,072 | 115.1 s/epoch (median) |"),
+            md.contains("| float | 92.41 % | 0.12 | 77,072 | 115.1 s/epoch (median) |"),
             "{md}"
         );
         assert!(
-            md.contains("| pruned + int8 | – | – | not run: no int8 Add |"),
+            md.contains("| pruned + int8 | – | – | – | not run: no int8 Add |"),
             "{md}"
         );
         assert!(
-            md.contains("| float test accuracy | 92.41 % | 92.07 % |"),
+            md.contains("| float test accuracy (pare: mean of 3 seeds) | 92.41 % | 92.07 % |"),
             "{md}"
         );
         // The median of Keras's epochs, not their mean (66.9).
         assert!(
-            md.contains("| seconds per epoch (median) | 115.1 | 67.4 |"),
+            md.contains("| seconds per epoch (median; side by side) | 115.1 | 67.4 |"),
             "{md}"
         );
         assert!(md.contains("| 92.36 % | 92.13 % |"), "{md}");
@@ -1509,7 +1530,9 @@ mod tests {
         let mnist = md
             .find("The same recipe on MNIST")
             .expect("the MNIST table");
+        // One seed: no sd column.
         assert!(md[mnist..].contains("| float | 99.31 % | 77,072 | 60.0 s/epoch (median) |"));
+        assert!(md.contains("Means over seeds 0, 1, 2;"), "{md}");
     }
 
     #[test]
