@@ -925,6 +925,25 @@ pub fn kd_sweep(
 mod tests {
     use super::*;
 
+    /// `n` patterned 28×28×1 images, labels cycling through `classes`.
+    fn images(n: usize, classes: usize) -> (ndarray::ArrayD<f32>, Vec<usize>) {
+        let x = ndarray::Array4::from_shape_fn((n, 28, 28, 1), |(i, r, c, _)| {
+            ((i * 31 + r * c) % 17) as f32 / 16.0
+        });
+        (x.into_dyn(), (0..n).map(|i| i % classes).collect())
+    }
+
+    /// The same images to train, test and calibrate on.
+    fn splits<'a>(x: &'a ndarray::ArrayD<f32>, y: &'a [usize]) -> Splits<'a> {
+        Splits {
+            x: x.view(),
+            y,
+            test_x: x.view(),
+            test_y: y,
+            calibration: x.view(),
+        }
+    }
+
     #[test]
     fn end_step_is_tfmot_s() {
         // The tutorial: 60,000 images, 10 % held out, batch 128, 2 epochs: ceil(54,000 / 128) · 2.
@@ -937,19 +956,8 @@ mod tests {
 
     #[test]
     fn pruning_a_tiny_model_gives_a_sparse_int8_file_that_reloads() {
-        let n = 64;
-        let x = ndarray::Array4::from_shape_fn((n, 28, 28, 1), |(i, r, c, _)| {
-            ((i * 31 + r * c) % 17) as f32 / 16.0
-        })
-        .into_dyn();
-        let y: Vec<usize> = (0..n).map(|i| i % 10).collect();
-        let s = Splits {
-            x: x.view(),
-            y: &y,
-            test_x: x.view(),
-            test_y: &y,
-            calibration: x.view(),
-        };
+        let (x, y) = images(64, 10);
+        let s = splits(&x, &y);
         let recipe = PruneRecipe {
             epochs: 1,
             batch_size: 16,
@@ -1075,19 +1083,8 @@ mod tests {
 
     #[test]
     fn the_compression_table_of_a_residual_model_prunes_and_cuts_channels() {
-        let n = 64;
-        let x = ndarray::Array4::from_shape_fn((n, 28, 28, 1), |(i, r, c, _)| {
-            ((i * 31 + r * c) % 17) as f32 / 16.0
-        })
-        .into_dyn();
-        let y: Vec<usize> = (0..n).map(|i| i % 3).collect();
-        let s = Splits {
-            x: x.view(),
-            y: &y,
-            test_x: x.view(),
-            test_y: &y,
-            calibration: x.view(),
-        };
+        let (x, y) = images(64, 3);
+        let s = splits(&x, &y);
         let recipe = CompressionRecipe {
             // 57 training images: 4 steps an epoch, the final sparsity reached at step 4.
             prune: PruneRecipe {
