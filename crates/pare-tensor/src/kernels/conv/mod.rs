@@ -392,7 +392,9 @@ pub fn conv2d_kernel_grad(
         let count = ipb.min(win.n - i0);
         let (xb, wb) = image_block(x, win, i0, count);
         let gb = g.slice(ndarray::s![i0 * per_image..(i0 + count) * per_image, ..]);
-        let mut gk = Array2::zeros((plen, oc));
+        // Pooled: a step makes tens of these partials, and fresh ones would cost page faults.
+        let buf = super::buffers::take_any(plen * oc);
+        let mut gk = Array2::from_shape_vec((plen, oc), buf).expect("shape matches length");
         super::with_sequential_kernels(|| {
             let p = im2col(xb, &wb);
             super::gemm::matmul_into(p.t(), gb, gk.view_mut(), false);
@@ -409,6 +411,7 @@ pub fn conv2d_kernel_grad(
     let mut gk = parts.next().unwrap_or_else(|| Array2::zeros((plen, oc)));
     for p in parts {
         gk += &p;
+        super::buffers::give_array(p);
     }
     gk
 }
