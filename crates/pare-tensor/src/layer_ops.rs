@@ -111,10 +111,24 @@ fn bn_block(c: usize) -> usize {
     (BN_BLOCK / c.max(1)).max(1) * c.max(1)
 }
 
+/// Pixels whose per-channel sums are taken in f32 before they join the f64 totals: short
+/// enough that f32 loses nothing that matters, long enough that the conversions cost little
+/// and the f32 loop vectorises over the channels.
+const F32_RUN: usize = 64;
+
+/// Adds `acc32` into `acc64` and clears it.
+fn flush(acc64: &mut [f64], acc32: &mut [f32]) {
+    for (d, s) in acc64.iter_mut().zip(acc32.iter_mut()) {
+        *d += *s as f64;
+        *s = 0.0;
+    }
+}
+
 /// Per-channel mean and biased variance over every axis but the last (what Keras' BatchNorm
-/// normalises with and folds into its moving variance), accumulated in f64 in one pass over
-/// the data: sums of `x − s` and `(x − s)²` with `s` the first pixel's value, a shift that keeps
-/// the variance free of the cancellation a plain sum of squares suffers when the mean is large.
+/// normalises with and folds into its moving variance), in one pass over the data: sums of
+/// `x − s` and `(x − s)²` with `s` the first pixel's value, a shift that keeps the variance
+/// free of the cancellation a plain sum of squares suffers when the mean is large; runs of
+/// [`F32_RUN`] pixels are summed in f32, the runs in f64.
 pub fn channel_moments(x: &ArrayD<f32>) -> (Vec<f32>, Vec<f32>) {
     let c = *x.shape().last().expect("channel_moments: scalar input");
     let x = x.as_standard_layout();
@@ -123,15 +137,22 @@ pub fn channel_moments(x: &ArrayD<f32>) -> (Vec<f32>, Vec<f32>) {
     if xs.is_empty() || c == 0 {
         return (vec![0.0; c], vec![0.0; c]);
     }
-    let shift: Vec<f64> = xs[..c].iter().map(|&v| v as f64).collect();
+    let shift = &xs[..c];
     let parts = elementwise::map_blocks(xs.len(), bn_block(c), |r| {
         let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
-        for px in xs[r].chunks_exact(c) {
-            for k in 0..c {
-                let d = px[k] as f64 - shift[k];
-                s[k] += d;
-                q[k] += d * d;
+        let (mut s32, mut q32) = (vec![0f32; c], vec![0f32; c]);
+        for run in xs[r].chunks(F32_RUN * c) {
+            for px in run.chunks_exact(c) {
+                let (px, sh) = (&px[..c], &shift[..c]);
+                let (s32, q32) = (&mut s32[..c], &mut q32[..c]);
+                for k in 0..c {
+                    let d = px[k] - sh[k];
+                    s32[k] += d;
+                    q32[k] += d * d;
+                }
             }
+            flush(&mut s, &mut s32);
+            flush(&mut q, &mut q32);
         }
         (s, q)
     });
@@ -142,7 +163,9 @@ pub fn channel_moments(x: &ArrayD<f32>) -> (Vec<f32>, Vec<f32>) {
             q[k] += pq[k];
         }
     }
-    let mean = (0..c).map(|k| (shift[k] + s[k] / rows) as f32).collect();
+    let mean = (0..c)
+        .map(|k| (shift[k] as f64 + s[k] / rows) as f32)
+        .collect();
     let var = (0..c)
         .map(|k| {
             let m = s[k] / rows;
@@ -182,17 +205,8 @@ pub(crate) fn batch_norm_backward(
     saved: &BatchNormSaved<'_>,
     need_x: bool,
 ) -> (Option<ArrayD<f32>>, ArrayD<f32>, ArrayD<f32>) {
-    let BatchNormSaved {
-        x,
-        y,
-        mean,
-        inv_std,
-        gamma,
-        act,
-        batch_stats,
-    } = *saved;
-    let c = inv_std.len();
-    let mut g = if g.is_standard_layout() {
+    let (x, y, c) = (saved.x, saved.y, saved.inv_std.len());
+    let g = if g.is_standard_layout() {
         g
     } else {
         let s = buffers::clone_array(&g);
@@ -201,29 +215,70 @@ pub(crate) fn batch_norm_backward(
     };
     let xs = x.as_slice().expect("batch_norm backward: standard layout");
     let ys = y.as_slice().expect("batch_norm backward: standard layout");
-    let gam = gamma.as_slice().expect("1-D");
+    let gam = saved.gamma.as_slice().expect("1-D");
+    // One monomorphised loop per activation, so the derivative is a vector select.
+    let (dx, sum_g, sum_gx) = match saved.act {
+        Activation::Linear => bn_backward_passes(g, xs, xs, saved, gam, need_x, |g, _| g),
+        Activation::Relu => bn_backward_passes(g, xs, ys, saved, gam, need_x, |g, y| {
+            if y <= 0.0 { 0.0 } else { g }
+        }),
+        Activation::LeakyRelu(a) => {
+            bn_backward_passes(g, xs, ys, saved, gam, need_x, move |g, y| {
+                if y <= 0.0 { g * a } else { g }
+            })
+        }
+    };
+    let dgamma = ArrayD::from_shape_vec(IxDyn(&[c]), sum_gx.iter().map(|&v| v as f32).collect())
+        .expect("[c]");
+    let dbeta = ArrayD::from_shape_vec(IxDyn(&[c]), sum_g.iter().map(|&v| v as f32).collect())
+        .expect("[c]");
+    (dx, dgamma, dbeta)
+}
+
+/// The two passes of [`batch_norm_backward`] with the activation's derivative `bp(g, y)`
+/// (`y` is `xs` itself for no activation, which the derivative ignores): the per-channel
+/// sums of `g'` and `g'·x̂`, then `dx` in `g`'s buffer. Returns `(dx, Σg', Σg'·x̂)`.
+#[allow(clippy::too_many_arguments)]
+fn bn_backward_passes(
+    mut g: ArrayD<f32>,
+    xs: &[f32],
+    ys: &[f32],
+    saved: &BatchNormSaved<'_>,
+    gam: &[f32],
+    need_x: bool,
+    bp: impl Fn(f32, f32) -> f32 + Sync + Copy,
+) -> (Option<ArrayD<f32>>, Vec<f64>, Vec<f64>) {
+    let (mean, inv_std, batch_stats) = (saved.mean, saved.inv_std, saved.batch_stats);
+    let c = inv_std.len();
     let len = xs.len();
     let block = bn_block(c);
-    let fused = act != Activation::Linear;
     let parts = {
         let gs = g.as_slice().expect("standard layout");
         elementwise::map_blocks(len, block, |r| {
             let (mut sg, mut sgx) = (vec![0f64; c], vec![0f64; c]);
-            for ((gp, xp), yp) in gs[r.clone()]
-                .chunks_exact(c)
-                .zip(xs[r.clone()].chunks_exact(c))
-                .zip(ys[r].chunks_exact(c))
+            let (mut sg32, mut sgx32) = (vec![0f32; c], vec![0f32; c]);
+            let run = F32_RUN * c;
+            for ((gr, xr), yr) in gs[r.clone()]
+                .chunks(run)
+                .zip(xs[r.clone()].chunks(run))
+                .zip(ys[r].chunks(run))
             {
-                for k in 0..c {
-                    let gv = if fused {
-                        act.backprop(gp[k], yp[k])
-                    } else {
-                        gp[k]
-                    };
-                    let xh = (xp[k] - mean[k]) * inv_std[k];
-                    sg[k] += gv as f64;
-                    sgx[k] += (gv * xh) as f64;
+                for ((gp, xp), yp) in gr
+                    .chunks_exact(c)
+                    .zip(xr.chunks_exact(c))
+                    .zip(yr.chunks_exact(c))
+                {
+                    let (gp, xp, yp) = (&gp[..c], &xp[..c], &yp[..c]);
+                    let (m, is) = (&mean[..c], &inv_std[..c]);
+                    let (a, b) = (&mut sg32[..c], &mut sgx32[..c]);
+                    for k in 0..c {
+                        let gv = bp(gp[k], yp[k]);
+                        a[k] += gv;
+                        b[k] += gv * ((xp[k] - m[k]) * is[k]);
+                    }
                 }
+                flush(&mut sg, &mut sg32);
+                flush(&mut sgx, &mut sgx32);
             }
             (sg, sgx)
         })
@@ -235,16 +290,13 @@ pub(crate) fn batch_norm_backward(
             sum_gx[k] += pgx[k];
         }
     }
-    let dgamma = ArrayD::from_shape_vec(IxDyn(&[c]), sum_gx.iter().map(|&v| v as f32).collect())
-        .expect("[c]");
-    let dbeta = ArrayD::from_shape_vec(IxDyn(&[c]), sum_g.iter().map(|&v| v as f32).collect())
-        .expect("[c]");
     if !need_x {
         buffers::give_array(g);
-        return (None, dgamma, dbeta);
+        return (None, sum_g, sum_gx);
     }
     let n = (len / c.max(1)).max(1) as f64;
     let scale: Vec<f32> = (0..c).map(|k| gam[k] * inv_std[k]).collect();
+    // With moving statistics the mean and variance do not depend on x: the sums' terms drop.
     let (mean_g, mean_gx): (Vec<f32>, Vec<f32>) = if batch_stats {
         (
             sum_g.iter().map(|&s| (s / n) as f32).collect(),
@@ -261,22 +313,17 @@ pub(crate) fn batch_norm_backward(
             .zip(xs[r.clone()].chunks_exact(c))
             .zip(ys[r].chunks_exact(c))
         {
+            let (gp, xp, yp) = (&mut gp[..c], &xp[..c], &yp[..c]);
+            let (m, is, sc) = (&mean[..c], &inv_std[..c], &scale[..c]);
+            let (mg, mgx) = (&mean_g[..c], &mean_gx[..c]);
             for k in 0..c {
-                let gv = if fused {
-                    act.backprop(gp[k], yp[k])
-                } else {
-                    gp[k]
-                };
-                gp[k] = if batch_stats {
-                    let xh = (xp[k] - mean[k]) * inv_std[k];
-                    scale[k] * (gv - mean_g[k] - xh * mean_gx[k])
-                } else {
-                    scale[k] * gv
-                };
+                let gv = bp(gp[k], yp[k]);
+                let xh = (xp[k] - m[k]) * is[k];
+                gp[k] = sc[k] * (gv - mg[k] - xh * mgx[k]);
             }
         }
     });
-    (Some(g), dgamma, dbeta)
+    (Some(g), sum_g, sum_gx)
 }
 
 impl Graph {
@@ -366,9 +413,11 @@ impl Graph {
         let block = bn_block(c);
         elementwise::for_blocks_mut(&mut y, block, |bi, yb| {
             let xb = &xs[bi * block..bi * block + yb.len()];
+            let (m, sc, b) = (&mean[..c], &scale[..c], &bs[..c]);
             for (o, xp) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+                let (o, xp) = (&mut o[..c], &xp[..c]);
                 for k in 0..c {
-                    o[k] = (xp[k] - mean[k]) * scale[k] + bs[k];
+                    o[k] = (xp[k] - m[k]) * sc[k] + b[k];
                 }
             }
         });
