@@ -28,7 +28,7 @@
 //! ```
 
 use crate::error::{Result, TensorError, WiringError};
-use crate::graph::{Graph, Op, Var};
+use crate::graph::{Activation, Graph, Op, Var};
 use crate::nn::{Layer, Model, Module};
 use ndarray::{ArrayD, IxDyn};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -479,6 +479,15 @@ impl Model {
     ) -> (Var, Vec<Option<Var>>) {
         let mut found = vec![None; taps.len()];
         let mut vals: HashMap<&str, Var> = HashMap::from([(INPUT, x)]);
+        // How many layers read each node: an activation layer whose input feeds nothing else
+        // (and is not tapped) is applied in place on that input's node where the op allows
+        // it (see `Graph::fuse_activation`), saving a node, a buffer and a pass each way.
+        let mut readers: HashMap<&str, usize> = HashMap::new();
+        for inputs in self.wiring.values() {
+            for i in inputs {
+                *readers.entry(i.as_str()).or_default() += 1;
+            }
+        }
         let mut y = x;
         for l in &self.layers {
             let m = l.module();
@@ -491,7 +500,20 @@ impl Model {
                     })
                 })
                 .collect();
-            y = m.forward_many(g, &inputs);
+            let act = match l {
+                Layer::ReLU(_) => Some(Activation::Relu),
+                Layer::LeakyReLU(r) => Some(Activation::LeakyRelu(r.alpha)),
+                _ => None,
+            };
+            let sole =
+                |i: &String| readers.get(i.as_str()) == Some(&1) && !taps.contains(&i.as_str());
+            let fused = match (act, self.wiring[name].as_slice()) {
+                (Some(act), [only]) if sole(only) && *only != INPUT => {
+                    g.fuse_activation(inputs[0], act)
+                }
+                _ => None,
+            };
+            y = fused.unwrap_or_else(|| m.forward_many(g, &inputs));
             vals.insert(name, y);
             if let Some(t) = taps.iter().position(|t| *t == name) {
                 found[t] = Some(y);

@@ -417,3 +417,29 @@ fn the_graph_summary_has_keras_columns_and_totals() {
             .contains("Connected")
     );
 }
+
+#[test]
+fn fused_activations_give_the_unfused_values_and_gradients() {
+    // A ReLU whose input feeds nothing else is applied in place on a BatchNorm or Add node;
+    // tapping those nodes keeps them unfused. Same arithmetic either way: bit-identical.
+    let model = tiny_residual(3, 5);
+    let mut rng = StdRng::seed_from_u64(6);
+    let x = rand_arr(&mut rng, &[4, 28, 28, 1], 0.0, 1.0);
+    let labels = [0, 2, 1, 2];
+    let run = |taps: &[&str]| {
+        let mut g = Graph::new();
+        let xv = g.constant(x.clone());
+        let (logits, _) = model.forward_with_taps(&mut g, xv, taps);
+        let loss = g.softmax_cross_entropy(logits, &labels);
+        let grads = g.backward(loss);
+        let mut named: Vec<(String, ArrayD<f32>)> =
+            grads.iter().map(|(n, v)| (n.clone(), v.clone())).collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        (g.len(), g.value(logits).clone(), named)
+    };
+    let (fused_nodes, fused_logits, fused_grads) = run(&[]);
+    let (plain_nodes, plain_logits, plain_grads) = run(&["bn", "b_bn1", "b_add"]);
+    assert_eq!(plain_nodes - fused_nodes, 3, "three ReLUs fused");
+    assert_eq!(fused_logits, plain_logits);
+    assert_eq!(fused_grads, plain_grads);
+}

@@ -5,7 +5,6 @@
 //! [`Grads`] keyed by parameter name: there is nothing to zero between steps. A node whose
 //! inputs need no gradient is a constant, and backward skips it.
 
-use crate::kernels::buffers;
 use crate::kernels::conv::{
     Padding, Window, conv2d_forward, conv2d_input_grad, conv2d_kernel_grad, shallow,
 };
@@ -13,6 +12,7 @@ use crate::kernels::gemm::matmul;
 use crate::kernels::pool::{
     argmax_fits, max_pool, max_pool_backward, max_pool_backward_argmax, max_pool_with_argmax,
 };
+use crate::kernels::{buffers, elementwise};
 use crate::nn::Param;
 use ndarray::{Array2, ArrayD, ArrayView2, ArrayView4, Axis, Ix2, Ix4, IxDyn, Zip};
 use std::collections::HashMap;
@@ -82,27 +82,27 @@ impl Activation {
 
     /// Applies the activation in place.
     fn apply_inplace(self, y: &mut ArrayD<f32>) {
-        match self {
-            Activation::Linear => {}
-            Activation::Relu => y.mapv_inplace(|v| v.max(0.0)),
-            Activation::LeakyRelu(a) => y.mapv_inplace(|v| if v > 0.0 { v } else { a * v }),
+        if self == Activation::Linear {
+            return;
+        }
+        match y.as_slice_mut() {
+            Some(ys) => elementwise::map_inplace(ys, |v| self.apply(v)),
+            None => y.mapv_inplace(|v| self.apply(v)),
         }
     }
 
     /// Multiplies `g` by the activation's derivative, read off the output `y`.
     fn backprop_inplace(self, g: &mut ArrayD<f32>, y: &ArrayD<f32>) {
-        match self {
-            Activation::Linear => {}
-            Activation::Relu => Zip::from(g).and(y).for_each(|g, &y| {
-                if y <= 0.0 {
-                    *g = 0.0
-                }
-            }),
-            Activation::LeakyRelu(a) => Zip::from(g).and(y).for_each(|g, &y| {
-                if y <= 0.0 {
-                    *g *= a
-                }
-            }),
+        if self == Activation::Linear {
+            return;
+        }
+        match (g.as_slice_mut(), y.as_slice()) {
+            (Some(gs), Some(ys)) if gs.len() == ys.len() => {
+                elementwise::zip_inplace(gs, ys, |g, y| self.backprop(g, y))
+            }
+            _ => Zip::from(g)
+                .and(y)
+                .for_each(|g, &y| *g = self.backprop(*g, y)),
         }
     }
 
@@ -227,8 +227,8 @@ pub enum Op {
     Mean(Var),
     /// Sum of all elements.
     Sum(Var),
-    /// Element-wise a + b.
-    Add(Var, Var),
+    /// Element-wise `act(a + b)` (the activation fused in by [`Graph::fuse_activation`]).
+    Add(Var, Var, Activation),
     /// Element-wise a - b.
     Sub(Var, Var),
     /// Element-wise a · b.
@@ -247,12 +247,15 @@ pub enum Op {
         gamma: Var,
         /// Offset `[c]`.
         beta: Var,
-        /// The normalised input `(x − mean) / sqrt(var + ε)`.
-        xhat: ArrayD<f32>,
+        /// The mean per channel the input was normalised with; backward recomputes the
+        /// normalised input from it rather than keeping a copy.
+        mean: Vec<f32>,
         /// `1 / sqrt(var + ε)` per channel.
         inv_std: Vec<f32>,
         /// True when mean and variance are the batch's own (training), so they depend on `x`.
         batch_stats: bool,
+        /// Activation applied to the output (fused in by [`Graph::fuse_activation`]).
+        act: Activation,
     },
     /// NHWC average pool, padding excluded from the count (TensorFlow's rule).
     AvgPool {
@@ -817,6 +820,31 @@ impl Graph {
         self.push(Op::Relu(x), y, &[x])
     }
 
+    /// `act` applied to `x`'s own value in place when `x` is the last node recorded and an op
+    /// that can carry a fused activation (a training BatchNorm or Add with none yet): then `x`
+    /// itself is the activated value, and no node or activation-sized buffer is added. `None`
+    /// when it does not apply.
+    ///
+    /// Values are otherwise never changed once recorded; this is sound only because every
+    /// node recorded before `x` has already read `x`'s value if it needed it (there is none
+    /// after it), and the caller must not use `x`'s pre-activation value afterwards. The ops
+    /// chosen read only their output, never their pre-activation value, in backward.
+    pub(crate) fn fuse_activation(&mut self, x: Var, act: Activation) -> Option<Var> {
+        let i = self.check(x);
+        if i + 1 != self.nodes.len() || !act.fusable() || act == Activation::Linear {
+            return None;
+        }
+        let node = &mut self.nodes[i];
+        match &mut node.op {
+            Op::BatchNorm { act: a, .. } | Op::Add(_, _, a) if *a == Activation::Linear => {
+                *a = act;
+            }
+            _ => return None,
+        }
+        act.apply_inplace(&mut node.value);
+        Some(x)
+    }
+
     /// Leaky ReLU with slope `alpha` below zero (Keras' default alpha is 0.3; the teacher
     /// uses 0.2).
     pub fn leaky_relu(&mut self, x: Var, alpha: f32) -> Var {
@@ -936,7 +964,7 @@ impl Graph {
         let (av, bv) = (self.value(a), self.value(b));
         same_shape("add", av, bv);
         let y = buffers::zip_map(av, bv, |a, b| a + b);
-        self.push(Op::Add(a, b), y, &[a, b])
+        self.push(Op::Add(a, b, Activation::Linear), y, &[a, b])
     }
 
     /// Element-wise a − b (same shapes).
@@ -1032,7 +1060,12 @@ impl Graph {
         }
         match &mut grads[i] {
             Some(existing) => {
-                *existing += &g;
+                match (existing.as_slice_mut(), g.as_slice()) {
+                    (Some(e), Some(s)) if e.len() == s.len() => {
+                        elementwise::zip_inplace(e, s, |a, b| a + b)
+                    }
+                    _ => *existing += &g,
+                }
                 buffers::give_array(g);
             }
             slot => *slot = Some(g),
@@ -1213,11 +1246,7 @@ impl Graph {
             }
             Op::Relu(x) => {
                 let mut g = g;
-                Zip::from(&mut g).and(&node.value).for_each(|g, &y| {
-                    if y <= 0.0 {
-                        *g = 0.0
-                    }
-                });
+                Activation::Relu.backprop_inplace(&mut g, &node.value);
                 self.acc(grads, *x, g);
             }
             Op::LeakyRelu(x, alpha) => {
@@ -1306,7 +1335,9 @@ impl Graph {
                 let s = g.iter().next().copied().unwrap_or(0.0);
                 self.acc(grads, *x, ArrayD::from_elem(val(*x).raw_dim(), s));
             }
-            Op::Add(a, b) => {
+            Op::Add(a, b, act) => {
+                let mut g = g;
+                act.backprop_inplace(&mut g, &node.value);
                 if needs(*b) {
                     self.acc(grads, *b, buffers::clone_array(&g));
                 }
@@ -1347,18 +1378,21 @@ impl Graph {
                 x,
                 gamma,
                 beta,
-                xhat,
+                mean,
                 inv_std,
                 batch_stats,
+                act,
             } => {
-                let (gx, gg, gb) = crate::layer_ops::batch_norm_backward(
-                    &g,
-                    xhat,
+                let saved = crate::layer_ops::BatchNormSaved {
+                    x: val(*x),
+                    y: &node.value,
+                    mean,
                     inv_std,
-                    val(*gamma),
-                    *batch_stats,
-                    needs(*x),
-                );
+                    gamma: val(*gamma),
+                    act: *act,
+                    batch_stats: *batch_stats,
+                };
+                let (gx, gg, gb) = crate::layer_ops::batch_norm_backward(g, &saved, needs(*x));
                 if needs(*gamma) {
                     self.acc(grads, *gamma, gg);
                 }

@@ -12,11 +12,12 @@
 //!   ([`crate::Sequential::apply_state_updates`], which `fit` calls after the optimizer's
 //!   update), so a diverged step changes nothing.
 
-use crate::graph::{Graph, Op, Var, four};
+use crate::graph::{Activation, Graph, Op, Var, four};
 use crate::kernels::avgpool::{avg_pool, global_avg_pool};
 use crate::kernels::buffers;
 use crate::kernels::conv::{Padding, Window};
 use crate::kernels::depthwise::depthwise_conv2d;
+use crate::kernels::elementwise;
 use ndarray::{ArrayD, IxDyn, Zip};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -101,88 +102,228 @@ fn splitmix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Floats per block of the BatchNorm passes (64 KiB, rounded down to whole pixels): the unit of
+/// parallel work and of the partial sums, fixed by the shape alone so that the partials, added
+/// in block order, do not depend on the thread count.
+const BN_BLOCK: usize = 1 << 14;
+
+fn bn_block(c: usize) -> usize {
+    (BN_BLOCK / c.max(1)).max(1) * c.max(1)
+}
+
+/// Pixels whose per-channel sums are taken in f32 before they join the f64 totals: short
+/// enough that f32 loses nothing that matters, long enough that the conversions cost little
+/// and the f32 loop vectorises over the channels.
+const F32_RUN: usize = 64;
+
+/// Adds `acc32` into `acc64` and clears it.
+fn flush(acc64: &mut [f64], acc32: &mut [f32]) {
+    for (d, s) in acc64.iter_mut().zip(acc32.iter_mut()) {
+        *d += *s as f64;
+        *s = 0.0;
+    }
+}
+
 /// Per-channel mean and biased variance over every axis but the last (what Keras' BatchNorm
-/// normalises with and folds into its moving variance), accumulated in f64.
+/// normalises with and folds into its moving variance), in one pass over the data: sums of
+/// `x − s` and `(x − s)²` with `s` the first pixel's value, a shift that keeps the variance
+/// free of the cancellation a plain sum of squares suffers when the mean is large; runs of
+/// [`F32_RUN`] pixels are summed in f32, the runs in f64.
 pub fn channel_moments(x: &ArrayD<f32>) -> (Vec<f32>, Vec<f32>) {
     let c = *x.shape().last().expect("channel_moments: scalar input");
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let rows = (xs.len() / c.max(1)).max(1) as f64;
-    let mut mean = vec![0f64; c];
-    for px in xs.chunks_exact(c.max(1)) {
-        for (m, &v) in mean.iter_mut().zip(px) {
-            *m += v as f64;
+    if xs.is_empty() || c == 0 {
+        return (vec![0.0; c], vec![0.0; c]);
+    }
+    let shift = &xs[..c];
+    let parts = elementwise::map_blocks(xs.len(), bn_block(c), |r| {
+        let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
+        let (mut s32, mut q32) = (vec![0f32; c], vec![0f32; c]);
+        for run in xs[r].chunks(F32_RUN * c) {
+            for px in run.chunks_exact(c) {
+                let (px, sh) = (&px[..c], &shift[..c]);
+                let (s32, q32) = (&mut s32[..c], &mut q32[..c]);
+                for k in 0..c {
+                    let d = px[k] - sh[k];
+                    s32[k] += d;
+                    q32[k] += d * d;
+                }
+            }
+            flush(&mut s, &mut s32);
+            flush(&mut q, &mut q32);
+        }
+        (s, q)
+    });
+    let (mut s, mut q) = (vec![0f64; c], vec![0f64; c]);
+    for (ps, pq) in parts {
+        for k in 0..c {
+            s[k] += ps[k];
+            q[k] += pq[k];
         }
     }
-    mean.iter_mut().for_each(|m| *m /= rows);
-    let mut var = vec![0f64; c];
-    for px in xs.chunks_exact(c.max(1)) {
-        for ((s, &v), &m) in var.iter_mut().zip(px).zip(&mean) {
-            let d = v as f64 - m;
-            *s += d * d;
-        }
-    }
-    (
-        mean.iter().map(|&m| m as f32).collect(),
-        var.iter().map(|&v| (v / rows) as f32).collect(),
-    )
+    let mean = (0..c)
+        .map(|k| (shift[k] as f64 + s[k] / rows) as f32)
+        .collect();
+    let var = (0..c)
+        .map(|k| {
+            let m = s[k] / rows;
+            (q[k] / rows - m * m).max(0.0) as f32
+        })
+        .collect();
+    (mean, var)
 }
 
-/// Gradients of [`Graph::batch_norm`]: `(dx if asked, dγ, dβ)`. With batch statistics the
-/// mean and variance depend on `x`, which gives the usual
+/// What the backward pass of a BatchNorm node needs besides its gradient: its input, output
+/// and statistics. The normalised input is recomputed from `x` rather than kept, which saves
+/// a full activation of memory and its write and read per step.
+pub(crate) struct BatchNormSaved<'a> {
+    /// The input `x`.
+    pub x: &'a ArrayD<f32>,
+    /// The node's output `act(γ·x̂ + β)`, read for the activation's derivative.
+    pub y: &'a ArrayD<f32>,
+    /// Mean per channel (batch or moving).
+    pub mean: &'a [f32],
+    /// `1 / sqrt(var + ε)` per channel.
+    pub inv_std: &'a [f32],
+    /// Scale `γ`.
+    pub gamma: &'a ArrayD<f32>,
+    /// The activation fused after the normalisation.
+    pub act: Activation,
+    /// Whether the statistics are the batch's own.
+    pub batch_stats: bool,
+}
+
+/// Gradients of [`Graph::batch_norm`]: `(dx if asked, dγ, dβ)`, `dx` computed in `g`'s own
+/// buffer. With batch statistics the mean and variance depend on `x`, which gives the usual
 /// `dx = γ·inv_std / N · (N·g − Σg − x̂·Σ(g·x̂))` (Ioffe & Szegedy 2015, §3); with moving
-/// statistics `dx = γ·inv_std·g`.
+/// statistics `dx = γ·inv_std·g`. `g` is first multiplied by the fused activation's
+/// derivative, read off the output. Two passes: the per-channel sums, then `dx`.
 pub(crate) fn batch_norm_backward(
-    g: &ArrayD<f32>,
-    xhat: &ArrayD<f32>,
-    inv_std: &[f32],
-    gamma: &ArrayD<f32>,
-    batch_stats: bool,
+    g: ArrayD<f32>,
+    saved: &BatchNormSaved<'_>,
     need_x: bool,
 ) -> (Option<ArrayD<f32>>, ArrayD<f32>, ArrayD<f32>) {
-    let c = inv_std.len();
-    let g = g.as_standard_layout();
-    let gs = g.as_slice().expect("standard layout");
-    let xs = xhat.as_slice().expect("standard layout");
-    let gam = gamma.as_slice().expect("1-D");
-    let mut sum_g = vec![0f64; c];
-    let mut sum_gx = vec![0f64; c];
-    for (gp, xp) in gs.chunks_exact(c).zip(xs.chunks_exact(c)) {
-        for k in 0..c {
-            sum_g[k] += gp[k] as f64;
-            sum_gx[k] += (gp[k] * xp[k]) as f64;
+    let (x, y, c) = (saved.x, saved.y, saved.inv_std.len());
+    let g = if g.is_standard_layout() {
+        g
+    } else {
+        let s = buffers::clone_array(&g);
+        buffers::give_array(g);
+        s
+    };
+    let xs = x.as_slice().expect("batch_norm backward: standard layout");
+    let ys = y.as_slice().expect("batch_norm backward: standard layout");
+    let gam = saved.gamma.as_slice().expect("1-D");
+    // One monomorphised loop per activation, so the derivative is a vector select.
+    let (dx, sum_g, sum_gx) = match saved.act {
+        Activation::Linear => bn_backward_passes(g, xs, xs, saved, gam, need_x, |g, _| g),
+        Activation::Relu => bn_backward_passes(g, xs, ys, saved, gam, need_x, |g, y| {
+            if y <= 0.0 { 0.0 } else { g }
+        }),
+        Activation::LeakyRelu(a) => {
+            bn_backward_passes(g, xs, ys, saved, gam, need_x, move |g, y| {
+                if y <= 0.0 { g * a } else { g }
+            })
         }
-    }
+    };
     let dgamma = ArrayD::from_shape_vec(IxDyn(&[c]), sum_gx.iter().map(|&v| v as f32).collect())
         .expect("[c]");
     let dbeta = ArrayD::from_shape_vec(IxDyn(&[c]), sum_g.iter().map(|&v| v as f32).collect())
         .expect("[c]");
-    let dx = need_x.then(|| {
-        let n = (gs.len() / c.max(1)) as f64;
-        let mut dx = buffers::take_any(gs.len());
-        let scale: Vec<f32> = (0..c).map(|k| gam[k] * inv_std[k]).collect();
-        if batch_stats {
-            let mean_g: Vec<f32> = sum_g.iter().map(|&s| (s / n) as f32).collect();
-            let mean_gx: Vec<f32> = sum_gx.iter().map(|&s| (s / n) as f32).collect();
-            for ((d, gp), xp) in dx
-                .chunks_exact_mut(c)
-                .zip(gs.chunks_exact(c))
-                .zip(xs.chunks_exact(c))
+    (dx, dgamma, dbeta)
+}
+
+/// The two passes of [`batch_norm_backward`] with the activation's derivative `bp(g, y)`
+/// (`y` is `xs` itself for no activation, which the derivative ignores): the per-channel
+/// sums of `g'` and `g'·x̂`, then `dx` in `g`'s buffer. Returns `(dx, Σg', Σg'·x̂)`.
+#[allow(clippy::too_many_arguments)]
+fn bn_backward_passes(
+    mut g: ArrayD<f32>,
+    xs: &[f32],
+    ys: &[f32],
+    saved: &BatchNormSaved<'_>,
+    gam: &[f32],
+    need_x: bool,
+    bp: impl Fn(f32, f32) -> f32 + Sync + Copy,
+) -> (Option<ArrayD<f32>>, Vec<f64>, Vec<f64>) {
+    let (mean, inv_std, batch_stats) = (saved.mean, saved.inv_std, saved.batch_stats);
+    let c = inv_std.len();
+    let len = xs.len();
+    let block = bn_block(c);
+    let parts = {
+        let gs = g.as_slice().expect("standard layout");
+        elementwise::map_blocks(len, block, |r| {
+            let (mut sg, mut sgx) = (vec![0f64; c], vec![0f64; c]);
+            let (mut sg32, mut sgx32) = (vec![0f32; c], vec![0f32; c]);
+            let run = F32_RUN * c;
+            for ((gr, xr), yr) in gs[r.clone()]
+                .chunks(run)
+                .zip(xs[r.clone()].chunks(run))
+                .zip(ys[r].chunks(run))
             {
-                for k in 0..c {
-                    d[k] = scale[k] * (gp[k] - mean_g[k] - xp[k] * mean_gx[k]);
+                for ((gp, xp), yp) in gr
+                    .chunks_exact(c)
+                    .zip(xr.chunks_exact(c))
+                    .zip(yr.chunks_exact(c))
+                {
+                    let (gp, xp, yp) = (&gp[..c], &xp[..c], &yp[..c]);
+                    let (m, is) = (&mean[..c], &inv_std[..c]);
+                    let (a, b) = (&mut sg32[..c], &mut sgx32[..c]);
+                    for k in 0..c {
+                        let gv = bp(gp[k], yp[k]);
+                        a[k] += gv;
+                        b[k] += gv * ((xp[k] - m[k]) * is[k]);
+                    }
                 }
+                flush(&mut sg, &mut sg32);
+                flush(&mut sgx, &mut sgx32);
             }
-        } else {
-            for (d, gp) in dx.chunks_exact_mut(c).zip(gs.chunks_exact(c)) {
-                for k in 0..c {
-                    d[k] = scale[k] * gp[k];
-                }
+            (sg, sgx)
+        })
+    };
+    let (mut sum_g, mut sum_gx) = (vec![0f64; c], vec![0f64; c]);
+    for (pg, pgx) in parts {
+        for k in 0..c {
+            sum_g[k] += pg[k];
+            sum_gx[k] += pgx[k];
+        }
+    }
+    if !need_x {
+        buffers::give_array(g);
+        return (None, sum_g, sum_gx);
+    }
+    let n = (len / c.max(1)).max(1) as f64;
+    let scale: Vec<f32> = (0..c).map(|k| gam[k] * inv_std[k]).collect();
+    // With moving statistics the mean and variance do not depend on x: the sums' terms drop.
+    let (mean_g, mean_gx): (Vec<f32>, Vec<f32>) = if batch_stats {
+        (
+            sum_g.iter().map(|&s| (s / n) as f32).collect(),
+            sum_gx.iter().map(|&s| (s / n) as f32).collect(),
+        )
+    } else {
+        (vec![0.0; c], vec![0.0; c])
+    };
+    let gs = g.as_slice_mut().expect("standard layout");
+    elementwise::for_blocks_mut(gs, block, |bi, gb| {
+        let r = bi * block..bi * block + gb.len();
+        for ((gp, xp), yp) in gb
+            .chunks_exact_mut(c)
+            .zip(xs[r.clone()].chunks_exact(c))
+            .zip(ys[r].chunks_exact(c))
+        {
+            let (gp, xp, yp) = (&mut gp[..c], &xp[..c], &yp[..c]);
+            let (m, is, sc) = (&mean[..c], &inv_std[..c], &scale[..c]);
+            let (mg, mgx) = (&mean_g[..c], &mean_gx[..c]);
+            for k in 0..c {
+                let gv = bp(gp[k], yp[k]);
+                let xh = (xp[k] - m[k]) * is[k];
+                gp[k] = sc[k] * (gv - mg[k] - xh * mgx[k]);
             }
         }
-        ArrayD::from_shape_vec(g.raw_dim(), dx).expect("shape")
     });
-    (dx, dgamma, dbeta)
+    (Some(g), sum_g, sum_gx)
 }
 
 impl Graph {
@@ -265,29 +406,30 @@ impl Graph {
         let inv_std: Vec<f32> = var.iter().map(|&v| 1.0 / (v + epsilon).sqrt()).collect();
         // Graph values are standard layout (see `Graph::push`).
         let xs = xv.as_slice().expect("batch_norm: standard layout");
-        let mut xhat = buffers::take_any(xs.len());
         let mut y = buffers::take_any(xs.len());
         let (gv, bv) = (self.value(gamma), self.value(beta));
         let (gs, bs) = (gv.as_slice().expect("1-D"), bv.as_slice().expect("1-D"));
-        for ((h, o), xp) in xhat
-            .chunks_exact_mut(c)
-            .zip(y.chunks_exact_mut(c))
-            .zip(xs.chunks_exact(c))
-        {
-            for k in 0..c {
-                h[k] = (xp[k] - mean[k]) * inv_std[k];
-                o[k] = h[k] * gs[k] + bs[k];
+        let scale: Vec<f32> = (0..c).map(|k| gs[k] * inv_std[k]).collect();
+        let block = bn_block(c);
+        elementwise::for_blocks_mut(&mut y, block, |bi, yb| {
+            let xb = &xs[bi * block..bi * block + yb.len()];
+            let (m, sc, b) = (&mean[..c], &scale[..c], &bs[..c]);
+            for (o, xp) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+                let (o, xp) = (&mut o[..c], &xp[..c]);
+                for k in 0..c {
+                    o[k] = (xp[k] - m[k]) * sc[k] + b[k];
+                }
             }
-        }
-        let xhat = ArrayD::from_shape_vec(xv.raw_dim(), xhat).expect("shape");
+        });
         let y = ArrayD::from_shape_vec(xv.raw_dim(), y).expect("shape");
         let op = Op::BatchNorm {
             x,
             gamma,
             beta,
-            xhat,
+            mean: mean.clone(),
             inv_std,
             batch_stats,
+            act: Activation::Linear,
         };
         let out = self.push(op, y, &[x, gamma, beta]);
         (out, batch_stats.then_some((mean, var)))

@@ -105,7 +105,15 @@ pub fn global_avg_pool_backward(g: ArrayView2<'_, f32>, input: &[usize]) -> Arra
         g.shape()
     );
     let inv = 1.0 / (h * w).max(1) as f32;
-    Array4::from_shape_fn((n, h, w, c), |(i, _, _, k)| g[[i, k]] * inv)
+    let mut gx = super::buffers::take_any(n * h * w * c);
+    if c > 0 {
+        for (img, dst) in gx.chunks_mut((h * w * c).max(1)).enumerate() {
+            let row: Vec<f32> = g.row(img).iter().map(|&v| v * inv).collect();
+            dst.chunks_exact_mut(c)
+                .for_each(|px| px.copy_from_slice(&row));
+        }
+    }
+    Array4::from_shape_vec((n, h, w, c), gx).expect("global_avg_pool_backward: shape")
 }
 
 #[cfg(test)]

@@ -91,17 +91,17 @@ pub fn clone_array(a: &ndarray::ArrayD<f32>) -> ndarray::ArrayD<f32> {
     }
     let mut v = take_any(a.len());
     match a.as_slice() {
-        Some(s) => v.copy_from_slice(s),
+        Some(s) => super::elementwise::map_into(&mut v, s, |x| x),
         None => v.iter_mut().zip(a.iter()).for_each(|(d, s)| *d = *s),
     }
     ndarray::ArrayD::from_shape_vec(a.raw_dim(), v).expect("clone_array: shape matches length")
 }
 
 /// `f` of each element of `a`, in a pooled buffer of the same shape (standard layout).
-pub fn map_array(a: &ndarray::ArrayD<f32>, f: impl Fn(f32) -> f32) -> ndarray::ArrayD<f32> {
+pub fn map_array(a: &ndarray::ArrayD<f32>, f: impl Fn(f32) -> f32 + Sync) -> ndarray::ArrayD<f32> {
     let mut v = take_any(a.len());
     match a.as_slice() {
-        Some(s) => v.iter_mut().zip(s).for_each(|(d, &x)| *d = f(x)),
+        Some(s) => super::elementwise::map_into(&mut v, s, f),
         None => v.iter_mut().zip(a.iter()).for_each(|(d, &x)| *d = f(x)),
     }
     ndarray::ArrayD::from_shape_vec(a.raw_dim(), v).expect("map_array: shape matches length")
@@ -114,15 +114,12 @@ pub fn map_array(a: &ndarray::ArrayD<f32>, f: impl Fn(f32) -> f32) -> ndarray::A
 pub fn zip_map(
     a: &ndarray::ArrayD<f32>,
     b: &ndarray::ArrayD<f32>,
-    f: impl Fn(f32, f32) -> f32,
+    f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> ndarray::ArrayD<f32> {
     assert_eq!(a.shape(), b.shape(), "zip_map: shapes differ");
     let mut v = take_any(a.len());
     match (a.as_slice(), b.as_slice()) {
-        (Some(x), Some(y)) => v
-            .iter_mut()
-            .zip(x.iter().zip(y))
-            .for_each(|(d, (&x, &y))| *d = f(x, y)),
+        (Some(x), Some(y)) => super::elementwise::zip_into(&mut v, x, y, f),
         _ => v
             .iter_mut()
             .zip(a.iter().zip(b.iter()))

@@ -4,6 +4,7 @@ pub mod avgpool;
 pub mod buffers;
 pub mod conv;
 pub mod depthwise;
+pub mod elementwise;
 pub mod gemm;
 pub mod pool;
 

@@ -271,14 +271,17 @@ pub fn conv2d_input_grad(
     let g = g.as_standard_layout();
     // kernelᵀ row-major, once: the per-image products then take both operands row-major.
     let kt = kernel.t().as_standard_layout().into_owned();
+    // Each image's gradient is zeroed by the task that folds into it, while it is in cache
+    // and on that task's thread, not in one pass over the whole batch beforehand.
     let mut out = Array4::from_shape_vec(
         (win.n, win.h, win.w, win.c),
-        super::buffers::take_zeroed(win.n * win.h * win.w * win.c),
+        super::buffers::take_any(win.n * win.h * win.w * win.c),
     )
     .expect("conv2d_input_grad: shape matches length");
     let per_image = win.oh * win.ow;
     let fold = |(img, mut dst): (usize, ArrayViewMut4<'_, f32>)| {
         let dst = dst.as_slice_mut().expect("standard layout");
+        dst.fill(0.0);
         let gi = g.slice(ndarray::s![img * per_image..(img + 1) * per_image, ..]);
         let buf = super::buffers::take_any(per_image * plen);
         let mut cols = Array2::from_shape_vec((per_image, plen), buf).expect("shape");
@@ -392,7 +395,9 @@ pub fn conv2d_kernel_grad(
         let count = ipb.min(win.n - i0);
         let (xb, wb) = image_block(x, win, i0, count);
         let gb = g.slice(ndarray::s![i0 * per_image..(i0 + count) * per_image, ..]);
-        let mut gk = Array2::zeros((plen, oc));
+        // Pooled: a step makes tens of these partials, and fresh ones would cost page faults.
+        let buf = super::buffers::take_any(plen * oc);
+        let mut gk = Array2::from_shape_vec((plen, oc), buf).expect("shape matches length");
         super::with_sequential_kernels(|| {
             let p = im2col(xb, &wb);
             super::gemm::matmul_into(p.t(), gb, gk.view_mut(), false);
@@ -409,6 +414,7 @@ pub fn conv2d_kernel_grad(
     let mut gk = parts.next().unwrap_or_else(|| Array2::zeros((plen, oc)));
     for p in parts {
         gk += &p;
+        super::buffers::give_array(p);
     }
     gk
 }

@@ -54,6 +54,9 @@ pub(super) fn matmul(
     let a2v = a2.as_ref().map(|t| t.view()).unwrap_or(a);
     let b2v = b2.as_ref().map(|t| t.view()).unwrap_or(b);
     raw_matmul(a2v, b2v, c, accumulate);
+    a2.into_iter()
+        .chain(b2)
+        .for_each(crate::kernels::buffers::give_array);
 }
 
 /// The skinny kernel over blocks of [`ROW_BLOCK`] rows on the rayon pool. Each output row is
@@ -89,7 +92,8 @@ fn depth_in_parallel(
         .into_par_iter()
         .map(|i| {
             let (k0, k1) = (i * DEPTH_BLOCK, ((i + 1) * DEPTH_BLOCK).min(k));
-            let mut p = Array2::zeros((m, n));
+            let buf = crate::kernels::buffers::take_any(m * n);
+            let mut p = Array2::from_shape_vec((m, n), buf).expect("shape matches length");
             crate::kernels::with_sequential_kernels(|| {
                 matmul(
                     a.slice(s![.., k0..k1]),
@@ -108,15 +112,18 @@ fn depth_in_parallel(
     } else {
         c.assign(&first);
     }
+    crate::kernels::buffers::give_array(first);
     for p in parts {
         c += &p;
+        crate::kernels::buffers::give_array(p);
     }
 }
 
 /// Returns `vᵀ` as a row-major array, copied through 32x32 tiles so both sides stay in cache.
 fn transposed_copy(v: ArrayView2<'_, f32>) -> ndarray::Array2<f32> {
     let (r, c) = v.dim();
-    let mut out = ndarray::Array2::<f32>::zeros((c, r));
+    let buf = crate::kernels::buffers::take_any(r * c);
+    let mut out = ndarray::Array2::from_shape_vec((c, r), buf).expect("shape matches length");
     const T: usize = 32;
     for i0 in (0..r).step_by(T) {
         for j0 in (0..c).step_by(T) {
