@@ -197,7 +197,7 @@ pub fn softmax_i8_in_place(buf: &mut [i8], p: &SoftmaxParams) {
 
 fn check_rows(op: &str, input: usize, output: usize, depth: usize) {
     assert!(
-        input == output && depth > 0 && input % depth == 0,
+        input == output && depth > 0 && input.is_multiple_of(depth),
         "{op}: input of {input} and output of {output} codes are not rows of {depth}"
     );
 }
