@@ -1920,43 +1920,33 @@ fn softmax_and_wrong_fixed_parameters_are_typed_errors() {
         q.predict_i8(codes.view()).unwrap()
     );
     // A softmax that declares other output parameters than TFLite's is rejected.
-    let mut layers = q.layers().to_vec();
-    layers[1].output = Some(ActQuant::new(1.0 / 256.0, 0).unwrap());
-    let parts = crate::model::ModelParts {
-        mode: Mode::FullInteger,
-        input_type: InputType::Float,
-        output_type: OutputType::Float,
-        input_shape: vec![4],
-        input: q.input_quant(),
-        layers,
-        provenance: q.provenance().clone(),
-    };
-    match QuantizedModel::from_parts(parts) {
-        Err(QuantError::UnsupportedLayer { layer, reason }) => {
-            assert_eq!(layer, "softmax");
-            assert!(reason.contains("fixed output parameters"), "{reason}");
-        }
-        other => panic!("expected UnsupportedLayer, got {other:?}"),
-    }
+    rejects_other_fixed_output(&q, 1, ActQuant::new(1.0 / 256.0, 0).unwrap());
     // A sigmoid whose file declares other output parameters than TFLite's is rejected.
     let model = Sequential::new(&[4])
         .push(Dense::new("d", 4, 3, &mut rng))
         .push(Sigmoid::new("sigmoid"));
     let q = convert(&model, x.view(), &ConvertConfig::default()).unwrap();
+    rejects_other_fixed_output(&q, 1, ActQuant::new(0.01, -128).unwrap());
+}
+
+/// `q` with layer `i`'s output parameters replaced by `wrong` does not build: the op has
+/// TFLite's fixed ones.
+fn rejects_other_fixed_output(q: &QuantizedModel, i: usize, wrong: ActQuant) {
     let mut layers = q.layers().to_vec();
-    layers[1].output = Some(ActQuant::new(0.01, -128).unwrap());
+    layers[i].output = Some(wrong);
+    let name = layers[i].name.clone();
     let parts = crate::model::ModelParts {
         mode: Mode::FullInteger,
         input_type: InputType::Float,
         output_type: OutputType::Float,
-        input_shape: vec![4],
+        input_shape: q.input_shape().to_vec(),
         input: q.input_quant(),
         layers,
         provenance: q.provenance().clone(),
     };
     match QuantizedModel::from_parts(parts) {
         Err(QuantError::UnsupportedLayer { layer, reason }) => {
-            assert_eq!(layer, "sigmoid");
+            assert_eq!(layer, name);
             assert!(reason.contains("fixed output parameters"), "{reason}");
         }
         other => panic!("expected UnsupportedLayer, got {other:?}"),
