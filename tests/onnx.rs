@@ -687,14 +687,14 @@ fn graph_models_agree_on_mnist() {
 fn int8_op_models() -> Vec<(&'static str, Sequential)> {
     use pare::tensor::nn::{
         AvgPool2d, Conv2d, Dense, DepthwiseConv2d, GlobalAveragePool2d, HardSwish, ReLU6, Sigmoid,
-        Tanh,
+        Softmax, Tanh,
     };
     use pare::tensor::rand::{SeedableRng, rngs::StdRng};
     use pare::tensor::{Activation, Padding};
     let mut rng = StdRng::seed_from_u64(29);
     let input = [12, 12, 3];
     // A linear conv ahead of each op, so that its input has calibrated, asymmetric parameters.
-    let [c1, c2, c3, c4, c5, c6, c7] = std::array::from_fn(|_| {
+    let [c1, c2, c3, c4, c5, c6, c7, c8, c9] = std::array::from_fn(|_| {
         Conv2d::new("conv", 3, 6, [3, 3], &mut rng)
             .padding(Padding::Same)
             .activation(Activation::Linear)
@@ -754,6 +754,14 @@ fn int8_op_models() -> Vec<(&'static str, Sequential)> {
         ("sigmoid", with(c5, Sigmoid::new("sigmoid").into())),
         ("tanh", with(c6, Tanh::new("tanh").into())),
         ("hard_swish", with(c7, HardSwish::new("hswish").into())),
+        // Over the channels of the conv's NCHW output, and after a classifier's dense layer.
+        ("softmax", with(c8, Softmax::new("softmax").into())),
+        (
+            "dense_softmax",
+            with(c9, GlobalAveragePool2d::new("gap").into())
+                .push(Dense::new("dense", 6, 10, &mut rng))
+                .push(Softmax::new("softmax")),
+        ),
         ("all_int8_ops", all),
     ]
 }
@@ -828,9 +836,12 @@ fn new_int8_ops_export_to_onnxruntime() {
         // `qlinear_average_pool_differs_from_pare_only_at_ties`), and pare's global average
         // pool is TFLite's `MEAN`, whose fixed-point multiplier has `1 / count` folded in and
         // lands up to 0.75 steps from the exact mean, which onnxruntime computes in float.
+        // Softmax is TFLite's fixed-point kernel in pare, float `Softmax` in the export.
         let (qoperator_min, qdq_min) = match stem {
             "avg_pool" => (0.95, 0.95),
             "global_avg_pool" | "all_int8_ops" => (0.9, 0.9),
+            // onnxruntime's float softmax against TFLite's fixed-point exp and reciprocal.
+            "softmax" | "dense_softmax" => (0.99, 0.99),
             _ => (1.0, 0.9999),
         };
         for (form, d, min) in [("qoperator", &d, qoperator_min), ("qdq", &dq, qdq_min)] {

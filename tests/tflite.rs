@@ -8,7 +8,9 @@
 //!   (one rounding, as TFLite's `FULLY_CONNECTED`), max-pool, reshape, ReLU, leaky ReLU,
 //!   depthwise conv, average pool, global average pool (`MEAN` without `keep_dims`, Keras'
 //!   form), ReLU6 fused and alone, logistic, tanh and hard-swish; BatchNorm folded and Dropout
-//!   dropped by the converter before.
+//!   dropped by the converter before; softmax (`SOFTMAX`, fixed-point exp and reciprocal)
+//!   after dense layers whose logits span from a fraction of a unit to hundreds, and over the
+//!   channels of a conv in a graph.
 //! - Graph models: a small residual network with BatchNorm, an add with its ReLU fused,
 //!   a concatenation (its inputs given its parameters by the converter), global average pool
 //!   and dense, and ResNet-8, written as TFLite graphs with `ADD` and `CONCATENATION` taking
@@ -33,7 +35,7 @@ use pare::quant::{
 use pare::tensor::nn::Model;
 use pare::tensor::nn::{
     AvgPool2d, BatchNorm, Conv2d, Dense, DepthwiseConv2d, Dropout, Flatten, GlobalAveragePool2d,
-    HardSwish, LeakyReLU, MaxPool2d, ReLU, ReLU6, Sigmoid, Tanh,
+    HardSwish, LeakyReLU, MaxPool2d, ReLU, ReLU6, Sigmoid, Softmax, Tanh,
 };
 use pare::tensor::{Activation, Add, Concatenate, Padding as FloatPadding, Sequential};
 use rand::rngs::StdRng;
@@ -277,6 +279,61 @@ fn new_layers_match_tflite_reference_kernels() {
          differ (max {max})",
         keep.len()
     );
+}
+
+#[test]
+#[cfg_attr(not(pare_tflite), ignore = "needs TensorFlow: run tools/setup-tf.sh")]
+fn softmax_matches_tflite_reference_kernels() {
+    // Dense + Softmax, the usual classifier head, with logits scaled so the input scale of the
+    // softmax goes from a few thousandths to a few units: differences fall outside diff_min
+    // at the large scales, and many codes sit near the maximum at the small ones.
+    for (i, gain) in [0.2f32, 2.0, 20.0, 200.0].into_iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(50 + i as u64);
+        let mut head = Dense::new("logits", 32, 10, &mut rng);
+        head.kernel.value.mapv_inplace(|v| v * gain);
+        let model = Sequential::new(&[6, 6, 2])
+            .push(Conv2d::new("conv", 2, 4, [3, 3], &mut rng).activation(Activation::Relu))
+            .push(Flatten::new("flatten"))
+            .push(Dense::new("fc", 64, 32, &mut rng).activation(Activation::Relu))
+            .push(head)
+            .push(Softmax::new("softmax"));
+        let (q, codes) = converted(&model, 60 + 2 * i as u64);
+        assert_eq!(q.layers().last().unwrap().kind, LayerKind::Softmax);
+        let scale = q.layers()[q.layers().len() - 2].output.unwrap().scale;
+        println!("softmax_x{gain}: logit scale {scale}");
+        compare(&q, &codes, &format!("softmax_x{gain}"), true);
+    }
+    // A graph: softmax over the channels of a conv's [h, w, c] output (rows of the last axis),
+    // then a pooled classifier head with its own softmax.
+    let mut rng = StdRng::seed_from_u64(70);
+    let model = Model::functional(&[8, 8, 3])
+        .node(
+            Conv2d::new("conv", 3, 6, [3, 3], &mut rng).padding(FloatPadding::Same),
+            &["input"],
+        )
+        .node(Softmax::new("channel_softmax"), &["conv"])
+        .node(Conv2d::new("side", 3, 6, [1, 1], &mut rng), &["input"])
+        .node(Add::new("add"), &["channel_softmax", "side"])
+        .node(GlobalAveragePool2d::new("gap"), &["add"])
+        .node(Dense::new("fc", 6, 5, &mut rng), &["gap"])
+        .node(Softmax::new("softmax"), &["fc"])
+        .build()
+        .unwrap();
+    let (q, codes) = converted(&model, 71);
+    let ops: Vec<&str> = q.layers().iter().map(|l| l.kind.op_name()).collect();
+    assert_eq!(
+        ops,
+        [
+            "conv2d",
+            "softmax",
+            "conv2d",
+            "add",
+            "global_avg_pool2d",
+            "dense",
+            "softmax"
+        ]
+    );
+    compare(&q, &codes, "softmax_graph", true);
 }
 
 #[test]

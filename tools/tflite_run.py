@@ -46,6 +46,7 @@ VERSIONS = {
     "MEAN": 2,
     "ADD": 2,
     "CONCATENATION": 2,
+    "SOFTMAX": 2,
 }
 
 ACTIVATION = {
@@ -229,6 +230,11 @@ def build(spec):
                 "hard_swish": "HARD_SWISH",
             }[op]
             b.op(code, [x], [y])
+        elif op == "softmax":
+            # Over the last axis, beta 1 (Keras' Softmax converts so).
+            o = S.SoftmaxOptionsT()
+            o.beta = 1.0
+            b.op("SOFTMAX", [x], [y], S.BuiltinOptions.SoftmaxOptions, o)
         elif op == "add":
             o = S.AddOptionsT()
             o.fusedActivationFunction = ACTIVATION[layer["activation"]]

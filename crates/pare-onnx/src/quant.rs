@@ -200,7 +200,9 @@ fn axis_attr(channels: usize, axis: i64) -> Vec<crate::proto::AttributeProto> {
 /// (per-channel weights along `c · m`), average pool → `AveragePool` (padding not counted),
 /// global average pool → `GlobalAveragePool` + `Flatten`, ReLU6 → `Clip` to `[0, 6]`,
 /// sigmoid, tanh → `Sigmoid`, `Tanh` (at TFLite's fixed output parameters), hard-swish →
-/// `x · HardSigmoid(x)`.
+/// `x · HardSigmoid(x)`, softmax → `Softmax` over the last axis of the NHWC value (at
+/// TFLite's fixed output parameters; onnxruntime's float softmax can land a code away from
+/// pare's fixed-point one).
 ///
 /// A graph model's merges: `Add` → `DequantizeLinear` of both inputs, `Add` (a fused ReLU as
 /// `Relu`), `QuantizeLinear` at its output parameters; `Concatenate` → `Concat` on the channel
@@ -392,6 +394,15 @@ pub fn export_qdq(model: &QuantizedModel) -> Result<ModelProto> {
                 cur.name = quantize(&mut g, &y, out, &format!("{name}/output"));
                 in_q = out;
             }
+            LayerKind::Softmax => {
+                // pare's softmax is over the last axis of the NHWC value.
+                let out = output_of(layer)?;
+                g.transpose_to(&mut cur, Layout::Nhwc);
+                let x = dq(&mut g, &cur, in_q, &format!("{name}/input"));
+                let y = g.node("Softmax", &[&x], vec![int("axis", -1)], name);
+                cur.name = quantize(&mut g, &y, out, &format!("{name}/output"));
+                in_q = out;
+            }
         }
         cur.shape = layer.output_shape.clone();
         values.push((cur.clone(), in_q));
@@ -492,8 +503,9 @@ fn qdq_bias(
 ///   parameters, as TFLite requires);
 /// - ReLU6 → `Clip` to the codes of 0 and 6, as pare clamps; sigmoid →
 ///   `com.microsoft.QLinearSigmoid`; tanh and hard-swish, which have no integer operator in
-///   ONNX or onnxruntime, → the float operator between `DequantizeLinear` and
-///   `QuantizeLinear`.
+///   ONNX or onnxruntime, and softmax (whose `com.microsoft.QLinearSoftmax` is a float table
+///   too) → the float operator between `DequantizeLinear` and `QuantizeLinear`, softmax over
+///   the last axis of the NHWC value.
 ///
 /// onnxruntime requantizes in f32 and rounds once (ties to even), and builds its leaky-ReLU
 /// table in f32; pare's default engine rounds as TFLite does, twice. The model's
@@ -727,12 +739,17 @@ pub fn export_qoperator_with(
                 );
                 in_q = out;
             }
-            LayerKind::Tanh | LayerKind::HardSwish => {
+            LayerKind::Tanh | LayerKind::HardSwish | LayerKind::Softmax => {
                 // Neither ONNX nor onnxruntime's contrib domain has an integer tanh or
                 // hard-swish: the float operator between a DequantizeLinear and a
                 // QuantizeLinear, as onnxruntime's own quantizer leaves operators it has no
-                // QLinear form for.
+                // QLinear form for. Softmax too: `com.microsoft.QLinearSoftmax` computes
+                // through a float table, no closer to TFLite's fixed-point kernel than the
+                // float `Softmax` (over the last axis of the NHWC value).
                 let out = output_of(layer)?;
+                if layer.kind == LayerKind::Softmax {
+                    g.transpose_to(&mut cur, Layout::Nhwc);
+                }
                 let (xs, xz) = act_params(&mut g, &format!("{name}/input"), in_q);
                 let x = g.node(
                     "DequantizeLinear",
@@ -742,6 +759,7 @@ pub fn export_qoperator_with(
                 );
                 let y = match layer.kind {
                     LayerKind::Tanh => g.node("Tanh", &[&x], vec![], name),
+                    LayerKind::Softmax => g.node("Softmax", &[&x], vec![int("axis", -1)], name),
                     _ => hard_swish(&mut g, &x, name),
                 };
                 let (ys, yz) = act_params(&mut g, &format!("{name}/output"), out);

@@ -11,9 +11,10 @@
 //!    an add of two inputs is TFLite's `ADD`, a concatenation `CONCATENATION`; a leaky ReLU becomes TFLite's `LEAKY_RELU` (two output multipliers); max-pool,
 //!    average pool, flatten and reshape keep their input's parameters, as TFLite requires. A
 //!    ReLU6 is a clamp; after a conv, depthwise conv or dense layer it is fused in effect, that
-//!    layer being calibrated on the ReLU6's output. Sigmoid and tanh take TFLite's fixed
-//!    output parameters; global average pool (`MEAN`) and hard-swish have their own. Dropout
-//!    is dropped; Softmax has no int8 kernel ([`QuantError::UnsupportedLayer`]).
+//!    layer being calibrated on the ReLU6's output. Sigmoid, tanh and softmax (over the last
+//!    axis, TFLite's `SOFTMAX` with β = 1, usually after the final dense layer, which is
+//!    calibrated on the logits) take TFLite's fixed output parameters; global average pool
+//!    (`MEAN`) and hard-swish have their own. Dropout is dropped.
 //! 2. **Weights**: int8 symmetric in [−127, 127], per output channel (the last axis) or per
 //!    tensor ([`quantize_weights`]).
 //! 3. **Calibration** (full integer): the float model runs on the calibration batches layer by
@@ -339,7 +340,8 @@ pub(crate) fn plan(
             | Layer::ReLU6(_)
             | Layer::Sigmoid(_)
             | Layer::Tanh(_)
-            | Layer::HardSwish(_)) => {
+            | Layer::HardSwish(_)
+            | Layer::Softmax(_)) => {
                 push(name.to_owned(), weightless_kind(l)?, None, inputs);
                 producer.insert(name.to_string(), name.to_string());
                 continue;
@@ -383,13 +385,6 @@ pub(crate) fn plan(
                 let from = inputs.first().cloned().unwrap_or_default();
                 producer.insert(name.to_string(), from);
                 continue;
-            }
-            Layer::Softmax(l) => {
-                return Err(unsupported(
-                    &l.name,
-                    "int8 softmax is not implemented bit-exactly against TFLite's SOFTMAX; \
-                     leave it out of the quantized model and apply it to the float logits",
-                ));
             }
             Layer::BatchNorm(b) => {
                 return Err(unsupported(
@@ -835,6 +830,7 @@ pub(crate) fn float_forward(
             LayerKind::Sigmoid => g.sigmoid(v),
             LayerKind::Tanh => g.tanh(v),
             LayerKind::HardSwish => g.hard_swish(v),
+            LayerKind::Softmax => g.softmax(v),
             LayerKind::Add { relu } => {
                 let y = g.add(ins[0], ins[1]);
                 if *relu { g.relu(y) } else { y }
@@ -882,6 +878,7 @@ fn weightless_kind(layer: &Layer) -> Result<LayerKind> {
         Layer::Sigmoid(_) => LayerKind::Sigmoid,
         Layer::Tanh(_) => LayerKind::Tanh,
         Layer::HardSwish(_) => LayerKind::HardSwish,
+        Layer::Softmax(_) => LayerKind::Softmax,
         other => panic!(
             "weightless_kind: layer {:?} has weights or no one-to-one int8 op",
             other.module().name()

@@ -31,6 +31,7 @@ use pare_tensor::kernels::conv::Window;
 use crate::kernels::add::{add_i8, concat_part_i8};
 use crate::kernels::avgpool::{avg_pool_i8, reduce_mean_i8};
 use crate::kernels::depthwise::depthwise_conv_i8;
+use crate::kernels::softmax::softmax_i8_in_place;
 use crate::kernels::{Window2d, apply_table, gemm_i8_requant, max_pool_i8_into};
 use crate::model::{Mode, Prepared, QuantizedModel, Source, in_place, to_tensor_padding};
 use crate::params::check_finite;
@@ -356,6 +357,7 @@ fn step_in_place(prep: &Prepared, buf: &mut [i8]) {
             }
         }
         Prepared::Lut(table) => apply_table(table, buf),
+        Prepared::Softmax(p) => softmax_i8_in_place(buf, p),
         Prepared::Clamp { lo, hi } => {
             for v in buf.iter_mut() {
                 *v = (*v).clamp(*lo, *hi);
@@ -475,6 +477,7 @@ fn step(
         Prepared::Reshape
         | Prepared::Relu { .. }
         | Prepared::Lut(_)
+        | Prepared::Softmax(_)
         | Prepared::Clamp { .. }
         | Prepared::Add(_)
         | Prepared::Concat { .. } => {

@@ -11,7 +11,8 @@
 //! - [`SCALE_TENSOR`] (`scale`): `F32`, the input's activation scale (full integer only), then
 //!   for each layer in order its weight scales (one per output channel, or one) and, if it
 //!   computes new activation parameters (conv, depthwise conv, dense, leaky ReLU, global
-//!   average pool, sigmoid, tanh and hard-swish in a full-integer model), its output scale;
+//!   average pool, sigmoid, tanh, hard-swish and softmax in a full-integer model), its output
+//!   scale;
 //! - `<layer>.kernel` for each weighted layer: the int8 codes as an `I8` tensor of the
 //!   kernel's shape, or a 1-D `U8` tensor of the bytes a [`WeightCodec`] encoded them to;
 //! - `<layer>.kernel.int4` instead for an int4 layer (flag `int4`) that no codec encoded: the
@@ -71,6 +72,7 @@
 //! sigmoid                      [zp=Z]                        (scale 1/256, zp −128)
 //! tanh                         [zp=Z]                        (scale 1/128, zp 0)
 //! hard_swish                   [zp=Z]
+//! softmax                      [zp=Z]                        (scale 1/256, zp −128)
 //! add                          [relu] [zp=Z]                 (two inputs)
 //! concatenate                  [zp=Z]                        (on the last axis)
 //! ```
@@ -603,6 +605,7 @@ fn file_op(kind: &LayerKind) -> &'static str {
         LayerKind::Sigmoid => "sigmoid",
         LayerKind::Tanh => "tanh",
         LayerKind::HardSwish => "hard_swish",
+        LayerKind::Softmax => "softmax",
         LayerKind::Add { .. } => "add",
         LayerKind::Concatenate => "concatenate",
     }
@@ -698,6 +701,7 @@ fn layer_entry(l: &QuantizedLayer) -> String {
         | LayerKind::Sigmoid
         | LayerKind::Tanh
         | LayerKind::HardSwish
+        | LayerKind::Softmax
         | LayerKind::Concatenate => false,
         // Display prints the shortest decimal that parses back to the same f32.
         LayerKind::LeakyRelu { alpha } => {
@@ -980,6 +984,7 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
         | "sigmoid"
         | "tanh"
         | "hard_swish"
+        | "softmax"
         | "concatenate" => (&[], &["zp", "in"]),
         "add" => (&["relu"], &["zp", "in"]),
         _ => return Err(format!("unknown op {op:?}")),
@@ -1041,6 +1046,7 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
         "sigmoid" => LayerKind::Sigmoid,
         "tanh" => LayerKind::Tanh,
         "hard_swish" => LayerKind::HardSwish,
+        "softmax" => LayerKind::Softmax,
         "add" => LayerKind::Add { relu },
         "concatenate" => LayerKind::Concatenate,
         "reshape" | "flatten" => {
@@ -1065,6 +1071,7 @@ fn parse_layer(entry: &str) -> std::result::Result<LayerSpec, String> {
         "sigmoid",
         "tanh",
         "hard_swish",
+        "softmax",
         "add",
         "concatenate",
     ];

@@ -158,6 +158,160 @@ pub fn multiply_by_quantized_multiplier_single_rounding(
     result.clamp(i32::MIN as i64, i32::MAX as i64) as i32
 }
 
+/// gemmlowp's `SaturatingRoundingMultiplyByPOT<exponent>` on int32: `x · 2^exponent`, a left
+/// shift that saturates to `i32::MIN` / `i32::MAX` for a positive exponent, a
+/// [`rounding_divide_by_pot`] for a negative one.
+///
+/// # Panics
+/// If `exponent` is outside `[−31, 31]`.
+pub fn saturating_rounding_multiply_by_pot(x: i32, exponent: i32) -> i32 {
+    assert!(
+        (-31..=31).contains(&exponent),
+        "saturating_rounding_multiply_by_pot: exponent {exponent} outside [-31, 31]"
+    );
+    match exponent {
+        0 => x,
+        e if e < 0 => rounding_divide_by_pot(x, -e),
+        e => {
+            // gemmlowp's bounds: anything whose shift would leave the int32 range saturates.
+            let threshold = ((1i64 << (31 - e)) - 1) as i32;
+            if x > threshold {
+                i32::MAX
+            } else if x < -threshold {
+                i32::MIN
+            } else {
+                x << e
+            }
+        }
+    }
+}
+
+/// gemmlowp's `RoundingHalfSum` on int32: `(a + b) / 2` rounded to nearest, ties away from zero
+/// (ARM's `VRHADD`), computed in 64 bits.
+pub fn rounding_half_sum(a: i32, b: i32) -> i32 {
+    let sum = a as i64 + b as i64;
+    let sign = if sum >= 0 { 1 } else { -1 };
+    // Truncating division, as C's.
+    ((sum + sign) / 2) as i32
+}
+
+/// gemmlowp's `exp_on_interval_between_negative_one_quarter_and_0_excl`: `e^a` for `a` in
+/// [−1/4, 0), both Q0.31, by the Taylor expansion around −1/8 to the fourth power (the
+/// constants are gemmlowp's: `e^(−1/8)` and 1/3 in Q0.31).
+fn exp_on_interval_between_negative_one_quarter_and_0_excl(a: i32) -> i32 {
+    const EXP_MINUS_ONE_EIGHTH: i32 = 1_895_147_668;
+    const ONE_THIRD: i32 = 715_827_883;
+    let mul = saturating_rounding_doubling_high_mul;
+    // x = a + 1/8; 1/8 in Q0.31 is 2^28.
+    let x = a.wrapping_add(1 << 28);
+    let x2 = mul(x, x);
+    let x3 = mul(x2, x);
+    let x4 = mul(x2, x2);
+    let x4_over_4 = saturating_rounding_multiply_by_pot(x4, -2);
+    let x4_over_24_plus_x3_over_6_plus_x2_over_2 = saturating_rounding_multiply_by_pot(
+        mul(x4_over_4.wrapping_add(x3), ONE_THIRD).wrapping_add(x2),
+        -1,
+    );
+    EXP_MINUS_ONE_EIGHTH.wrapping_add(mul(
+        EXP_MINUS_ONE_EIGHTH,
+        x.wrapping_add(x4_over_24_plus_x3_over_6_plus_x2_over_2),
+    ))
+}
+
+/// gemmlowp's `exp_on_negative_values`: `e^a` in Q0.31 for `a <= 0` held with `integer_bits`
+/// integer bits (TFLite's int8 softmax uses Q5.26, `integer_bits = 5`).
+///
+/// As gemmlowp: `a` is split into its residue in [−1/4, 0), whose exponential comes from
+/// the Taylor expansion, and a multiple of 1/4 whose bits each multiply the result by the
+/// Q0.31 constant `e^(−2^k)` (a barrel shifter over k = −2 … 4); inputs below −32 give 0
+/// (only reachable with more than 5 integer bits) and `a = 0` gives `i32::MAX` (1.0).
+///
+/// # Panics
+/// If `integer_bits > 30` (the constant 1/4 must be representable).
+pub fn exp_on_negative_values(a: i32, integer_bits: u32) -> i32 {
+    assert!(
+        integer_bits <= 30,
+        "exp_on_negative_values: {integer_bits} integer bits, at most 30"
+    );
+    let fractional_bits = 31 - integer_bits as i32;
+    let one_quarter = 1i32 << (fractional_bits - 2);
+    let mask = one_quarter - 1;
+    let a_mod_quarter_minus_one_quarter = (a & mask) - one_quarter;
+    let mut result = exp_on_interval_between_negative_one_quarter_and_0_excl(
+        saturating_rounding_multiply_by_pot(a_mod_quarter_minus_one_quarter, integer_bits as i32),
+    );
+    let remainder = a_mod_quarter_minus_one_quarter.wrapping_sub(a);
+    // e^(−2^k) in Q0.31 for k = −2 … 4, gemmlowp's constants.
+    const BARREL: [(i32, i32); 7] = [
+        (-2, 1_672_461_947),
+        (-1, 1_302_514_674),
+        (0, 790_015_084),
+        (1, 290_630_308),
+        (2, 39_332_535),
+        (3, 720_401),
+        (4, 242),
+    ];
+    for (exponent, multiplier) in BARREL {
+        if (integer_bits as i32) > exponent {
+            let bit = fractional_bits + exponent;
+            if remainder & (1i32 << bit) != 0 {
+                result = saturating_rounding_doubling_high_mul(result, multiplier);
+            }
+        }
+    }
+    if integer_bits > 5 {
+        // −32 with `integer_bits` integer bits.
+        let clamp = -(1i32 << (36 - integer_bits));
+        if a < clamp {
+            result = 0;
+        }
+    }
+    if a == 0 { i32::MAX } else { result }
+}
+
+/// gemmlowp's `one_over_one_plus_x_for_x_in_0_1`: `1 / (1 + a)` for `a` in [0, 1), argument
+/// and result Q0.31, by three Newton–Raphson steps on the half denominator in Q2.29 from the
+/// initial estimate `48/17 − 32/17 · d` (gemmlowp's constants).
+pub fn one_over_one_plus_x_for_x_in_0_1(a: i32) -> i32 {
+    const FORTY_EIGHT_OVER_SEVENTEEN: i32 = 1_515_870_810; // Q2.29
+    const MINUS_THIRTY_TWO_OVER_SEVENTEEN: i32 = -1_010_580_540; // Q2.29
+    const ONE_Q2_29: i32 = 1 << 29;
+    let mul = saturating_rounding_doubling_high_mul;
+    // Q0.31's "one" is its largest value.
+    let half_denominator = rounding_half_sum(a, i32::MAX);
+    let mut x = FORTY_EIGHT_OVER_SEVENTEEN
+        .wrapping_add(mul(half_denominator, MINUS_THIRTY_TWO_OVER_SEVENTEEN));
+    for _ in 0..3 {
+        let half_denominator_times_x = mul(half_denominator, x);
+        let one_minus_half_denominator_times_x = ONE_Q2_29.wrapping_sub(half_denominator_times_x);
+        // Q2.29 · Q2.29 is Q4.27; back to Q2.29 by a saturating shift of 2.
+        x = x.wrapping_add(saturating_rounding_multiply_by_pot(
+            mul(x, one_minus_half_denominator_times_x),
+            2,
+        ));
+    }
+    // x / 2 (exactly, as Q1.30), then to Q0.31 by a saturating shift of 1.
+    saturating_rounding_multiply_by_pot(x, 1)
+}
+
+/// TFLite's `GetReciprocal` (`tensorflow/lite/kernels/internal/common.h`): for a positive `x`
+/// with `x_integer_digits` integer bits, returns `(r, num_bits_over_unit)` with `r` in Q0.31
+/// and `1 / x ≈ r · 2^−num_bits_over_unit`.
+///
+/// `x` is normalised to `1 + f` with `f` in [0, 1) by shifting out its leading zeros, and
+/// `r = 1 / (1 + f)` ([`one_over_one_plus_x_for_x_in_0_1`]). A non-positive `x` has no
+/// reciprocal; it gives whatever the shifts give (TFLite never passes one).
+pub fn get_reciprocal(x: i32, x_integer_digits: i32) -> (i32, i32) {
+    let headroom_plus_one = (x as u32).leading_zeros();
+    let num_bits_over_unit = x_integer_digits - headroom_plus_one as i32;
+    let shifted = (x as u32).checked_shl(headroom_plus_one).unwrap_or(0);
+    let shifted_minus_one = shifted.wrapping_sub(1 << 31) as i32;
+    (
+        one_over_one_plus_x_for_x_in_0_1(shifted_minus_one),
+        num_bits_over_unit,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

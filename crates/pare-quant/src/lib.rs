@@ -5,7 +5,7 @@
 //!   [`Model`](pare_tensor::Model) with `Add` and `Concatenate` — plus calibration data to a
 //!   [`QuantizedModel`] — full integer (int8 activations, int32 biases, conv/dense/add + ReLU
 //!   fused into a clamp, TFLite's two-multiplier `LEAKY_RELU`; depthwise conv, average and
-//!   global average pooling, ReLU6, sigmoid, tanh, hard-swish, TFLite's `ADD` and
+//!   global average pooling, ReLU6, sigmoid, tanh, hard-swish, softmax, TFLite's `ADD` and
 //!   `CONCATENATION`; BatchNorm folded, Dropout dropped) or dynamic range (int8 weights only).
 //! - [`QuantizedModel`]: runs on the integer-only engine ([`predict_i8`](QuantizedModel::predict_i8),
 //!   [`predict_u8`](QuantizedModel::predict_u8), float in/out [`predict`](QuantizedModel::predict);
@@ -30,8 +30,8 @@
 //! - [`kernels`]: the engine's kernels — int8 GEMM with int32 accumulation and a fused
 //!   requantize-and-clamp output stage (AVX-512 VNNI, AVX2 and portable paths that agree bit for
 //!   bit), im2col and max-pool on int8 NHWC tensors, the leaky-ReLU table, and TFLite's
-//!   reference arithmetic for depthwise conv, average pool, `MEAN`, logistic, tanh and
-//!   hard-swish. Every op matches TFLite 2.21's reference kernels code for code
+//!   reference arithmetic for depthwise conv, average pool, `MEAN`, logistic, tanh,
+//!   hard-swish and softmax. Every op matches TFLite 2.21's reference kernels code for code
 //!   (`tests/tflite.rs`, `docs/tflite.md`); dense layers round once, as `FULLY_CONNECTED` does.
 //!
 //! Quantize a model and run it:

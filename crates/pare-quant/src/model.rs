@@ -7,7 +7,7 @@ use std::fmt;
 use ndarray::{ArrayD, Axis, IxDyn};
 use pare_tensor::nn::{
     AvgPool2d, Conv2d, Dense, DepthwiseConv2d, GlobalAveragePool2d, HardSwish, LeakyReLU,
-    MaxPool2d, ReLU, ReLU6, Reshape, Sigmoid, Tanh,
+    MaxPool2d, ReLU, ReLU6, Reshape, Sigmoid, Softmax, Tanh,
 };
 use pare_tensor::nn::{Layer, Model};
 use pare_tensor::{Activation as FloatActivation, Param, Sequential};
@@ -18,6 +18,7 @@ use crate::int4::WeightBits;
 use crate::kernels::add::AddParams;
 use crate::kernels::avgpool::ReduceMeanParams;
 use crate::kernels::lut::{HardSwishParams, LOGISTIC_OUTPUT, TANH_OUTPUT, lut_i8, relu6_range};
+use crate::kernels::softmax::SoftmaxParams;
 use crate::kernels::{
     Activation, ConvPool, Im2col, Kernel, LeakyReluParams, PackedWeights, Padding, Requant,
     Rounding, Window2d, activation_range, onnxruntime_leaky_relu_table,
@@ -254,6 +255,9 @@ pub enum LayerKind {
     /// Hard-swish `x · relu6(x + 3) / 6` with its own output parameters (TFLite's int8
     /// `HARD_SWISH`).
     HardSwish,
+    /// Softmax over the last axis (TFLite's int8 `SOFTMAX` with β = 1, reference kernel),
+    /// output parameters fixed at scale 1/256, zero point −128.
+    Softmax,
     /// Element-wise sum of two inputs of one shape with its own output parameters, optionally
     /// with a fused ReLU (TFLite's int8 `ADD`: each input rescaled to twice the larger input
     /// scale at 20 extra bits, summed, rescaled to the output).
@@ -293,6 +297,7 @@ impl LayerKind {
             LayerKind::Sigmoid => "sigmoid",
             LayerKind::Tanh => "tanh",
             LayerKind::HardSwish => "hard_swish",
+            LayerKind::Softmax => "softmax",
             LayerKind::Add { .. } => "add",
             LayerKind::Concatenate => "concatenate",
         }
@@ -316,7 +321,7 @@ impl LayerKind {
     }
 
     /// Whether the layer has output parameters of its own (others pass the input's through).
-    /// Sigmoid and tanh have new parameters too, but fixed ones ([`fixed_output`](Self::fixed_output));
+    /// Sigmoid, tanh and softmax have new parameters too, but fixed ones ([`fixed_output`](Self::fixed_output));
     /// a concatenation's are its inputs' (checked when the model is built).
     pub fn requantizes(&self) -> bool {
         matches!(
@@ -329,17 +334,20 @@ impl LayerKind {
                 | LayerKind::HardSwish
                 | LayerKind::Sigmoid
                 | LayerKind::Tanh
+                | LayerKind::Softmax
                 | LayerKind::Add { .. }
                 | LayerKind::Concatenate
         )
     }
 
     /// The output parameters TFLite prescribes for this op whatever the data: scale 1/256,
-    /// zero point −128 for `LOGISTIC`, 1/128 and 0 for `TANH`; `None` for the others.
+    /// zero point −128 for `LOGISTIC` and `SOFTMAX`, 1/128 and 0 for `TANH`; `None` for the
+    /// others.
     pub fn fixed_output(&self) -> Option<ActQuant> {
         let (scale, zero_point) = match self {
             LayerKind::Sigmoid => crate::kernels::lut::LOGISTIC_OUTPUT,
             LayerKind::Tanh => crate::kernels::lut::TANH_OUTPUT,
+            LayerKind::Softmax => crate::kernels::softmax::SOFTMAX_OUTPUT,
             _ => return None,
         };
         Some(ActQuant { scale, zero_point })
@@ -498,6 +506,7 @@ pub(crate) enum Prepared {
         floor: i8,
     },
     Lut(Box<[i8; 256]>),
+    Softmax(SoftmaxParams),
     Depthwise {
         /// `[kh · kw, c · m]`, row-major.
         kernel: Vec<i8>,
@@ -1189,6 +1198,15 @@ fn prepare_layer(
             };
             Ok((input.to_vec(), prep, 0))
         }
+        LayerKind::Softmax => {
+            let depth = input.last().copied().unwrap_or(0);
+            // β is 1: pare's softmax has none, and TFLite's converter writes 1 for Keras'.
+            let prep = in_q
+                .map(|q| SoftmaxParams::from_scale(q.scale, 1.0, depth))
+                .transpose()?
+                .map(Prepared::Softmax);
+            Ok((input.to_vec(), prep, 0))
+        }
     }
 }
 
@@ -1435,7 +1453,11 @@ fn prepare_merge(
 pub(crate) fn in_place(p: &Prepared) -> bool {
     matches!(
         p,
-        Prepared::Reshape | Prepared::Relu { .. } | Prepared::Lut(_) | Prepared::Clamp { .. }
+        Prepared::Reshape
+            | Prepared::Relu { .. }
+            | Prepared::Lut(_)
+            | Prepared::Clamp { .. }
+            | Prepared::Softmax(_)
     )
 }
 
@@ -1655,6 +1677,7 @@ fn dequantized_model(
             LayerKind::Sigmoid => Layer::from(Sigmoid::new(&l.name)),
             LayerKind::Tanh => Layer::from(Tanh::new(&l.name)),
             LayerKind::HardSwish => Layer::from(HardSwish::new(&l.name)),
+            LayerKind::Softmax => Layer::from(Softmax::new(&l.name)),
             LayerKind::Add { .. } => Layer::from(pare_tensor::Add::new(&l.name)),
             LayerKind::Concatenate => Layer::from(pare_tensor::Concatenate::new(&l.name)),
         };

@@ -1898,29 +1898,55 @@ fn softmax_and_wrong_fixed_parameters_are_typed_errors() {
         .push(Dense::new("d", 4, 3, &mut rng))
         .push(Softmax::new("softmax"));
     let x = uniform(&[8, 4], 2);
-    match convert(&model, x.view(), &ConvertConfig::default()) {
-        Err(QuantError::UnsupportedLayer { layer, .. }) => assert_eq!(layer, "softmax"),
-        other => panic!("expected UnsupportedLayer, got {other:?}"),
+    // Softmax converts to TFLite's int8 SOFTMAX at its fixed output parameters, the dense
+    // layer before it calibrated on the logits.
+    let q = convert(&model, x.view(), &ConvertConfig::default()).unwrap();
+    assert_eq!(q.layers()[1].kind, LayerKind::Softmax);
+    assert_eq!(
+        q.output_quant(),
+        Some(ActQuant::new(1.0 / 256.0, -128).unwrap())
+    );
+    let probs = q.predict(x.view()).unwrap();
+    let want = pare_tensor::train::predict(&model, x.view(), 8).unwrap();
+    for (p, w) in probs.iter().zip(want.iter()) {
+        // Within a few output steps of 1/256 (the dense layer's rounding comes on top).
+        assert!((p - w).abs() < 4.0 / 256.0, "{p} vs {w}");
     }
+    // Through the file: the fixed-point parameters are recomputed from the input scale.
+    let back = QuantizedModel::from_bytes(&q.to_bytes().unwrap()).unwrap();
+    let codes = q.quantize_input(x.view()).unwrap();
+    assert_eq!(
+        back.predict_i8(codes.view()).unwrap(),
+        q.predict_i8(codes.view()).unwrap()
+    );
+    // A softmax that declares other output parameters than TFLite's is rejected.
+    rejects_other_fixed_output(&q, 1, ActQuant::new(1.0 / 256.0, 0).unwrap());
     // A sigmoid whose file declares other output parameters than TFLite's is rejected.
     let model = Sequential::new(&[4])
         .push(Dense::new("d", 4, 3, &mut rng))
         .push(Sigmoid::new("sigmoid"));
     let q = convert(&model, x.view(), &ConvertConfig::default()).unwrap();
+    rejects_other_fixed_output(&q, 1, ActQuant::new(0.01, -128).unwrap());
+}
+
+/// `q` with layer `i`'s output parameters replaced by `wrong` does not build: the op has
+/// TFLite's fixed ones.
+fn rejects_other_fixed_output(q: &QuantizedModel, i: usize, wrong: ActQuant) {
     let mut layers = q.layers().to_vec();
-    layers[1].output = Some(ActQuant::new(0.01, -128).unwrap());
+    layers[i].output = Some(wrong);
+    let name = layers[i].name.clone();
     let parts = crate::model::ModelParts {
         mode: Mode::FullInteger,
         input_type: InputType::Float,
         output_type: OutputType::Float,
-        input_shape: vec![4],
+        input_shape: q.input_shape().to_vec(),
         input: q.input_quant(),
         layers,
         provenance: q.provenance().clone(),
     };
     match QuantizedModel::from_parts(parts) {
         Err(QuantError::UnsupportedLayer { layer, reason }) => {
-            assert_eq!(layer, "sigmoid");
+            assert_eq!(layer, name);
             assert!(reason.contains("fixed output parameters"), "{reason}");
         }
         other => panic!("expected UnsupportedLayer, got {other:?}"),

@@ -73,6 +73,7 @@ mod conv_pool_avx512;
 pub mod depthwise;
 pub mod lut;
 mod portable;
+pub mod softmax;
 mod window;
 #[cfg(target_arch = "x86_64")]
 mod window_avx2;
