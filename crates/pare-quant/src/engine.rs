@@ -31,7 +31,10 @@ use pare_tensor::kernels::conv::Window;
 use crate::kernels::add::{add_i8, concat_part_i8};
 use crate::kernels::avgpool::{avg_pool_i8, reduce_mean_i8};
 use crate::kernels::depthwise::depthwise_conv_i8;
-use crate::kernels::{Window2d, apply_table, gemm_i8_requant, max_pool_i8_into};
+use crate::kernels::{
+    ConvScratch, ConvShape, DirectConv, Kernel, Window2d, apply_table, gemm_i8_requant,
+    max_pool_i8_into,
+};
 use crate::model::{Mode, Prepared, QuantizedModel, Source, in_place, to_tensor_padding};
 use crate::params::check_finite;
 
@@ -65,6 +68,8 @@ pub struct Interpreter<'m> {
     /// One buffer per slot of the model's schedule.
     bufs: Vec<Vec<i8>>,
     patches: Vec<i8>,
+    /// The direct conv path's padded input (and repacked weights).
+    conv_scratch: ConvScratch,
     logits: Vec<f32>,
 }
 
@@ -85,6 +90,7 @@ impl<'m> Interpreter<'m> {
             model,
             bufs: vec![Vec::new(); model.schedule.len.len()],
             patches: Vec::new(),
+            conv_scratch: ConvScratch::default(),
             logits: Vec::new(),
         })
     }
@@ -333,7 +339,15 @@ impl<'m> Interpreter<'m> {
                         step_in_place(p, dst);
                         Ok(())
                     }
-                    _ => step(prep, layer, n, src, dst, &mut self.patches),
+                    _ => step(
+                        prep,
+                        layer,
+                        n,
+                        src,
+                        dst,
+                        &mut self.patches,
+                        &mut self.conv_scratch,
+                    ),
                 };
                 self.bufs[to] = dst_buf;
                 ran?;
@@ -373,6 +387,7 @@ fn step(
     src: &[i8],
     dst: &mut [i8],
     patches: &mut [i8],
+    conv_scratch: &mut ConvScratch,
 ) -> Result<()> {
     match prep {
         Prepared::Conv {
@@ -390,6 +405,21 @@ fn step(
             let &[oh, ow, cout] = &layer.output_shape[..] else {
                 unreachable!("run: conv output checked 3-D")
             };
+            // With VNNI a direct pass beats im2col + GEMM (a 1×1, stride-1 conv needs no
+            // im2col and stays a GEMM).
+            if !*direct && Kernel::Avx512Vnni.is_available() {
+                let dc = DirectConv {
+                    shape: ConvShape::new(im2col.window(), [h, w, c])?,
+                    packed,
+                    bias,
+                    za: *input_zero_point,
+                    requant,
+                };
+                if dc.fits() {
+                    dc.run_with(true, n, src, conv_scratch, dst);
+                    return Ok(());
+                }
+            }
             let rows = n * oh * ow;
             let k = packed.k();
             let a = if *direct {
