@@ -7,7 +7,8 @@
 //! codes; a leaky ReLU is a 256-entry table built from TFLite's two-multiplier formula. A conv
 //! with a short patch followed by a non-overlapping max-pool runs as one direct pass
 //! (`ConvPool`, on CPUs with AVX-512 VNNI) that writes only the pooled output, with the same
-//! bits. No float
+//! bits. On such CPUs every other conv (but a 1×1 stride-1 one, already a plain GEMM) skips
+//! im2col and runs as a direct convolution (`DirectConv`), also with the same bits. No float
 //! arithmetic happens between the input quantization and the output dequantization.
 //!
 //! A graph model runs in its layers' (topological) order; an add is TFLite's int8 `ADD`

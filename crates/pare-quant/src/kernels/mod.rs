@@ -47,6 +47,9 @@
 //!
 //! A conv with a patch of at most 16 bytes followed by a non-overlapping max-pool also has a
 //! fused direct kernel (`conv_pool`), tested byte for byte against im2col → GEMM → max-pool.
+//! Any other conv has a direct kernel for batch-1 inference (`conv_direct`: the GEMM's packed
+//! weights applied to a padded copy of the input, no patch matrix), tested byte for byte
+//! against im2col → GEMM.
 
 use std::sync::OnceLock;
 
