@@ -7,6 +7,8 @@
 //! - `int8_small_cnn_batch1`: one int8 image through a reused `Interpreter` (no allocation);
 //! - `int8_small_cnn_batch1_float_io`: the same with float input and dequantized logits;
 //! - `f32_small_cnn_batch1`: `pare::tensor::train::predict` at batch 1;
+//! - `int8_resnet8_batch1`: ResNet-8 (the `int8_latency` example's model) the same way, whose
+//!   narrow 3×3 convs take the direct conv path on VNNI CPUs;
 //! - `int8_small_cnn_batch256`: `QuantizedModel::predict_i8` (split over threads);
 //! - `f32_small_cnn_batch256`: `predict` at batch 256.
 
@@ -16,7 +18,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ndarray::{ArrayD, IxDyn};
 use pare::quant::{ConvertConfig, Interpreter, QuantizedModel, convert};
 use pare::tensor::Sequential;
-use pare::tensor::models::small_cnn;
+use pare::tensor::models::{resnet8, small_cnn};
 use pare::tensor::train::predict;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -59,6 +61,20 @@ fn batch1(c: &mut Criterion) {
     group.finish();
 }
 
+fn resnet8_batch1(c: &mut Criterion) {
+    let q = convert(
+        &resnet8(0),
+        images(100, 5).view(),
+        &ConvertConfig::default(),
+    )
+    .expect("ResNet-8 converts");
+    let codes = q.quantize_input(images(1, 6).view()).expect("finite input");
+    let mut interpreter = Interpreter::new(&q).expect("full-integer model");
+    c.bench_function("int8_resnet8_batch1", |b| {
+        b.iter(|| black_box(interpreter.invoke_i8(codes.view()).expect("valid input")[[0, 0]]))
+    });
+}
+
 fn batch256(c: &mut Criterion) {
     let (model, q) = models();
     let x = images(256, 4);
@@ -75,5 +91,5 @@ fn batch256(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, batch1, batch256);
+criterion_group!(benches, batch1, resnet8_batch1, batch256);
 criterion_main!(benches);

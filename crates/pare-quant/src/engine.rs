@@ -7,7 +7,8 @@
 //! codes; a leaky ReLU is a 256-entry table built from TFLite's two-multiplier formula. A conv
 //! with a short patch followed by a non-overlapping max-pool runs as one direct pass
 //! (`ConvPool`, on CPUs with AVX-512 VNNI) that writes only the pooled output, with the same
-//! bits. No float
+//! bits. On such CPUs every other conv (but a 1×1 stride-1 one, already a plain GEMM) skips
+//! im2col and runs as a direct convolution (`DirectConv`), also with the same bits. No float
 //! arithmetic happens between the input quantization and the output dequantization.
 //!
 //! A graph model runs in its layers' (topological) order; an add is TFLite's int8 `ADD`
@@ -32,7 +33,10 @@ use crate::kernels::add::{add_i8, concat_part_i8};
 use crate::kernels::avgpool::{avg_pool_i8, reduce_mean_i8};
 use crate::kernels::depthwise::depthwise_conv_i8;
 use crate::kernels::softmax::softmax_i8_in_place;
-use crate::kernels::{Window2d, apply_table, gemm_i8_requant, max_pool_i8_into};
+use crate::kernels::{
+    ConvScratch, ConvShape, DirectConv, Kernel, Window2d, apply_table, gemm_i8_requant,
+    max_pool_i8_into,
+};
 use crate::model::{Mode, Prepared, QuantizedModel, Source, in_place, to_tensor_padding};
 use crate::params::check_finite;
 
@@ -66,6 +70,8 @@ pub struct Interpreter<'m> {
     /// One buffer per slot of the model's schedule.
     bufs: Vec<Vec<i8>>,
     patches: Vec<i8>,
+    /// The direct conv path's padded input (and repacked weights).
+    conv_scratch: ConvScratch,
     logits: Vec<f32>,
 }
 
@@ -86,6 +92,7 @@ impl<'m> Interpreter<'m> {
             model,
             bufs: vec![Vec::new(); model.schedule.len.len()],
             patches: Vec::new(),
+            conv_scratch: ConvScratch::default(),
             logits: Vec::new(),
         })
     }
@@ -334,7 +341,15 @@ impl<'m> Interpreter<'m> {
                         step_in_place(p, dst);
                         Ok(())
                     }
-                    _ => step(prep, layer, n, src, dst, &mut self.patches),
+                    _ => step(
+                        prep,
+                        layer,
+                        n,
+                        src,
+                        dst,
+                        &mut self.patches,
+                        &mut self.conv_scratch,
+                    ),
                 };
                 self.bufs[to] = dst_buf;
                 ran?;
@@ -375,6 +390,7 @@ fn step(
     src: &[i8],
     dst: &mut [i8],
     patches: &mut [i8],
+    conv_scratch: &mut ConvScratch,
 ) -> Result<()> {
     match prep {
         Prepared::Conv {
@@ -392,6 +408,21 @@ fn step(
             let &[oh, ow, cout] = &layer.output_shape[..] else {
                 unreachable!("run: conv output checked 3-D")
             };
+            // With VNNI a direct pass beats im2col + GEMM (a 1×1, stride-1 conv needs no
+            // im2col and stays a GEMM).
+            if !*direct && Kernel::Avx512Vnni.is_available() {
+                let dc = DirectConv {
+                    shape: ConvShape::new(im2col.window(), [h, w, c])?,
+                    packed,
+                    bias,
+                    za: *input_zero_point,
+                    requant,
+                };
+                if dc.fits() {
+                    dc.run_with(true, n, src, conv_scratch, dst);
+                    return Ok(());
+                }
+            }
             let rows = n * oh * ow;
             let k = packed.k();
             let a = if *direct {

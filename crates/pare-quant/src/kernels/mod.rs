@@ -47,6 +47,9 @@
 //!
 //! A conv with a patch of at most 16 bytes followed by a non-overlapping max-pool also has a
 //! fused direct kernel (`conv_pool`), tested byte for byte against im2col → GEMM → max-pool.
+//! Any other conv has a direct kernel for batch-1 inference (`conv_direct`: the GEMM's packed
+//! weights applied to a padded copy of the input, no patch matrix), tested byte for byte
+//! against im2col → GEMM.
 
 use std::sync::OnceLock;
 
@@ -67,6 +70,9 @@ pub mod avgpool;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod conv_direct;
+#[cfg(target_arch = "x86_64")]
+mod conv_direct_avx512;
 mod conv_pool;
 #[cfg(target_arch = "x86_64")]
 mod conv_pool_avx512;
@@ -81,6 +87,7 @@ mod window_avx2;
 mod window_avx512;
 
 pub use activation::{LeakyReluParams, apply_table, onnxruntime_leaky_relu_table};
+pub(crate) use conv_direct::{ConvScratch, ConvShape, DirectConv};
 pub(crate) use conv_pool::ConvPool;
 pub use window::{
     Im2col, Padding, Window2d, im2col_i8, im2col_i8_into, max_pool_i8, max_pool_i8_into,

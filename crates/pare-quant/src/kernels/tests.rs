@@ -1019,3 +1019,116 @@ fn every_kernel_gives_the_same_bits_under_onnxruntime_rounding() {
         }
     }
 }
+
+/// `(h, w, cin, kernel, strides, padding, cout)`.
+type DirectCase = (usize, usize, usize, [usize; 2], [usize; 2], Padding, usize);
+
+#[test]
+fn direct_conv_matches_im2col_and_gemm() {
+    let mut rng = StdRng::seed_from_u64(23);
+    // ResNet-8's layers, then awkward ones: odd sizes, stride 2 on odd and even inputs,
+    // channel counts off the 16-lane blocks, patch rows that are not whole groups of 4
+    // (repacked weights), kernels wider than the input under `same`, more than 4 blocks.
+    let cases: [DirectCase; 18] = [
+        (28, 28, 1, [3, 3], [1, 1], Padding::Same, 16),
+        (28, 28, 16, [3, 3], [1, 1], Padding::Same, 16),
+        (28, 28, 16, [3, 3], [2, 2], Padding::Same, 32),
+        (28, 28, 16, [1, 1], [2, 2], Padding::Same, 32),
+        (14, 14, 32, [3, 3], [1, 1], Padding::Same, 32),
+        (14, 14, 32, [3, 3], [2, 2], Padding::Same, 64),
+        (7, 7, 64, [3, 3], [1, 1], Padding::Same, 64),
+        (9, 7, 4, [3, 3], [2, 2], Padding::Same, 17),
+        (9, 7, 4, [3, 3], [2, 2], Padding::Valid, 17),
+        (5, 11, 12, [3, 2], [1, 2], Padding::Same, 33),
+        (1, 1, 8, [3, 3], [1, 1], Padding::Same, 3),
+        (6, 5, 3, [3, 3], [1, 1], Padding::Same, 20),
+        (7, 6, 1, [5, 5], [2, 1], Padding::Same, 1),
+        (13, 3, 7, [2, 2], [3, 1], Padding::Valid, 65),
+        (4, 4, 20, [3, 3], [1, 1], Padding::Same, 100),
+        (3, 40, 4, [1, 3], [1, 1], Padding::Same, 48),
+        (8, 8, 16, [1, 1], [1, 1], Padding::Valid, 16),
+        (10, 10, 2, [4, 4], [3, 3], Padding::Same, 8),
+    ];
+    for (case, &(h, wd, c, ks, st, padding, cout)) in cases.iter().enumerate() {
+        for trial in 0..4 {
+            let n = [1, 2][trial % 2];
+            let x = Array4::from_shape_fn((n, h, wd, c), |_| rng.random::<i8>());
+            let k = ks[0] * ks[1] * c;
+            let w = random_i8(&mut rng, (k, cout));
+            let za = ZPS[(case + trial) % ZPS.len()];
+            let bias: Vec<i32> = (0..cout)
+                .map(|_| {
+                    if trial < 2 {
+                        rng.random_range(-(1 << 20)..1 << 20)
+                    } else {
+                        rng.random()
+                    }
+                })
+                .collect();
+            let rq = random_requant(&mut rng, cout, trial % 2 == 0);
+            let window = Window2d::new(ks, st, padding);
+            let patches = im2col_i8(x.view(), &window, za).unwrap();
+            let packed = PackedWeights::new(w.view());
+            let mut want = Array2::zeros((patches.nrows(), cout));
+            gemm_i8_requant_with(
+                Kernel::Portable,
+                patches.view(),
+                za,
+                &packed,
+                Some(&bias),
+                &rq,
+                want.view_mut(),
+            )
+            .unwrap();
+            let dc = DirectConv {
+                shape: ConvShape::new(&window, [h, wd, c]).unwrap(),
+                packed: &packed,
+                bias: &bias,
+                za,
+                requant: &rq,
+            };
+            assert!(dc.fits(), "case {case}");
+            let mut scratch = ConvScratch::default();
+            for simd in [false, true] {
+                let mut got = vec![0i8; want.len()];
+                dc.run_with(simd, n, x.as_slice().unwrap(), &mut scratch, &mut got);
+                assert_eq!(
+                    got,
+                    want.as_slice().unwrap(),
+                    "case {case} trial {trial} simd {simd}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn direct_conv_declines_other_output_stages() {
+    let w = Array2::<i8>::zeros((9 * 4, 8));
+    let packed = PackedWeights::new(w.view());
+    let bias = [0; 8];
+    let rq = Requant::per_tensor(1 << 30, -3, 0, -128, 127).unwrap();
+    let window = Window2d::new([3, 3], [1, 1], Padding::Same);
+    let shape = ConvShape::new(&window, [5, 5, 4]).unwrap();
+    let dc = |requant| DirectConv {
+        shape,
+        packed: &packed,
+        bias: &bias,
+        za: 0,
+        requant,
+    };
+    assert!(dc(&rq).fits());
+    let single = rq.clone().with_single_rounding();
+    assert!(!dc(&single).fits());
+    let onnx =
+        Requant::from_scales_with(Rounding::OnnxRuntime, 0.1, &[0.01], 0.2, 0, -128, 127).unwrap();
+    assert!(!dc(&onnx).fits());
+    let other = ConvShape::new(&window, [5, 5, 3]).unwrap();
+    assert!(
+        !DirectConv {
+            shape: other,
+            ..dc(&rq)
+        }
+        .fits()
+    );
+}

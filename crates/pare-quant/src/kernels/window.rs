@@ -238,6 +238,11 @@ impl Im2col {
         })
     }
 
+    /// The window it was prepared for.
+    pub(crate) fn window(&self) -> &Window2d {
+        &self.window
+    }
+
     /// The same as [`im2col_i8_into`]`(input, window, zero_point, out)`, bit for bit.
     ///
     /// # Errors
