@@ -227,7 +227,7 @@ pub enum Op {
     Mean(Var),
     /// Sum of all elements.
     Sum(Var),
-    /// Element-wise `act(a + b)` (the activation fused in by [`Graph::fuse_activation`]).
+    /// Element-wise `act(a + b)` (the activation fused in by `Graph::fuse_activation`).
     Add(Var, Var, Activation),
     /// Element-wise a - b.
     Sub(Var, Var),
@@ -254,7 +254,7 @@ pub enum Op {
         inv_std: Vec<f32>,
         /// True when mean and variance are the batch's own (training), so they depend on `x`.
         batch_stats: bool,
-        /// Activation applied to the output (fused in by [`Graph::fuse_activation`]).
+        /// Activation applied to the output (fused in by `Graph::fuse_activation`).
         act: Activation,
     },
     /// NHWC average pool, padding excluded from the count (TensorFlow's rule).

@@ -128,7 +128,7 @@ fn flush(acc64: &mut [f64], acc32: &mut [f32]) {
 /// normalises with and folds into its moving variance), in one pass over the data: sums of
 /// `x − s` and `(x − s)²` with `s` the first pixel's value, a shift that keeps the variance
 /// free of the cancellation a plain sum of squares suffers when the mean is large; runs of
-/// [`F32_RUN`] pixels are summed in f32, the runs in f64.
+/// `F32_RUN` pixels are summed in f32, the runs in f64.
 pub fn channel_moments(x: &ArrayD<f32>) -> (Vec<f32>, Vec<f32>) {
     let c = *x.shape().last().expect("channel_moments: scalar input");
     let x = x.as_standard_layout();
